@@ -1,0 +1,323 @@
+"""The one public entry: generate or stream an answer from a prompt (and retrieved passages).
+
+``Engine`` owns a target model and runs one decoding loop for every method: each step it asks the
+method's proposer for a token tree rooted at the last committed token (none = a plain step), verifies the
+whole tree in one target forward, keeps the longest accepted path (greedy) or the path chosen by lossless
+multi-candidate rejection sampling, compacts the KV cache to it and emits the accepted tokens plus the
+target's own next token. ``method="vanilla"`` never proposes anything: it is the plain KV-cache loop that
+every speedup is measured against.
+
+Example:
+    >>> from refrag_rasd_core.engine import Engine
+    >>> engine = Engine.load()                                   # doctest: +SKIP
+    >>> for piece in engine.stream([{"role": "user", "content": "Hi!"}], max_new_tokens=32):
+    ...     print(piece, end="")                                 # doctest: +SKIP
+    >>> engine.generate("The capital of France is", max_new_tokens=8).stats.new_tokens  # doctest: +SKIP
+    8
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from .errors import ContextTooLongError, InvalidInputError
+from .models import LoadedModel, load_target
+from .sampling import SamplingParams, logits_to_probs, make_generator, sample
+from .stats import GenerationResult, GenerationStats
+from .target import TargetRunner, keep_cache_path
+from .text_stream import TextAssembler
+
+Prompt = str | Sequence[dict[str, str]]
+
+METHODS = ("vanilla", "pld", "rest", "draft", "rasd")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Generation settings. ``temperature`` 0 is greedy; ``stop`` strings end the answer (not included).
+
+    ``method`` is one of ``vanilla``, ``pld``, ``rest``, ``draft``, ``rasd`` (see :mod:`refrag_rasd_core.rasd`).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    method: str = "vanilla"
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise InvalidInputError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
+        if self.max_new_tokens < 1:
+            raise InvalidInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.method not in METHODS:
+            raise InvalidInputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        object.__setattr__(self, "stop", stop)
+        self.sampling  # validates temperature / top_p / top_k  # noqa: B018
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=float(self.temperature), top_p=float(self.top_p), top_k=int(self.top_k))
+
+
+class GenerationStream:
+    """An iterator of text pieces; ``.stats``, ``.text`` and ``.token_ids`` are complete once it is exhausted."""
+
+    def __init__(self, pieces: Iterator[str], stats: GenerationStats, token_ids: list[int]) -> None:
+        self._pieces = pieces
+        self.stats = stats
+        self.token_ids = token_ids
+        self.text = ""
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self._pieces:
+            self.text += piece
+            yield piece
+
+    def result(self) -> GenerationResult:
+        """Run to the end (if not done yet) and return the whole result."""
+        for _ in self:
+            pass
+        return GenerationResult(text=self.text, token_ids=self.token_ids, stats=self.stats)
+
+
+class Engine:
+    """Generation over one target model, with every decoding method behind one loop.
+
+    Thread-safe: calls are serialized on the model (one decoding loop runs at a time per engine).
+    """
+
+    def __init__(self, target: LoadedModel, *, drafter: Any = None, datastore: Any = None) -> None:
+        self.target = target
+        self.model = target.model
+        self.tokenizer = target.tokenizer
+        self.runner = TargetRunner(target.model)
+        self.drafter = drafter
+        self.datastore = datastore
+        self._lock = threading.Lock()
+        gen_cfg = getattr(self.model, "generation_config", None)
+        eos = getattr(gen_cfg, "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+
+    @classmethod
+    def load(cls, model: str | None = None, *, device: str = "auto", dtype: str | None = None,
+             **kwargs: Any) -> Engine:
+        """Load a target (``None`` = the offline default) and wrap it in an engine."""
+        return cls(load_target(model, device=device, dtype=dtype), **kwargs)
+
+    # ---- prompts ---------------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: chat messages go through the chat template (with the generation prompt);
+        a string is used as it is."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise InvalidInputError("the prompt is empty")
+            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        messages = list(prompt)
+        if not messages or not any(str(m.get("content", "")).strip() for m in messages):
+            raise InvalidInputError("the prompt has no messages with content")
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=False)
+            return list(ids)
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        return self.tokenizer(text)["input_ids"]
+
+    # ---- public API ------------------------------------------------------------------------------------
+    def stream(self, prompt: Prompt, *, passages: Sequence[Any] | None = None,
+               config: GenerationConfig | None = None, **overrides: Any) -> GenerationStream:
+        """Stream the answer as text pieces. Keyword overrides are :class:`GenerationConfig` fields."""
+        cfg = _merge_config(config, overrides)
+        prompt_ids = self.encode_prompt(prompt)
+        stats = GenerationStats(method=cfg.method, prompt_tokens=len(prompt_ids))
+        token_ids: list[int] = []
+        return GenerationStream(self._run(prompt_ids, passages, cfg, stats, token_ids), stats, token_ids)
+
+    def generate(self, prompt: Prompt, *, passages: Sequence[Any] | None = None,
+                 config: GenerationConfig | None = None, **overrides: Any) -> GenerationResult:
+        """Generate the whole answer at once."""
+        return self.stream(prompt, passages=passages, config=config, **overrides).result()
+
+    def generate_ids(self, prompt_ids: Sequence[int], *, passages: Sequence[Any] | None = None,
+                     config: GenerationConfig | None = None, **overrides: Any) -> GenerationResult:
+        """Like :meth:`generate` from already tokenized prompt ids."""
+        cfg = _merge_config(config, overrides)
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise InvalidInputError("the prompt is empty")
+        stats = GenerationStats(method=cfg.method, prompt_tokens=len(ids))
+        token_ids: list[int] = []
+        return GenerationStream(self._run(ids, passages, cfg, stats, token_ids), stats, token_ids).result()
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    def _run(self, prompt_ids: list[int], passages: Sequence[Any] | None, cfg: GenerationConfig,
+             stats: GenerationStats, out_ids: list[int]) -> Iterator[str]:
+        limit = self.runner.max_positions
+        if limit is not None and len(prompt_ids) >= limit:
+            raise ContextTooLongError(
+                f"the prompt has {len(prompt_ids)} tokens but the model reads at most {limit}: shorten the "
+                "prompt or pass fewer passages"
+            )
+        with self._lock:
+            yield from self._decode(prompt_ids, passages, cfg, stats, out_ids, limit)
+
+    def _decode(self, prompt_ids: list[int], passages: Sequence[Any] | None, cfg: GenerationConfig,
+                stats: GenerationStats, out_ids: list[int], limit: int | None) -> Iterator[str]:
+        device = self.runner.device
+        params = cfg.sampling
+        gen = make_generator(cfg.seed, device)
+        text = TextAssembler(self.tokenizer, cfg.stop)
+        proposer = self._proposer(cfg, prompt_ids, passages)
+        want_hidden = bool(proposer is not None and proposer.uses_target_hidden)
+        max_new = cfg.max_new_tokens
+        if limit is not None:
+            max_new = min(max_new, limit - len(prompt_ids))
+        committed = list(prompt_ids)
+
+        t0 = time.perf_counter()
+        cache = self.runner.new_cache()
+        ids = torch.tensor([prompt_ids], device=device)
+        logits, hidden = self.runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden)
+        token = _choose(logits[0], params, gen)
+        _sync_device(device)
+        stats.ttft_s = time.perf_counter() - t0
+
+        def emit(tok: int) -> tuple[str, bool]:
+            """Commit one token; return (text to show, finished?)."""
+            out_ids.append(tok)
+            committed.append(tok)
+            stats.new_tokens += 1
+            if tok in self.eos_ids:
+                stats.finish_reason = "stop"
+                return text.finish(), True
+            piece = text.push(tok)
+            if text.stopped:
+                stats.finish_reason = "stop"
+                return piece, True
+            if stats.new_tokens >= max_new:
+                stats.finish_reason = "length"
+                return piece + text.finish(), True
+            return piece, False
+
+        piece, done = emit(token)
+        if piece:
+            yield piece
+        if proposer is None:
+            step = torch.empty((1, 1), dtype=torch.long, device=device)
+            while not done:
+                step[0, 0] = token
+                logits, _ = self.runner.forward(step, cache, logits_at=-1)
+                stats.target_forwards += 1
+                token = _choose(logits[0], params, gen)
+                piece, done = emit(token)
+                if piece:
+                    yield piece
+            stats.accepted_hist[1] = stats.target_forwards
+        else:
+            yield from self._speculate(proposer, cache, committed, hidden, params, gen, stats, emit)
+        _sync_device(device)
+        stats.total_s = time.perf_counter() - t0
+
+    def _speculate(self, proposer: Any, cache: Any, committed: list[int], hidden: torch.Tensor | None,
+                   params: SamplingParams, gen: torch.Generator | None, stats: GenerationStats,
+                   emit: Any) -> Iterator[str]:
+        from .rasd.verify import accept_greedy, accept_sampled
+
+        device = self.runner.device
+        done = False
+        while not done:
+            ctx = len(committed) - 1  # the root (last committed token) is not cached yet
+            proposer.observe(committed, hidden)
+            t = time.perf_counter()
+            tree = proposer.propose(committed)
+            stats.draft_s += time.perf_counter() - t
+            t = time.perf_counter()
+            if tree is None or tree.size <= 1:
+                ids = torch.tensor([[committed[-1]]], device=device)
+                logits, hidden = self.runner.forward(ids, cache, logits_at=None,
+                                                     want_hidden=proposer.uses_target_hidden)
+                path, chosen = [0], [_choose(logits[0], params, gen)]
+            else:
+                tokens = tree.tokens.to(device)
+                logits, hidden = self.runner.forward(
+                    tokens[None], cache, logits_at=None,
+                    attention_mask=tree.attention_mask(ctx, self.runner.model.dtype, device),
+                    position_ids=tree.position_ids(ctx).to(device)[None],
+                    want_hidden=proposer.uses_target_hidden,
+                )
+                if params.greedy:
+                    path, chosen = accept_greedy(tree, logits)
+                else:
+                    path, chosen = accept_sampled(tree, logits, params, gen)
+                keep = torch.tensor(path, device=device)
+                keep_cache_path(cache, ctx, keep)
+                if hidden is not None:
+                    hidden = hidden.index_select(0, keep)
+                stats.tree_nodes += tree.size
+            stats.verify_s += time.perf_counter() - t
+            stats.target_forwards += 1
+            stats.accepted_hist[len(chosen)] += 1
+            for tok in chosen:
+                piece, done = emit(tok)
+                if piece:
+                    yield piece
+                if done:
+                    break
+
+    def _proposer(self, cfg: GenerationConfig, prompt_ids: list[int], passages: Sequence[Any] | None) -> Any:
+        if cfg.method == "vanilla":
+            return None
+        from .rasd.proposers import make_proposer
+
+        return make_proposer(cfg.method, engine=self, prompt_ids=prompt_ids, passages=passages,
+                             options=cfg.spec)
+
+    def passage_token_ids(self, passages: Sequence[Any] | None) -> list[list[int]]:
+        """Token ids of passages given as strings, token-id lists or objects with ``token_ids`` / ``text``."""
+        out: list[list[int]] = []
+        for p in passages or []:
+            ids = getattr(p, "token_ids", None) if not isinstance(p, (str, list, tuple)) else None
+            if ids is None and isinstance(p, (list, tuple)):
+                ids = p
+            if ids is None:
+                txt = p if isinstance(p, str) else getattr(p, "text", None)
+                if txt is None:
+                    raise InvalidInputError(f"a passage must be text, token ids or have .text, got {type(p)!r}")
+                ids = self.tokenizer(txt, add_special_tokens=False)["input_ids"] if txt.strip() else []
+            out.append([int(t) for t in ids])
+        return out
+
+
+def _choose(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
+    if params.greedy:
+        return int(logits.argmax())
+    return sample(logits_to_probs(logits, params), gen)
+
+
+def _sync_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _merge_config(config: GenerationConfig | None, overrides: dict[str, Any]) -> GenerationConfig:
+    cfg = config or GenerationConfig()
+    if not overrides:
+        return cfg
+    if "max_tokens" in overrides:  # the name LangChain / OpenAI users know
+        overrides["max_new_tokens"] = overrides.pop("max_tokens")
+    unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
+    if unknown:
+        raise InvalidInputError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
+    return replace(cfg, **overrides)

@@ -1,0 +1,79 @@
+"""Per-call generation statistics and results.
+
+Example:
+    >>> s = GenerationStats(method="vanilla", prompt_tokens=10, new_tokens=5, target_forwards=5)
+    >>> s.accepted_per_forward
+    1.0
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class GenerationStats:
+    """What one generation cost. Times are seconds; ``ttft_s`` includes the prefill forward.
+
+    ``target_forwards`` counts decoding forwards of the target after the prefill; every one of them emits
+    ``accepted + 1`` tokens (``accepted`` draft tokens and the target's own bonus token), so
+    ``accepted_per_forward`` (the speculative methods' "mean accepted tokens") is 1.0 for vanilla decoding.
+    """
+
+    method: str = "vanilla"
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ttft_s: float = 0.0
+    total_s: float = 0.0
+    target_forwards: int = 0
+    finish_reason: str = ""
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    retrieval_s: float = 0.0
+    tree_nodes: int = 0
+    accepted_hist: Counter = field(default_factory=Counter)
+
+    @property
+    def decode_s(self) -> float:
+        return max(self.total_s - self.ttft_s, 0.0)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens after the first one, per second of decoding (the first token comes with the prefill)."""
+        n = self.new_tokens - 1
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """All new tokens per second of the whole call (prefill included)."""
+        return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def accepted_per_forward(self) -> float:
+        """Mean tokens emitted per decoding forward of the target (1.0 = no speculation gain)."""
+        n = sum(self.accepted_hist.values())
+        if n == 0:
+            return 1.0 if self.target_forwards else 0.0
+        return sum(k * v for k, v in self.accepted_hist.items()) / n
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["accepted_hist"] = {str(k): v for k, v in sorted(self.accepted_hist.items())}
+        d.update(decode_s=self.decode_s, decode_tokens_per_s=self.decode_tokens_per_s,
+                 tokens_per_s=self.tokens_per_s, accepted_per_forward=self.accepted_per_forward)
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+@dataclass
+class GenerationResult:
+    """The outcome of :meth:`Engine.generate`: the text, the new token ids and the statistics."""
+
+    text: str
+    token_ids: list[int]
+    stats: GenerationStats
+
+    @property
+    def finish_reason(self) -> str:
+        return self.stats.finish_reason

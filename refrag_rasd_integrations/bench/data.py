@@ -1,0 +1,66 @@
+"""Spec-Bench question files: ``{"question_id", "category", "turns": [prompt], "reference"?}`` per line.
+
+Example:
+    >>> q = BenchQuestion(question_id=1, category="rag", prompt="passage one\\npassage two\\nWho?")
+    >>> q.passages
+    ['passage one', 'passage two']
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from refrag_rasd_core.errors import InvalidInputError
+
+
+@dataclass
+class BenchQuestion:
+    question_id: int | str
+    category: str
+    prompt: str
+    reference: list[str] = field(default_factory=list)
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The question as one user message (sent through the model's chat template)."""
+        return [{"role": "user", "content": self.prompt}]
+
+    @property
+    def passages(self) -> list[str]:
+        """For ``rag`` questions: the passages (every line but the last, which is the question)."""
+        if self.category != "rag":
+            return []
+        lines = [ln for ln in self.prompt.split("\n") if ln.strip()]
+        return lines[:-1]
+
+
+def load_questions(path: str | Path, category: str | None = None, limit: int | None = None) -> list[BenchQuestion]:
+    """Read a Spec-Bench jsonl file, keeping ``category`` (comma-separated allowed) and the first ``limit``
+    questions of each category."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"benchmark data file not found: {path}")
+    wanted = set(category.split(",")) if category else None
+    out: list[BenchQuestion] = []
+    per_cat: dict[str, int] = {}
+    with path.open() as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                q = BenchQuestion(row["question_id"], row["category"], row["turns"][0],
+                                  list(row.get("reference") or []))
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                raise InvalidInputError(f"{path}:{n}: not a Spec-Bench question line ({exc})") from exc
+            if wanted and q.category not in wanted:
+                continue
+            if limit is not None and per_cat.get(q.category, 0) >= limit:
+                continue
+            per_cat[q.category] = per_cat.get(q.category, 0) + 1
+            out.append(q)
+    if not out:
+        raise InvalidInputError(f"no questions in {path} for category {category!r}")
+    return out

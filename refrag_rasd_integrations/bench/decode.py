@@ -1,0 +1,187 @@
+"""The ``decode`` suite: every decoding method on the same questions, timed interleaved in one process.
+
+Every method sits behind one function ``(question) -> MethodRun``. After a warm-up (one untimed run of
+each method), the methods run one after another on each question (A B C, A B C, ...), ``repeats`` times;
+per question the median time is kept. Reported per method: ``tokens_per_s`` (all new tokens over all
+wall time, prefill included), ``speedup_vs_vanilla`` (median over questions of the per-question ratio
+against vanilla's tokens/s), ``mean_accepted`` (tokens emitted per target decoding forward),
+``ttft_s`` (median), ``equal_to_vanilla`` (share of questions whose token ids equal vanilla's) and ``n``.
+
+Example:
+    >>> from refrag_rasd_integrations.bench.decode import run_decode_suite      # doctest: +SKIP
+    >>> res = run_decode_suite(engine, questions, methods=["vanilla", "hf"])   # doctest: +SKIP
+    >>> res["methods"]["hf"]["equal_to_vanilla"]                               # doctest: +SKIP
+    1.0
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from refrag_rasd_core.engine import METHODS as ENGINE_METHODS
+from refrag_rasd_core.engine import Engine, GenerationConfig
+from refrag_rasd_core.errors import InvalidInputError
+
+from .data import BenchQuestion
+from .machine import machine_info
+
+HF_METHODS = ("hf", "hf-pld")
+ALL_METHODS = (*ENGINE_METHODS, *HF_METHODS)
+
+
+@dataclass
+class MethodRun:
+    token_ids: list[int]
+    time_s: float
+    ttft_s: float | None = None
+    accepted: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_method(name: str, engine: Engine, max_new_tokens: int, temperature: float = 0.0,
+                spec: dict[str, Any] | None = None) -> Callable[[BenchQuestion], MethodRun]:
+    """The function that runs method ``name`` on one question."""
+    if name in ENGINE_METHODS:
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, method=name,
+                               seed=0, spec=dict(spec or {}))
+
+        def run_engine(q: BenchQuestion) -> MethodRun:
+            t = time.perf_counter()
+            res = engine.generate(q.messages, passages=q.passages or None, config=cfg)
+            dt = time.perf_counter() - t
+            s = res.stats
+            return MethodRun(res.token_ids, dt, s.ttft_s, s.accepted_per_forward,
+                             {"forwards": s.target_forwards, "draft_s": s.draft_s, "verify_s": s.verify_s,
+                              "tree_nodes": s.tree_nodes,
+                              "accepted_hist": {str(k): v for k, v in sorted(s.accepted_hist.items())}})
+
+        return run_engine
+    if name in HF_METHODS:
+        model, device = engine.model, engine.runner.device
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
+        if temperature > 0:
+            kwargs["temperature"] = temperature
+        if name == "hf-pld":
+            kwargs["prompt_lookup_num_tokens"] = 10
+        eos = sorted(engine.eos_ids)
+
+        def run_hf(q: BenchQuestion) -> MethodRun:
+            ids = torch.tensor([engine.encode_prompt(q.messages)], device=device)
+            t = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), eos_token_id=eos,
+                                     pad_token_id=eos[0] if eos else None, **kwargs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t
+            return MethodRun(out[0, ids.shape[1]:].tolist(), dt)
+
+        return run_hf
+    raise InvalidInputError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
+
+
+def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods: Sequence[str],
+                     max_new_tokens: int = 128, temperature: float = 0.0, repeats: int = 1,
+                     spec: dict[str, Any] | None = None, progress: bool = True,
+                     extra_methods: dict[str, Callable[[BenchQuestion], MethodRun]] | None = None,
+                     ) -> dict[str, Any]:
+    """Run the suite and return the results dict (the contract's JSON shape)."""
+    methods = list(dict.fromkeys(["vanilla", *methods]))  # vanilla is always the baseline
+    runners = {m: make_method(m, engine, max_new_tokens, temperature, spec) for m in methods
+               if m not in (extra_methods or {})}
+    runners.update(extra_methods or {})
+    if not questions:
+        raise InvalidInputError("no questions to run")
+    for m in methods:  # warm-up: one untimed run of each method
+        runners[m](questions[0])
+    rows: list[dict[str, Any]] = []
+    iterator: Any = questions
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(questions, desc="decode suite", unit="q")
+    for q in iterator:
+        runs: dict[str, list[MethodRun]] = {m: [] for m in methods}
+        for _ in range(max(1, repeats)):
+            for m in methods:
+                runs[m].append(runners[m](q))
+        row: dict[str, Any] = {"question_id": q.question_id, "category": q.category,
+                               "prompt_tokens": len(engine.encode_prompt(q.messages)), "methods": {}}
+        base = runs["vanilla"][0].token_ids
+        for m in methods:
+            rs = runs[m]
+            t = statistics.median(r.time_s for r in rs)
+            first = rs[0]
+            row["methods"][m] = {
+                "new_tokens": len(first.token_ids), "time_s": round(t, 4),
+                "tokens_per_s": round(len(first.token_ids) / t, 3) if t > 0 else 0.0,
+                "ttft_s": None if first.ttft_s is None else round(statistics.median(r.ttft_s for r in rs), 4),
+                "mean_accepted": None if first.accepted is None else round(first.accepted, 3),
+                "equal_to_vanilla": first.token_ids == base,
+                "reproducible": all(r.token_ids == first.token_ids for r in rs),
+                **first.extra,
+            }
+            if first.token_ids != base:
+                row["methods"][m]["first_difference"] = _first_difference(first.token_ids, base)
+        rows.append(row)
+    return {
+        "suite": "decode",
+        "machine": machine_info(engine.runner.device),
+        "settings": {"model": engine.target.name, "dtype": str(engine.runner.model.dtype).replace("torch.", ""),
+                     "max_new_tokens": max_new_tokens, "temperature": temperature, "repeats": repeats,
+                     "methods": methods, "n_questions": len(questions),
+                     "categories": sorted({q.category for q in questions}), "spec": dict(spec or {})},
+        "methods": summarize(rows, methods),
+        "per_question": rows,
+    }
+
+
+def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Aggregate per-question rows into the per-method summary."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        cells = [r["methods"][m] for r in rows]
+        tokens = sum(c["new_tokens"] for c in cells)
+        secs = sum(c["time_s"] for c in cells)
+        ratios = [c["tokens_per_s"] / r["methods"]["vanilla"]["tokens_per_s"]
+                  for c, r in zip(cells, rows, strict=True) if r["methods"]["vanilla"]["tokens_per_s"] > 0]
+        acc = [c["mean_accepted"] for c in cells if c["mean_accepted"] is not None]
+        ttft = [c["ttft_s"] for c in cells if c["ttft_s"] is not None]
+        out[m] = {
+            "tokens_per_s": round(tokens / secs, 3) if secs > 0 else 0.0,
+            "speedup_vs_vanilla": round(statistics.median(ratios), 3) if ratios else None,
+            "mean_accepted": round(statistics.fmean(acc), 3) if acc else None,
+            "ttft_s": round(statistics.median(ttft), 4) if ttft else None,
+            "equal_to_vanilla": round(sum(c["equal_to_vanilla"] for c in cells) / len(cells), 3),
+            "n": len(cells),
+        }
+    return out
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The human table printed at the end of a run."""
+    head = f"{'method':<10} {'tok/s':>8} {'speedup':>8} {'accepted':>9} {'ttft_s':>8} {'equal':>6} {'n':>4}"
+    lines = [head, "-" * len(head)]
+    for m, s in results["methods"].items():
+        def fmt(v: Any, spec: str) -> str:
+            return format(v, spec) if v is not None else "-"
+        lines.append(f"{m:<10} {fmt(s['tokens_per_s'], '8.2f')} {fmt(s['speedup_vs_vanilla'], '7.2f')}x "
+                     f"{fmt(s['mean_accepted'], '9.2f')} {fmt(s['ttft_s'], '8.3f')} "
+                     f"{s['equal_to_vanilla']:>6.2f} {s['n']:>4}")
+    mach = results["machine"]
+    lines.append(f"machine: {mach['cpu']} ({mach['cores']} cores), device {mach['device']}, "
+                 f"torch {mach['torch']}, transformers {mach['transformers']}")
+    return "\n".join(lines)
+
+
+def _first_difference(a: Sequence[int], b: Sequence[int]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
