@@ -105,6 +105,8 @@ class Engine:
         self.drafter = drafter
         self.datastore = datastore
         self._lock = threading.Lock()
+        self._budgets: dict[str, Any] = {}
+        self.verify_costs: dict[int, float] | None = None  # None: the defaults for the device type
         gen_cfg = getattr(self.model, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
         if eos is None:
@@ -225,7 +227,7 @@ class Engine:
                 if piece:
                     yield piece
             stats.accepted_hist[1] = stats.target_forwards
-        else:
+        elif not done:
             yield from self._speculate(proposer, cache, committed, hidden, params, gen, stats, emit)
         _sync_device(device)
         stats.total_s = time.perf_counter() - t0
@@ -244,17 +246,17 @@ class Engine:
             tree = proposer.propose(committed)
             stats.draft_s += time.perf_counter() - t
             t = time.perf_counter()
-            if tree is None or tree.size <= 1:
+            if tree is None or len(tree) <= 1:
                 ids = torch.tensor([[committed[-1]]], device=device)
                 logits, hidden = self.runner.forward(ids, cache, logits_at=None,
                                                      want_hidden=proposer.uses_target_hidden)
                 path, chosen = [0], [_choose(logits[0], params, gen)]
             else:
-                tokens = tree.tokens.to(device)
+                tokens = torch.tensor([tree.tokens], device=device)
                 logits, hidden = self.runner.forward(
-                    tokens[None], cache, logits_at=None,
+                    tokens, cache, logits_at=None,
                     attention_mask=tree.attention_mask(ctx, self.runner.model.dtype, device),
-                    position_ids=tree.position_ids(ctx).to(device)[None],
+                    position_ids=tree.position_ids(ctx, device),
                     want_hidden=proposer.uses_target_hidden,
                 )
                 if params.greedy:
@@ -265,16 +267,19 @@ class Engine:
                 keep_cache_path(cache, ctx, keep)
                 if hidden is not None:
                     hidden = hidden.index_select(0, keep)
-                stats.tree_nodes += tree.size
+                proposer.feedback(tree, path)
+                stats.tree_nodes += len(tree)
             stats.verify_s += time.perf_counter() - t
             stats.target_forwards += 1
-            stats.accepted_hist[len(chosen)] += 1
+            used = 0
             for tok in chosen:
+                used += 1
                 piece, done = emit(tok)
                 if piece:
                     yield piece
                 if done:
                     break
+            stats.accepted_hist[used] += 1
 
     def _proposer(self, cfg: GenerationConfig, prompt_ids: list[int], passages: Sequence[Any] | None) -> Any:
         if cfg.method == "vanilla":
@@ -283,6 +288,16 @@ class Engine:
 
         return make_proposer(cfg.method, engine=self, prompt_ids=prompt_ids, passages=passages,
                              options=cfg.spec)
+
+    def tree_budget(self, method: str) -> Any:
+        """The engine's :class:`~refrag_rasd_core.rasd.budget.TreeBudget` for ``method`` (its calibration
+        carries over from one request to the next)."""
+        from .rasd.budget import CPU_COSTS, GPU_COSTS, TreeBudget
+
+        if method not in self._budgets:
+            costs = self.verify_costs or (GPU_COSTS if self.runner.device.type == "cuda" else CPU_COSTS)
+            self._budgets[method] = TreeBudget(costs)
+        return self._budgets[method]
 
     def passage_token_ids(self, passages: Sequence[Any] | None) -> list[list[int]]:
         """Token ids of passages given as strings, token-id lists or objects with ``token_ids`` / ``text``."""

@@ -89,6 +89,7 @@ def cache_length(cache: DynamicCache) -> int:
     return cache.get_seq_length()
 
 
+@torch.inference_mode()
 def keep_cache_path(cache: DynamicCache, context_len: int, keep: torch.Tensor) -> None:
     """Keep the cache's first ``context_len`` positions plus the tree nodes ``keep`` (offsets from
     ``context_len``, ascending), dropping the rest: the KV compaction after a tree verify.

@@ -1,0 +1,30 @@
+"""RASD: retrieval-augmented speculative decoding (datastores, token trees, draft trees, verification)."""
+
+from .budget import TreeBudget, measure_verify_costs
+from .datastore import PromptLookup, RestDatastore, Retrieval, retrieval_tree
+from .draft_tree import CausalLMDrafter, Drafter, build_draft_tree, draft_probe
+from .proposers import SpecOptions, make_proposer
+from .token_tree import SOURCE_DATASTORE, SOURCE_DRAFT, SOURCE_PROMPT, SOURCE_RETRIEVAL, TokenTree
+from .verify import accept_greedy, accept_sampled
+
+__all__ = [
+    "SOURCE_DATASTORE",
+    "SOURCE_DRAFT",
+    "SOURCE_PROMPT",
+    "SOURCE_RETRIEVAL",
+    "CausalLMDrafter",
+    "Drafter",
+    "PromptLookup",
+    "RestDatastore",
+    "Retrieval",
+    "SpecOptions",
+    "TokenTree",
+    "TreeBudget",
+    "accept_greedy",
+    "accept_sampled",
+    "build_draft_tree",
+    "draft_probe",
+    "make_proposer",
+    "measure_verify_costs",
+    "retrieval_tree",
+]

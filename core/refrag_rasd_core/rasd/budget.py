@@ -1,0 +1,143 @@
+"""How big a tree is worth verifying: the verify-cost curve and online calibration of candidate scores.
+
+A verify forward of ``n`` tree nodes costs ``cost(n)`` plain steps (``cost(1) == 1``; on the 2-core CPU
+about 1.7 at 4 nodes and 2.3 at 32; on a GPU close to 1 up to 64). A tree is worth it when the tokens
+it is expected to yield per unit of cost beat a plain step:
+
+    gain(tree) = (1 + sum over nodes of P(node accepted)) / cost(len(tree))  >  1
+
+``P(node accepted)`` is estimated as ``alpha[source, depth] * score``: candidate scores (retrieval
+frequencies, draft probabilities) are not calibrated probabilities, so the ratio of nodes accepted to
+score mass verified is tracked per source and depth (exponentially decayed) and rescales them. Each
+step :meth:`TreeBudget.select` keeps the prefix of nodes (best calibrated score first, ancestor-closed)
+with the highest gain, or nothing (a plain step) when no prefix beats 1.
+
+Example:
+    >>> from refrag_rasd_core.rasd.token_tree import TokenTree
+    >>> budget = TreeBudget(costs={1: 1.0, 2: 1.1, 4: 1.5, 8: 1.6, 16: 2.0, 32: 2.5, 64: 3.5})
+    >>> sure = TokenTree.from_sequences(0, [(1, 2, 3)])
+    >>> len(budget.select(sure))                      # confident chain: verified whole
+    4
+    >>> weak = TokenTree.from_sequences(0, [(1,), (2,), (3,), (4,)], [0.01] * 4)
+    >>> budget.select(weak) is None                   # not worth a wide forward: plain step
+    True
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable, Mapping
+
+from .token_tree import SOURCE_DRAFT, SOURCE_RETRIEVAL, TokenTree
+
+__all__ = ["TreeBudget", "measure_verify_costs", "CPU_COSTS", "GPU_COSTS"]
+
+CPU_COSTS = {1: 1.0, 2: 1.45, 4: 1.6, 8: 1.7, 16: 1.85, 32: 2.3, 64: 3.3}
+"""Default relative verify costs on a small CPU (SmolLM2-135M fp32, 2 cores; see DESIGN.md)."""
+GPU_COSTS = {1: 1.0, 2: 1.02, 4: 1.04, 8: 1.06, 16: 1.1, 32: 1.2, 64: 1.4}
+"""Default relative verify costs on a datacenter GPU (a small model is launch-bound up to ~64 positions)."""
+
+_MAX_DEPTH = 64
+
+
+class TreeBudget:
+    """Chooses, every step, how much of a candidate tree to verify (see the module docstring)."""
+
+    def __init__(self, costs: Mapping[int, float] | None = None, *, max_nodes: int = 64,
+                 prior_alpha: float = 0.6, prior_weight: float = 2.0, decay: float = 0.995) -> None:
+        table = dict(costs or CPU_COSTS)
+        self._sizes = sorted(table)
+        self._costs = [float(table[s]) / float(table[self._sizes[0]]) for s in self._sizes]
+        self.max_nodes = max_nodes
+        self.decay = decay
+        # per (source kind, depth): decayed sums of score verified and of nodes accepted
+        self._scored = {k: [prior_weight] * _MAX_DEPTH for k in (0, 1)}
+        self._accepted = {k: [prior_weight * prior_alpha] * _MAX_DEPTH for k in (0, 1)}
+
+    def cost(self, n: int) -> float:
+        """Relative cost of verifying ``n`` nodes (piecewise-linear in the measured table)."""
+        s, c = self._sizes, self._costs
+        if n <= s[0]:
+            return c[0]
+        if n >= s[-1]:
+            return c[-1] * n / s[-1]
+        j = bisect.bisect_left(s, n)
+        if s[j] == n:
+            return c[j]
+        f = (n - s[j - 1]) / (s[j] - s[j - 1])
+        return c[j - 1] + f * (c[j] - c[j - 1])
+
+    def alpha(self, source: int, depth: int) -> float:
+        k = _kind(source)
+        d = min(depth, _MAX_DEPTH) - 1
+        return self._accepted[k][d] / self._scored[k][d]
+
+    def calibrated(self, tree: TokenTree) -> list[float]:
+        """Estimated acceptance probability of every node (root: 1), non-increasing along paths."""
+        p = [1.0] * len(tree)
+        for i in range(1, len(tree)):
+            est = min(1.0, self.alpha(tree.sources[i], tree.depths[i]) * tree.scores[i])
+            p[i] = min(est, p[tree.parents[i]])
+        return p
+
+    def select(self, tree: TokenTree | None) -> TokenTree | None:
+        """The most profitable ancestor-closed part of ``tree``, or ``None`` for a plain step."""
+        if tree is None or len(tree) <= 1:
+            return None
+        p = self.calibrated(tree)
+        order = sorted(range(1, len(tree)), key=lambda i: (-p[i], tree.depths[i], i))
+        # best-first prefix of an order where parents come first (p is non-increasing along paths)
+        best_n, best_gain, mass = 0, 1.0, 1.0
+        for n, i in enumerate(order[: self.max_nodes - 1], start=1):
+            mass += p[i]
+            gain = mass / self.cost(n + 1)
+            if gain > best_gain:
+                best_n, best_gain = n, gain
+        if best_n == 0:
+            return None
+        keep = [0, *order[:best_n]]
+        closed = set(keep)
+        for i in keep:  # ties in p may put a child before its parent: close the set over ancestors
+            j = tree.parents[i]
+            while j > 0 and j not in closed:
+                closed.add(j)
+                j = tree.parents[j]
+        return tree._subset(closed)
+
+    def update(self, tree: TokenTree, path: list[int]) -> None:
+        """Learn from one verified tree and the accepted path (node indices, root first)."""
+        on_path = set(path)
+        g = self.decay
+        touched: set[tuple[int, int]] = set()
+        for i in range(1, len(tree)):
+            k, d = _kind(tree.sources[i]), min(tree.depths[i], _MAX_DEPTH) - 1
+            if (k, d) not in touched:
+                self._scored[k][d] *= g
+                self._accepted[k][d] *= g
+                touched.add((k, d))
+            self._scored[k][d] += tree.scores[i]
+            if i in on_path:
+                self._accepted[k][d] += 1.0
+
+
+def _kind(source: int) -> int:
+    """0: retrieval candidates (possibly confirmed by the draft); 1: draft-only candidates."""
+    return 0 if source & SOURCE_RETRIEVAL else (1 if source & SOURCE_DRAFT else 0)
+
+
+def measure_verify_costs(forward: Callable[[int], None], sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
+                         repeats: int = 3) -> dict[int, float]:
+    """Time ``forward(n)`` (one verify forward of ``n`` nodes) and return relative costs (median of
+    ``repeats``), for :class:`TreeBudget` on hardware the defaults do not describe."""
+    forward(sizes[0])  # warm-up
+    out: dict[int, float] = {}
+    for n in sizes:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            forward(n)
+            times.append(time.perf_counter() - t)
+        out[n] = sorted(times)[len(times) // 2]
+    base = out[sizes[0]]
+    return {n: max(1.0, v / base) for n, v in out.items()}

@@ -1,0 +1,49 @@
+"""Shared test setup: offline always; tiny in-memory models for unit tests; the real defaults, loaded once,
+for tests marked ``integration``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "core" / "refrag_rasd_core" / "data"
+SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_dev.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from tiny import tiny_loaded
+
+    return tiny_loaded(0)
+
+
+@pytest.fixture(scope="session")
+def real_target():
+    from refrag_rasd_core.models import load_target
+
+    return load_target(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def real_engine(real_target):
+    from refrag_rasd_core.engine import Engine
+
+    return Engine(real_target)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads(request):
+    """Tiny models run fastest (and steadiest on a busy 2-core box) on one thread; real models use all."""
+    import torch
+
+    want = (os.cpu_count() or 1) if request.node.get_closest_marker("integration") else 1
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)

@@ -1,0 +1,55 @@
+"""Tiny random models built in memory for the unit tests (no file, no hub).
+
+``tiny_tokenizer()`` is a real byte-level BPE tokenizer (256 byte tokens + specials) with a chat template;
+``tiny_llama(...)`` a seeded random LLaMA whose logits are peaked enough that greedy decoding has clear
+winners (a larger init range than the default, so near-ties are rare).
+"""
+
+from __future__ import annotations
+
+import torch
+from refrag_rasd_core.models import LoadedModel
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SPECIALS = ["<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(byte_chars))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    fast.add_special_tokens({"additional_special_tokens": SPECIALS[2:]})
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_llama(seed: int = 0, vocab_size: int = 262, hidden: int = 64, layers: int = 2,
+               max_positions: int = 512, attn: str = "sdpa", init_range: float = 0.25) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=max_positions, initializer_range=init_range,
+                      bos_token_id=256, eos_token_id=257, tie_word_embeddings=False)
+    cfg._attn_implementation = attn
+    model = LlamaForCausalLM(cfg).eval()
+    model.requires_grad_(False)
+    with torch.no_grad():  # EOS gets logit 0, below the greedy winner: long generations for the tests
+        model.lm_head.weight[257].zero_()
+    model.generation_config.eos_token_id = 257
+    model.generation_config.pad_token_id = 257
+    return model
+
+
+def tiny_loaded(seed: int = 0, **kwargs: object) -> LoadedModel:
+    tok = tiny_tokenizer()
+    model = tiny_llama(seed, vocab_size=len(tok), **kwargs)
+    return LoadedModel(model=model, tokenizer=tok, name=f"tiny-llama-{seed}", device=torch.device("cpu"),
+                       dtype=torch.float32)

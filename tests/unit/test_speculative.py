@@ -1,0 +1,191 @@
+"""Speculative decoding through the engine on tiny random LLaMAs: every method is lossless.
+
+Greedy: each method's output equals vanilla's token for token (draft = the target itself, so long paths
+are accepted, and draft = another random model, so most are rejected). Sampling: a chi-square test that
+the joint distribution of the first generated tokens equals the target's exact distribution.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from refrag_rasd_core.engine import Engine
+from refrag_rasd_core.errors import InvalidInputError
+from refrag_rasd_core.rasd import CausalLMDrafter
+from refrag_rasd_core.sampling import SamplingParams, logits_to_probs
+from scipy.stats import chisquare
+
+METHODS = ["pld", "rest", "draft", "rasd"]
+PROMPT = [{"role": "user", "content": "abc abc abc abc, the cat sat on the mat; the cat sat"}]
+
+
+def _engine(target, draft_model=None):
+    drafter = None
+    if draft_model is not None:
+        drafter = CausalLMDrafter(draft_model, tokenizer=target.tokenizer, target_tokenizer=target.tokenizer)
+    return Engine(target, drafter=drafter)
+
+
+@pytest.fixture(scope="module")
+def self_draft(tiny):
+    return _engine(tiny, tiny.model)
+
+
+@pytest.fixture(scope="module")
+def other_draft(tiny):
+    from tiny import tiny_llama
+
+    return _engine(tiny, tiny_llama(seed=1, vocab_size=len(tiny.tokenizer)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("adaptive", [True, False])
+@pytest.mark.parametrize("which", ["self_draft", "other_draft"])
+def test_greedy_equals_vanilla(request, method, adaptive, which):
+    engine = request.getfixturevalue(which)
+    base = engine.generate(PROMPT, max_new_tokens=64)
+    passages = [base.token_ids[5:40], base.token_ids[20:60], [7, 8, 9]]  # the answer is "in the passages"
+    res = engine.generate(PROMPT, max_new_tokens=64, method=method, passages=passages,
+                          spec={"adaptive": adaptive})
+    assert res.token_ids == base.token_ids
+    assert res.text == base.text
+    s = res.stats
+    assert s.method == method and s.new_tokens == 64
+    assert sum(k * v for k, v in s.accepted_hist.items()) == s.new_tokens - 1  # every token after the first
+    assert s.target_forwards == sum(s.accepted_hist.values())
+
+
+def test_speculation_actually_accepts(self_draft):
+    base = self_draft.generate(PROMPT, max_new_tokens=64)
+    rest = self_draft.generate(PROMPT, max_new_tokens=64, method="rest", passages=[base.token_ids])
+    draft = self_draft.generate(PROMPT, max_new_tokens=64, method="draft", spec={"adaptive": False})
+    assert rest.stats.accepted_per_forward > 3.0  # the whole answer is in the datastore
+    assert draft.stats.accepted_per_forward > 2.0  # the draft is the target itself
+    assert rest.stats.target_forwards < base.stats.target_forwards / 2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_stop_and_max_tokens_end_where_vanilla_ends(self_draft, method):
+    base = self_draft.generate(PROMPT, max_new_tokens=50)
+    stop = base.text[20:23]
+    ref = self_draft.generate(PROMPT, max_new_tokens=50, stop=[stop])
+    passages = [base.token_ids]
+    res = self_draft.generate(PROMPT, max_new_tokens=50, stop=[stop], method=method, passages=passages)
+    assert res.text == ref.text and res.token_ids == ref.token_ids and res.finish_reason == "stop"
+    for n in (1, 2, 7):
+        r = self_draft.generate(PROMPT, max_new_tokens=n, method=method, passages=passages)
+        assert r.token_ids == base.token_ids[:n] and r.finish_reason == "length"
+
+
+def test_eos_inside_an_accepted_path_ends_there(tiny):
+    engine = _engine(tiny, tiny.model)
+    base = engine.generate(PROMPT, max_new_tokens=30)
+    eos = base.token_ids[12]
+    engine.eos_ids = frozenset({eos})
+    ref = engine.generate(PROMPT, max_new_tokens=30)
+    res = engine.generate(PROMPT, max_new_tokens=30, method="rasd", passages=[base.token_ids])
+    assert res.token_ids == ref.token_ids == base.token_ids[: base.token_ids.index(eos) + 1]
+
+
+def test_draft_method_needs_a_drafter(tiny):
+    with pytest.raises(InvalidInputError, match="draft model"):
+        Engine(tiny).generate(PROMPT, max_new_tokens=4, method="draft")
+
+
+def test_unknown_spec_option(self_draft):
+    with pytest.raises(InvalidInputError, match="speculation option"):
+        self_draft.generate(PROMPT, max_new_tokens=4, method="pld", spec={"tree_size": 3})
+
+
+def test_rasd_without_drafter_runs_on_retrieval_alone(tiny):
+    engine = Engine(tiny)
+    base = engine.generate(PROMPT, max_new_tokens=40)
+    res = engine.generate(PROMPT, max_new_tokens=40, method="rasd", passages=[base.token_ids])
+    assert res.token_ids == base.token_ids and res.stats.accepted_per_forward > 2.0
+
+
+# ---- sampling: the distribution is the target's ----------------------------------------------------------
+
+def _exact_joint(engine, params, k=2):
+    """Exact probabilities of the first k generated tokens (enumerated over the top-k support)."""
+    ids = engine.encode_prompt(PROMPT)
+    model = engine.model
+    support: dict[tuple[int, ...], float] = {(): 1.0}
+    for _ in range(k):
+        nxt = {}
+        for prefix, p in support.items():
+            with torch.no_grad():
+                logits = model(torch.tensor([ids + list(prefix)])).logits[0, -1]
+            probs = logits_to_probs(logits, params)
+            for t in torch.nonzero(probs).flatten().tolist():
+                nxt[prefix + (t,)] = p * float(probs[t])
+        support = nxt
+    return support
+
+
+def _seed(i: int) -> int:
+    """Well-spread seeds (consecutive small seeds give visibly correlated first draws)."""
+    return (i * 2654435761 + 12345) % (2**31 - 1)
+
+
+@pytest.mark.parametrize("method,which", [("vanilla", "self_draft"), ("draft", "self_draft"), ("draft", "other_draft"),
+                                          ("rasd", "other_draft"), ("pld", "self_draft")])
+def test_sampling_keeps_the_target_distribution(request, method, which):
+    engine = request.getfixturevalue(which)
+    params = SamplingParams(temperature=1.5, top_k=3)
+    k = 3
+    exact = _exact_joint(engine, params, k)
+    # passages that propose likely and unlikely continuations, so retrieval branches get rejected too
+    base = engine.generate(PROMPT, max_new_tokens=k)
+    passages = [base.token_ids, [t + 1 for t in base.token_ids]]
+    n = 1500
+    counts = dict.fromkeys(exact, 0)
+    for i in range(n):
+        r = engine.generate(PROMPT, max_new_tokens=k, temperature=1.5, top_k=3, seed=_seed(i), method=method,
+                            passages=passages, spec={"adaptive": False})
+        counts[tuple(r.token_ids)] += 1
+    keys = sorted(exact)
+    f_exp = [exact[key] * n for key in keys]
+    f_obs = [counts[key] for key in keys]
+    # merge cells with small expectations (chi-square validity) into one
+    small = [i for i, e in enumerate(f_exp) if e < 5]
+    if small:
+        f_exp = [e for i, e in enumerate(f_exp) if i not in small] + [sum(f_exp[i] for i in small)]
+        f_obs = [o for i, o in enumerate(f_obs) if i not in small] + [sum(f_obs[i] for i in small)]
+    scale = sum(f_obs) / sum(f_exp)
+    stat, p = chisquare(f_obs, [e * scale for e in f_exp])
+    assert p > 1e-3, f"sampled {method} deviates from the target distribution (chi2={stat:.1f}, p={p:.2e})"
+
+
+def test_sampling_test_has_power(tiny):
+    """The chi-square check above does reject a wrong sampler (here: temperature 1.0 instead of 1.5)."""
+    engine = Engine(tiny)
+    exact = _exact_joint(engine, SamplingParams(temperature=1.5, top_k=3), 2)
+    n = 1500
+    counts = dict.fromkeys(exact, 0)
+    for i in range(n):
+        r = engine.generate(PROMPT, max_new_tokens=2, temperature=0.7, top_k=3, seed=_seed(i))
+        counts[tuple(r.token_ids)] += 1
+    keys = sorted(exact)
+    _, p = chisquare([counts[k_] for k_ in keys], [exact[k_] * n for k_ in keys])
+    assert p < 1e-3
+
+
+def test_tree_verification_samples_exactly_on_a_toy_tree():
+    """accept_sampled on a hand-made tree: the first emitted token follows p exactly (enumerated)."""
+    from refrag_rasd_core.rasd import TokenTree, accept_sampled
+
+    tree = TokenTree.from_sequences(0, [(1,), (2,), (3,)], [0.5, 0.3, 0.2])
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]] * 4))
+    params = SamplingParams(temperature=1.0)
+    n = 20000
+    gen = torch.Generator().manual_seed(0)
+    firsts = [accept_sampled(tree, logits, params, gen)[1][0] for _ in range(n)]
+    obs = [firsts.count(t) for t in range(4)]
+    _, p = chisquare(obs, [0.1 * n, 0.2 * n, 0.3 * n, 0.4 * n])
+    assert p > 1e-3
+    assert all(len(x) == 2 for x in itertools.islice((accept_sampled(tree, logits, params, gen)[1]
+                                                      for _ in range(50)), 50)
+               if x[0] != 0)
