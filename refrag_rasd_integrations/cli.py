@@ -140,6 +140,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--questions", type=int, default=2, help="how many RAG questions")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--method", default="rasd", choices=[m for m in METHODS if m != "vanilla"])
+    _model_args(p)
+
+
+@command("demo", "answer RAG questions with REFRAG-RASD, streamed, side by side with plain decoding", _setup_demo)
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    print("refrag-rasd demo: loading the model (the first run converts it once, ~30 s)...", file=sys.stderr)
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
+    run_demo(engine, args.questions, args.max_new_tokens, args.method)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refrag-rasd", description="Fast RAG on local Hugging Face models.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -12,7 +12,15 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+from .engine import Engine, GenerationConfig, GenerationStream  # noqa: E402
+from .stats import GenerationResult, GenerationStats  # noqa: E402
+
 __all__ = [
+    "Engine",
+    "GenerationConfig",
+    "GenerationResult",
+    "GenerationStats",
+    "GenerationStream",
     "CheckpointError",
     "ContextTooLongError",
     "InvalidInputError",

@@ -242,14 +242,20 @@ def check_tokenizer_matches(model: Any, tokenizer: Any) -> None:
         )
 
 
-def check_same_tokenizer(a: Any, b: Any, what: str = "draft") -> None:
-    """Raise :class:`TokenizerMismatchError` unless tokenizers ``a`` and ``b`` map text to the same ids."""
-    if a is b:
-        return
-    if len(a) != len(b) or a.get_vocab() != b.get_vocab():
+def check_same_tokenizer(draft_tokenizer: Any, target_tokenizer: Any) -> None:
+    """Raise :class:`TokenizerMismatchError` unless both tokenizers map the same strings to the same ids."""
+    n_d, n_t = len(draft_tokenizer), len(target_tokenizer)
+    if n_d != n_t:
         raise TokenizerMismatchError(
-            f"the {what} model's tokenizer differs from the target's ({len(b)} vs {len(a)} tokens): "
-            f"speculative decoding needs a {what} that shares the target's tokenizer"
+            f"the draft tokenizer has {n_d} tokens but the target's has {n_t}: a draft model must share the "
+            "target's tokenizer (use a draft from the same model family, or an EAGLE head)"
+        )
+    vd, vt = draft_tokenizer.get_vocab(), target_tokenizer.get_vocab()
+    if vd != vt:
+        diff = next((k for k in vd if vt.get(k) != vd[k]), None)
+        raise TokenizerMismatchError(
+            f"the draft and target tokenizers differ (e.g. {diff!r}: draft id {vd.get(diff)}, target id "
+            f"{vt.get(diff)}): a draft model must share the target's tokenizer"
         )
 
 

@@ -79,7 +79,7 @@ def test_same_tokenizer_check(tiny):
             return {"a": 0}
 
     models.check_same_tokenizer(tiny.tokenizer, tiny.tokenizer)
-    with pytest.raises(TokenizerMismatchError, match="shares the target's tokenizer"):
+    with pytest.raises(TokenizerMismatchError, match="share the target.s tokenizer"):
         models.check_same_tokenizer(tiny.tokenizer, Other())
 
 

@@ -33,7 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..errors import InvalidInputError, TokenizerMismatchError
+from ..errors import InvalidInputError
+from ..models import check_same_tokenizer
 from .token_tree import SOURCE_DRAFT, TokenTree, tree_attention_mask
 
 __all__ = [
@@ -144,23 +145,6 @@ def build_draft_tree(
     for i in range(1, len(scores)):
         scores[i] = math.exp(cum[i])
     return tree.top(total_tokens)
-
-
-def check_same_tokenizer(draft_tokenizer: Any, target_tokenizer: Any) -> None:
-    """Raise :class:`TokenizerMismatchError` unless both tokenizers map the same strings to the same ids."""
-    n_d, n_t = len(draft_tokenizer), len(target_tokenizer)
-    if n_d != n_t:
-        raise TokenizerMismatchError(
-            f"the draft tokenizer has {n_d} tokens but the target's has {n_t}: a draft model must share the "
-            "target's tokenizer (use a draft from the same model family, or an EAGLE head)"
-        )
-    vd, vt = draft_tokenizer.get_vocab(), target_tokenizer.get_vocab()
-    if vd != vt:
-        diff = next((k for k in vd if vt.get(k) != vd[k]), None)
-        raise TokenizerMismatchError(
-            f"the draft and target tokenizers differ (e.g. {diff!r}: draft id {vd.get(diff)}, target id "
-            f"{vt.get(diff)}): a draft model must share the target's tokenizer"
-        )
 
 
 class CausalLMDrafter:
