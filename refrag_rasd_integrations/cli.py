@@ -116,6 +116,8 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="vanilla,hf,hf-pld", help="comma-separated; vanilla is always run")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--include-train", action="store_true",
+                   help="also run the questions the shipped checkpoints were trained on (skipped by default)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per question and method (median)")
     p.add_argument("--spec", default=None, help="JSON object of speculation options for the engine methods")
     p.add_argument("--out", default=None, help="write the results JSON here")
@@ -124,15 +126,17 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
 
 @command("bench", "benchmark decoding methods side by side (Spec-Bench style)", _setup_bench)
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.data import load_questions
+    from .bench.data import load_questions, training_question_ids
     from .bench.decode import format_table, run_decode_suite
 
-    questions = load_questions(args.data, args.category, args.limit)
+    exclude = set() if args.include_train else training_question_ids()
+    questions = load_questions(args.data, args.category, args.limit, exclude_ids=exclude)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     spec = json.loads(args.spec) if args.spec else None
     res = run_decode_suite(engine, questions, methods, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, repeats=args.repeats, spec=spec)
+    res["settings"].update(data=str(args.data), held_out_only=not args.include_train)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -97,12 +98,17 @@ class Engine:
     Thread-safe: calls are serialized on the model (one decoding loop runs at a time per engine).
     """
 
-    def __init__(self, target: LoadedModel, *, drafter: Any = None, datastore: Any = None) -> None:
+    def __init__(self, target: LoadedModel, *, drafter: Any = "auto", datastore: Any = None) -> None:
+        """``drafter``: a :class:`~refrag_rasd_core.rasd.draft_tree.Drafter` (an EAGLE head, a
+        :class:`~refrag_rasd_core.rasd.draft_tree.CausalLMDrafter`), ``None`` for retrieval-only speculation,
+        or ``"auto"``: the shipped EAGLE head when the target is the default model. ``datastore``: a shared
+        :class:`~refrag_rasd_core.rasd.datastore.RestDatastore` consulted by ``rest`` / ``rasd`` besides the
+        request's passages."""
         self.target = target
         self.model = target.model
         self.tokenizer = target.tokenizer
         self.runner = TargetRunner(target.model)
-        self.drafter = drafter
+        self.drafter = default_drafter(target) if isinstance(drafter, str) and drafter == "auto" else drafter
         self.datastore = datastore
         self._lock = threading.Lock()
         self._budgets: dict[str, Any] = {}
@@ -313,6 +319,17 @@ class Engine:
                 ids = self.tokenizer(txt, add_special_tokens=False)["input_ids"] if txt.strip() else []
             out.append([int(t) for t in ids])
         return out
+
+
+def default_drafter(target: LoadedModel) -> Any:
+    """The shipped EAGLE draft head for the default target (``None`` for any other model)."""
+    if not target.is_default:
+        return None
+    from .eagle.checkpoint import DEFAULT_CHECKPOINT, load_default_draft_head
+
+    if not Path(DEFAULT_CHECKPOINT).exists():
+        return None
+    return load_default_draft_head(target.model)
 
 
 def _choose(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:

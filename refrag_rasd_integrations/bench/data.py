@@ -36,9 +36,22 @@ class BenchQuestion:
         return lines[:-1]
 
 
-def load_questions(path: str | Path, category: str | None = None, limit: int | None = None) -> list[BenchQuestion]:
+def training_question_ids() -> set:
+    """Ids of the Spec-Bench questions the shipped checkpoints were trained on (kept out of benchmarks)."""
+    from importlib import resources
+
+    path = resources.files("refrag_rasd_core") / "data" / "spec_bench_train.jsonl"
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, OSError):
+        return set()
+    return {json.loads(line)["question_id"] for line in text.splitlines() if line.strip()}
+
+
+def load_questions(path: str | Path, category: str | None = None, limit: int | None = None,
+                   exclude_ids: set | None = None) -> list[BenchQuestion]:
     """Read a Spec-Bench jsonl file, keeping ``category`` (comma-separated allowed) and the first ``limit``
-    questions of each category."""
+    questions of each category, skipping ``exclude_ids``."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"benchmark data file not found: {path}")
@@ -56,6 +69,8 @@ def load_questions(path: str | Path, category: str | None = None, limit: int | N
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 raise InvalidInputError(f"{path}:{n}: not a Spec-Bench question line ({exc})") from exc
             if wanted and q.category not in wanted:
+                continue
+            if exclude_ids and q.question_id in exclude_ids:
                 continue
             if limit is not None and per_cat.get(q.category, 0) >= limit:
                 continue
