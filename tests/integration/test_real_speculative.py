@@ -17,7 +17,7 @@ TIE_MARGIN = 1e-3
 
 @pytest.fixture(scope="module")
 def questions():
-    from conftest import SHARED_DEV, DATA
+    from conftest import DATA, SHARED_DEV
 
     path = SHARED_DEV if SHARED_DEV.exists() else DATA / "spec_bench_train.jsonl"
     return load_questions(path, "rag", limit=2)
