@@ -119,6 +119,7 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-train", action="store_true",
                    help="also run the questions the shipped checkpoints were trained on (skipped by default)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per question and method (median)")
+    p.add_argument("--no-calibrate", action="store_true", help="use the default verify-cost table")
     p.add_argument("--spec", default=None, help="JSON object of speculation options for the engine methods")
     p.add_argument("--out", default=None, help="write the results JSON here")
     _model_args(p)
@@ -135,7 +136,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     spec = json.loads(args.spec) if args.spec else None
     res = run_decode_suite(engine, questions, methods, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, repeats=args.repeats, spec=spec)
+                           temperature=args.temperature, repeats=args.repeats, spec=spec,
+                           calibrate=not args.no_calibrate)
     res["settings"].update(data=str(args.data), held_out_only=not args.include_train)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +163,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_draft(argv: list[str]) -> int:
+    from refrag_rasd_core.eagle.train import main as train_main
+
+    return train_main(argv)
+
+
+# commands that own their whole argument list (``refrag-rasd train-draft --help`` shows theirs)
+PASSTHROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train-draft": (_train_draft, "train an EAGLE draft head for a target model (see docs/training-draft-head.md)"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refrag-rasd", description="Fast RAG on local Hugging Face models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,10 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         setup(p)
         p.set_defaults(func=run)
+    for name, (_, help_text) in PASSTHROUGH.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in PASSTHROUGH:
+            return int(PASSTHROUGH[argv[0]][0](argv[1:]) or 0)
+    except RefragRasdError as exc:
+        print(f"refrag-rasd: error: {exc}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

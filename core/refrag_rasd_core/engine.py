@@ -295,6 +295,36 @@ class Engine:
         return make_proposer(cfg.method, engine=self, prompt_ids=prompt_ids, passages=passages,
                              options=cfg.spec)
 
+    def calibrate_verify_costs(self, context_len: int = 512, repeats: int = 3) -> dict[int, float]:
+        """Measure what a verify forward of n tree nodes costs here, relative to a plain step, and use it
+        for every speculative method from now on (a few seconds; the defaults describe a 2-core CPU or a
+        datacenter GPU)."""
+        from .rasd.budget import measure_verify_costs
+        from .rasd.token_tree import TokenTree
+        from .target import truncate_cache
+
+        device = self.runner.device
+        vocab = int(self.model.config.vocab_size)
+        ctx_ids = torch.arange(context_len, device=device)[None] % vocab
+        with self._lock:
+            cache = self.runner.new_cache()
+            self.runner.forward(ctx_ids, cache)
+
+            def forward(n: int) -> None:
+                tree = TokenTree(1)
+                for i in range(n - 1):  # a bushy tree: half the nodes hang off the root
+                    tree.add(0 if i % 2 == 0 else len(tree) - 1, 2 + i, 0.5, 1)
+                mask = tree.attention_mask(context_len, self.model.dtype, device) if n > 1 else None
+                self.runner.forward(torch.tensor([tree.tokens], device=device), cache, logits_at=None,
+                                    attention_mask=mask, position_ids=tree.position_ids(context_len, device))
+                _sync_device(device)
+                truncate_cache(cache, context_len)
+
+            costs = measure_verify_costs(forward, repeats=repeats)
+        self.verify_costs = costs
+        self._budgets.clear()
+        return costs
+
     def tree_budget(self, method: str) -> Any:
         """The engine's :class:`~refrag_rasd_core.rasd.budget.TreeBudget` for ``method`` (its calibration
         carries over from one request to the next)."""

@@ -89,8 +89,10 @@ def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods
                      max_new_tokens: int = 128, temperature: float = 0.0, repeats: int = 1,
                      spec: dict[str, Any] | None = None, progress: bool = True,
                      extra_methods: dict[str, Callable[[BenchQuestion], MethodRun]] | None = None,
-                     ) -> dict[str, Any]:
-    """Run the suite and return the results dict (the contract's JSON shape)."""
+                     calibrate: bool = False) -> dict[str, Any]:
+    """Run the suite and return the results dict (the contract's JSON shape). ``calibrate`` measures the
+    verify-cost curve on this machine first (:meth:`Engine.calibrate_verify_costs`)."""
+    costs = engine.calibrate_verify_costs() if calibrate else engine.verify_costs
     methods = list(dict.fromkeys(["vanilla", *methods]))  # vanilla is always the baseline
     runners = {m: make_method(m, engine, max_new_tokens, temperature, spec) for m in methods
                if m not in (extra_methods or {})}
@@ -135,7 +137,9 @@ def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods
         "settings": {"model": engine.target.name, "dtype": str(engine.runner.model.dtype).replace("torch.", ""),
                      "max_new_tokens": max_new_tokens, "temperature": temperature, "repeats": repeats,
                      "methods": methods, "n_questions": len(questions),
-                     "categories": sorted({q.category for q in questions}), "spec": dict(spec or {})},
+                     "categories": sorted({q.category for q in questions}), "spec": dict(spec or {}),
+                     "verify_costs": {str(k): round(v, 3) for k, v in (costs or {}).items()} or "defaults",
+                     "drafter": type(engine.drafter).__name__ if engine.drafter is not None else None},
         "methods": summarize(rows, methods),
         "per_question": rows,
     }

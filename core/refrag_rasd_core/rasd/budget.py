@@ -38,11 +38,17 @@ CPU_COSTS = {1: 1.0, 2: 1.45, 4: 1.6, 8: 1.7, 16: 1.85, 32: 2.3, 64: 3.3}
 GPU_COSTS = {1: 1.0, 2: 1.02, 4: 1.04, 8: 1.06, 16: 1.1, 32: 1.2, 64: 1.4}
 """Default relative verify costs on a datacenter GPU (a small model is launch-bound up to ~64 positions)."""
 
-_MAX_DEPTH = 64
+_MAX_DEPTH = 16
 
 
 class TreeBudget:
-    """Chooses, every step, how much of a candidate tree to verify (see the module docstring)."""
+    """Chooses, every step, how much of a candidate tree to verify (see the module docstring).
+
+    Calibration is kept per (candidate kind, bucket, depth): kind 0 = retrieval candidates, 1 = draft-only
+    candidates; ``bucket`` is the caller's context for retrieval (the matched suffix length, capped at 3:
+    a 1-token match is far less reliable than a 3-token one). Every step the statistics relax toward the
+    prior (time constant ``1 / (1 - decay)`` steps), so a source that went quiet is retried later.
+    """
 
     def __init__(self, costs: Mapping[int, float] | None = None, *, max_nodes: int = 64,
                  prior_alpha: float = 0.6, prior_weight: float = 2.0, decay: float = 0.995) -> None:
@@ -51,9 +57,10 @@ class TreeBudget:
         self._costs = [float(table[s]) / float(table[self._sizes[0]]) for s in self._sizes]
         self.max_nodes = max_nodes
         self.decay = decay
-        # per (source kind, depth): decayed sums of score verified and of nodes accepted
-        self._scored = {k: [prior_weight] * _MAX_DEPTH for k in (0, 1)}
-        self._accepted = {k: [prior_weight * prior_alpha] * _MAX_DEPTH for k in (0, 1)}
+        self._prior = (prior_weight, prior_weight * prior_alpha)
+        # per (kind, bucket): decayed sums, per depth, of the score verified and of the nodes accepted
+        self._scored: dict[tuple[int, int], list[float]] = {}
+        self._accepted: dict[tuple[int, int], list[float]] = {}
 
     def cost(self, n: int) -> float:
         """Relative cost of verifying ``n`` nodes (piecewise-linear in the measured table)."""
@@ -68,24 +75,35 @@ class TreeBudget:
         f = (n - s[j - 1]) / (s[j] - s[j - 1])
         return c[j - 1] + f * (c[j] - c[j - 1])
 
-    def alpha(self, source: int, depth: int) -> float:
-        k = _kind(source)
-        d = min(depth, _MAX_DEPTH) - 1
-        return self._accepted[k][d] / self._scored[k][d]
+    def _sums(self, key: tuple[int, int]) -> tuple[list[float], list[float]]:
+        if key not in self._scored:
+            self._scored[key] = [self._prior[0]] * _MAX_DEPTH
+            self._accepted[key] = [self._prior[1]] * _MAX_DEPTH
+        return self._scored[key], self._accepted[key]
 
-    def calibrated(self, tree: TokenTree) -> list[float]:
+    def alpha(self, source: int, depth: int, bucket: int = 0) -> float:
+        """Nodes accepted per unit of score verified, for this kind of candidate at this depth."""
+        kind = _kind(source)
+        scored, accepted = self._sums((kind, bucket if kind == 0 else 0))
+        d = min(depth, _MAX_DEPTH) - 1
+        return accepted[d] / scored[d]
+
+    def calibrated(self, tree: TokenTree, bucket: int = 0) -> list[float]:
         """Estimated acceptance probability of every node (root: 1), non-increasing along paths."""
         p = [1.0] * len(tree)
         for i in range(1, len(tree)):
-            est = min(1.0, self.alpha(tree.sources[i], tree.depths[i]) * tree.scores[i])
+            est = min(1.0, self.alpha(tree.sources[i], tree.depths[i], bucket) * tree.scores[i])
             p[i] = min(est, p[tree.parents[i]])
         return p
 
-    def select(self, tree: TokenTree | None) -> TokenTree | None:
-        """The most profitable ancestor-closed part of ``tree``, or ``None`` for a plain step."""
+    def select(self, tree: TokenTree | None, bucket: int = 0) -> TokenTree | None:
+        """The most profitable ancestor-closed part of ``tree``, or ``None`` for a plain step.
+
+        Call once per decoding step (it also ages the statistics toward the prior)."""
+        self._relax()
         if tree is None or len(tree) <= 1:
             return None
-        p = self.calibrated(tree)
+        p = self.calibrated(tree, bucket)
         order = sorted(range(1, len(tree)), key=lambda i: (-p[i], tree.depths[i], i))
         # best-first prefix of an order where parents come first (p is non-increasing along paths)
         best_n, best_gain, mass = 0, 1.0, 1.0
@@ -105,20 +123,24 @@ class TreeBudget:
                 j = tree.parents[j]
         return tree._subset(closed)
 
-    def update(self, tree: TokenTree, path: list[int]) -> None:
+    def update(self, tree: TokenTree, path: list[int], bucket: int = 0) -> None:
         """Learn from one verified tree and the accepted path (node indices, root first)."""
         on_path = set(path)
-        g = self.decay
-        touched: set[tuple[int, int]] = set()
         for i in range(1, len(tree)):
-            k, d = _kind(tree.sources[i]), min(tree.depths[i], _MAX_DEPTH) - 1
-            if (k, d) not in touched:
-                self._scored[k][d] *= g
-                self._accepted[k][d] *= g
-                touched.add((k, d))
-            self._scored[k][d] += tree.scores[i]
+            kind = _kind(tree.sources[i])
+            scored, accepted = self._sums((kind, bucket if kind == 0 else 0))
+            d = min(tree.depths[i], _MAX_DEPTH) - 1
+            scored[d] += tree.scores[i]
             if i in on_path:
-                self._accepted[k][d] += 1.0
+                accepted[d] += 1.0
+
+    def _relax(self) -> None:
+        g, (w0, a0) = self.decay, self._prior
+        for key, scored in self._scored.items():
+            accepted = self._accepted[key]
+            for d in range(_MAX_DEPTH):
+                scored[d] = g * scored[d] + (1 - g) * w0
+                accepted[d] = g * accepted[d] + (1 - g) * a0
 
 
 def _kind(source: int) -> int:

@@ -56,6 +56,7 @@ __all__ = [
     "RestDatastore",
     "Retrieval",
     "TokenStore",
+    "merge_retrievals",
     "retrieval_tree",
 ]
 
@@ -551,12 +552,26 @@ def retrieval_tree(
     if len(suffix) == 0:
         raise InvalidInputError("retrieval_tree needs a non-empty suffix (its last token is the tree's root)")
     results = [
-        (
-            st.source,
-            st.candidates(suffix, max_len=max_len, min_suffix=min_suffix, max_occurrences=max_occurrences),
-        )
+        (st.source, st.candidates(suffix, max_len=max_len, min_suffix=min_suffix, max_occurrences=max_occurrences))
         for st in stores
     ]
+    return merge_retrievals(_tail(suffix, 1)[0], results, max_nodes=max_nodes, max_depth=max_depth)
+
+
+def merge_retrievals(
+    root_token: int,
+    results: Sequence[tuple[int, Retrieval]],
+    *,
+    max_nodes: int | None = 32,
+    max_depth: int | None = None,
+) -> TokenTree:
+    """One trie of several stores' ``(source, Retrieval)`` results (see :func:`retrieval_tree`).
+
+    Example:
+        >>> r = PromptLookup([4, 5, 6]).candidates([4, 5], max_len=1)
+        >>> merge_retrievals(5, [(SOURCE_PROMPT, r)]).tokens
+        [5, 6]
+    """
     results = [(src, r) for src, r in results if r.continuations]
     seqs: list[tuple[int, ...]] = []
     weights: list[float] = []
@@ -567,7 +582,6 @@ def retrieval_tree(
             seqs.append(seq)
             weights.append(c / total)
             sources.append(src)
-    root = _tail(suffix, 1)[0]
     return TokenTree.from_sequences(
-        root, seqs, weights, sources=sources, max_nodes=max_nodes, max_depth=max_depth
+        root_token, seqs, weights, sources=sources, max_nodes=max_nodes, max_depth=max_depth
     )

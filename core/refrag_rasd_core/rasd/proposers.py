@@ -25,7 +25,7 @@ import torch
 
 from ..errors import InvalidInputError
 from .budget import TreeBudget
-from .datastore import PromptLookup, RestDatastore, retrieval_tree
+from .datastore import PromptLookup, RestDatastore, merge_retrievals
 from .draft_tree import build_draft_tree, draft_probe
 from .token_tree import TokenTree
 
@@ -80,6 +80,7 @@ class Proposer:
         self.budget = budget
         self.engine = engine
         self._seen = 0
+        self.bucket = 0  # the budget's calibration context for this step (matched suffix length, capped)
 
     def observe(self, committed: list[int], hidden: torch.Tensor | None) -> None:
         """Called before each step with all committed tokens and the target's hidden states of the positions
@@ -99,11 +100,11 @@ class Proposer:
             return None
         if self.budget is None or not self.opts.adaptive:
             return tree
-        return self.budget.select(tree)
+        return self.budget.select(tree, self.bucket)
 
     def feedback(self, tree: TokenTree, path: list[int]) -> None:
         if self.budget is not None:
-            self.budget.update(tree, path)
+            self.budget.update(tree, path, self.bucket)
 
 
 class PldProposer(Proposer):
@@ -120,6 +121,7 @@ class PldProposer(Proposer):
         o = self.opts
         r = self.pld.candidates(max_len=o.retrieval_len, min_suffix=o.min_suffix,
                                 max_occurrences=o.max_occurrences)
+        self.bucket = min(r.suffix_len, 3)
         if not r.continuations:
             return None
         total = r.n_read
@@ -160,8 +162,11 @@ class RestProposer(Proposer):
         if not self.stores:
             return None
         o = self.opts
-        return retrieval_tree(committed[-16:], self.stores, max_len=o.retrieval_len, max_nodes=o.max_nodes,
-                              min_suffix=o.min_suffix, max_occurrences=o.max_occurrences)
+        suffix = committed[-16:]
+        results = [(st.source, st.candidates(suffix, max_len=o.retrieval_len, min_suffix=o.min_suffix,
+                                             max_occurrences=o.max_occurrences)) for st in self.stores]
+        self.bucket = min(max(r.suffix_len for _, r in results), 3)
+        return merge_retrievals(committed[-1], results, max_nodes=o.max_nodes)
 
 
 class DraftProposer(Proposer):
