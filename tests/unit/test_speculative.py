@@ -189,3 +189,16 @@ def test_tree_verification_samples_exactly_on_a_toy_tree():
     assert all(len(x) == 2 for x in itertools.islice((accept_sampled(tree, logits, params, gen)[1]
                                                       for _ in range(50)), 50)
                if x[0] != 0)
+
+
+def test_shared_persistent_datastore(tiny, tmp_path):
+    """A corpus-level REST datastore, built once, saved and loaded, serves every request."""
+    from refrag_rasd_core.rasd import RestDatastore
+
+    plain = Engine(tiny, drafter=None)
+    base = plain.generate(PROMPT, max_new_tokens=48)
+    RestDatastore.build([base.token_ids, [1, 2, 3] * 20]).save(tmp_path / "store")
+    engine = Engine(tiny, drafter=None, datastore=RestDatastore.load(tmp_path / "store"))
+    res = engine.generate(PROMPT, max_new_tokens=48, method="rest")  # no passages: the shared store only
+    assert res.token_ids == base.token_ids
+    assert res.stats.accepted_per_forward > 2.0

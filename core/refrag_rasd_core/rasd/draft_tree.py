@@ -94,14 +94,15 @@ def draft_probe(drafter: Drafter, top_k: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def build_draft_tree(
-    drafter: Drafter, root_token: int, *, depth: int, top_k: int, total_tokens: int
+    drafter: Drafter, root_token: int, *, depth: int, top_k: int, total_tokens: int, min_prob: float = 0.0
 ) -> TokenTree:
     """EAGLE-2 dynamic draft tree of at most ``total_tokens`` nodes (root included) and ``depth`` levels.
 
     Level 1: the root's ``top_k`` children. For each further level: the ``top_k`` nodes of the previous
     level with the highest cumulative log-prob are expanded in ONE ``drafter.expand`` call, each keeping
     its ``top_k`` children. Finally every candidate is reranked globally by cumulative log-prob and the
-    best ``total_tokens - 1`` are kept (ancestor-closed, since a child never beats its parent). Node
+    best ``total_tokens - 1`` are kept (ancestor-closed, since a child never beats its parent). Expansion
+    stops early once no frontier node has a cumulative probability of at least ``min_prob``. Node
     scores are ``exp(cumulative log-prob)``; sources are :data:`SOURCE_DRAFT`.
 
     Call after ``drafter.sync`` (whose last token must be ``root_token``).
@@ -123,8 +124,11 @@ def build_draft_tree(
         cum.append(v)
     expanded: dict[int, int] = {}  # tree node -> drafter node number
     n_expanded = 0
+    min_lp = math.log(min_prob) if min_prob > 0 else -math.inf
     for _ in range(depth - 1):
         sel = sorted(level, key=lambda i: -cum[i])[:top_k]
+        if cum[sel[0]] < min_lp:  # dynamic depth: nothing left worth a draft forward
+            break
         par = [expanded.get(tree.parents[i], -1) for i in sel]
         for j, i in enumerate(sel):
             expanded[i] = n_expanded + j

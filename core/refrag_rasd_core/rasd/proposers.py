@@ -37,7 +37,8 @@ class SpecOptions:
     """Speculation settings (``GenerationConfig.spec``); defaults chosen by measurement on the 2-core CPU.
 
     ``max_nodes`` bounds a tree before the budget trims it; ``retrieval_len`` is how far a retrieved
-    continuation reaches; ``draft_depth`` / ``draft_top_k`` / ``draft_nodes`` shape the EAGLE-2 draft tree;
+    continuation reaches; ``draft_depth`` / ``draft_top_k`` / ``draft_nodes`` shape the EAGLE-2 draft tree, which stops growing
+    once no frontier path has a draft probability of ``draft_min_prob``;
     ``prune_top_k`` / ``prune_min_prob`` are RASD's pruning rule (a retrieval branch survives when its first
     token is in the draft's top-k with at least that probability); ``adaptive`` turns the budget off
     (verify the whole tree every step) when False.
@@ -50,6 +51,7 @@ class SpecOptions:
     draft_depth: int = 5
     draft_top_k: int = 4
     draft_nodes: int = 16
+    draft_min_prob: float = 0.1
     prune_top_k: int = 8
     prune_min_prob: float = 0.01
     adaptive: bool = True
@@ -190,7 +192,7 @@ class DraftProposer(Proposer):
     def draft_tree(self, root: int) -> TokenTree:
         o = self.opts
         return build_draft_tree(self.drafter, root, depth=o.draft_depth, top_k=o.draft_top_k,
-                                total_tokens=o.draft_nodes)
+                                total_tokens=o.draft_nodes, min_prob=o.draft_min_prob)
 
     def candidates(self, committed: list[int]) -> TokenTree | None:
         return self.draft_tree(committed[-1])
