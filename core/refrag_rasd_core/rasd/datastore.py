@@ -194,7 +194,39 @@ def _suffix_array(r: np.ndarray, depth: int) -> tuple[np.ndarray, int]:
     return sa, max(k, depth)  # stopped early: every suffix distinct, so the order holds at any depth
 
 
-class RestDatastore:
+class _TreeLookup:
+    """``lookup``: a store's :meth:`candidates` as a trie rooted at the suffix's last token."""
+
+    source: int
+    tokens: list[int]
+
+    def lookup(
+        self,
+        suffix: TokenSeq | None = None,
+        *,
+        max_len: int = 8,
+        max_nodes: int | None = 32,
+        max_depth: int | None = None,
+        min_suffix: int = 1,
+        max_suffix: int | None = None,
+        max_occurrences: int = 64,
+    ) -> TokenTree:
+        """:meth:`candidates` as a trie rooted at ``suffix[-1]`` (at most ``max_nodes`` nodes, root included);
+        a :class:`PromptLookup` defaults to its own last tokens."""
+        src = suffix if suffix is not None else (self.tokens if isinstance(self, PromptLookup) else ())
+        if len(src) == 0:
+            raise InvalidInputError("lookup needs a non-empty suffix (its last token is the tree's root)")
+        r = self.candidates(  # type: ignore[attr-defined]
+            suffix,
+            max_len=max_len,
+            min_suffix=min_suffix,
+            max_suffix=max_suffix,
+            max_occurrences=max_occurrences,
+        )
+        return r.tree(_tail(src, 1)[0], max_nodes=max_nodes, max_depth=max_depth, source=self.source)
+
+
+class RestDatastore(_TreeLookup):
     """REST datastore: a suffix index over many token sequences, built once, saved and shared.
 
     Build with :meth:`build`, query with :meth:`candidates` / :meth:`lookup`, persist with :meth:`save` /
@@ -348,29 +380,6 @@ class RestDatastore:
         rows = vals.tolist()
         return Retrieval(length, nvalid, _count([row[:m] for row, m in zip(rows, lens, strict=True)]))
 
-    def lookup(
-        self,
-        suffix: TokenSeq,
-        *,
-        max_len: int = 8,
-        max_nodes: int | None = 32,
-        max_depth: int | None = None,
-        min_suffix: int = 1,
-        max_suffix: int | None = None,
-        max_occurrences: int = 64,
-    ) -> TokenTree:
-        """:meth:`candidates` as a trie rooted at ``suffix[-1]`` (at most ``max_nodes`` nodes, root included)."""
-        if len(suffix) == 0:
-            raise InvalidInputError("lookup needs a non-empty suffix (its last token is the tree's root)")
-        r = self.candidates(
-            suffix,
-            max_len=max_len,
-            min_suffix=min_suffix,
-            max_suffix=max_suffix,
-            max_occurrences=max_occurrences,
-        )
-        return r.tree(_tail(suffix, 1)[0], max_nodes=max_nodes, max_depth=max_depth, source=self.source)
-
     # ---------------------------------------------------------------- persistence
 
     def save(self, path: str | Path) -> Path:
@@ -429,7 +438,7 @@ class RestDatastore:
 # ---------------------------------------------------------------------------------------- PLD
 
 
-class PromptLookup:
+class PromptLookup(_TreeLookup):
     """PLD: suffix lookup over one growing sequence (the prompt, then every generated token).
 
     The engine calls :meth:`extend` with the accepted tokens after each step and :meth:`lookup` before
@@ -499,30 +508,6 @@ class PromptLookup:
             recent = ends[max(nvalid - max_occurrences, 0) : nvalid]
             return Retrieval(length, nvalid, _count([toks[e : e + max_len] for e in recent]))
         return Retrieval()
-
-    def lookup(
-        self,
-        suffix: TokenSeq | None = None,
-        *,
-        max_len: int = 8,
-        max_nodes: int | None = 32,
-        max_depth: int | None = None,
-        min_suffix: int = 1,
-        max_suffix: int | None = None,
-        max_occurrences: int = 64,
-    ) -> TokenTree:
-        """:meth:`candidates` as a trie rooted at the suffix's last token (default: the store's last token)."""
-        src = self.tokens if suffix is None else suffix
-        if len(src) == 0:
-            raise InvalidInputError("lookup needs a non-empty suffix (its last token is the tree's root)")
-        r = self.candidates(
-            suffix,
-            max_len=max_len,
-            min_suffix=min_suffix,
-            max_suffix=max_suffix,
-            max_occurrences=max_occurrences,
-        )
-        return r.tree(_tail(src, 1)[0], max_nodes=max_nodes, max_depth=max_depth, source=self.source)
 
 
 # ---------------------------------------------------------------------------------------- merged
