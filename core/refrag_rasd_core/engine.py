@@ -325,6 +325,14 @@ class Engine:
         self._budgets.clear()
         return costs
 
+    def draft_gate(self) -> Any:
+        """The engine's :class:`~refrag_rasd_core.rasd.budget.DraftGate` for ``rasd`` (kept across requests)."""
+        from .rasd.budget import DraftGate
+
+        if "rasd-draft-gate" not in self._budgets:
+            self._budgets["rasd-draft-gate"] = DraftGate()
+        return self._budgets["rasd-draft-gate"]
+
     def tree_budget(self, method: str) -> Any:
         """The engine's :class:`~refrag_rasd_core.rasd.budget.TreeBudget` for ``method`` (its calibration
         carries over from one request to the next)."""

@@ -172,15 +172,17 @@ def format_table(results: dict[str, Any]) -> str:
     head = f"{'method':<10} {'tok/s':>8} {'speedup':>8} {'accepted':>9} {'ttft_s':>8} {'equal':>6} {'n':>4}"
     lines = [head, "-" * len(head)]
     for m, s in results["methods"].items():
-        def fmt(v: Any, spec: str) -> str:
-            return format(v, spec) if v is not None else "-"
-        lines.append(f"{m:<10} {fmt(s['tokens_per_s'], '8.2f')} {fmt(s['speedup_vs_vanilla'], '7.2f')}x "
-                     f"{fmt(s['mean_accepted'], '9.2f')} {fmt(s['ttft_s'], '8.3f')} "
+        lines.append(f"{m:<10} {_cell(s['tokens_per_s'], 8, 2)} {_cell(s['speedup_vs_vanilla'], 7, 2)}x "
+                     f"{_cell(s['mean_accepted'], 9, 2)} {_cell(s['ttft_s'], 8, 3)} "
                      f"{s['equal_to_vanilla']:>6.2f} {s['n']:>4}")
     mach = results["machine"]
     lines.append(f"machine: {mach['cpu']} ({mach['cores']} cores), device {mach['device']}, "
                  f"torch {mach['torch']}, transformers {mach['transformers']}")
     return "\n".join(lines)
+
+
+def _cell(v: float | None, width: int, digits: int) -> str:
+    return f"{v:{width}.{digits}f}" if v is not None else "-".rjust(width)
 
 
 def _first_difference(a: Sequence[int], b: Sequence[int]) -> int:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 
 from .token_tree import SOURCE_DRAFT, SOURCE_RETRIEVAL, TokenTree
 
-__all__ = ["TreeBudget", "measure_verify_costs", "CPU_COSTS", "GPU_COSTS"]
+__all__ = ["DraftGate", "TreeBudget", "measure_verify_costs", "CPU_COSTS", "GPU_COSTS"]
 
 CPU_COSTS = {1: 1.0, 2: 1.45, 4: 1.6, 8: 1.7, 16: 1.85, 32: 2.3, 64: 3.3}
 """Default relative verify costs on a small CPU (SmolLM2-135M fp32, 2 cores; see DESIGN.md)."""
@@ -163,3 +163,44 @@ def measure_verify_costs(forward: Callable[[int], None], sizes: tuple[int, ...] 
         out[n] = sorted(times)[len(times) // 2]
     base = out[sizes[0]]
     return {n: max(1.0, v / base) for n, v in out.items()}
+
+
+class DraftGate:
+    """Whether running the draft model pays this step (RASD with a weak or costly draft).
+
+    Tracks, as exponential averages, the tokens that only the draft proposed and the target accepted per
+    step, the seconds drafting takes per step, and the seconds of a whole decoding step. The draft runs
+    when ``gain * step_s >= cost_s`` (its tokens save more target steps than it costs), and every
+    ``explore_every`` steps regardless, so the estimates stay current.
+
+    Example:
+        >>> gate = DraftGate()
+        >>> gate.should_draft()          # optimistic until measured
+        True
+        >>> for _ in range(20):
+        ...     gate.record(draft_s=0.02, draft_tokens=0, step_s=0.1)
+        >>> gate.should_draft()
+        False
+    """
+
+    def __init__(self, explore_every: int = 16, decay: float = 0.9) -> None:
+        self.explore_every = explore_every
+        self.decay = decay
+        self.gain = 1.0
+        self.cost_s = 0.0
+        self.step_s = 0.0
+        self._n = 0
+
+    def should_draft(self) -> bool:
+        self._n += 1
+        if self._n % self.explore_every == 0 or self.step_s == 0.0:
+            return True
+        return self.gain * self.step_s >= self.cost_s
+
+    def record(self, *, draft_s: float | None, draft_tokens: int | None, step_s: float) -> None:
+        """One step: its drafting time and draft-only accepted tokens (``None`` if it did not draft)."""
+        g = self.decay
+        self.step_s = step_s if self.step_s == 0.0 else g * self.step_s + (1 - g) * step_s
+        if draft_s is not None and draft_tokens is not None:
+            self.gain = g * self.gain + (1 - g) * draft_tokens
+            self.cost_s = draft_s if self.cost_s == 0.0 else g * self.cost_s + (1 - g) * draft_s

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -24,10 +25,10 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInputError
-from .budget import TreeBudget
+from .budget import DraftGate, TreeBudget
 from .datastore import PromptLookup, RestDatastore, merge_retrievals
 from .draft_tree import build_draft_tree, draft_probe
-from .token_tree import TokenTree
+from .token_tree import SOURCE_DRAFT, TokenTree
 
 __all__ = ["SpecOptions", "Proposer", "make_proposer"]
 
@@ -40,7 +41,8 @@ class SpecOptions:
     continuation reaches; ``draft_depth`` / ``draft_top_k`` / ``draft_nodes`` shape the EAGLE-2 draft tree, which stops growing
     once no frontier path has a draft probability of ``draft_min_prob``;
     ``prune_top_k`` / ``prune_min_prob`` are RASD's pruning rule (a retrieval branch survives when its first
-    token is in the draft's top-k with at least that probability); ``adaptive`` turns the budget off
+    token is in the draft's top-k with at least that probability), applied when the retrieval match is at
+    most ``prune_max_match`` tokens long (longer suffix matches are trusted over a small draft); ``adaptive`` turns the budget off
     (verify the whole tree every step) when False.
     """
 
@@ -54,6 +56,7 @@ class SpecOptions:
     draft_min_prob: float = 0.1
     prune_top_k: int = 8
     prune_min_prob: float = 0.01
+    prune_max_match: int = 2
     adaptive: bool = True
 
     @classmethod
@@ -199,15 +202,23 @@ class DraftProposer(Proposer):
 
 
 class RasdProposer(RestProposer):
-    """RASD: PLD + REST retrieval trie, pruned by the draft's confidence, fused with the draft tree."""
+    """RASD: PLD + REST retrieval trie, pruned by the draft's confidence, fused with the draft tree.
+
+    A :class:`~refrag_rasd_core.rasd.budget.DraftGate` (the engine's, shared across requests) skips the
+    draft on steps where its accepted tokens have not been paying for its cost; such a step uses the
+    retrieval trie alone, unpruned.
+    """
 
     use_prompt = True
 
     def __init__(self, engine: Any, prompt_ids: list[int], opts: SpecOptions, budget: TreeBudget | None,
-                 passages: list[list[int]]) -> None:
+                 passages: list[list[int]], gate: DraftGate | None = None) -> None:
         super().__init__(engine, prompt_ids, opts, budget, passages)
         self.draft = DraftProposer(engine, prompt_ids, opts, None) if engine.drafter is not None else None
         self.uses_target_hidden = bool(self.draft and self.draft.uses_target_hidden)
+        self.gate = gate if opts.adaptive else None
+        self._drafted_s: float | None = None
+        self._step_t0: float | None = None
 
     def _on_commit(self, new: list[int], committed: list[int], hidden: torch.Tensor | None) -> None:
         super()._on_commit(new, committed, hidden)
@@ -215,16 +226,29 @@ class RasdProposer(RestProposer):
             self.draft._on_commit(new, committed, hidden)
 
     def candidates(self, committed: list[int]) -> TokenTree | None:
+        t0 = time.perf_counter()
+        self._step_t0 = t0
         retrieved = super().candidates(committed)
-        if self.draft is None:
+        self._drafted_s = None
+        if self.draft is None or (self.gate is not None and not self.gate.should_draft()):
             return retrieved
         o = self.opts
         if retrieved is None or len(retrieved) <= 1:
-            return self.draft.draft_tree(committed[-1])
-        lp, ids = draft_probe(self.draft.drafter, o.prune_top_k)
-        drafted = self.draft.draft_tree(committed[-1])
-        pruned = retrieved.prune_by_draft(lp, ids, top_k=o.prune_top_k, min_prob=o.prune_min_prob)
-        return pruned.fuse(drafted, max_nodes=o.max_nodes)
+            tree = self.draft.draft_tree(committed[-1])
+        else:
+            if self.bucket <= o.prune_max_match:
+                lp, ids = draft_probe(self.draft.drafter, o.prune_top_k)
+                retrieved = retrieved.prune_by_draft(lp, ids, top_k=o.prune_top_k, min_prob=o.prune_min_prob)
+            tree = retrieved.fuse(self.draft.draft_tree(committed[-1]), max_nodes=o.max_nodes)
+        self._drafted_s = time.perf_counter() - t0
+        return tree
+
+    def feedback(self, tree: TokenTree, path: list[int]) -> None:
+        super().feedback(tree, path)
+        if self.gate is not None and self._step_t0 is not None:
+            draft_only = sum(1 for i in path[1:] if tree.sources[i] == SOURCE_DRAFT)
+            self.gate.record(draft_s=self._drafted_s, draft_tokens=draft_only if self._drafted_s else None,
+                             step_s=time.perf_counter() - self._step_t0)
 
 
 def make_proposer(method: str, *, engine: Any, prompt_ids: list[int], passages: Sequence[Any] | None,
@@ -239,5 +263,6 @@ def make_proposer(method: str, *, engine: Any, prompt_ids: list[int], passages: 
     if method == "draft":
         return DraftProposer(engine, prompt_ids, opts, budget)
     if method == "rasd":
-        return RasdProposer(engine, prompt_ids, opts, budget, engine.passage_token_ids(passages))
+        return RasdProposer(engine, prompt_ids, opts, budget, engine.passage_token_ids(passages),
+                            gate=engine.draft_gate())
     raise InvalidInputError(f"unknown speculative method {method!r}")
