@@ -110,9 +110,13 @@ def default_encoder_path() -> Path:
 
 
 def converted_gguf_dir(gguf_path: Path) -> Path:
-    """Cache folder for the safetensors conversion of a GGUF file (keyed by name, size and mtime)."""
-    st = gguf_path.stat()
-    key = f"{gguf_path.stem}-{st.st_size}-{int(st.st_mtime)}-v{_CONVERSION_VERSION}"
+    """Cache folder for the safetensors conversion of a GGUF file, keyed by its name, size and a hash of its
+    first MiB (not its mtime, so reinstalling the same wheel in a new venv reuses the conversion)."""
+    import hashlib
+
+    with gguf_path.open("rb") as fh:
+        head = hashlib.sha256(fh.read(1 << 20)).hexdigest()[:12]
+    key = f"{gguf_path.stem}-{gguf_path.stat().st_size}-{head}-v{_CONVERSION_VERSION}"
     return cache_dir() / "converted" / key
 
 

@@ -320,7 +320,7 @@ class TokenTree:
             ids, lps = ids[:top_k], lps[:top_k]
         if min_prob is not None:
             min_lp = math.log(min_prob) if min_prob > 0 else -math.inf
-            allowed = {t for t, lp in zip(ids, lps, strict=True) if lp >= min_lp}
+            allowed = {t for t, lp in zip(ids, lps, strict=True) if lp >= min_lp - 1e-12}  # fp tolerance
         else:
             allowed = set(ids)
         return self.prune(allowed)
