@@ -32,6 +32,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+
 from refrag_rasd_core.rasd.datastore import PromptLookup, RestDatastore
 
 VOCAB = 49_152

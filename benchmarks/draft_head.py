@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from refrag_rasd_core.eagle.checkpoint import load_default_draft_head, load_draft_head
 from refrag_rasd_core.eagle.corpus import format_prompt, spec_bench_prompts
 from refrag_rasd_core.eagle.features import (

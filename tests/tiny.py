@@ -8,9 +8,10 @@ winners (a larger init range than the default, so near-ties are rare).
 from __future__ import annotations
 
 import torch
-from refrag_rasd_core.models import LoadedModel
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from refrag_rasd_core.models import LoadedModel
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"

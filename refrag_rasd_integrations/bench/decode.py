@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
 from refrag_rasd_core.engine import METHODS as ENGINE_METHODS
 from refrag_rasd_core.engine import Engine, GenerationConfig
 from refrag_rasd_core.errors import InvalidInputError

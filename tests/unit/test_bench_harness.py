@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
-
 from refrag_rasd_integrations.bench.data import load_questions
 from refrag_rasd_integrations.bench.decode import MethodRun, format_table, run_decode_suite
 from refrag_rasd_integrations.cli import main

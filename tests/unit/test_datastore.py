@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from refrag_rasd_core.errors import CheckpointError, InvalidInputError
 from refrag_rasd_core.rasd.datastore import (
     SEPARATOR,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
 from refrag_rasd_core.errors import InvalidInputError, TokenizerMismatchError
 from refrag_rasd_core.rasd.draft_tree import (
     CausalLMDrafter,
@@ -13,7 +15,6 @@ from refrag_rasd_core.rasd.draft_tree import (
     draft_probe,
 )
 from refrag_rasd_core.rasd.token_tree import SOURCE_DRAFT, TokenTree
-from transformers import LlamaConfig, LlamaForCausalLM
 
 VOCAB = 97
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
 from refrag_rasd_core.eagle.checkpoint import (
     load_draft_head,
     load_eagle_checkpoint,
@@ -15,8 +18,6 @@ from refrag_rasd_core.eagle.checkpoint import (
 )
 from refrag_rasd_core.eagle.head import DraftHead
 from refrag_rasd_core.errors import CheckpointError
-from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def tiny_target(hidden: int = 32, vocab: int = 96):

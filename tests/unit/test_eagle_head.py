@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
 from refrag_rasd_core.eagle.head import DraftHead
 from refrag_rasd_core.errors import InvalidInputError
-from transformers import LlamaConfig, LlamaForCausalLM
 
 ATOL = 1e-5
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
 from refrag_rasd_core.eagle.checkpoint import load_draft_head
 from refrag_rasd_core.eagle.corpus import spec_bench_prompts
 from refrag_rasd_core.eagle.features import FeatureStore, extract_features
@@ -19,7 +20,6 @@ from refrag_rasd_core.eagle.train import (
     head_loss,
     train_draft,
 )
-from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def tiny_target():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from refrag_rasd_core.engine import Engine, GenerationConfig
 from refrag_rasd_core.errors import ContextTooLongError, InvalidInputError
 

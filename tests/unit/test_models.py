@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from refrag_rasd_core import models
 from refrag_rasd_core.errors import ModelLoadError, ModelNotFoundError, TokenizerMismatchError
 

@@ -11,11 +11,12 @@ import itertools
 
 import pytest
 import torch
+from scipy.stats import chisquare
+
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.rasd import CausalLMDrafter
 from refrag_rasd_core.sampling import SamplingParams, logits_to_probs
-from scipy.stats import chisquare
 
 METHODS = ["pld", "rest", "draft", "rasd"]
 PROMPT = [{"role": "user", "content": "abc abc abc abc, the cat sat on the mat; the cat sat"}]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.text_stream import TextAssembler
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.rasd.token_tree import (
     SOURCE_DATASTORE,
