@@ -235,6 +235,9 @@ class Engine:
             stats.accepted_hist[1] = stats.target_forwards
         elif not done:
             yield from self._speculate(proposer, cache, committed, hidden, params, gen, stats, emit)
+        if proposer is not None:  # proposal time = retrieval + drafting / tree building
+            stats.retrieval_s = proposer.retrieval_s
+            stats.draft_s = max(stats.draft_s - proposer.retrieval_s, 0.0)
         _sync_device(device)
         stats.total_s = time.perf_counter() - t0
 

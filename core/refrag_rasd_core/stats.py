@@ -20,6 +20,8 @@ class GenerationStats:
     ``target_forwards`` counts decoding forwards of the target after the prefill; every one of them emits
     ``accepted + 1`` tokens (``accepted`` draft tokens and the target's own bonus token), so
     ``accepted_per_forward`` (the speculative methods' "mean accepted tokens") is 1.0 for vanilla decoding.
+    ``retrieval_s`` is the time in datastore / prompt lookups, ``draft_s`` the rest of proposing trees (the
+    draft model, tree building, the budget), ``verify_s`` the target's decoding forwards with acceptance.
     """
 
     method: str = "vanilla"

@@ -203,3 +203,11 @@ def test_shared_persistent_datastore(tiny, tmp_path):
     res = engine.generate(PROMPT, max_new_tokens=48, method="rest")  # no passages: the shared store only
     assert res.token_ids == base.token_ids
     assert res.stats.accepted_per_forward > 2.0
+
+
+def test_time_breakdown_is_reported(tiny):
+    engine = Engine(tiny, drafter=None)
+    base = engine.generate(PROMPT, max_new_tokens=32)
+    s = engine.generate(PROMPT, max_new_tokens=32, method="rasd", passages=[base.token_ids]).stats
+    assert s.retrieval_s > 0 and s.verify_s > 0 and s.draft_s >= 0
+    assert s.retrieval_s + s.draft_s + s.verify_s <= s.total_s

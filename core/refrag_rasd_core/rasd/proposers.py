@@ -86,6 +86,7 @@ class Proposer:
         self.engine = engine
         self._seen = 0
         self.bucket = 0  # the budget's calibration context for this step (matched suffix length, capped)
+        self.retrieval_s = 0.0  # time spent in datastore / prompt lookups (part of the proposal time)
 
     def observe(self, committed: list[int], hidden: torch.Tensor | None) -> None:
         """Called before each step with all committed tokens and the target's hidden states of the positions
@@ -124,8 +125,10 @@ class PldProposer(Proposer):
 
     def candidates(self, committed: list[int]) -> TokenTree | None:
         o = self.opts
+        t0 = time.perf_counter()
         r = self.pld.candidates(max_len=o.retrieval_len, min_suffix=o.min_suffix,
                                 max_occurrences=o.max_occurrences)
+        self.retrieval_s += time.perf_counter() - t0
         self.bucket = min(r.suffix_len, 3)
         if not r.continuations:
             return None
@@ -168,8 +171,10 @@ class RestProposer(Proposer):
             return None
         o = self.opts
         suffix = committed[-16:]
+        t0 = time.perf_counter()
         results = [(st.source, st.candidates(suffix, max_len=o.retrieval_len, min_suffix=o.min_suffix,
                                              max_occurrences=o.max_occurrences)) for st in self.stores]
+        self.retrieval_s += time.perf_counter() - t0
         self.bucket = min(max(r.suffix_len for _, r in results), 3)
         return merge_retrievals(committed[-1], results, max_nodes=o.max_nodes)
 
