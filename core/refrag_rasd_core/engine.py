@@ -260,6 +260,7 @@ class Engine:
                 logits, hidden = self.runner.forward(ids, cache, logits_at=None,
                                                      want_hidden=proposer.uses_target_hidden)
                 path, chosen = [0], [_choose(logits[0], params, gen)]
+                proposer.feedback(None, path)  # a plain step: the proposal (if any) yielded nothing
             else:
                 tokens = torch.tensor([tree.tokens], device=device)
                 logits, hidden = self.runner.forward(

@@ -108,8 +108,9 @@ class Proposer:
             return tree
         return self.budget.select(tree, self.bucket)
 
-    def feedback(self, tree: TokenTree, path: list[int]) -> None:
-        if self.budget is not None:
+    def feedback(self, tree: TokenTree | None, path: list[int]) -> None:
+        """After each step: the verified tree (``None`` for a plain step) and the accepted path."""
+        if self.budget is not None and tree is not None:
             self.budget.update(tree, path, self.bucket)
 
 
@@ -248,10 +249,10 @@ class RasdProposer(RestProposer):
         self._drafted_s = time.perf_counter() - t0
         return tree
 
-    def feedback(self, tree: TokenTree, path: list[int]) -> None:
+    def feedback(self, tree: TokenTree | None, path: list[int]) -> None:
         super().feedback(tree, path)
         if self.gate is not None and self._step_t0 is not None:
-            draft_only = sum(1 for i in path[1:] if tree.sources[i] == SOURCE_DRAFT)
+            draft_only = 0 if tree is None else sum(1 for i in path[1:] if tree.sources[i] == SOURCE_DRAFT)
             self.gate.record(draft_s=self._drafted_s, draft_tokens=draft_only if self._drafted_s else None,
                              step_s=time.perf_counter() - self._step_t0)
 
