@@ -91,10 +91,6 @@ class TargetRunner:
         return logits.float(), (out.hidden_states[-1][0] if want_hidden else None)
 
 
-def cache_length(cache: DynamicCache) -> int:
-    return cache.get_seq_length()
-
-
 @torch.inference_mode()
 def keep_cache_path(cache: DynamicCache, context_len: int, keep: torch.Tensor) -> None:
     """Keep the cache's first ``context_len`` positions plus the tree nodes ``keep`` (offsets from
