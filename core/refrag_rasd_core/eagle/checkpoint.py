@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -36,19 +35,12 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..safetensors_io import read_sidecar, read_weights, write_checkpoint
 from .head import DraftHead, DraftHeadConfig
 
 FORMAT = "refrag-rasd-eagle"
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "smollm2-135m-instruct-eagle.safetensors"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _target_info(target) -> dict[str, Any]:
@@ -71,51 +63,23 @@ def save_draft_head(
     metrics: dict | None = None,
 ) -> Path:
     """Write ``path`` (.safetensors) and its json sidecar (config, sha256, recipe, metrics); atomic."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path / "draft_head.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
-        for k, v in head.state_dict().items()
-    }
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT})
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in head.state_dict().items()}
     meta = {
         "format": FORMAT,
         "config": head.config.to_dict(),
-        "sha256": sha256_file(tmp),
         "dtype": str(dtype).replace("torch.", ""),
         "target": _target_info(target) if target is not None else {},
         "recipe": recipe or {},
         "metrics": metrics or {},
     }
-    os.replace(tmp, path)
-    jtmp = path.with_suffix(".json.tmp")
-    jtmp.write_text(json.dumps(meta, indent=2))
-    os.replace(jtmp, path.with_suffix(".json"))
-    return path
+    return write_checkpoint(state, path, meta)
 
 
 def _read_safetensors(path: Path, expected_sha: str | None) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.exists():
-        raise CheckpointError(f"draft-head checkpoint not found: {path}")
-    if expected_sha is not None:
-        got = sha256_file(path)
-        if got != expected_sha:
-            raise CheckpointError(
-                f"draft-head checkpoint {path} has sha256 {got[:16]}..., its json says {expected_sha[:16]}...: "
-                "the file is corrupt or was replaced; re-download or re-train it"
-            )
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for truncated / malformed files
-        raise CheckpointError(f"draft-head checkpoint {path} cannot be read as safetensors ({e}); "
-                              "it is truncated or corrupt") from e
+    return read_weights(path, expected_sha, "draft-head checkpoint")
 
 
 def _check_and_load(head: DraftHead, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -138,17 +102,7 @@ def _check_and_load(head: DraftHead, state: dict[str, torch.Tensor], path: Path)
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The json sidecar of a checkpoint written by :func:`save_draft_head`."""
-    path = Path(path)
-    jpath = path.with_suffix(".json")
-    if not jpath.exists():
-        raise CheckpointError(f"draft-head checkpoint {path} has no json sidecar {jpath.name}")
-    try:
-        meta = json.loads(jpath.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"draft-head json {jpath} is not valid json: {e}") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{jpath} is not a {FORMAT} checkpoint description")
-    return meta
+    return read_sidecar(path, FORMAT, "draft-head checkpoint")
 
 
 def load_draft_head(path: str | os.PathLike, target_model, device=None, dtype=torch.float32,

@@ -1,0 +1,154 @@
+"""The decoder input of a RAG prompt: instruction, passages, question, with passages raw or compressed.
+
+:func:`layout_prompt` renders the prompt around a context block (through the chat template when the
+tokenizer has one) and returns its token segments: ``prefix``, the passages (each after ``separator``)
+and ``suffix`` (the question and the assistant turn). ``context="text"`` (plain RAG) reads every segment
+as tokens; ``context="compressed"`` (REFRAG, :func:`build_compressed_input`) replaces each k-token chunk
+of a passage by ONE projected chunk vector, except the chunks chosen for expansion, which stay as their
+k token embeddings IN PLACE (order preserved). Position ids run 0..L-1 over the mixed sequence, one per
+vector or token, so decoding continues from position L as after any prefill.
+
+Example:
+    >>> from tiny import tiny_tokenizer                                   # doctest: +SKIP
+    >>> lay = layout_prompt(tiny_tokenizer(), "Who?", [[10, 11, 12]])     # doctest: +SKIP
+    >>> lay.full_ids()[:len(lay.prefix)] == lay.prefix                    # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import InvalidInputError
+from .chunking import chunk_token_ids
+
+CONTEXT_MODES = ("none", "text", "compressed")
+CONTEXT_INSTRUCTION = "Answer the question using the context below.\n\nContext:\n"
+QUESTION_HEADER = "\n\nQuestion: "
+PASSAGE_SEPARATOR = "\n\n"
+_SENTINEL = "@@REFRAG_RASD_CONTEXT@@"
+
+__all__ = ["CONTEXT_MODES", "ContextLayout", "CompressedInput", "layout_prompt", "build_compressed_input"]
+
+
+@dataclass
+class ContextLayout:
+    """Token segments of a RAG prompt: ``prefix + (separator + passage)* + suffix`` (the first passage
+    has no separator)."""
+
+    prefix: list[int]
+    passages: list[list[int]]
+    separator: list[int]
+    suffix: list[int]
+
+    def full_ids(self) -> list[int]:
+        """The whole prompt as tokens (plain RAG, ``context="text"``)."""
+        ids = list(self.prefix)
+        for i, p in enumerate(self.passages):
+            if i:
+                ids.extend(self.separator)
+            ids.extend(p)
+        ids.extend(self.suffix)
+        return ids
+
+    @property
+    def context_tokens(self) -> int:
+        return sum(len(p) for p in self.passages)
+
+
+@dataclass
+class CompressedInput:
+    """A mixed prefill: ``inputs_embeds`` ``[1, L, H]``; ``token_ids`` the token at each raw position
+    (``None`` at a compressed one); the chunks (global index order) and which of them were expanded."""
+
+    inputs_embeds: torch.Tensor
+    token_ids: list[int | None]
+    n_chunks: int
+    expanded: list[int] = field(default_factory=list)
+    full_length: int = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.token_ids)
+
+
+def _question_and_messages(prompt: str | Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], int]:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    if not users:
+        raise InvalidInputError("a RAG prompt needs a user message (the question)")
+    q = users[-1]
+    if not str(messages[q].get("content", "")).strip():
+        raise InvalidInputError("the question is empty")
+    return messages, q
+
+
+def layout_prompt(tokenizer: Any, prompt: str | Sequence[dict[str, str]],
+                  passages: Sequence[Sequence[int]]) -> ContextLayout:
+    """Segment a question (or chat messages whose last user message is the question) around passages."""
+    messages, q = _question_and_messages(prompt)
+    question = str(messages[q]["content"])
+    messages[q]["content"] = CONTEXT_INSTRUCTION + _SENTINEL + QUESTION_HEADER + question
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        specials = False  # the template writes its own special tokens as text
+    else:
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        specials = True
+    if text.count(_SENTINEL) != 1:
+        raise InvalidInputError("the chat template altered the question; cannot place the context")
+    before, after = text.split(_SENTINEL)
+    prefix = tokenizer(before, add_special_tokens=specials)["input_ids"]
+    suffix = tokenizer(after, add_special_tokens=False)["input_ids"]
+    sep = tokenizer(PASSAGE_SEPARATOR, add_special_tokens=False)["input_ids"]
+    return ContextLayout(prefix=list(prefix), passages=[[int(t) for t in p] for p in passages if len(p)],
+                         separator=list(sep), suffix=list(suffix))
+
+
+def build_compressed_input(layout: ContextLayout, embed_tokens: Any, chunk_embeds: Sequence[torch.Tensor],
+                           k: int, expanded: Sequence[int] = ()) -> CompressedInput:
+    """Assemble the mixed decoder input.
+
+    ``chunk_embeds[i]``: the PROJECTED vectors ``[n_chunks_i, H]`` of passage ``i`` (decoder space);
+    ``expanded``: global chunk indices (over all passages, in order) that stay raw tokens.
+    """
+    if len(chunk_embeds) != len(layout.passages):
+        raise InvalidInputError(f"{len(chunk_embeds)} chunk-vector sets for {len(layout.passages)} passages")
+    weight = embed_tokens.weight
+    device, dtype = weight.device, weight.dtype
+    expand = set(int(i) for i in expanded)
+    pieces: list[torch.Tensor] = []
+    tokens: list[int | None] = []
+    pending: list[int] = []  # raw tokens not embedded yet (batched into one lookup)
+
+    def flush() -> None:
+        if pending:
+            pieces.append(embed_tokens(torch.tensor(pending, device=device)))
+            tokens.extend(pending)
+            pending.clear()
+
+    pending.extend(layout.prefix)
+    g = 0
+    for i, (ids, vecs) in enumerate(zip(layout.passages, chunk_embeds, strict=True)):
+        if i:
+            pending.extend(layout.separator)
+        chunks = chunk_token_ids(ids, k)
+        if vecs.shape[0] != len(chunks):
+            raise InvalidInputError(f"passage {i}: {vecs.shape[0]} chunk vectors for {len(chunks)} chunks of k={k}")
+        for j, chunk in enumerate(chunks):
+            if g + j in expand:
+                pending.extend(chunk)
+            else:
+                flush()
+                pieces.append(vecs[j:j + 1].to(device=device, dtype=dtype))
+                tokens.append(None)
+        g += len(chunks)
+    pending.extend(layout.suffix)
+    flush()
+    embeds = torch.cat(pieces, 0)[None]
+    return CompressedInput(inputs_embeds=embeds, token_ids=tokens, n_chunks=g,
+                           expanded=sorted(i for i in expand if i < g), full_length=len(layout.full_ids()))
