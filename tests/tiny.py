@@ -55,3 +55,30 @@ def tiny_loaded(seed: int = 0, **kwargs: object) -> LoadedModel:
     model = tiny_llama(seed, vocab_size=len(tok), **kwargs)
     return LoadedModel(model=model, tokenizer=tok, name=f"tiny-llama-{seed}", device=torch.device("cpu"),
                        dtype=torch.float32)
+
+
+def tiny_chunk_encoder(decoder_tokenizer, k: int = 4, seed: int = 1, hidden: int = 32, pooling: str = "mean"):
+    """A tiny random BERT chunk encoder (byte-level tokenizer, in memory) for ``decoder_tokenizer``'s chunks."""
+    from transformers import BertConfig, BertModel
+
+    from refrag_rasd_core.refrag import ChunkEncoder
+
+    torch.manual_seed(seed)
+    enc_tok = tiny_tokenizer()
+    enc_tok.pad_token = "</s>"
+    cfg = BertConfig(vocab_size=len(enc_tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                     num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=256,
+                     pad_token_id=enc_tok.pad_token_id)
+    model = BertModel(cfg, add_pooling_layer=False).eval()
+    return ChunkEncoder(model, enc_tok, decoder_tokenizer, k=k, pooling=pooling, name=f"tiny-bert-{seed}")
+
+
+def tiny_refrag(loaded: LoadedModel, encoder, seed: int = 2, policy: bool = True):
+    """An untrained RefragModel (projector + policy) joining ``encoder`` to the tiny decoder."""
+    from refrag_rasd_core.refrag import ChunkProjector, ExpansionPolicy, RefragModel
+
+    torch.manual_seed(seed)
+    H = loaded.model.config.hidden_size
+    pol = ExpansionPolicy(encoder.dim, H, width=16, heads=2) if policy else None
+    return RefragModel(ChunkProjector(encoder.dim, H, embed_norm=1.0), k=encoder.k, encoder=encoder.name,
+                       encoder_dim=encoder.dim, pooling=encoder.pooling, policy=pol).eval()

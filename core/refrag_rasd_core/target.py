@@ -49,7 +49,7 @@ class TargetRunner:
     @torch.inference_mode()
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         cache: DynamicCache,
         *,
         logits_at: int | torch.Tensor | None = -1,
