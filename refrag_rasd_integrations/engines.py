@@ -1,0 +1,85 @@
+"""One engine per configuration per process, shared by every model instance (LangChain, LlamaIndex, the
+store, the CLI).
+
+Weights load lazily, on the first call that needs them, and once: a module-level cache keyed by
+``(model, device, dtype)`` behind a lock, so two threads asking at the same time get the same engine.
+Calls on one engine are serialised by the engine itself, so sharing is safe from threads and asyncio.
+
+Example:
+    >>> from refrag_rasd_integrations.engines import get_engine
+    >>> e1 = get_engine()            # doctest: +SKIP
+    >>> e1 is get_engine(None)       # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+DEFAULT_K = 16
+_ENGINES: dict[tuple[str | None, str, str | None], Any] = {}
+_LOCK = threading.Lock()
+
+
+def get_engine(model: str | None = None, *, device: str = "auto", dtype: str | None = None) -> Any:
+    """The shared :class:`~refrag_rasd_core.engine.Engine` for a configuration (loaded on first use)."""
+    from refrag_rasd_core.engine import Engine
+
+    key = (None if model in (None, "default") else str(model), str(device), dtype)
+    with _LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = Engine.load(key[0], device=device, dtype=dtype)
+            _ENGINES[key] = engine
+        return engine
+
+
+def register_engine(engine: Any, model: str | None = None, *, device: str = "auto", dtype: str | None = None
+                    ) -> None:
+    """Make ``engine`` the shared one for a configuration (e.g. an engine built on a custom drafter)."""
+    with _LOCK:
+        _ENGINES[(None if model in (None, "default") else str(model), str(device), dtype)] = engine
+
+
+def clear_engines() -> None:
+    """Forget every cached engine (their memory is freed once no model instance holds them)."""
+    with _LOCK:
+        _ENGINES.clear()
+
+
+def model_label(engine: Any, fallback: str | None = None) -> str:
+    """The name to report as ``model_name`` for an engine."""
+    target = getattr(engine, "target", None)
+    return str(getattr(target, "name", None) or fallback or "SmolLM2-135M-Instruct")
+
+
+def chunk_encoder_of(engine: Any) -> Any:
+    """The chunk encoder whose vectors ``engine`` reads: its REFRAG checkpoint's (``engine.refrag_encoder()``),
+    or, for an engine without a checkpoint, the default encoder (all-MiniLM-L6-v2, mean pooling, k=16) over
+    the engine's tokenizer, so a store can be indexed before a checkpoint exists (``context="text"`` reads it)."""
+    if getattr(engine, "refrag", None) is not None or getattr(engine, "_refrag_encoder", None) is not None:
+        return engine.refrag_encoder()
+    enc = getattr(engine, "_integrations_chunk_encoder", None)
+    if enc is None:
+        from refrag_rasd_core.refrag import ChunkEncoder
+
+        enc = ChunkEncoder.load(tokenizer=engine.tokenizer, k=DEFAULT_K)
+        engine._integrations_chunk_encoder = enc
+    return enc
+
+
+def signature_of(engine: Any) -> dict[str, Any]:
+    """The configuration a store must match to feed ``engine`` (core's ``engine.refrag_signature()``)."""
+    if getattr(engine, "refrag", None) is not None:
+        return dict(engine.refrag_signature())
+    return dict(chunk_encoder_of(engine).signature)
+
+
+def has_refrag(engine: Any) -> bool:
+    """Whether ``engine`` can read compressed context (it has REFRAG parts: a projector)."""
+    return getattr(engine, "refrag", None) is not None
+
+
+__all__ = ["chunk_encoder_of", "clear_engines", "get_engine", "has_refrag", "model_label", "register_engine",
+           "signature_of"]

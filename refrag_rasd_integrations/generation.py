@@ -1,0 +1,235 @@
+"""What every adapter (LangChain chat / string LLM, LlamaIndex LLM, the CLI) does between a framework call and
+:meth:`Engine.stream <refrag_rasd_core.engine.Engine.stream>`: pick the shared engine, find the passages
+(handed over explicitly, or recognised in the prompt), choose the context mode, merge the settings.
+
+How passages reach the engine:
+
+1. explicitly: ``passages=`` (handles, ``Document`` s, nodes, :class:`Passage` s or strings) as a call keyword,
+   or passage handles in a chat message's ``additional_kwargs["refrag_passages"]`` (what
+   :class:`~refrag_rasd_integrations.langchain.prompts.PassagePrompt` writes). The prompt is then the
+   question;
+2. recognised: when no passage was handed over and ``recognize_passages`` is on, passages that a retriever of
+   this process handed out recently (the :data:`~refrag_rasd_integrations.passages.PASSAGES` registry) and
+   whose text occurs verbatim in the prompt are taken out of the prompt and handed over with their stored
+   arrays; what is left of the prompt is the question. So a plain ``retriever | format_docs | prompt | model``
+   chain still feeds REFRAG the stored chunk embeddings.
+
+With passages, ``context="auto"`` means ``"compressed"`` (REFRAG: stored chunk vectors, no encoder at query
+time) when the engine has REFRAG parts (a checkpoint), else ``"text"`` (plain RAG); without passages the prompt is used as it is and RASD looks up
+continuations in the prompt itself.
+
+Example:
+    >>> from refrag_rasd_integrations.generation import GenerationRequest
+    >>> req = GenerationRequest.build({"method": "vanilla"}, "Hi!", engine=object())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from refrag_rasd_core.engine import GenerationConfig
+from refrag_rasd_core.errors import InvalidInputError
+
+from .engines import get_engine, has_refrag, model_label
+from .passages import PASSAGES, Passage, PassageRegistry, resolve
+
+CONTEXTS = ("auto", "compressed", "text", "none")
+_ALIASES = {"max_new_tokens": "max_tokens"}
+SETTING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "method", "spec", "stop")
+Messages = list[dict[str, str]]
+
+
+def engine_supports_context() -> bool:
+    """Whether the installed engine builds the context itself (REFRAG's ``context=`` setting)."""
+    return "context" in GenerationConfig.__dataclass_fields__
+
+
+@dataclass
+class GenerationRequest:
+    """One resolved call: the engine, the prompt, the passages and the engine settings."""
+
+    engine: Any
+    prompt: str | Messages
+    passages: list[Passage]
+    settings: dict[str, Any]
+    model_name: str
+    context: str
+    recognized: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, params: dict[str, Any], prompt: str | Messages, *, passages: Sequence[Any] | None = None,
+              handles: Sequence[str] = (), stop: Sequence[str] | None = None, engine: Any = None,
+              registry: PassageRegistry | None = None, **overrides: Any) -> GenerationRequest:
+        """``params``: the model's settings (``model``, ``device``, ``dtype``, ``method``, ``context``,
+        ``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``, ``spec``,
+        ``engine_kwargs``, ``store``, ``recognize_passages``); ``overrides``: per-call keywords."""
+        overrides = {_ALIASES.get(k, k): v for k, v in overrides.items() if not k.startswith("ls_")}
+        model = overrides.pop("model", None)
+        context = overrides.pop("context", None) or params.get("context") or "auto"
+        if context not in CONTEXTS:
+            raise InvalidInputError(f"unknown context {context!r}; choose one of {', '.join(CONTEXTS)}")
+        store = overrides.pop("store", None) or params.get("store")
+        if model is not None and model != params.get("model"):
+            engine = get_engine(model, device=params.get("device", "auto"), dtype=params.get("dtype"))
+        elif engine is None:
+            engine = get_engine(params.get("model"), device=params.get("device", "auto"), dtype=params.get("dtype"))
+        settings: dict[str, Any] = {k: params[k] for k in SETTING_KEYS if params.get(k) is not None}
+        settings.update(params.get("engine_kwargs") or {})
+        engine_fields = set(GenerationConfig.__dataclass_fields__) | {"max_tokens"}
+        for k, v in overrides.items():
+            if k not in engine_fields:
+                raise InvalidInputError(f"unknown generation setting {k!r}")
+            settings[k] = v
+        stops = list(settings.get("stop") or []) + list(stop or [])
+        settings["stop"] = tuple(dict.fromkeys(stops))
+        if settings.get("spec") is None:
+            settings.pop("spec", None)
+
+        reg = registry or PASSAGES
+        found = resolve(list(passages or []) + list(handles), store=store, registry=reg)
+        recognized = 0
+        if not found and params.get("recognize_passages", True) and len(reg):
+            prompt, found = _recognize(prompt, reg)
+            recognized = len(found)
+        if context == "auto":
+            context = ("none" if not found else "compressed" if has_refrag(engine) and engine_supports_context()
+                       else "text")
+        if context != "none" and engine_supports_context():
+            settings["context"] = context
+        elif context != "none" and found:  # an engine without REFRAG: plain RAG done here
+            prompt = _text_layout(prompt, found)
+            context = "text"
+        return cls(engine=engine, prompt=prompt, passages=found, settings=settings,
+                   model_name=model_label(engine, model or params.get("model")), context=context,
+                   recognized=recognized)
+
+    def stream(self) -> Any:
+        """The engine's :class:`~refrag_rasd_core.engine.GenerationStream` for this request."""
+        return self.engine.stream(self.prompt, passages=self.passages or None, **self.settings)
+
+    def metadata(self, stats: Any) -> dict[str, Any]:
+        """``response_metadata`` for LangChain / ``raw`` for LlamaIndex: the model, why it stopped and the speed
+        statistics (time to first token, accepted tokens per forward, tokens/s)."""
+        d = stats.to_dict()
+        return {
+            "model_name": self.model_name,
+            "finish_reason": stats.finish_reason or "stop",
+            "method": d.get("method"),
+            "context": self.context,
+            "passages": len(self.passages),
+            "passages_recognized": self.recognized,
+            "time_to_first_token_s": d.get("ttft_s"),
+            "decode_tokens_per_s": d.get("decode_tokens_per_s"),
+            "accepted_per_forward": d.get("accepted_per_forward"),
+            "stats": d,
+        }
+
+
+def usage(stats: Any) -> dict[str, int]:
+    """LangChain ``usage_metadata`` / LlamaIndex ``raw["usage"]`` of a call."""
+    return {"input_tokens": int(stats.prompt_tokens), "output_tokens": int(stats.new_tokens),
+            "total_tokens": int(stats.prompt_tokens + stats.new_tokens)}
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content or []:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict):
+            raise InvalidInputError(f"this model reads text only; got a {block.get('type')!r} content block")
+    return "".join(parts)
+
+
+def _strip(text: str, passages: list[tuple[str, Passage]]) -> str:
+    for _, p in passages:
+        text = text.replace(p.text.strip(), "")
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+def _recognize(prompt: str | Messages, reg: PassageRegistry) -> tuple[str | Messages, list[Passage]]:
+    if isinstance(prompt, str):
+        hits = reg.find_in(prompt)
+        return (_strip(prompt, hits), [p for _, p in hits]) if hits else (prompt, [])
+    msgs = [dict(m) for m in prompt]
+    found: list[Passage] = []
+    for m in msgs:
+        if m.get("role") in ("user", "system"):
+            hits = reg.find_in(m["content"])
+            if hits:
+                m["content"] = _strip(m["content"], hits)
+                found.extend(p for _, p in hits)
+    msgs = [m for m in msgs if m["content"].strip() or m["role"] == "assistant"]
+    if not found or not any(m["role"] == "user" for m in msgs):
+        return prompt, []
+    return msgs, found
+
+
+def _text_layout(prompt: str | Messages, passages: list[Passage]) -> str | Messages:
+    ctx = "\n\n".join(p.text for p in passages)
+    if isinstance(prompt, str):
+        return f"{ctx}\n\n{prompt}"
+    msgs = [dict(m) for m in prompt]
+    for m in reversed(msgs):
+        if m["role"] == "user":
+            m["content"] = f"{ctx}\n\n{m['content']}"
+            break
+    return msgs
+
+
+def run_in_thread(make_iter: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Drive a blocking iterator in a worker thread and yield its items on the event loop as they come.
+
+    Leaving the ``async for`` early stops the worker at its next item (which releases the engine)."""
+
+    async def agen() -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        done = object()
+
+        def work() -> None:
+            err: BaseException | None = None
+            try:
+                it = make_iter()
+                try:
+                    for item in it:
+                        loop.call_soon_threadsafe(queue.put_nowait, (item, None))
+                        if stop.is_set():
+                            break
+                finally:
+                    close = getattr(it, "close", None)
+                    if close is not None:
+                        close()
+            except BaseException as exc:  # handed to the consumer
+                err = exc
+            loop.call_soon_threadsafe(queue.put_nowait, (done, err))
+
+        fut = loop.run_in_executor(None, work)
+        try:
+            while True:
+                item, err = await queue.get()
+                if item is done:
+                    if err is not None:
+                        raise err
+                    return
+                yield item
+        finally:
+            stop.set()
+            await asyncio.shield(fut)
+
+    return agen()
+
+
+__all__ = ["CONTEXTS", "GenerationRequest", "engine_supports_context", "run_in_thread", "usage"]

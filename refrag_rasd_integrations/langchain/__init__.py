@@ -1,0 +1,19 @@
+"""LangChain adapters: :class:`ChatRefragRasd` (chat model), :class:`RefragRasdLLM` (string LLM),
+:class:`RefragRetriever` (over a :class:`~refrag_rasd_integrations.store.RefragChromaStore`) and
+:class:`PassagePrompt` (hands retrieved passages, with their stored chunk embeddings, to the model).
+
+Example:
+    >>> from langchain_core.runnables import RunnablePassthrough
+    >>> from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt
+    >>> from refrag_rasd_integrations.store import RefragChromaStore
+    >>> store = RefragChromaStore("wiki")                                     # doctest: +SKIP
+    >>> chain = ({"context": store.as_retriever(k=4), "question": RunnablePassthrough()}
+    ...          | PassagePrompt() | ChatRefragRasd(max_tokens=128))         # doctest: +SKIP
+"""
+
+from .chat_models import ChatRefragRasd
+from .llms import RefragRasdLLM
+from .prompts import PassagePrompt
+from .retrievers import RefragRetriever
+
+__all__ = ["ChatRefragRasd", "PassagePrompt", "RefragRasdLLM", "RefragRetriever"]
