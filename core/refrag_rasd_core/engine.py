@@ -44,6 +44,13 @@ class GenerationConfig:
     """Generation settings. ``temperature`` 0 is greedy; ``stop`` strings end the answer (not included).
 
     ``method`` is one of ``vanilla``, ``pld``, ``rest``, ``draft``, ``rasd`` (see :mod:`refrag_rasd_core.rasd`).
+
+    ``context`` says how the passages enter the decoder: ``"none"`` (the prompt is used as given; passages
+    only feed the speculative datastore), ``"text"`` (plain RAG: the engine lays the passages' tokens out
+    around the question) or ``"compressed"`` (REFRAG: one projected chunk vector per k tokens; a fraction
+    ``expand`` of the chunks, or ``expand_tokens`` raw tokens' worth, stays raw, chosen by ``policy``:
+    ``none``, ``random``, ``similarity``, ``perplexity``, ``rl`` or ``auto`` = ``rl`` when the checkpoint
+    has a trained policy, else ``similarity``).
     """
 
     max_new_tokens: int = 256
@@ -54,6 +61,10 @@ class GenerationConfig:
     seed: int | None = None
     method: str = "vanilla"
     spec: dict[str, Any] = field(default_factory=dict)
+    context: str = "none"
+    expand: float = 0.0
+    expand_tokens: int | None = None
+    policy: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
@@ -62,6 +73,14 @@ class GenerationConfig:
             raise InvalidInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.method not in METHODS:
             raise InvalidInputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        from .refrag.context import CONTEXT_MODES
+        from .refrag.policy import POLICIES, expansion_count
+
+        if self.context not in CONTEXT_MODES:
+            raise InvalidInputError(f"unknown context mode {self.context!r}; choose one of {', '.join(CONTEXT_MODES)}")
+        if self.policy != "auto" and self.policy not in POLICIES:
+            raise InvalidInputError(f"unknown expansion policy {self.policy!r}; choose auto or one of {', '.join(POLICIES)}")
+        expansion_count(1, self.expand, expand_tokens=self.expand_tokens)  # validates the ranges
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         object.__setattr__(self, "stop", stop)
         self.sampling  # validates temperature / top_p / top_k  # noqa: B018
@@ -98,18 +117,26 @@ class Engine:
     Thread-safe: calls are serialized on the model (one decoding loop runs at a time per engine).
     """
 
-    def __init__(self, target: LoadedModel, *, drafter: Any = "auto", datastore: Any = None) -> None:
+    def __init__(self, target: LoadedModel, *, drafter: Any = "auto", datastore: Any = None,
+                 refrag: Any = "auto", refrag_encoder: Any = None) -> None:
         """``drafter``: a :class:`~refrag_rasd_core.rasd.draft_tree.Drafter` (an EAGLE head, a
         :class:`~refrag_rasd_core.rasd.draft_tree.CausalLMDrafter`), ``None`` for retrieval-only speculation,
         or ``"auto"``: the shipped EAGLE head when the target is the default model. ``datastore``: a shared
         :class:`~refrag_rasd_core.rasd.datastore.RestDatastore` consulted by ``rest`` / ``rasd`` besides the
-        request's passages."""
+        request's passages. ``refrag``: the REFRAG parts for ``context="compressed"``: a checkpoint path, a
+        :class:`~refrag_rasd_core.refrag.RefragModel`, ``None``, or ``"auto"`` (the shipped checkpoint when
+        the target is the default model). A checkpoint with decoder LoRA adapters adapts the target in
+        place (merged once; every method then decodes with the adapted decoder). ``refrag_encoder``: the
+        :class:`~refrag_rasd_core.refrag.ChunkEncoder` for passages that come without chunk embeddings
+        (default: the checkpoint's encoder, loaded on first need)."""
         self.target = target
         self.model = target.model
         self.tokenizer = target.tokenizer
         self.runner = TargetRunner(target.model)
         self.drafter = default_drafter(target) if isinstance(drafter, str) and drafter == "auto" else drafter
         self.datastore = datastore
+        self.refrag = load_refrag(target, refrag)
+        self._refrag_encoder: Any = refrag_encoder
         self._lock = threading.Lock()
         self._budgets: dict[str, Any] = {}
         self.verify_costs: dict[int, float] | None = None  # None: the defaults for the device type
@@ -146,12 +173,15 @@ class Engine:
     # ---- public API ------------------------------------------------------------------------------------
     def stream(self, prompt: Prompt, *, passages: Sequence[Any] | None = None,
                config: GenerationConfig | None = None, **overrides: Any) -> GenerationStream:
-        """Stream the answer as text pieces. Keyword overrides are :class:`GenerationConfig` fields."""
+        """Stream the answer as text pieces. Keyword overrides are :class:`GenerationConfig` fields.
+
+        With ``context="text"`` or ``"compressed"`` the prompt is the question (a string, or chat messages
+        whose last user message is the question) and the engine lays the passages out around it."""
         cfg = _merge_config(config, overrides)
-        prompt_ids = self.encode_prompt(prompt)
-        stats = GenerationStats(method=cfg.method, prompt_tokens=len(prompt_ids))
+        request = self._request(prompt, passages, cfg)
+        stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context)
         token_ids: list[int] = []
-        return GenerationStream(self._run(prompt_ids, passages, cfg, stats, token_ids), stats, token_ids)
+        return GenerationStream(self._run(request, passages, cfg, stats, token_ids), stats, token_ids)
 
     def generate(self, prompt: Prompt, *, passages: Sequence[Any] | None = None,
                  config: GenerationConfig | None = None, **overrides: Any) -> GenerationResult:
@@ -160,44 +190,170 @@ class Engine:
 
     def generate_ids(self, prompt_ids: Sequence[int], *, passages: Sequence[Any] | None = None,
                      config: GenerationConfig | None = None, **overrides: Any) -> GenerationResult:
-        """Like :meth:`generate` from already tokenized prompt ids."""
+        """Like :meth:`generate` from already tokenized prompt ids (``context`` must be ``"none"``)."""
         cfg = _merge_config(config, overrides)
+        if cfg.context != "none":
+            raise InvalidInputError("generate_ids takes a finished prompt: use context='none', or generate()")
         ids = [int(t) for t in prompt_ids]
         if not ids:
             raise InvalidInputError("the prompt is empty")
         stats = GenerationStats(method=cfg.method, prompt_tokens=len(ids))
         token_ids: list[int] = []
-        return GenerationStream(self._run(ids, passages, cfg, stats, token_ids), stats, token_ids).result()
+        request = _Request(prompt_ids=ids, prompt_tokens=len(ids))
+        return GenerationStream(self._run(request, passages, cfg, stats, token_ids), stats, token_ids).result()
+
+    # ---- REFRAG ----------------------------------------------------------------------------------------
+    def refrag_encoder(self) -> Any:
+        """The :class:`~refrag_rasd_core.refrag.ChunkEncoder` matching this engine's REFRAG checkpoint
+        (loaded on first use; only passages WITHOUT stored chunk embeddings need it)."""
+        if self._refrag_encoder is None:
+            self._refrag_encoder = self._require_refrag().load_encoder(self.tokenizer)
+        return self._refrag_encoder
+
+    def refrag_signature(self) -> dict[str, Any]:
+        """What a store's chunk embeddings must match to be read by this engine (encoder, k, tokenizer...)."""
+        return self._require_refrag().signature(self.tokenizer)
+
+    def _require_refrag(self) -> Any:
+        if self.refrag is None:
+            raise InvalidInputError(
+                f"context='compressed' needs a REFRAG checkpoint for {self.target.name}: train one with "
+                "`refrag-rasd train-refrag` and pass Engine(..., refrag=PATH), or use context='text'"
+            )
+        return self.refrag
+
+    def _request(self, prompt: Prompt, passages: Sequence[Any] | None, cfg: GenerationConfig) -> _Request:
+        """Tokenize the prompt (and lay out the passages) for one call; compression happens in the loop."""
+        if cfg.context == "none":
+            ids = self.encode_prompt(prompt)
+            return _Request(prompt_ids=ids, prompt_tokens=len(ids))
+        from .refrag.context import layout_prompt
+
+        if cfg.context == "compressed":
+            self._require_refrag()
+        pids = self.passage_token_ids(passages)
+        layout = layout_prompt(self.tokenizer, prompt, pids)
+        if not layout.passages:  # nothing to lay out: the question alone
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            ids = self.encode_prompt(messages)
+            return _Request(prompt_ids=ids, prompt_tokens=len(ids))
+        full = layout.full_ids()
+        if cfg.context == "text":
+            return _Request(prompt_ids=full, prompt_tokens=len(full), context_tokens=layout.context_tokens)
+        kept = [i for i, p in enumerate(pids) if p]  # layout_prompt drops empty passages
+        return _Request(layout=layout, prompt_tokens=len(full), context_tokens=layout.context_tokens,
+                        passages=[passages[i] for i in kept])
+
+    def _compress(self, request: _Request, cfg: GenerationConfig, stats: GenerationStats) -> Any:
+        """Build the mixed (compressed + expanded) prefill input of a request."""
+        from .refrag.chunking import chunk_token_ids, num_chunks
+        from .refrag.context import build_compressed_input
+        from .refrag.policy import choose_expansions, expansion_count
+
+        rm = self.refrag
+        layout = request.layout
+        vectors = self._chunk_vectors(request.passages, layout.passages)
+        dtype = self.model.dtype
+        projected = [rm.project(v, dtype=dtype) if len(v) else torch.empty(0, self.model.config.hidden_size,
+                     dtype=dtype, device=rm.device) for v in vectors]
+        total = sum(num_chunks(len(p), rm.k) for p in layout.passages)
+        n = expansion_count(total, cfg.expand, expand_tokens=cfg.expand_tokens, k=rm.k)
+        policy = cfg.policy if cfg.policy != "auto" else ("rl" if rm.policy is not None else "similarity")
+        embed = self.model.get_input_embeddings()
+        chosen: list[int] = []
+        if n:
+            with torch.inference_mode():
+                query = embed(torch.tensor(layout.suffix, device=self.runner.device))
+            chunks = [c for p in layout.passages for c in chunk_token_ids(p, rm.k)]
+            chosen = choose_expansions(policy, n, chunk_vectors=torch.cat([torch.as_tensor(v, dtype=torch.float32)
+                                       for v in vectors]), projected=torch.cat(projected), query_embeds=query,
+                                       chunks=chunks, decoder=self.model, network=rm.policy, seed=cfg.seed)
+        with torch.inference_mode():
+            mixed = build_compressed_input(layout, embed, projected, rm.k, chosen)
+        stats.chunks = mixed.n_chunks
+        stats.expanded_chunks = len(mixed.expanded)
+        return mixed
+
+    def _chunk_vectors(self, passages: list[Any], ids: list[list[int]]) -> list[Any]:
+        """Each passage's chunk embeddings: the stored ones when a passage carries them (checked against
+        this engine's k and encoder width), else encoded now."""
+        import numpy as np
+
+        from .refrag.chunking import num_chunks
+
+        rm = self.refrag
+        given = [getattr(p, "chunk_embeddings", None) for p in passages]
+        out: list[Any] = [None] * len(ids)
+        missing = []
+        for i, (vec, toks) in enumerate(zip(given, ids, strict=True)):
+            if vec is None:
+                missing.append(i)
+                continue
+            want = (num_chunks(len(toks), rm.k), rm.encoder_dim)
+            if tuple(np.shape(vec)) != want:
+                raise InvalidInputError(
+                    f"passage {i}: chunk embeddings of shape {tuple(np.shape(vec))}, expected {want} for "
+                    f"{len(toks)} tokens at k={rm.k} with a {rm.encoder_dim}-wide encoder: the store was built "
+                    "with another encoder or chunk size; re-index it"
+                )
+            out[i] = vec
+        if missing:
+            enc = self.refrag_encoder()
+            for i, vec in zip(missing, enc.encode_passages([ids[i] for i in missing]), strict=True):
+                out[i] = vec
+        return out
 
     # ---- the loop --------------------------------------------------------------------------------------
-    def _run(self, prompt_ids: list[int], passages: Sequence[Any] | None, cfg: GenerationConfig,
+    def _run(self, request: _Request, passages: Sequence[Any] | None, cfg: GenerationConfig,
              stats: GenerationStats, out_ids: list[int]) -> Iterator[str]:
         limit = self.runner.max_positions
-        if limit is not None and len(prompt_ids) >= limit:
+        if limit is not None and request.prompt_ids is not None and len(request.prompt_ids) >= limit:
+            hint = " or use context='compressed' (REFRAG reads k tokens per position)" if request.context_tokens else ""
             raise ContextTooLongError(
-                f"the prompt has {len(prompt_ids)} tokens but the model reads at most {limit}: shorten the "
-                "prompt or pass fewer passages"
+                f"the prompt has {len(request.prompt_ids)} tokens but the model reads at most {limit}: shorten "
+                f"the prompt or pass fewer passages{hint}"
             )
         with self._lock:
-            yield from self._decode(prompt_ids, passages, cfg, stats, out_ids, limit)
+            yield from self._decode(request, passages, cfg, stats, out_ids, limit)
 
-    def _decode(self, prompt_ids: list[int], passages: Sequence[Any] | None, cfg: GenerationConfig,
+    def _decode(self, request: _Request, passages: Sequence[Any] | None, cfg: GenerationConfig,
                 stats: GenerationStats, out_ids: list[int], limit: int | None) -> Iterator[str]:
         device = self.runner.device
         params = cfg.sampling
         gen = make_generator(cfg.seed, device)
         text = TextAssembler(self.tokenizer, cfg.stop)
+
+        t0 = time.perf_counter()
+        mixed = self._compress(request, cfg, stats) if request.layout is not None else None
+        if mixed is not None:
+            if limit is not None and mixed.length >= limit:
+                raise ContextTooLongError(
+                    f"the compressed prompt takes {mixed.length} positions but the model reads at most {limit} "
+                    f"(at k={self.refrag.k} that is about {limit * self.refrag.k} tokens of passages): pass "
+                    "fewer passages or expand fewer chunks"
+                )
+            prompt_ids = [t for t in mixed.token_ids if t is not None]
+            shift = mixed.length - len(prompt_ids)  # compressed positions: in the cache, not in the tokens
+        else:
+            prompt_ids, shift = request.prompt_ids, 0
+        stats.prefill_positions = len(prompt_ids) + shift
         proposer = self._proposer(cfg, prompt_ids, passages)
         want_hidden = bool(proposer is not None and proposer.uses_target_hidden)
         max_new = cfg.max_new_tokens
         if limit is not None:
-            max_new = min(max_new, limit - len(prompt_ids))
+            max_new = min(max_new, limit - stats.prefill_positions)
         committed = list(prompt_ids)
 
-        t0 = time.perf_counter()
         cache = self.runner.new_cache()
-        ids = torch.tensor([prompt_ids], device=device)
-        logits, hidden = self.runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden)
+        if mixed is not None:
+            logits, hidden = self.runner.forward(None, cache, logits_at=-1, want_hidden=want_hidden,
+                                                 inputs_embeds=mixed.inputs_embeds)
+            if hidden is not None:  # the draft head sees the raw-token positions only
+                raw = [i for i, t in enumerate(mixed.token_ids) if t is not None]
+                hidden = hidden.index_select(0, torch.tensor(raw, device=hidden.device))
+        else:
+            ids = torch.tensor([prompt_ids], device=device)
+            logits, hidden = self.runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden)
         token = _choose(logits[0], params, gen)
         _sync_device(device)
         stats.ttft_s = time.perf_counter() - t0
@@ -234,7 +390,7 @@ class Engine:
                     yield piece
             stats.accepted_hist[1] = stats.target_forwards
         elif not done:
-            yield from self._speculate(proposer, cache, committed, hidden, params, gen, stats, emit)
+            yield from self._speculate(proposer, cache, committed, hidden, params, gen, stats, emit, shift)
         if proposer is not None:  # proposal time = retrieval + drafting / tree building
             stats.retrieval_s = proposer.retrieval_s
             stats.draft_s = max(stats.draft_s - proposer.retrieval_s, 0.0)
@@ -243,13 +399,13 @@ class Engine:
 
     def _speculate(self, proposer: Any, cache: Any, committed: list[int], hidden: torch.Tensor | None,
                    params: SamplingParams, gen: torch.Generator | None, stats: GenerationStats,
-                   emit: Any) -> Iterator[str]:
+                   emit: Any, shift: int = 0) -> Iterator[str]:
         from .rasd.verify import accept_greedy, accept_sampled
 
         device = self.runner.device
         done = False
         while not done:
-            ctx = len(committed) - 1  # the root (last committed token) is not cached yet
+            ctx = len(committed) - 1 + shift  # cached positions: the root (last committed token) is not cached yet
             proposer.observe(committed, hidden)
             t = time.perf_counter()
             tree = proposer.propose(committed)
@@ -361,6 +517,45 @@ class Engine:
                 ids = self.tokenizer(txt, add_special_tokens=False)["input_ids"] if txt.strip() else []
             out.append([int(t) for t in ids])
         return out
+
+
+@dataclass
+class _Request:
+    """One call's prompt: finished token ids, or a layout whose passages are compressed in the loop."""
+
+    prompt_ids: list[int] | None = None
+    layout: Any = None
+    prompt_tokens: int = 0
+    context_tokens: int = 0
+    passages: list[Any] = field(default_factory=list)
+
+
+def load_refrag(target: LoadedModel, refrag: Any) -> Any:
+    """Resolve the engine's ``refrag`` argument to a :class:`~refrag_rasd_core.refrag.RefragModel` (or None),
+    merging its decoder LoRA adapters into the target once."""
+    from .refrag.checkpoint import DEFAULT_REFRAG_CHECKPOINT, load_refrag_checkpoint
+    from .refrag.lora import merge_lora_
+    from .refrag.refrag_model import RefragModel
+
+    if refrag is None:
+        return None
+    if isinstance(refrag, str) and refrag == "auto":
+        if not target.is_default or not Path(DEFAULT_REFRAG_CHECKPOINT).exists():
+            return None
+        refrag = DEFAULT_REFRAG_CHECKPOINT
+    rm = refrag if isinstance(refrag, RefragModel) else load_refrag_checkpoint(refrag, target.model, target.tokenizer)
+    rm.to(target.device)
+    if rm.lora:
+        tag = rm.meta.get("sha256") or f"obj-{id(rm)}"
+        merged = getattr(target.model, "_refrag_rasd_lora", None)
+        if merged is None:
+            merge_lora_(target.model, rm.lora, rm.lora_scaling)
+            target.model._refrag_rasd_lora = tag
+        elif merged != tag:
+            raise InvalidInputError(
+                "this target was already adapted by another REFRAG checkpoint's LoRA; load the model again"
+            )
+    return rm
 
 
 def default_drafter(target: LoadedModel) -> Any:

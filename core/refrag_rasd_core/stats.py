@@ -35,6 +35,10 @@ class GenerationStats:
     verify_s: float = 0.0
     retrieval_s: float = 0.0
     tree_nodes: int = 0
+    context: str = "none"
+    prefill_positions: int = 0
+    chunks: int = 0
+    expanded_chunks: int = 0
     accepted_hist: Counter = field(default_factory=Counter)
 
     @property
