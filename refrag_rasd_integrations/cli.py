@@ -6,6 +6,8 @@ Each subcommand is one function registered in :data:`COMMANDS` with its argument
 Example:
     $ refrag-rasd models
     $ refrag-rasd generate "Why is the sky blue?" --max-new-tokens 64 --method pld
+    $ refrag-rasd index docs/ --collection mydocs
+    $ refrag-rasd ask "How do I install it?" --collection mydocs --compare
     $ refrag-rasd bench --suite decode --data questions.jsonl --category rag --limit 5 \\
         --methods vanilla,hf,hf-pld --out results.json
 """
@@ -109,7 +111,7 @@ def print_stats(stats, file=sys.stdout) -> None:  # noqa: ANN001 - GenerationSta
 
 
 def _setup_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", default="decode", choices=["decode"])
+    p.add_argument("--suite", default="decode", choices=["decode", "prefill"])
     p.add_argument("--data", required=True, help="Spec-Bench style .jsonl file")
     p.add_argument("--category", default=None, help="category (comma-separated for several)")
     p.add_argument("--limit", type=int, default=None, help="questions per category")
@@ -122,7 +124,32 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-calibrate", action="store_true", help="use the default verify-cost table")
     p.add_argument("--spec", default=None, help="JSON object of speculation options for the engine methods")
     p.add_argument("--out", default=None, help="write the results JSON here")
+    g = p.add_argument_group("prefill suite")
+    g.add_argument("--k", type=int, default=16, help="chunk size the REFRAG checkpoint must have")
+    g.add_argument("--expand", default="0,0.1,0.25", help="expansion fractions p")
+    g.add_argument("--policy", default="random,similarity,perplexity,rl", help="expansion policies (p > 0)")
+    g.add_argument("--contexts", default="512,2048,7000", help="context lengths in passage tokens")
+    g.add_argument("--refrag", default=None, help="REFRAG checkpoint (default: the shipped one)")
     _model_args(p)
+
+
+def _bench_prefill(args: argparse.Namespace, questions: list, exclude: set) -> dict:
+    from .bench.data import load_questions
+    from .bench.prefill import format_table, run_prefill_suite
+
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, refrag=args.refrag or "auto")
+    if engine.refrag is None:
+        raise RefragRasdError("no REFRAG checkpoint for this model: pass --refrag PATH (see train-refrag)")
+    if engine.refrag.k != args.k:
+        raise RefragRasdError(f"the REFRAG checkpoint has k={engine.refrag.k}, --k {args.k} was asked")
+    pool = [p for q in load_questions(args.data, "rag") if q.question_id not in exclude for p in q.passages]
+    res = run_prefill_suite(engine, questions, pool,
+                            contexts=[int(c) for c in args.contexts.split(",") if c.strip()],
+                            expands=[float(x) for x in args.expand.split(",") if x.strip()],
+                            policies=[x.strip() for x in args.policy.split(",") if x.strip()],
+                            repeats=args.repeats)
+    print(format_table(res))
+    return res
 
 
 @command("bench", "benchmark decoding methods side by side (Spec-Bench style)", _setup_bench)
@@ -131,6 +158,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.decode import format_table, run_decode_suite
 
     exclude = set() if args.include_train else training_question_ids()
+    if args.suite == "prefill":
+        questions = load_questions(args.data, args.category or "rag", args.limit or 3, exclude_ids=exclude)
+        res = _bench_prefill(args, questions, exclude)
+        res["settings"].update(data=str(args.data), held_out_only=not args.include_train)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        return 0
     questions = load_questions(args.data, args.category, args.limit, exclude_ids=exclude)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -160,6 +195,100 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("refrag-rasd demo: loading the model (the first run converts it once, ~30 s)...", file=sys.stderr)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
     run_demo(engine, args.questions, args.max_new_tokens, args.method)
+    return 0
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--collection", default="refrag-rasd", help="Chroma collection name")
+    p.add_argument("--chroma-dir", default=None,
+                   help="embedded database folder (default: $REFRAG_RASD_CHROMA_DIR or <cache>/chroma)")
+    p.add_argument("--host", default=None, help="a `chroma run` server instead of the embedded database")
+    p.add_argument("--port", type=int, default=8000)
+
+
+def _open_store(args: argparse.Namespace, engine: Engine | None = None):  # noqa: ANN202 - RefragChromaStore
+    from .store import RefragChromaStore
+
+    kwargs = {"passage_tokens": args.passage_tokens} if getattr(args, "passage_tokens", None) else {}
+    return RefragChromaStore(args.collection, path=args.chroma_dir, host=args.host, port=args.port,
+                             engine=engine, model=args.model, device=args.device, **kwargs)
+
+
+def _setup_index(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", help="text files or folders (.txt .md .rst .jsonl)")
+    _store_args(p)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--passage-tokens", type=int, default=256, help="longest passage, in decoder tokens")
+    p.add_argument("--no-progress", action="store_true")
+    _model_args(p)
+
+
+@command("index", "index files into a Chroma collection (passages, token ids, REFRAG chunk embeddings)",
+         _setup_index)
+def cmd_index(args: argparse.Namespace) -> int:
+    from .engines import get_engine
+
+    engine = get_engine(args.model, device=args.device, dtype=args.dtype)
+    store = _open_store(args, engine)
+    report = store.add_files(args.paths, batch_size=args.batch_size, progress=not args.no_progress)
+    print(f"{args.collection}: {report.passages} passages ({report.added} added, {report.skipped} already "
+          f"there) in {report.seconds:.1f} s ({report.passages_per_s:.1f} passages/s); "
+          f"{store.count()} in the collection", file=sys.stderr)
+    return 0
+
+
+def _setup_ask(p: argparse.ArgumentParser) -> None:
+    p.add_argument("question")
+    _store_args(p)
+    p.add_argument("-k", "--top-k-passages", dest="k", type=int, default=4, help="passages to retrieve")
+    p.add_argument("--filter", default=None, help='Chroma where filter as JSON, e.g. \'{"source": "a.txt"}\'')
+    p.add_argument("--context", default="auto", choices=["auto", "compressed", "text", "none"])
+    p.add_argument("--compare", action="store_true",
+                   help="also answer with plain RAG (full text context, vanilla decoding) and compare")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    _model_args(p)
+    _generation_args(p)
+    p.set_defaults(method="rasd")
+
+
+@command("ask", "answer a question from a collection: streams the answer, prints sources and statistics", _setup_ask)
+def cmd_ask(args: argparse.Namespace) -> int:
+    from .engines import get_engine
+    from .generation import GenerationRequest
+
+    engine = get_engine(args.model, device=args.device, dtype=args.dtype)
+    store = _open_store(args, engine)
+    hits = store.search(args.question, k=args.k, filter=json.loads(args.filter) if args.filter else None)
+    passages = [p for p, _ in hits]
+    settings = {"method": args.method, "context": args.context, "max_tokens": args.max_new_tokens,
+                "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed,
+                "stop": args.stop, "recognize_passages": False}
+    runs = [("refrag-rasd", settings)]
+    if args.compare:
+        runs.append(("plain-rag", {**settings, "method": "vanilla", "context": "text"}))
+    results = {}
+    for label, cfg in runs:
+        req = GenerationRequest.build(cfg, args.question, passages=passages, engine=engine)
+        if args.compare:
+            print(f"--- {label} (method {req.settings.get('method')}, context {req.context})", file=sys.stderr)
+        stream = req.stream()
+        for piece in stream:
+            print(piece, end="", flush=True)
+        print()
+        results[label] = req.metadata(stream.stats)
+        print_stats(stream.stats, file=sys.stderr)
+    print("sources:", file=sys.stderr)
+    for p, score in hits:
+        src = p.metadata.get("source", p.id)
+        print(f"  {score:.3f}  {src}  {p.text[:70].replace(chr(10), ' ')}...", file=sys.stderr)
+    if args.compare:
+        a, b = results["refrag-rasd"], results["plain-rag"]
+        ttft = (b["time_to_first_token_s"] or 0) / max(a["time_to_first_token_s"] or 1e-9, 1e-9)
+        tps = (a["decode_tokens_per_s"] or 0) / max(b["decode_tokens_per_s"] or 1e-9, 1e-9)
+        print(f"refrag-rasd vs plain RAG: time to first token {ttft:.2f}x faster, decoding {tps:.2f}x "
+              "tokens/s", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=1))
     return 0
 
 

@@ -1,0 +1,189 @@
+"""``RefragRasdLLM``: a LlamaIndex ``CustomLLM`` over the refrag-rasd engine.
+
+Example:
+    >>> from refrag_rasd_integrations.llama_index import RefragRasdLLM
+    >>> llm = RefragRasdLLM(max_tokens=64)
+    >>> resp = llm.complete("Why is the sky blue?")              # doctest: +SKIP
+    >>> resp.raw["usage"], resp.raw["accepted_per_forward"]      # doctest: +SKIP
+    >>> for r in llm.stream_complete("Name three rivers."):     # doctest: +SKIP
+    ...     print(r.delta, end="")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.llms import CustomLLM
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from pydantic import Field
+
+from refrag_rasd_core.models import DEFAULT_TARGET_NAME
+
+from ..generation import GenerationRequest, run_in_thread, usage
+
+
+def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """LlamaIndex chat messages -> engine chat messages (tool / function roles are refused)."""
+    roles = {MessageRole.SYSTEM: "system", MessageRole.USER: "user", MessageRole.ASSISTANT: "assistant",
+             MessageRole.DEVELOPER: "system"}
+    out = []
+    for m in messages:
+        role = roles.get(m.role)
+        if role is None:
+            from refrag_rasd_core.errors import InvalidInputError
+
+            raise InvalidInputError(f"this model does not take {m.role} messages (no tool calling)")
+        out.append({"role": role, "content": m.content or ""})
+    return out
+
+
+class RefragRasdLLM(CustomLLM):
+    """LlamaIndex LLM on a local Hugging Face model with REFRAG compressed passages and RASD decoding.
+
+    Same settings as the LangChain models (``model``, ``method``, ``context``, ``max_tokens``,
+    ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``, ``spec``, ``engine_kwargs``). Passages come with
+    ``complete(question, passages=nodes)`` (nodes from :class:`RefragLlamaRetriever` carry their stored
+    chunk embeddings) or are recognised in the prompt text. ``raw`` of every response carries ``usage`` and
+    the speed statistics. Weights load lazily and are shared between instances.
+
+    Example:
+        >>> llm = RefragRasdLLM(method="pld", max_tokens=32)
+        >>> llm.metadata.is_chat_model
+        True
+    """
+
+    model: str | None = Field(default=None, description="None = SmolLM2-135M-Instruct; HF id, folder or .gguf")
+    device: str = "auto"
+    dtype: str | None = None
+    method: str = "rasd"
+    context: str = "auto"
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] | None = None
+    spec: dict[str, Any] | None = None
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    recognize_passages: bool = True
+    chat_template: bool = True
+    context_window: int | None = None
+    """Tokens the model reads (default: the engine's window when it is loaded, else 8192)."""
+    store: Any = Field(default=None, exclude=True)
+    engine: Any = Field(default=None, exclude=True)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RefragRasdLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        window = self.context_window
+        if window is None:
+            window = getattr(getattr(self.engine, "runner", None), "max_positions", None) or 8192
+        return LLMMetadata(context_window=int(window), num_output=self.max_tokens, is_chat_model=True,
+                           model_name=str(self.model or DEFAULT_TARGET_NAME))
+
+    # ---- plumbing ------------------------------------------------------------------------------------------
+    def _request(self, prompt: Any, **kwargs: Any) -> GenerationRequest:
+        settings = {k: getattr(self, k) for k in ("model", "device", "dtype", "method", "context", "max_tokens",
+                                                  "temperature", "top_p", "top_k", "seed", "stop", "spec",
+                                                  "engine_kwargs", "store", "recognize_passages")}
+        passages = kwargs.pop("passages", None)
+        kwargs.pop("formatted", None)
+        return GenerationRequest.build(settings, prompt, passages=passages, engine=self.engine, **kwargs)
+
+    def _prompt(self, prompt: str, formatted: bool) -> Any:
+        if not formatted and self.completion_to_prompt is not None and not self.chat_template:
+            prompt = self.completion_to_prompt(prompt)
+        return [{"role": "user", "content": prompt}] if self.chat_template else prompt
+
+    @staticmethod
+    def _raw(req: GenerationRequest, stats: Any) -> dict[str, Any]:
+        return {**req.metadata(stats), "usage": usage(stats)}
+
+    def _pieces(self, prompt: Any, kwargs: dict[str, Any]) -> Iterator[Any]:
+        req = self._request(prompt, **dict(kwargs))
+        yield req
+        stream = req.stream()
+        for piece in stream:
+            yield piece, None
+        yield "", stream.stats
+
+    def _completions(self, prompt: Any, kwargs: dict[str, Any]) -> Iterator[CompletionResponse]:
+        items = self._pieces(prompt, kwargs)
+        req = next(items)
+        text = ""
+        for piece, stats in items:
+            text += piece
+            if stats is not None:
+                yield CompletionResponse(text=text, delta="", raw=self._raw(req, stats))
+            elif piece:
+                yield CompletionResponse(text=text, delta=piece)
+
+    # ---- completion ----------------------------------------------------------------------------------------
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        *_, last = self._completions(self._prompt(prompt, formatted), kwargs)
+        return last
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        return self._completions(self._prompt(prompt, formatted), kwargs)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        last = None
+        async for r in run_in_thread(lambda: self._completions(self._prompt(prompt, formatted), kwargs)):
+            last = r
+        return last
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any
+                               ) -> CompletionResponseAsyncGen:
+        return run_in_thread(lambda: self._completions(self._prompt(prompt, formatted), kwargs))
+
+    # ---- chat ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _chat(r: CompletionResponse) -> ChatResponse:
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text), delta=r.delta,
+                            raw=r.raw)
+
+    def _chats(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Iterator[ChatResponse]:
+        for r in self._completions(to_engine_messages(messages), kwargs):
+            yield self._chat(r)
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        *_, last = self._chats(messages, kwargs)
+        return last
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self._chats(messages, kwargs)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        last = None
+        async for r in run_in_thread(lambda: self._chats(messages, kwargs)):
+            last = r
+        return last
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        return run_in_thread(lambda: self._chats(messages, kwargs))
+
+
+__all__ = ["RefragRasdLLM", "to_engine_messages"]
