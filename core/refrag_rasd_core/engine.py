@@ -324,36 +324,14 @@ class Engine:
         text = TextAssembler(self.tokenizer, cfg.stop)
 
         t0 = time.perf_counter()
-        mixed = self._compress(request, cfg, stats) if request.layout is not None else None
-        if mixed is not None:
-            if limit is not None and mixed.length >= limit:
-                raise ContextTooLongError(
-                    f"the compressed prompt takes {mixed.length} positions but the model reads at most {limit} "
-                    f"(at k={self.refrag.k} that is about {limit * self.refrag.k} tokens of passages): pass "
-                    "fewer passages or expand fewer chunks"
-                )
-            prompt_ids = [t for t in mixed.token_ids if t is not None]
-            shift = mixed.length - len(prompt_ids)  # compressed positions: in the cache, not in the tokens
-        else:
-            prompt_ids, shift = request.prompt_ids, 0
-        stats.prefill_positions = len(prompt_ids) + shift
+        prompt_ids, shift, mixed = self._prefill_input(request, cfg, stats, limit)
         proposer = self._proposer(cfg, prompt_ids, passages)
         want_hidden = bool(proposer is not None and proposer.uses_target_hidden)
         max_new = cfg.max_new_tokens
         if limit is not None:
             max_new = min(max_new, limit - stats.prefill_positions)
         committed = list(prompt_ids)
-
-        cache = self.runner.new_cache()
-        if mixed is not None:
-            logits, hidden = self.runner.forward(None, cache, logits_at=-1, want_hidden=want_hidden,
-                                                 inputs_embeds=mixed.inputs_embeds)
-            if hidden is not None:  # the draft head sees the raw-token positions only
-                raw = [i for i, t in enumerate(mixed.token_ids) if t is not None]
-                hidden = hidden.index_select(0, torch.tensor(raw, device=hidden.device))
-        else:
-            ids = torch.tensor([prompt_ids], device=device)
-            logits, hidden = self.runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden)
+        cache, logits, hidden = self._prefill_forward(prompt_ids, mixed, want_hidden)
         token = _choose(logits[0], params, gen)
         _sync_device(device)
         stats.ttft_s = time.perf_counter() - t0
@@ -396,6 +374,79 @@ class Engine:
             stats.draft_s = max(stats.draft_s - proposer.retrieval_s, 0.0)
         _sync_device(device)
         stats.total_s = time.perf_counter() - t0
+
+    def _prefill_input(self, request: _Request, cfg: GenerationConfig, stats: GenerationStats,
+                       limit: int | None) -> tuple[list[int], int, Any]:
+        """(raw prompt tokens, compressed positions, mixed input or None) of a request."""
+        mixed = self._compress(request, cfg, stats) if request.layout is not None else None
+        if mixed is None:
+            stats.prefill_positions = len(request.prompt_ids)
+            return request.prompt_ids, 0, None
+        if limit is not None and mixed.length >= limit:
+            raise ContextTooLongError(
+                f"the compressed prompt takes {mixed.length} positions but the model reads at most {limit} "
+                f"(at k={self.refrag.k} that is about {limit * self.refrag.k} tokens of passages): pass "
+                "fewer passages or expand fewer chunks"
+            )
+        prompt_ids = [t for t in mixed.token_ids if t is not None]
+        stats.prefill_positions = mixed.length
+        return prompt_ids, mixed.length - len(prompt_ids), mixed  # compressed positions: cached, not tokens
+
+    def _prefill_forward(self, prompt_ids: list[int], mixed: Any,
+                         want_hidden: bool) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+        """One forward over the prompt into a new KV cache: (cache, last logits, hidden of raw tokens)."""
+        cache = self.runner.new_cache()
+        if mixed is None:
+            ids = torch.tensor([prompt_ids], device=self.runner.device)
+            logits, hidden = self.runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden)
+            return cache, logits, hidden
+        logits, hidden = self.runner.forward(None, cache, logits_at=-1, want_hidden=want_hidden,
+                                             inputs_embeds=mixed.inputs_embeds)
+        if hidden is not None:  # the draft head sees the raw-token positions only
+            raw = [i for i, t in enumerate(mixed.token_ids) if t is not None]
+            hidden = hidden.index_select(0, torch.tensor(raw, device=hidden.device))
+        return cache, logits, hidden
+
+    def prefill(self, prompt: Prompt, *, passages: Sequence[Any] | None = None,
+                config: GenerationConfig | None = None, **overrides: Any) -> Prefill:
+        """Only the prefill of a request (as :meth:`generate` would run it): the KV cache, the next-token
+        logits and the statistics (``ttft_s`` covers compression, the policy and the forward).
+
+        Example:
+            >>> pre = engine.prefill(q, passages=ps, context="compressed")     # doctest: +SKIP
+            >>> engine.continuation_nll(pre, answer_ids)                       # doctest: +SKIP
+            1.73
+        """
+        cfg = _merge_config(config, overrides)
+        request = self._request(prompt, passages, cfg)
+        stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context)
+        limit = self.runner.max_positions
+        if limit is not None and request.prompt_ids is not None and len(request.prompt_ids) >= limit:
+            raise ContextTooLongError(f"the prompt has {len(request.prompt_ids)} tokens but the model reads at "
+                                      f"most {limit}")
+        with self._lock:
+            t0 = time.perf_counter()
+            prompt_ids, _, mixed = self._prefill_input(request, cfg, stats, limit)
+            cache, logits, _ = self._prefill_forward(prompt_ids, mixed, False)
+            int(logits[0].argmax())
+            _sync_device(self.runner.device)
+            stats.ttft_s = time.perf_counter() - t0
+        return Prefill(cache=cache, logits=logits[0], positions=stats.prefill_positions, stats=stats)
+
+    def continuation_nll(self, prefill: Prefill, token_ids: Sequence[int]) -> float:
+        """Mean negative log-likelihood per token of ``token_ids`` following a :meth:`prefill` (consumes
+        its cache). The first token is scored by the prefill's own logits."""
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise InvalidInputError("the continuation is empty")
+        lps = [torch.log_softmax(prefill.logits.float(), -1)[ids[0]]]
+        if len(ids) > 1:
+            with self._lock:
+                logits, _ = self.runner.forward(torch.tensor([ids[:-1]], device=self.runner.device),
+                                                prefill.cache, logits_at=None)
+            lp = torch.log_softmax(logits.float(), -1)
+            lps.extend(lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:], device=lp.device)])
+        return float(-torch.stack([x.to(lps[0].device) for x in lps]).mean())
 
     def _speculate(self, proposer: Any, cache: Any, committed: list[int], hidden: torch.Tensor | None,
                    params: SamplingParams, gen: torch.Generator | None, stats: GenerationStats,
@@ -517,6 +568,22 @@ class Engine:
                 ids = self.tokenizer(txt, add_special_tokens=False)["input_ids"] if txt.strip() else []
             out.append([int(t) for t in ids])
         return out
+
+
+@dataclass
+class Prefill:
+    """What :meth:`Engine.prefill` returns: the filled KV cache, the next-token logits ``[V]``, the number of
+    positions the decoder read and the statistics."""
+
+    cache: Any
+    logits: torch.Tensor
+    positions: int
+    stats: GenerationStats
+
+    def kv_bytes(self) -> int:
+        """Bytes the KV cache holds (keys and values of every layer)."""
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers
+                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
 
 
 @dataclass
