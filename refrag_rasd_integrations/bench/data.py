@@ -64,8 +64,10 @@ def load_questions(path: str | Path, category: str | None = None, limit: int | N
                 continue
             try:
                 row = json.loads(line)
-                q = BenchQuestion(row["question_id"], row["category"], row["turns"][0],
-                                  list(row.get("reference") or []))
+                ref = list(row.get("reference") or [])
+                if ref and isinstance(ref[0], list):  # one list of answers per turn: the first turn's
+                    ref = list(ref[0])
+                q = BenchQuestion(row["question_id"], row["category"], row["turns"][0], [str(r) for r in ref])
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 raise InvalidInputError(f"{path}:{n}: not a Spec-Bench question line ({exc})") from exc
             if wanted and q.category not in wanted:
