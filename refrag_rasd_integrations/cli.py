@@ -124,6 +124,8 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-calibrate", action="store_true", help="use the default verify-cost table")
     p.add_argument("--spec", default=None, help="JSON object of speculation options for the engine methods")
     p.add_argument("--out", default=None, help="write the results JSON here")
+    p.add_argument("--draft-model", default=None,
+                   help="a separate draft model sharing the target's tokenizer, for the hf-assisted peer")
     g = p.add_argument_group("prefill suite")
     g.add_argument("--k", type=int, default=16, help="chunk size the REFRAG checkpoint must have")
     g.add_argument("--expand", default="0,0.1,0.25", help="expansion fractions p")
@@ -170,9 +172,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     spec = json.loads(args.spec) if args.spec else None
+    assistant = None
+    if args.draft_model:
+        from refrag_rasd_core.models import load_target
+
+        assistant = load_target(args.draft_model, device=args.device, dtype=args.dtype)
+    elif "hf-assisted" in methods:
+        print("hf-assisted skipped: no --draft-model given (no separate model shares the default target's "
+              "tokenizer offline)", file=sys.stderr)
+        methods.remove("hf-assisted")
     res = run_decode_suite(engine, questions, methods, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, repeats=args.repeats, spec=spec,
-                           calibrate=not args.no_calibrate)
+                           calibrate=not args.no_calibrate, assistant=assistant)
     res["settings"].update(data=str(args.data), held_out_only=not args.include_train)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

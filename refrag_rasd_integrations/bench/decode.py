@@ -31,7 +31,7 @@ from refrag_rasd_core.errors import InvalidInputError
 from .data import BenchQuestion
 from .machine import machine_info
 
-HF_METHODS = ("hf", "hf-pld")
+HF_METHODS = ("hf", "hf-pld", "hf-assisted")
 ALL_METHODS = (*ENGINE_METHODS, *HF_METHODS)
 
 
@@ -45,8 +45,9 @@ class MethodRun:
 
 
 def make_method(name: str, engine: Engine, max_new_tokens: int, temperature: float = 0.0,
-                spec: dict[str, Any] | None = None) -> Callable[[BenchQuestion], MethodRun]:
-    """The function that runs method ``name`` on one question."""
+                spec: dict[str, Any] | None = None, assistant: Any = None) -> Callable[[BenchQuestion], MethodRun]:
+    """The function that runs method ``name`` on one question (``hf-assisted`` needs ``assistant``, a
+    :class:`~refrag_rasd_core.models.LoadedModel` sharing the target's tokenizer)."""
     if name in ENGINE_METHODS:
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, method=name,
                                seed=0, spec=dict(spec or {}))
@@ -69,6 +70,13 @@ def make_method(name: str, engine: Engine, max_new_tokens: int, temperature: flo
             kwargs["temperature"] = temperature
         if name == "hf-pld":
             kwargs["prompt_lookup_num_tokens"] = 10
+        if name == "hf-assisted":
+            if assistant is None:
+                raise InvalidInputError("hf-assisted needs a draft model: pass --draft-model (sharing the tokenizer)")
+            from refrag_rasd_core.models import check_same_tokenizer
+
+            check_same_tokenizer(assistant.tokenizer, engine.tokenizer)
+            kwargs["assistant_model"] = assistant.model
         eos = sorted(engine.eos_ids)
 
         def run_hf(q: BenchQuestion) -> MethodRun:
@@ -90,12 +98,12 @@ def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods
                      max_new_tokens: int = 128, temperature: float = 0.0, repeats: int = 1,
                      spec: dict[str, Any] | None = None, progress: bool = True,
                      extra_methods: dict[str, Callable[[BenchQuestion], MethodRun]] | None = None,
-                     calibrate: bool = False) -> dict[str, Any]:
+                     calibrate: bool = False, assistant: Any = None) -> dict[str, Any]:
     """Run the suite and return the results dict (the contract's JSON shape). ``calibrate`` measures the
     verify-cost curve on this machine first (:meth:`Engine.calibrate_verify_costs`)."""
     costs = engine.calibrate_verify_costs() if calibrate else engine.verify_costs
     methods = list(dict.fromkeys(["vanilla", *methods]))  # vanilla is always the baseline
-    runners = {m: make_method(m, engine, max_new_tokens, temperature, spec) for m in methods
+    runners = {m: make_method(m, engine, max_new_tokens, temperature, spec, assistant) for m in methods
                if m not in (extra_methods or {})}
     runners.update(extra_methods or {})
     if not questions:
@@ -140,8 +148,11 @@ def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods
                      "methods": methods, "n_questions": len(questions),
                      "categories": sorted({q.category for q in questions}), "spec": dict(spec or {}),
                      "verify_costs": {str(k): round(v, 3) for k, v in (costs or {}).items()} or "defaults",
-                     "drafter": type(engine.drafter).__name__ if engine.drafter is not None else None},
+                     "drafter": type(engine.drafter).__name__ if engine.drafter is not None else None,
+                     "assistant": getattr(assistant, "name", None)},
         "methods": summarize(rows, methods),
+        "by_category": {c: summarize([r for r in rows if r["category"] == c], methods)
+                        for c in sorted({r["category"] for r in rows})},
         "per_question": rows,
     }
 

@@ -76,3 +76,18 @@ def test_cli_models_json(capsys):
 def test_cli_reports_clear_error(capsys, tmp_path):
     assert main(["bench", "--data", str(tmp_path / "none.jsonl")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_hf_assisted_peer_and_categories(tiny, data_file):
+    from tiny import tiny_loaded
+
+    engine = Engine(tiny)
+    qs = load_questions(data_file)
+    draft = tiny_loaded(7, layers=1)  # same tokenizer, another (random) model
+    res = run_decode_suite(engine, qs, ["vanilla", "hf-assisted"], max_new_tokens=8, progress=False,
+                           assistant=draft)
+    assert res["methods"]["hf-assisted"]["equal_to_vanilla"] == 1.0  # greedy assisted generation is exact
+    assert set(res["by_category"]) == {"rag", "qa"}
+    assert res["by_category"]["qa"]["vanilla"]["n"] == 1
+    with pytest.raises(InvalidInputError, match="draft model"):
+        run_decode_suite(engine, qs, ["hf-assisted"], max_new_tokens=4, progress=False)
