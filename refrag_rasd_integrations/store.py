@@ -427,6 +427,7 @@ class RefragChromaStore:
         """Split documents (LangChain ``Document`` s, LlamaIndex nodes / documents, ``(text, metadata)`` pairs,
         or strings) into passages with deterministic ids."""
         out: list[PassageRecord] = []
+        seen: set[str] = set()
         for doc in documents:
             text, meta, doc_id = _document_parts(doc)
             if not text.strip():
@@ -436,6 +437,9 @@ class RefragChromaStore:
             flat = _flat_metadata(meta)
             if SOURCE_KEY not in flat and source:
                 flat[SOURCE_KEY] = source
+            if digest in seen:  # the same document twice: index it once
+                continue
+            seen.add(digest)
             for i, piece in enumerate(self.split(text)):
                 out.append(PassageRecord(id=f"{digest}-{i:04d}", text=piece,
                                          metadata={**flat, DOC_KEY: digest, INDEX_KEY: i}))
@@ -562,7 +566,7 @@ class RefragChromaStore:
                 ids.append(h)
         if not ids:
             return []
-        res = self.collection(create=False).get(ids=ids, include=["documents", "metadatas"])
+        res = self.collection(create=False).get(ids=list(dict.fromkeys(ids)), include=["documents", "metadatas"])
         by_id = {pid: self._passage(pid, text or "", dict(meta or {}))
                  for pid, text, meta in zip(res["ids"], res["documents"], res["metadatas"], strict=True)}
         return [by_id[i] for i in ids if i in by_id]

@@ -64,10 +64,11 @@ def fake_store(collection: str = "fake-docs", *, path: Any = None, client: Any =
                passage_tokens: int = 48, **kwargs: Any):
     from refrag_rasd_integrations.store import RefragChromaStore
 
-    tok = tiny_tokenizer()
-    return RefragChromaStore(collection, path=path, client=client, tokenizer=tok,
-                             chunk_encoder=CountingChunkEncoder(tok, k=k), embedder=BagOfWordsEmbedder(),
-                             passage_tokens=passage_tokens, **kwargs)
+    tok = kwargs.pop("tokenizer", None) or tiny_tokenizer()
+    kwargs.setdefault("chunk_encoder", CountingChunkEncoder(tok, k=k))
+    kwargs.setdefault("embedder", BagOfWordsEmbedder())
+    return RefragChromaStore(collection, path=path, client=client, tokenizer=tok, passage_tokens=passage_tokens,
+                             **kwargs)
 
 
 CORPUS = [
