@@ -1,7 +1,7 @@
 """Write docs/benchmarks.md (tables) and docs/img/*.png (plots) from the results files in benchmarks/results/.
 
 Usage:
-    python benchmarks/report.py                   # every decode-suite results file, newest first
+    python benchmarks/report.py     # every results file of the decode, prefill and rag suites
 """
 
 from __future__ import annotations
@@ -45,56 +45,189 @@ def decode_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_speedups(files: list[Path], out: Path) -> bool:
+def category_table(res: dict) -> str:
+    """Speedup per method and category (decode runs over several categories)."""
+    cats = res.get("by_category") or {}
+    if len(cats) < 2:
+        return ""
+    methods = list(res["methods"])
+    lines = ["| category | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for cat, summ in cats.items():
+        cells = []
+        for m in methods:
+            v = summ.get(m, {})
+            sp, acc = v.get("speedup_vs_vanilla"), v.get("mean_accepted")
+            cells.append("–" if sp is None else f"{sp:.2f}x" + (f" ({acc:.2f})" if acc is not None and m != "vanilla" else ""))
+        lines.append(f"| {cat} | " + " | ".join(cells) + " |")
+    return "Speedup vs vanilla per category (mean accepted tokens per forward in brackets):\n\n" + "\n".join(lines)
+
+
+def prefill_table(res: dict) -> str:
+    m, s = res["machine"], res["settings"]
+    lines = [
+        f"{s['n_questions']} held-out `rag` questions, k = {s['k']}, encoder {s['encoder']}, model {s['model']} "
+        f"({s['dtype']}), {m['device']} — {m['cpu']}, {m['cores']} cores; chunk vectors precomputed (as a store "
+        "keeps them). `gap` = share of the no-context -> full-context log-perplexity gap recovered.",
+        "",
+        "| setting @ context | TTFT s | TTFT speedup vs full | log-ppl | gap recovered | answer recall | KV MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, v in res["methods"].items():
+        def f(x, fmt):
+            return format(x, fmt) if x is not None else "–"
+        lines.append(f"| {name} | {f(v['ttft_s'], '.3f')} | {f(v['ttft_speedup_vs_full'], '.2f')}x | "
+                     f"{f(v['log_ppl'], '.3f')} | {f(v['gap_recovered'], '.2f')} | {f(v['answer_recall'], '.2f')} | "
+                     f"{v['kv_bytes'] / 2**20:.1f} |")
+    return "\n".join(lines)
+
+
+def rag_table(res: dict) -> str:
+    m, s = res["machine"], res["settings"]
+    lines = [f"{s.get('n_questions', '?')} held-out `rag` questions through the LangChain chain, "
+             f"{s.get('max_new_tokens', '?')} new tokens, model {s.get('model', '?')}, {m['device']} — {m['cpu']}, "
+             f"{m['cores']} cores.", "",
+             "| pipeline | TTFT s | decode tokens/s | total s | answer recall | speedup (total) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, v in res["methods"].items():
+        def f(x, fmt):
+            return format(x, fmt) if x is not None else "–"
+        lines.append(f"| {name} | {f(v.get('ttft_s'), '.3f')} | {f(v.get('decode_tokens_per_s'), '.2f')} | "
+                     f"{f(v.get('total_s'), '.2f')} | {f(v.get('answer_recall'), '.2f')} | "
+                     f"{f(v.get('speedup_total_vs_plain'), '.2f')}x |")
+    return "\n".join(lines)
+
+
+def _plt():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _bars(groups: list[str], series: dict[str, list[float]], ylabel: str, out: Path, hline: float | None = 1.0) -> bool:
+    plt = _plt()
+    if plt is None or not groups or not series:
         return False
-    rows = []
-    for p in files:
-        res = json.loads(p.read_text())
-        cat = ",".join(res["settings"]["categories"])
-        for name, v in res["methods"].items():
-            if v["speedup_vs_vanilla"] is not None:
-                rows.append((f"{cat}\n{p.stem}", name, v["speedup_vs_vanilla"]))
-    if not rows:
-        return False
-    groups = sorted({r[0] for r in rows})
-    methods = list(dict.fromkeys(r[1] for r in rows))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) * len(methods) / 4), 4))
-    width = 0.8 / len(methods)
-    for j, meth in enumerate(methods):
-        xs = [i + j * width for i, g in enumerate(groups)]
-        ys = [next((r[2] for r in rows if r[0] == g and r[1] == meth), 0) for g in groups]
-        ax.bar(xs, ys, width, label=meth)
-    ax.axhline(1.0, color="black", lw=0.8)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(groups) * len(series)), 4))
+    width = 0.8 / len(series)
+    for j, (label, ys) in enumerate(series.items()):
+        ax.bar([i + j * width for i in range(len(groups))], ys, width, label=label)
+    if hline is not None:
+        ax.axhline(hline, color="black", lw=0.8)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups, fontsize=7)
-    ax.set_ylabel("speedup vs vanilla (tokens/s)")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
+    plt.close(fig)
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    files = sorted((p for p in RESULTS.glob("*.json") if _suite(p) == "decode"), reverse=True)
-    parts = [HEADER]
-    if not files:
-        parts.append("\nNo results yet.\n")
-    for p in files:
+def plot_speedups(files: list[Path], out: Path) -> bool:
+    """Speedup per method and category, over every decode results file (newest file wins a category)."""
+    per_cat: dict[str, dict[str, float]] = {}
+    for p in sorted(files):  # oldest first: newer runs overwrite
         res = json.loads(p.read_text())
-        parts.append(f"\n## `{p.name}`\n\n{decode_table(res)}\n")
-    if plot_speedups(files, DOCS / "img" / "decode-speedup.png"):
-        parts.insert(1, "\n![speedup per method](img/decode-speedup.png)\n")
+        cats = res.get("by_category") or {",".join(res["settings"]["categories"]): res["methods"]}
+        for cat, summ in cats.items():
+            per_cat[cat] = {m: v["speedup_vs_vanilla"] for m, v in summ.items() if v.get("speedup_vs_vanilla")}
+    groups = sorted(per_cat)
+    methods = list(dict.fromkeys(m for c in groups for m in per_cat[c] if m != "vanilla"))
+    return _bars(groups, {m: [per_cat[c].get(m, 0.0) for c in groups] for m in methods},
+                 "speedup vs vanilla (tokens/s)", out)
+
+
+def plot_accepted(files: list[Path], out: Path) -> bool:
+    """Histogram of tokens emitted per target forward, per speculative method (all decode files)."""
+    hist: dict[str, dict[int, int]] = {}
+    for p in files:
+        for row in json.loads(p.read_text())["per_question"]:
+            for m, cell in row["methods"].items():
+                for k, v in (cell.get("accepted_hist") or {}).items():
+                    if m != "vanilla":
+                        hist.setdefault(m, {})[int(k)] = hist.get(m, {}).get(int(k), 0) + int(v)
+    if not hist:
+        return False
+    top = max(k for h in hist.values() for k in h)
+    groups = [str(k) for k in range(1, top + 1)]
+    series = {m: [h.get(k, 0) / max(1, sum(h.values())) for k in range(1, top + 1)] for m, h in hist.items()}
+    return _bars(groups, series, "share of target forwards", out, hline=None)
+
+
+def plot_ttft(res: dict, out: Path) -> bool:
+    plt = _plt()
+    if plt is None:
+        return False
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for name, v in res["methods"].items():
+        setting, _, ctx = name.rpartition("@")
+        if ctx.isdigit() and (setting in {"full", "compressed"} or setting.endswith("-p0.25")):
+            curves.setdefault(setting, []).append((int(ctx), v["ttft_s"]))
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for setting, pts in curves.items():
+        pts.sort()
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=setting)
+    ax.set_xlabel("context (passage tokens)")
+    ax.set_ylabel("time to first token (s)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_rag(res: dict, out: Path) -> bool:
+    names = list(res["methods"])
+    ttft = [res["methods"][n].get("ttft_s") or 0.0 for n in names]
+    total = [res["methods"][n].get("total_s") or 0.0 for n in names]
+    return _bars(names, {"time to first token (s)": ttft, "total latency (s)": total}, "seconds (median)", out,
+                 hline=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    by_suite: dict[str, list[Path]] = {}
+    for p in sorted(RESULTS.glob("*.json"), reverse=True):
+        by_suite.setdefault(_suite(p) or "", []).append(p)
+    parts = [HEADER]
+    img = DOCS / "img"
+    decode = by_suite.get("decode", [])
+    if plot_speedups(decode, img / "decode-speedup.png"):
+        parts.append("\n![speedup per method and category](img/decode-speedup.png)\n")
+    if plot_accepted(decode, img / "accepted-hist.png"):
+        parts.append("\n![tokens per target forward](img/accepted-hist.png)\n")
+    for p in by_suite.get("rag", [])[:1]:
+        res = json.loads(p.read_text())
+        parts.append(f"\n## End to end: REFRAG + RASD vs plain RAG (`{p.name}`)\n\n{rag_table(res)}\n")
+        if plot_rag(res, img / "rag-latency.png"):
+            parts.append("\n![end-to-end latency](img/rag-latency.png)\n")
+    for p in by_suite.get("prefill", [])[:1]:
+        res = json.loads(p.read_text())
+        parts.append(f"\n## Prefill: REFRAG compression (`{p.name}`)\n\n{prefill_table(res)}\n")
+        if plot_ttft(res, img / "ttft-context.png"):
+            parts.append("\n![TTFT vs context length](img/ttft-context.png)\n")
+    if decode:
+        parts.append("\n## Decoding methods\n")
+    for p in decode:
+        res = json.loads(p.read_text())
+        cat = category_table(res)
+        parts.append(f"\n### `{p.name}`\n\n{decode_table(res)}\n" + (f"\n{cat}\n" if cat else ""))
+    if len(parts) == 1:
+        parts.append("\nNo results yet.\n")
     extra = DOCS / "benchmarks-notes.md"
     if extra.exists():
         parts.append("\n" + extra.read_text())
     (DOCS / "benchmarks.md").write_text("".join(parts))
-    print(f"wrote {DOCS / 'benchmarks.md'} from {len(files)} results file(s)")
+    n = sum(len(v) for v in by_suite.values())
+    print(f"wrote {DOCS / 'benchmarks.md'} from {n} results file(s)")
     return 0
 
 
