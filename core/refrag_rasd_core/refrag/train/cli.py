@@ -1,0 +1,186 @@
+"""``refrag-rasd train-refrag`` (also ``python -m refrag_rasd_core.refrag.train``): the whole pipeline.
+
+Loads the decoder (default SmolLM2-135M-Instruct, fp32) and the chunk encoder (default all-MiniLM-L6-v2),
+optionally measures which pooling reconstructs better (``--pooling auto``), encodes the corpora once (cached
+in ``--out``), runs ``--phases`` (resumable with ``--resume``: exact phase and step), evaluates on the
+held-out passages (``--heldout spec_bench_dev.jsonl``: its odd-index questions) and exports the
+:class:`~refrag_rasd_core.refrag.RefragModel` (``--export``, default ``OUT/refrag.safetensors``).
+
+Example:
+    >>> args = build_parser().parse_args(["--out", "runs/refrag", "--phases", "recon,cpt"])
+    >>> args.phases, args.k
+    ('recon,cpt', 16)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ...errors import InvalidInputError
+from .phases import PHASES, STATE_FILE, RefragTrainer, TrainConfig
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="refrag-rasd train-refrag",
+                                description="Train REFRAG's projector, decoder LoRA and expansion policy.")
+    p.add_argument("--out", required=True, help="run folder (state, logs, cached vectors, refrag.safetensors)")
+    p.add_argument("--phases", default=",".join(d.phases), help=f"comma-separated, in order, from {','.join(PHASES)}")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue a run in --out at its exact phase and step (its saved configuration wins)")
+    p.add_argument("--target", default="default", help="decoder: 'default' (SmolLM2-135M-Instruct), HF id or folder")
+    p.add_argument("--encoder", default="default", help="chunk encoder: 'default' (all-MiniLM-L6-v2) or a folder")
+    p.add_argument("--pooling", default="mean", choices=["mean", "cls", "max", "auto"],
+                   help="encoder pooling; 'auto' measures mean vs cls first (--pooling-steps each)")
+    p.add_argument("--pooling-steps", type=int, default=40)
+    p.add_argument("--train-encoder", action="store_true", help="fine-tune the encoder too (slower; no cached vectors)")
+    p.add_argument("--corpus", nargs="*", default=["spec_bench_train", "pydoc", "docstrings", "packages"],
+                   help="built-in corpora (spec_bench_train, pydoc, docstrings, packages) or .jsonl/.txt paths")
+    p.add_argument("--max-corpus-chunks", type=int, default=20000, help="chunks encoded for training (in all)")
+    p.add_argument("--heldout", default=None, help="spec_bench_dev.jsonl: its odd-index questions' passages are "
+                                                   "the evaluation text (never trained on)")
+    p.add_argument("--k", type=int, default=d.k)
+    for ph in PHASES:
+        p.add_argument(f"--steps-{ph}", type=int, default=d.steps_for(ph))
+    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="decoder positions per step")
+    p.add_argument("--recon-max-chunks", type=int, default=d.recon_max_chunks)
+    p.add_argument("--cpt-max-chunks", type=int, default=d.cpt_max_chunks)
+    p.add_argument("--continuation", type=int, default=d.continuation)
+    p.add_argument("--mixed-fraction", type=float, default=d.mixed_fraction)
+    p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0 = no decoder LoRA")
+    p.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
+    p.add_argument("--lr-recon", type=float, default=d.lr_recon)
+    p.add_argument("--lr-projector", type=float, default=d.lr_projector)
+    p.add_argument("--lr-lora", type=float, default=d.lr_lora)
+    p.add_argument("--lr-policy", type=float, default=d.lr_policy)
+    p.add_argument("--policy-group", type=int, default=d.policy_group)
+    p.add_argument("--policy-contexts", type=int, default=d.policy_contexts)
+    p.add_argument("--policy-chunks", type=int, default=d.policy_chunks)
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="autocast dtype of the decoder forward (bfloat16 on a GPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--eval-samples", type=int, default=40, help="held-out windows for the quality evaluation")
+    p.add_argument("--eval-chunks", type=int, default=16)
+    p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--quality-out", default=None, help="also write the quality results to this json")
+    p.add_argument("--export", default=None, help="final checkpoint path (default OUT/refrag.safetensors)")
+    p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this many steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    bad = [x for x in phases if x not in PHASES]
+    if bad:
+        raise InvalidInputError(f"unknown phase(s) {bad}; choose from {', '.join(PHASES)}")
+    phases = [x for x in PHASES if x in phases]
+    kw = {f"steps_{ph}": getattr(args, f"steps_{ph}") for ph in PHASES}
+    return TrainConfig(phases=phases, k=args.k, batch_tokens=args.batch_tokens, recon_max_chunks=args.recon_max_chunks,
+                       cpt_max_chunks=args.cpt_max_chunks, continuation=args.continuation,
+                       mixed_fraction=args.mixed_fraction, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                       lr_recon=args.lr_recon, lr_projector=args.lr_projector, lr_lora=args.lr_lora,
+                       lr_policy=args.lr_policy, policy_group=args.policy_group,
+                       policy_contexts=args.policy_contexts, policy_chunks=args.policy_chunks,
+                       ckpt_every=args.ckpt_every, seed=args.seed, device=args.device, dtype=args.dtype,
+                       train_encoder=args.train_encoder, pooling=args.pooling, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the pipeline; returns 0."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        with open(out / "train.log", "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    t_start = time.time()
+    state_json = (out / STATE_FILE).with_suffix(".json")
+    resumed = args.resume and state_json.exists()
+    if resumed:
+        saved = json.loads(state_json.read_text())
+        cfg = TrainConfig.from_dict(saved["config"])
+        cfg.device, cfg.dtype = args.device, args.dtype
+        log(f"resuming {out} (its saved configuration is used; phase {saved.get('phase')!r} step {saved.get('step')})")
+    else:
+        cfg = config_from_args(args)
+    from ...models import load_target
+    from ..encoder import ChunkEncoder
+    from .corpus import ChunkCorpus, heldout_documents, load_documents
+
+    lm = load_target(None if args.target == "default" else args.target, device=cfg.device, dtype="float32")
+    decoder, tok = lm.model, lm.tokenizer
+    log(f"decoder {lm.name}: {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f} M params on {cfg.device}")
+    enc_name = None if args.encoder == "default" else args.encoder
+    docs = load_documents(args.corpus)
+    held_docs = heldout_documents(args.heldout) if args.heldout else []
+    log(f"documents: {len(docs)} training, {len(held_docs)} held-out")
+    recipe = {"command": "refrag-rasd train-refrag " + " ".join(argv), "target": lm.name, "corpus": args.corpus,
+              "heldout": args.heldout, "torch_threads": torch.get_num_threads()}
+    if cfg.pooling == "auto":
+        from .pooling import compare_pooling
+
+        if not held_docs:
+            raise InvalidInputError("--pooling auto needs --heldout (the comparison is scored on held-out chunks)")
+        res = compare_pooling(decoder, tok, docs, held_docs, out / "pooling", encoder=enc_name, k=cfg.k,
+                              steps=args.pooling_steps, batch_tokens=cfg.batch_tokens, seed=cfg.seed,
+                              device=cfg.device, log=log)
+        cfg.pooling = res["best"]
+        recipe["pooling_comparison"] = res
+        log(f"pooling: {res['best']} reconstructs better ({res['scores']})")
+    elif (out / "pooling" / "pooling.json").exists():
+        recipe["pooling_comparison"] = json.loads((out / "pooling" / "pooling.json").read_text())
+    encoder = ChunkEncoder.load(enc_name, tokenizer=tok, k=cfg.k, pooling=cfg.pooling, device=cfg.device)
+    corpus = ChunkCorpus.cached(out / f"corpus-{cfg.pooling}.safetensors", docs, tok, cfg.k, encoder=encoder,
+                                max_chunks=args.max_corpus_chunks, progress=not args.no_progress, log=log)
+    log(f"corpus: {corpus.meta.get('documents')} documents, {corpus.n_chunks} chunks of {cfg.k} tokens")
+    held = None
+    if held_docs:
+        held = ChunkCorpus.cached(out / f"heldout-{cfg.pooling}.safetensors", held_docs, tok, cfg.k, encoder=encoder,
+                                  log=log)
+    sft_records = []
+    if "sft" in cfg.phases:
+        from ...eagle.corpus import spec_bench_prompts
+
+        sft_records = spec_bench_prompts()
+    trainer = RefragTrainer(decoder, tok, encoder, corpus, cfg, out, log=log, progress=not args.no_progress,
+                            sft_records=sft_records, recipe=recipe)
+    trainer.run(resume=args.resume, stop_after=args.stop_after)
+    if trainer.phase_index < len(cfg.phases):
+        log(f"stopped at phase {trainer._phase_name()!r} step {trainer.step} (resume with --resume)")
+        return 0
+    metrics: dict = {}
+    if held is not None and not args.skip_eval:
+        from .evaluate import evaluate_quality, evaluate_reconstruction
+
+        metrics["reconstruction"] = evaluate_reconstruction(trainer, held, chunks=(1, min(4, cfg.recon_max_chunks)))
+        log(f"reconstruction: {metrics['reconstruction']}")
+        metrics["quality"] = evaluate_quality(trainer, held, samples=args.eval_samples, n_chunks=args.eval_chunks,
+                                              continuation=cfg.continuation, log=log)
+        metrics["wall_s"] = round(time.time() - t_start, 1)
+        (out / "quality.json").write_text(json.dumps(metrics, indent=1))
+        if args.quality_out:
+            Path(args.quality_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.quality_out).write_text(json.dumps({"device": cfg.device, "threads": torch.get_num_threads(),
+                                                          **metrics}, indent=1))
+    path = trainer.export(args.export or out / "refrag.safetensors", metrics=metrics)
+    log(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB) in {time.time() - t_start:.0f}s")
+    return 0
