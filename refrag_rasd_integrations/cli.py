@@ -111,7 +111,7 @@ def print_stats(stats, file=sys.stdout) -> None:  # noqa: ANN001 - GenerationSta
 
 
 def _setup_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", default="decode", choices=["decode", "prefill"])
+    p.add_argument("--suite", default="decode", choices=["decode", "prefill", "rag"])
     p.add_argument("--data", required=True, help="Spec-Bench style .jsonl file")
     p.add_argument("--category", default=None, help="category (comma-separated for several)")
     p.add_argument("--limit", type=int, default=None, help="questions per category")
@@ -132,6 +132,9 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     g.add_argument("--policy", default="random,similarity,perplexity,rl", help="expansion policies (p > 0)")
     g.add_argument("--contexts", default="512,2048,7000", help="context lengths in passage tokens")
     g.add_argument("--refrag", default=None, help="REFRAG checkpoint (default: the shipped one)")
+    g = p.add_argument_group("rag suite")
+    g.add_argument("--store-dir", default=None, help="Chroma folder for the suite's index (default: the cache)")
+    g.add_argument("--top-k", type=int, default=5, help="passages retrieved per question")
     _model_args(p)
 
 
@@ -154,15 +157,34 @@ def _bench_prefill(args: argparse.Namespace, questions: list, exclude: set) -> d
     return res
 
 
+def _bench_rag(args: argparse.Namespace) -> dict:
+    from .bench.rag import format_table, index_rows, load_rag_rows, run_rag_suite
+    from .store import RefragChromaStore, chroma_dir
+
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, refrag=args.refrag or "auto")
+    if not args.no_calibrate:
+        engine.calibrate_verify_costs()
+    rows = load_rag_rows(args.data)
+    store = RefragChromaStore("bench-rag", path=args.store_dir or chroma_dir() / "bench", engine=engine)
+    index_rows(store, rows)
+    res = run_rag_suite(engine, rows, store, limit=args.limit or 3, k=args.top_k,
+                        max_new_tokens=args.max_new_tokens, repeats=args.repeats)
+    print(format_table(res))
+    return res
+
+
 @command("bench", "benchmark decoding methods side by side (Spec-Bench style)", _setup_bench)
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.data import load_questions, training_question_ids
     from .bench.decode import format_table, run_decode_suite
 
     exclude = set() if args.include_train else training_question_ids()
-    if args.suite == "prefill":
-        questions = load_questions(args.data, args.category or "rag", args.limit or 3, exclude_ids=exclude)
-        res = _bench_prefill(args, questions, exclude)
+    if args.suite in ("prefill", "rag"):
+        if args.suite == "prefill":
+            questions = load_questions(args.data, args.category or "rag", args.limit or 3, exclude_ids=exclude)
+            res = _bench_prefill(args, questions, exclude)
+        else:
+            res = _bench_rag(args)
         res["settings"].update(data=str(args.data), held_out_only=not args.include_train)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,175 @@
+"""The ``rag`` suite: end-to-end RAG through the public LangChain path, plain RAG vs REFRAG + RASD.
+
+The passages of every question of the data file are indexed into a real Chroma store (embedded; indexing
+is resumable, so a second run reuses the collection). Each held-out question then runs through the same
+LCEL chain ``{"context": retriever, "question": passthrough} | PassagePrompt() | ChatRefragRasd(...)``
+with two model settings, interleaved after a warm-up:
+
+* ``plain-rag``    full text context (the retrieved passages as tokens) + vanilla decoding;
+* ``refrag-rasd``  REFRAG compressed context (the stored chunk embeddings) + RASD speculative decoding.
+
+Measured from the caller's side (``chain.stream``): ``ttft_s`` (to the first streamed text, retrieval
+included), ``total_s``, ``decode_tokens_per_s`` (after the first token), plus the engine's own
+``prefill_s`` and ``accepted_per_forward``, and ``answer_recall`` (a reference answer in the output).
+
+Example:
+    >>> from refrag_rasd_integrations.bench.rag import run_rag_suite          # doctest: +SKIP
+    >>> res = run_rag_suite(engine, rows, store)                             # doctest: +SKIP
+    >>> res["methods"]["refrag-rasd"]["speedup_total_vs_plain"]              # doctest: +SKIP
+    1.9
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from refrag_rasd_core.engine import Engine
+from refrag_rasd_core.errors import InvalidInputError
+
+from .machine import machine_info
+from .metrics import answer_recall
+
+PIPELINES: dict[str, dict[str, Any]] = {
+    "plain-rag": {"context": "text", "method": "vanilla"},
+    "refrag-rasd": {"context": "compressed", "method": "rasd"},
+}
+BUNDLED = "spec_bench_rag.jsonl"
+
+
+def load_rag_rows(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """RAG questions ``{"question_id", "question", "passages", "reference", "held_out"}``: the package's
+    bundled Spec-Bench file, or a Spec-Bench ``.jsonl`` (its ``rag`` lines; odd index = held out)."""
+    if path is None:
+        text = (resources.files("refrag_rasd_integrations") / "data" / BUNDLED).read_text()
+        return [json.loads(x) for x in text.splitlines() if x.strip()]
+    from .data import load_questions
+
+    rows = []
+    for i, q in enumerate(load_questions(path, "rag")):
+        lines = [ln for ln in q.prompt.split("\n") if ln.strip()]
+        rows.append({"question_id": q.question_id, "question": lines[-1], "passages": lines[:-1],
+                     "reference": q.reference, "held_out": i % 2 == 1})
+    return rows
+
+
+def index_rows(store: Any, rows: Sequence[dict[str, Any]], progress: bool = True) -> Any:
+    """Index every passage of ``rows`` (one document per passage, source = its question id)."""
+    docs = [(p, {"source": f"q{r['question_id']}-p{j}"}) for r in rows for j, p in enumerate(r["passages"])]
+    return store.add_texts([d for d, _ in docs], [m for _, m in docs], progress=progress)
+
+
+def make_chain(store: Any, engine: Engine, *, k: int, max_new_tokens: int, **model_kwargs: Any) -> Any:
+    """The LCEL chain a user writes: retriever -> documents-aware prompt -> chat model."""
+    from langchain_core.runnables import RunnablePassthrough
+
+    from ..langchain import ChatRefragRasd, PassagePrompt
+
+    llm = ChatRefragRasd(engine=engine, max_tokens=max_new_tokens, seed=0, **model_kwargs)
+    return {"context": store.as_retriever(k=k), "question": RunnablePassthrough()} | PassagePrompt() | llm
+
+
+def run_chain(chain: Any, question: str) -> dict[str, Any]:
+    """Stream one answer; time it from the caller's side."""
+    t0 = time.perf_counter()
+    first: float | None = None
+    text: list[str] = []
+    meta: dict[str, Any] = {}
+    usage: dict[str, Any] = {}
+    for chunk in chain.stream(question):
+        if chunk.content and first is None:
+            first = time.perf_counter() - t0
+        text.append(chunk.content if isinstance(chunk.content, str) else "")
+        meta = chunk.response_metadata or meta
+        usage = chunk.usage_metadata or usage
+    total = time.perf_counter() - t0
+    stats = meta.get("stats") or {}
+    n = int(usage.get("output_tokens", 0))
+    first = total if first is None else first
+    return {"answer": "".join(text), "ttft_s": first, "total_s": total, "new_tokens": n,
+            "decode_tokens_per_s": (n - 1) / (total - first) if n > 1 and total > first else 0.0,
+            "prefill_s": stats.get("ttft_s"), "accepted_per_forward": meta.get("accepted_per_forward"),
+            "prefill_positions": stats.get("prefill_positions"), "prompt_tokens": usage.get("input_tokens")}
+
+
+def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *, limit: int = 3, k: int = 5,
+                  max_new_tokens: int = 64, repeats: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Run both pipelines on the first ``limit`` held-out questions; returns the results dict."""
+    questions = [r for r in rows if r.get("held_out", True)][:limit]
+    if not questions:
+        raise InvalidInputError("no held-out rag questions to run")
+    chains = {name: make_chain(store, engine, k=k, max_new_tokens=max_new_tokens, **kw)
+              for name, kw in PIPELINES.items()}
+    warm = [r for r in rows if not r.get("held_out", True)][:1] or questions[:1]
+    for chain in chains.values():  # warm-up (and the speculation budget's first calibration)
+        run_chain(chain, warm[0]["question"])
+    per_q = []
+    it: Any = questions
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(questions, desc="rag suite", unit="q")
+    for r in it:
+        cells: dict[str, list[dict[str, Any]]] = {n: [] for n in chains}
+        for _ in range(max(1, repeats)):
+            for name, chain in chains.items():
+                cells[name].append(run_chain(chain, r["question"]))
+        row = {"question_id": r["question_id"], "question": r["question"], "methods": {}}
+        for name, runs in cells.items():
+            cell = dict(runs[0])
+            for key in ("ttft_s", "total_s"):
+                cell[key] = round(statistics.median(x[key] for x in runs), 4)
+            cell["answer_recall"] = answer_recall(cell["answer"], r.get("reference") or [])
+            row["methods"][name] = cell
+        per_q.append(row)
+    return {
+        "suite": "rag",
+        "machine": machine_info(engine.runner.device),
+        "settings": {"model": engine.target.name, "dtype": str(engine.model.dtype).replace("torch.", ""),
+                     "n_questions": len(questions), "k": k, "max_new_tokens": max_new_tokens,
+                     "repeats": repeats, "pipelines": PIPELINES, "store_passages": store.count(),
+                     "refrag": None if engine.refrag is None else {"k": engine.refrag.k,
+                                                                    "encoder": engine.refrag.encoder_id}},
+        "methods": summarize(per_q, list(chains)),
+        "per_question": per_q,
+    }
+
+
+def summarize(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for n in names:
+        cells = [r["methods"][n] for r in rows]
+        base = [r["methods"]["plain-rag"] for r in rows]
+        rec = [c["answer_recall"] for c in cells if c["answer_recall"] is not None]
+        acc = [c["accepted_per_forward"] for c in cells if c.get("accepted_per_forward") is not None]
+        out[n] = {
+            "ttft_s": round(statistics.median(c["ttft_s"] for c in cells), 4),
+            "total_s": round(statistics.median(c["total_s"] for c in cells), 4),
+            "decode_tokens_per_s": round(statistics.median(c["decode_tokens_per_s"] for c in cells), 3),
+            "accepted_per_forward": round(statistics.fmean(acc), 3) if acc else None,
+            "answer_recall": round(statistics.fmean(rec), 3) if rec else None,
+            "speedup_ttft_vs_plain": round(statistics.median(b["ttft_s"] / c["ttft_s"] for b, c in
+                                                             zip(base, cells, strict=True)), 3),
+            "speedup_total_vs_plain": round(statistics.median(b["total_s"] / c["total_s"] for b, c in
+                                                              zip(base, cells, strict=True)), 3),
+            "n": len(cells),
+        }
+    return out
+
+
+def format_table(res: dict[str, Any]) -> str:
+    head = f"{'pipeline':<12} {'TTFT s':>7} {'tok/s':>7} {'total s':>8} {'tok/fwd':>8} {'recall':>7} {'speedup':>8}"
+    lines = [head, "-" * len(head)]
+    for name, s in res["methods"].items():
+        acc = "-" if s["accepted_per_forward"] is None else f"{s['accepted_per_forward']:.2f}"
+        rec = "-" if s["answer_recall"] is None else f"{s['answer_recall']:.2f}"
+        lines.append(f"{name:<12} {s['ttft_s']:>7.2f} {s['decode_tokens_per_s']:>7.1f} {s['total_s']:>8.2f} "
+                     f"{acc:>8} {rec:>7} {s['speedup_total_vs_plain']:>7.2f}x")
+    m = res["machine"]
+    lines.append(f"machine: {m['cpu']} ({m['cores']} cores), device {m['device']}")
+    return "\n".join(lines)
