@@ -59,7 +59,7 @@ class PassageRegistry:
                 self._items.move_to_end(handle)
             return p
 
-    def find_in(self, text: str, min_chars: int = 40) -> list[tuple[str, Passage]]:
+    def find_in(self, text: str, min_chars: int = 24) -> list[tuple[str, Passage]]:
         """The registered passages whose text occurs verbatim in ``text`` (longest first, no overlaps in
         the returned set by text), in the order they occur."""
         with self._lock:

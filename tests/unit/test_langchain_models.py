@@ -1,0 +1,237 @@
+"""LangChain adapters on tiny in-memory models: the chat model and string LLM (invoke, stream, async, stop,
+usage, statistics), passages flowing through LCEL with their stored chunk embeddings (no encoder forward at
+query time), the recognition path, sharing and thread safety, and the langchain-tests unit suite."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from integration_fakes import CORPUS, fake_store
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
+from langchain_core.runnables import RunnablePassthrough
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from refrag_rasd_core.engine import Engine
+from refrag_rasd_integrations import engines
+from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt, RefragRasdLLM, RefragRetriever
+from refrag_rasd_integrations.store import make_client
+from tiny import tiny_chunk_encoder, tiny_loaded, tiny_refrag
+
+
+@pytest.fixture(scope="module")
+def parts():
+    loaded = tiny_loaded(0)
+    enc = tiny_chunk_encoder(loaded.tokenizer, k=4)
+    engine = Engine(loaded, drafter=None, refrag=tiny_refrag(loaded, enc), refrag_encoder=enc)
+    return engine, enc
+
+
+@pytest.fixture(scope="module")
+def store(parts, tmp_path_factory):
+    engine, enc = parts
+    s = fake_store("lc-docs", client=make_client(tmp_path_factory.mktemp("db")), tokenizer=engine.tokenizer,
+                   chunk_encoder=enc)
+    s.add_texts([t for t, _ in CORPUS], [m for _, m in CORPUS])
+    return s
+
+
+@pytest.fixture
+def encoder_forwards(parts):
+    calls = []
+    handle = parts[1].model.register_forward_hook(lambda *a: calls.append(1))
+    yield calls
+    handle.remove()
+
+
+@pytest.fixture
+def chat(parts):
+    return ChatRefragRasd(engine=parts[0], max_tokens=6, method="pld")
+
+
+def test_invoke_usage_and_statistics(chat):
+    msg = chat.invoke("Hello there")
+    assert isinstance(msg.content, str) and msg.usage_metadata["output_tokens"] == 6
+    u = msg.usage_metadata
+    assert u["total_tokens"] == u["input_tokens"] + u["output_tokens"]
+    meta = msg.response_metadata
+    assert meta["model_name"] == "tiny-llama-0" and meta["finish_reason"] == "length"
+    assert meta["context"] == "none" and meta["time_to_first_token_s"] > 0 and meta["accepted_per_forward"] >= 1
+
+
+def test_stream_calls_on_llm_new_token_and_sends_usage_once(chat):
+    class Tokens(BaseCallbackHandler):
+        def __init__(self):
+            self.tokens = []
+
+        def on_llm_new_token(self, token, **kwargs):
+            self.tokens.append(token)
+
+    cb = Tokens()
+    chunks = list(chat.stream("Hello", config={"callbacks": [cb]}))
+    assert chunks[-1].chunk_position == "last" and chunks[-1].usage_metadata["output_tokens"] == 6
+    assert sum(1 for c in chunks if c.usage_metadata) == 1
+    assert "".join(cb.tokens) == "".join(c.content for c in chunks)
+    full = chunks[0]
+    for c in chunks[1:]:
+        full = full + c
+    assert full.response_metadata["model_name"] == "tiny-llama-0"
+
+
+def test_async_and_settings(chat):
+    async def run():
+        a = await chat.ainvoke("Hi", max_tokens=3)
+        chunks = [c async for c in chat.astream("Hi", temperature=0.7, seed=1)]
+        return a, chunks
+
+    a, chunks = asyncio.run(run())
+    assert a.usage_metadata["output_tokens"] == 3
+    assert chunks[-1].usage_metadata["output_tokens"] == 6
+    sampled = [chat.invoke("Hi", temperature=0.9, seed=3).content for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_stop_sequences(chat):
+    full = chat.invoke("Hello", max_tokens=12).content
+    if len(full) > 4:
+        stop = full[3:5]
+        cut = chat.invoke("Hello", max_tokens=12, stop=[stop]).content
+        assert stop not in cut and full.startswith(cut)
+        assert ChatRefragRasd(engine=chat.engine, max_tokens=12, stop=[stop]).invoke("Hello").content == cut
+
+
+def test_bad_settings_are_clear_errors(chat):
+    with pytest.raises(ValueError, match="unknown method"):
+        ChatRefragRasd(method="nope")
+    with pytest.raises(ValueError, match="unknown generation setting"):
+        chat.invoke("hi", frobnicate=1)
+
+
+def test_chain_hands_over_stored_chunk_embeddings_without_encoder(chat, store, encoder_forwards, parts):
+    seen = []
+    real_stream = parts[0].stream
+
+    def spy(prompt, *, passages=None, **kw):
+        seen.append((prompt, passages, kw))
+        return real_stream(prompt, passages=passages, **kw)
+
+    parts[0].stream = spy
+    try:
+        retriever = RefragRetriever(store=store, k=2)
+        chain = {"context": retriever, "question": RunnablePassthrough()} | PassagePrompt() | chat
+        msg = chain.invoke("Madrid Spain")
+    finally:
+        del parts[0].stream
+    assert encoder_forwards == []  # no chunk encoder forward at query time
+    meta = msg.response_metadata
+    assert meta["context"] == "compressed" and meta["passages"] == 2 and meta["stats"]["chunks"] > 0
+    prompt, passages, kw = seen[-1]
+    assert kw["context"] == "compressed" and prompt[-1]["content"] == "Madrid Spain"
+    assert all(p.chunk_embeddings is not None and p.token_ids for p in passages)
+    # the control: a passage handed over as text IS encoded on the fly
+    chat.invoke("Madrid Spain", passages=["A passage without stored embeddings, given as plain text."])
+    assert encoder_forwards
+
+
+def test_recognised_passages_in_a_plain_prompt(chat, store, encoder_forwards):
+    retriever = store.as_retriever(k=2)
+    prompt = ChatPromptTemplate.from_messages([("human", "Context:\n{context}\n\nQuestion: {question}")])
+
+    def fmt(docs):
+        return "\n\n".join(d.page_content for d in docs)
+
+    chain = {"context": retriever | fmt, "question": RunnablePassthrough()} | prompt | chat
+    meta = chain.invoke("Berlin Germany").response_metadata
+    long_enough = [d for d in retriever.invoke("Berlin Germany") if len(d.page_content.strip()) >= 24]
+    assert meta["passages_recognized"] == len(long_enough) >= 1 and meta["context"] == "compressed"
+    assert encoder_forwards == []
+    off = ChatRefragRasd(engine=chat.engine, max_tokens=4, method="pld", recognize_passages=False)
+    assert ({"context": retriever | fmt, "question": RunnablePassthrough()} | prompt | off
+            ).invoke("Berlin Germany").response_metadata["context"] == "none"
+
+
+def test_string_llm(parts, store):
+    llm = RefragRasdLLM(engine=parts[0], max_tokens=5, method="pld")
+    out = llm.invoke("Hello")
+    assert isinstance(out, str)
+    res = llm.generate(["a", "b"])
+    assert res.llm_output["token_usage"]["output_tokens"] == 10
+    info = res.generations[0][0].generation_info
+    assert info["usage"]["output_tokens"] == 5 and "accepted_per_forward" in info
+    assert "".join(llm.stream("Hello")) == out
+    assert llm.get_token_ids("ab") == parts[0].tokenizer("ab", add_special_tokens=False)["input_ids"]
+    assert llm.get_num_tokens("ab") == 2
+    assert asyncio.run(llm.ainvoke("Hello")) == out
+    chain = ({"context": store.as_retriever(k=1) | (lambda d: d[0].page_content), "q": RunnablePassthrough()}
+             | PromptTemplate.from_template("{context}\n\nQ: {q}") | llm | StrOutputParser())
+    assert isinstance(chain.invoke("Rome Italy Colosseum"), str)
+
+
+def test_concurrent_threads_and_tasks(chat):
+    expected = chat.invoke("same prompt").content
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(chat.invoke("same prompt").content)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == [expected] * 4
+
+    async def many():
+        return await asyncio.gather(*(chat.ainvoke("same prompt") for _ in range(3)))
+
+    assert [m.content for m in asyncio.run(many())] == [expected] * 3
+
+
+def test_engines_are_shared_and_lazy(monkeypatch):
+    loads = []
+
+    def fake_load(model=None, device="auto", dtype=None):
+        loads.append(model)
+        return object()
+
+    monkeypatch.setattr(Engine, "load", staticmethod(fake_load))
+    engines.clear_engines()
+    try:
+        a, b = ChatRefragRasd(model="m1"), RefragRasdLLM(model="m1")
+        assert loads == []  # construction loads nothing
+        assert engines.get_engine("m1") is engines.get_engine("m1", device="auto")
+        assert a._tokenizer is not None and loads == ["m1"]
+        assert b.model == "m1"
+    finally:
+        engines.clear_engines()
+
+
+class TestChatRefragRasdUnit(ChatModelUnitTests):
+    """The langchain-tests unit suite (tool calling, structured output and images are not supported: the
+    suite skips those tests from the capability flags below)."""
+
+    @property
+    def chat_model_class(self):
+        return ChatRefragRasd
+
+    @property
+    def chat_model_params(self):
+        return {"method": "rasd"}
+
+    @property
+    def has_tool_calling(self):
+        return False
+
+    @property
+    def has_structured_output(self):
+        return False
+
+    @property
+    def supports_image_inputs(self):
+        return False
