@@ -215,19 +215,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _setup_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--questions", type=int, default=2, help="how many RAG questions")
+    p.add_argument("--questions", type=int, default=3, help="how many held-out RAG questions")
     p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--method", default="rasd", choices=[m for m in METHODS if m != "vanilla"])
+    p.add_argument("--llamaindex", action="store_true", help="run through LlamaIndex instead of LangChain")
+    p.add_argument("--collection", default="refrag-rasd-demo", help="Chroma collection for the demo corpus")
+    p.add_argument("--chroma-dir", default=None,
+                   help="embedded database folder (default: $REFRAG_RASD_CHROMA_DIR or <cache>/chroma)")
     _model_args(p)
 
 
-@command("demo", "answer RAG questions with REFRAG-RASD, streamed, side by side with plain decoding", _setup_demo)
+@command("demo", "index a corpus, answer RAG questions with REFRAG + RASD (streamed), compare with plain RAG",
+         _setup_demo)
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .store import RefragChromaStore
 
     print("refrag-rasd demo: loading the model (the first run converts it once, ~30 s)...", file=sys.stderr)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
-    run_demo(engine, args.questions, args.max_new_tokens, args.method)
+    store = RefragChromaStore(args.collection, path=args.chroma_dir, engine=engine)
+    run_demo(engine, store, args.questions, args.max_new_tokens,
+             framework="llamaindex" if args.llamaindex else "langchain")
     return 0
 
 

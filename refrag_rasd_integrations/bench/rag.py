@@ -74,8 +74,9 @@ def make_chain(store: Any, engine: Engine, *, k: int, max_new_tokens: int, **mod
     return {"context": store.as_retriever(k=k), "question": RunnablePassthrough()} | PassagePrompt() | llm
 
 
-def run_chain(chain: Any, question: str) -> dict[str, Any]:
-    """Stream one answer; time it from the caller's side."""
+def run_chain(chain: Any, question: str, on_text: Any = None) -> dict[str, Any]:
+    """Stream one answer through a LangChain chain; time it from the caller's side (``on_text(piece)`` sees
+    the text as it streams)."""
     t0 = time.perf_counter()
     first: float | None = None
     text: list[str] = []
@@ -84,14 +85,40 @@ def run_chain(chain: Any, question: str) -> dict[str, Any]:
     for chunk in chain.stream(question):
         if chunk.content and first is None:
             first = time.perf_counter() - t0
-        text.append(chunk.content if isinstance(chunk.content, str) else "")
+        piece = chunk.content if isinstance(chunk.content, str) else ""
+        text.append(piece)
+        if on_text is not None and piece:
+            on_text(piece)
         meta = chunk.response_metadata or meta
         usage = chunk.usage_metadata or usage
+    return _measured("".join(text), t0, first, meta, usage)
+
+
+def run_query_engine(query_engine: Any, question: str, on_text: Any = None) -> dict[str, Any]:
+    """The same as :func:`run_chain` through a streaming LlamaIndex query engine."""
+    from ..llama_index.query_engine import STATS_KEY
+
+    t0 = time.perf_counter()
+    first: float | None = None
+    response = query_engine.query(question)
+    text: list[str] = []
+    for piece in response.response_gen:
+        if piece and first is None:
+            first = time.perf_counter() - t0
+        text.append(piece)
+        if on_text is not None and piece:
+            on_text(piece)
+    raw = dict((response.metadata or {}).get(STATS_KEY) or {})
+    return _measured("".join(text), t0, first, raw, raw.get("usage") or {})
+
+
+def _measured(answer: str, t0: float, first: float | None, meta: dict[str, Any],
+              usage: dict[str, Any]) -> dict[str, Any]:
     total = time.perf_counter() - t0
     stats = meta.get("stats") or {}
-    n = int(usage.get("output_tokens", 0))
+    n = int(usage.get("output_tokens", 0) or stats.get("new_tokens", 0))
     first = total if first is None else first
-    return {"answer": "".join(text), "ttft_s": first, "total_s": total, "new_tokens": n,
+    return {"answer": answer, "ttft_s": first, "total_s": total, "new_tokens": n,
             "decode_tokens_per_s": (n - 1) / (total - first) if n > 1 and total > first else 0.0,
             "prefill_s": stats.get("ttft_s"), "accepted_per_forward": meta.get("accepted_per_forward"),
             "prefill_positions": stats.get("prefill_positions"), "prompt_tokens": usage.get("input_tokens")}
