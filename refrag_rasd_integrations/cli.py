@@ -113,10 +113,14 @@ def print_stats(stats, file=sys.stdout) -> None:  # noqa: ANN001 - GenerationSta
 def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="decode", choices=["decode", "prefill", "rag"])
     p.add_argument("--data", required=True, help="Spec-Bench style .jsonl file")
-    p.add_argument("--category", default=None, help="category (comma-separated for several)")
-    p.add_argument("--limit", type=int, default=None, help="questions per category")
-    p.add_argument("--methods", default="vanilla,hf,hf-pld", help="comma-separated; vanilla is always run")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--category", default=None,
+                   help="category, comma-separated for several (default: decode all, prefill/rag: rag)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="questions per category (default: decode 2, prefill 2, rag 3: the three suites take "
+                        "~13 min together on a 2-core CPU)")
+    p.add_argument("--methods", default="vanilla,hf,hf-pld,hf-assisted,pld,rest,draft,rasd",
+                   help="decode suite: comma-separated; vanilla is always run; hf-assisted needs --draft-model")
+    p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--include-train", action="store_true",
                    help="also run the questions the shipped checkpoints were trained on (skipped by default)")
@@ -181,7 +185,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     exclude = set() if args.include_train else training_question_ids()
     if args.suite in ("prefill", "rag"):
         if args.suite == "prefill":
-            questions = load_questions(args.data, args.category or "rag", args.limit or 3, exclude_ids=exclude)
+            questions = load_questions(args.data, args.category or "rag", args.limit or 2, exclude_ids=exclude)
             res = _bench_prefill(args, questions, exclude)
         else:
             res = _bench_rag(args)
@@ -190,7 +194,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(res, indent=1))
         return 0
-    questions = load_questions(args.data, args.category, args.limit, exclude_ids=exclude)
+    questions = load_questions(args.data, args.category, args.limit or 2, exclude_ids=exclude)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     spec = json.loads(args.spec) if args.spec else None

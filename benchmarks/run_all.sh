@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The three suites at default sizes on this machine (CPU): ~13 minutes on the 2-core box. Run it on a quiet
+# machine (torch on 2 threads slows down badly when anything else uses the CPU).
+#   bash benchmarks/run_all.sh [LIMIT_DECODE] [LIMIT_PREFILL] [LIMIT_RAG]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+DATA=${DATA:-../shared/data/spec_bench_dev.jsonl}
+STAMP=$(date +%Y-%m-%d)
+MACHINE=${MACHINE:-cpu$(nproc)}
+OUT=benchmarks/results
+CLI=.venv/bin/refrag-rasd
+$CLI bench --suite decode --data "$DATA" --limit "${1:-2}" --out "$OUT/${STAMP}-${MACHINE}-decode.json"
+$CLI bench --suite prefill --data "$DATA" --limit "${2:-2}" --out "$OUT/${STAMP}-${MACHINE}-prefill.json"
+$CLI bench --suite rag --data "$DATA" --limit "${3:-3}" --out "$OUT/${STAMP}-${MACHINE}-rag.json"
+.venv/bin/python benchmarks/report.py
