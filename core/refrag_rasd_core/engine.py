@@ -83,11 +83,18 @@ class GenerationConfig:
         expansion_count(1, self.expand, expand_tokens=self.expand_tokens)  # validates the ranges
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         object.__setattr__(self, "stop", stop)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise InvalidInputError(f"seed must be an integer or None, got {self.seed!r}")
         self.sampling  # validates temperature / top_p / top_k  # noqa: B018
 
     @property
     def sampling(self) -> SamplingParams:
-        return SamplingParams(temperature=float(self.temperature), top_p=float(self.top_p), top_k=int(self.top_k))
+        try:
+            t, p, k = float(self.temperature), float(self.top_p), self.top_k
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"temperature and top_p must be numbers (temperature 0 = greedy, top_p in "
+                                    f"(0, 1]), got {self.temperature!r} and {self.top_p!r}") from exc
+        return SamplingParams(temperature=t, top_p=p, top_k=k)
 
 
 class GenerationStream:
@@ -134,6 +141,7 @@ class Engine:
         self.tokenizer = target.tokenizer
         self.runner = TargetRunner(target.model)
         self.drafter = default_drafter(target) if isinstance(drafter, str) and drafter == "auto" else drafter
+        _check_drafter_vocab(self.drafter, target)
         self.datastore = datastore
         self.refrag = load_refrag(target, refrag)
         self._refrag_encoder: Any = refrag_encoder
@@ -160,6 +168,9 @@ class Engine:
             if not prompt.strip():
                 raise InvalidInputError("the prompt is empty")
             return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if not isinstance(prompt, Sequence) or not all(isinstance(m, dict) for m in prompt):
+            raise InvalidInputError(f"the prompt must be a string or a list of chat messages "
+                                    f"({{'role': ..., 'content': ...}} dicts), got {type(prompt).__name__}")
         messages = list(prompt)
         if not messages or not any(str(m.get("content", "")).strip() for m in messages):
             raise InvalidInputError("the prompt has no messages with content")
@@ -197,6 +208,7 @@ class Engine:
         ids = [int(t) for t in prompt_ids]
         if not ids:
             raise InvalidInputError("the prompt is empty")
+        self._check_token_ids(ids, "the prompt")
         stats = GenerationStats(method=cfg.method, prompt_tokens=len(ids))
         token_ids: list[int] = []
         request = _Request(prompt_ids=ids, prompt_tokens=len(ids))
@@ -567,7 +579,15 @@ class Engine:
                     raise InvalidInputError(f"a passage must be text, token ids or have .text, got {type(p)!r}")
                 ids = self.tokenizer(txt, add_special_tokens=False)["input_ids"] if txt.strip() else []
             out.append([int(t) for t in ids])
+            self._check_token_ids(out[-1], f"passage {len(out) - 1}")
         return out
+
+    def _check_token_ids(self, ids: list[int], what: str) -> None:
+        n = int(self.model.get_input_embeddings().weight.shape[0])
+        bad = next((t for t in ids if not 0 <= t < n), None)
+        if bad is not None:
+            raise InvalidInputError(f"{what} has token id {bad}, outside this model's vocabulary [0, {n}): "
+                                    "token ids must come from the target's own tokenizer (or pass text)")
 
 
 @dataclass
@@ -634,6 +654,20 @@ def default_drafter(target: LoadedModel) -> Any:
     if not Path(DEFAULT_CHECKPOINT).exists():
         return None
     return load_default_draft_head(target.model)
+
+
+def _check_drafter_vocab(drafter: Any, target: LoadedModel) -> None:
+    """Refuse a draft model whose embedding table cannot take the target's token ids."""
+    from .errors import TokenizerMismatchError
+
+    model = getattr(drafter, "model", None)
+    if model is None or not hasattr(model, "get_input_embeddings"):
+        return
+    n_draft, n_target = int(model.get_input_embeddings().weight.shape[0]), len(target.tokenizer)
+    if n_draft < n_target:
+        raise TokenizerMismatchError(
+            f"the draft model embeds {n_draft} tokens but the target's tokenizer has {n_target}: a draft model "
+            "must share the target's tokenizer (use a draft from the same model family, or an EAGLE head)")
 
 
 def _choose(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:

@@ -61,6 +61,8 @@ class SpecOptions:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SpecOptions:
+        if d is not None and not isinstance(d, dict):
+            raise InvalidInputError(f"spec must be a dict of speculation options, got {type(d).__name__}")
         d = dict(d or {})
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
@@ -70,8 +72,9 @@ class SpecOptions:
         opts = cls(**d)
         for name in ("max_nodes", "retrieval_len", "min_suffix", "max_occurrences", "draft_depth",
                      "draft_top_k", "draft_nodes"):
-            if int(getattr(opts, name)) < 1:
-                raise InvalidInputError(f"speculation option {name} must be >= 1")
+            value = getattr(opts, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"speculation option {name} must be an integer >= 1, got {value!r}")
         return opts
 
 
