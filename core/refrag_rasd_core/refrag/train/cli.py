@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -131,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"decoder {lm.name}: {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f} M params on {cfg.device}")
     enc_name = None if args.encoder == "default" else args.encoder
     docs = load_documents(args.corpus)
+    # in-domain passages first, the rest shuffled (seeded), so --max-corpus-chunks keeps a mix of sources
+    rest = [d for d in docs if not d.source.startswith("spec_bench")]
+    random.Random(cfg.seed).shuffle(rest)
+    docs = [d for d in docs if d.source.startswith("spec_bench")] + rest
     held_docs = heldout_documents(args.heldout) if args.heldout else []
     log(f"documents: {len(docs)} training, {len(held_docs)} held-out")
     recipe = {"command": "refrag-rasd train-refrag " + " ".join(argv), "target": lm.name, "corpus": args.corpus,

@@ -62,7 +62,7 @@ def policy_step(tr: RefragTrainer, opt: torch.optim.Optimizer, step: int) -> dic
         v = vecs[c * n:(c + 1) * n]
         with torch.no_grad():
             query = tr.embed(torch.tensor(row.context, device=tr.device)).float().mean(0)
-            old_logits = tr.policy(v, query)
+            old_logits = tr.policy(v, query).float().cpu()  # sampling with a CPU generator
         sels = [ExpansionPolicy.select(old_logits, m, sample=True, generator=gen) for _ in range(G)]
         rand = torch.randperm(n, generator=gen)[:m].tolist()
         old_lp = torch.stack([ExpansionPolicy.log_prob(old_logits, s) for s in sels])
@@ -78,14 +78,14 @@ def policy_step(tr: RefragTrainer, opt: torch.optim.Optimizer, step: int) -> dic
     params = [p for g in opt.param_groups for p in g["params"]]
     ppo = 0.0
     for _ in range(cfg.ppo_epochs):
-        total = torch.zeros(())
-        ent = torch.zeros(())
+        total = torch.zeros((), device=tr.device)
+        ent = torch.zeros((), device=tr.device)
         for c, (v, query, sels, old_lp) in enumerate(contexts):
             logits = tr.policy(v, query)
             for g, s in enumerate(sels):
                 lp = ExpansionPolicy.log_prob(logits, s)
-                ratio = torch.exp(lp - old_lp[g])
-                a = adv[c, g].to(ratio.dtype)
+                ratio = torch.exp(lp - old_lp[g].to(lp.device))
+                a = adv[c, g].to(ratio.device, ratio.dtype)
                 total = total - torch.minimum(ratio * a, ratio.clamp(1 - cfg.ppo_clip, 1 + cfg.ppo_clip) * a)
             p = torch.softmax(logits, -1)
             ent = ent - (p * torch.log(p.clamp(min=1e-12))).sum()
