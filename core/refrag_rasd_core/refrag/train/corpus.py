@@ -29,6 +29,7 @@ import importlib
 import inspect
 import json
 import pkgutil
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ...eagle.corpus import SPEC_BENCH_TRAIN, _pydoc_topics, _stdlib_docstrings, spec_bench_prompts
+from ...eagle.corpus import SPEC_BENCH_TRAIN, _pydoc_topics, spec_bench_prompts
 from ...errors import InvalidInputError
 from ..chunking import chunk_texts
 
@@ -80,21 +81,35 @@ def _spec_bench_docs(path: str | Path, parity: int | None, exclude_ids: set | No
             yield Document(got[0], f"spec_bench:{rec.get('category')}:{rec.get('question_id')}", got[1])
 
 
-def _package_docstrings(packages: Sequence[str] = PACKAGES) -> Iterator[str]:
-    for name in packages:
-        try:
-            pkg = importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - a package that is not installed is skipped
+# modules that run a program, open windows or print when imported
+SKIP_MODULES = frozenset({"antigravity", "this", "idlelib", "turtledemo", "tkinter", "turtle", "pydoc_data",
+                          "lib2to3", "ensurepip", "venv", "webbrowser"})
+
+
+def _import(name: str) -> Any:
+    """Import ``name``, or ``None`` when that fails in any way (some modules ``sys.exit`` on import)."""
+    try:
+        return importlib.import_module(name)
+    except (Exception, SystemExit):  # noqa: BLE001 - optional C parts, platform-only modules, scripts
+        return None
+
+
+def _module_docstrings(names: Iterable[str]) -> Iterator[str]:
+    """Module / class / function docstrings of the packages ``names`` and their public submodules."""
+    for name in names:
+        if name.split(".")[0] in SKIP_MODULES:
+            continue
+        pkg = _import(name)
+        if pkg is None:
             continue
         mods = [pkg]
         if hasattr(pkg, "__path__"):
             for info in pkgutil.iter_modules(pkg.__path__, name + "."):
                 if info.name.rsplit(".", 1)[-1].startswith("_") or "test" in info.name:
                     continue
-                try:
-                    mods.append(importlib.import_module(info.name))
-                except Exception:  # noqa: BLE001
-                    continue
+                sub = _import(info.name)
+                if sub is not None:
+                    mods.append(sub)
         for m in mods:
             parts = [inspect.getdoc(m) or ""]
             for _, obj in sorted(vars(m).items()):
@@ -117,9 +132,10 @@ def load_documents(names: Iterable[str], *, limit_docs: int | None = None) -> li
         elif name == "pydoc":
             docs = (Document(t, "pydoc") for t in _pydoc_topics())
         elif name == "docstrings":
-            docs = (Document(t, "docstrings") for t in _stdlib_docstrings())
+            stdlib = sorted(n for n in sys.stdlib_module_names if not n.startswith("_"))
+            docs = (Document(t, "docstrings") for t in _module_docstrings(stdlib))
         elif name == "packages":
-            docs = (Document(t, "packages") for t in _package_docstrings())
+            docs = (Document(t, "packages") for t in _module_docstrings(PACKAGES))
         else:
             p = Path(name)
             if not p.is_file():
