@@ -1,0 +1,170 @@
+"""The integrations on the real default models (SmolLM2-135M-Instruct + all-MiniLM-L6-v2, offline) over a
+small real corpus (Spec-Bench RAG passages shipped in the repo): the langchain-tests integration suites
+(chat model, retriever), LCEL and LlamaIndex end to end, and the ``index`` / ``ask`` commands."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import tempfile
+
+import pytest
+from langchain_core.runnables import RunnablePassthrough
+from langchain_tests.integration_tests import ChatModelIntegrationTests, RetrieversIntegrationTests
+
+from refrag_rasd_integrations import engines
+from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt, RefragRetriever
+from refrag_rasd_integrations.store import RefragChromaStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_engine(real_engine):
+    """Every model instance of this module uses the session's real engine (one copy of the weights)."""
+    for device in ("auto", "cpu"):
+        engines.register_engine(real_engine, None, device=device)
+    yield
+    engines.clear_engines()
+
+
+def _corpus(limit: int = 3) -> list[tuple[str, dict]]:
+    from conftest import DATA
+
+    docs = []
+    for line in (DATA / "spec_bench_train.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["category"] == "rag":
+            lines = rec["turns"][0].splitlines()
+            docs.append(("\n".join(lines[:-1]), {"source": f"q{rec['question_id']}", "question": lines[-1]}))
+        if len(docs) == limit:
+            break
+    return docs
+
+
+def _mark_async_tests(cls):
+    """Mark the suite's coroutine tests for pytest-asyncio (strict mode); the sync tests stay unmarked."""
+    for name in dir(cls):
+        fn = getattr(cls, name)
+        if name.startswith("test_") and inspect.iscoroutinefunction(fn):
+            setattr(cls, name, pytest.mark.asyncio(fn))
+    return cls
+
+
+@functools.cache
+def _real_store() -> RefragChromaStore:
+    store = RefragChromaStore("real-rag", path=tempfile.mkdtemp(prefix="refrag-rasd-chroma-"),
+                              engine=engines.get_engine(None, device="cpu"))  # the session's, registered above
+    docs = _corpus()
+    store.add_texts([t for t, _ in docs], [m for _, m in docs], batch_size=32)
+    return store
+
+
+@pytest.fixture(scope="module")
+def real_store(real_engine):
+    return _real_store()
+
+
+@_mark_async_tests
+class TestChatRefragRasdIntegration(ChatModelIntegrationTests):
+    """The langchain-tests integration suite on the real default model. Tool calling, structured output,
+    JSON mode and image / audio / PDF inputs are not capabilities of this model: declared below, so the suite
+    skips those tests."""
+
+    @property
+    def chat_model_class(self):
+        return ChatRefragRasd
+
+    @property
+    def chat_model_params(self):
+        return {"max_tokens": 12, "method": "rasd"}
+
+    @property
+    def has_tool_calling(self):
+        return False
+
+    @property
+    def has_structured_output(self):
+        return False
+
+    @property
+    def supports_json_mode(self):
+        return False
+
+    @property
+    def supports_image_inputs(self):
+        return False
+
+    @property
+    def returns_usage_metadata(self):
+        return True
+
+
+@_mark_async_tests
+class TestRefragRetrieverIntegration(RetrieversIntegrationTests):
+    @property
+    def retriever_constructor(self):
+        return RefragRetriever
+
+    @property
+    def retriever_constructor_params(self):
+        return {"store": _real_store()}
+
+    @property
+    def retriever_query_example(self):
+        return "What are the uses of forests?"
+
+
+def test_lcel_chain_with_real_models(real_store, real_engine):
+    docs = _corpus()
+    question = docs[0][1]["question"]
+    retriever = real_store.as_retriever(k=3)
+    hits = retriever.invoke(question)
+    assert hits[0].metadata["source"] == docs[0][1]["source"]
+    enc = engines.chunk_encoder_of(real_engine)
+    calls = []
+    hook = enc.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        chain = {"context": retriever, "question": RunnablePassthrough()} | PassagePrompt() | ChatRefragRasd(
+            max_tokens=24)
+        msg = chain.invoke(question)
+    finally:
+        hook.remove()
+    assert calls == []  # stored chunk embeddings / token ids only: no encoder forward at query time
+    meta = msg.response_metadata
+    assert msg.content.strip() and meta["passages"] == 3
+    assert meta["context"] == ("compressed" if engines.has_refrag(real_engine) else "text")
+    assert meta["stats"]["prompt_tokens"] > 100 and meta["accepted_per_forward"] >= 1
+
+
+def test_llama_index_end_to_end(real_store):
+    from llama_index.core.query_engine import RetrieverQueryEngine
+
+    from refrag_rasd_integrations.llama_index import RefragRasdLLM
+
+    question = _corpus()[1][1]["question"]
+    qe = real_store.as_query_engine(similarity_top_k=3, max_tokens=24)
+    resp = qe.query(question)
+    assert resp.response.strip() and len(resp.source_nodes) == 3
+    assert resp.metadata["refrag_rasd"]["passages"] == 3
+    assert resp.source_nodes[0].node.metadata["source"] == _corpus()[1][1]["source"]
+    std = RetrieverQueryEngine.from_args(real_store.as_llama_index_retriever(similarity_top_k=2),
+                                         llm=RefragRasdLLM(max_tokens=24))  # the standard synthesizer: text path
+    out = std.query(question)
+    assert out.response.strip() and out.response != "Empty Response" and len(out.source_nodes) == 2
+
+
+def test_cli_index_and_ask(tmp_path, capsys):
+    from refrag_rasd_integrations.cli import main
+
+    doc = tmp_path / "notes.md"
+    doc.write_text("The Loire is the longest river in France.\n\nIt flows into the Atlantic Ocean at Saint-Nazaire.")
+    db = str(tmp_path / "db")
+    assert main(["index", str(doc), "--collection", "notes", "--chroma-dir", db, "--no-progress"]) == 0
+    assert "1 passages (1 added, 0 already there)" in capsys.readouterr().err
+    assert main(["ask", "Which is the longest river in France?", "--collection", "notes", "--chroma-dir", db,
+                 "-k", "1", "--max-new-tokens", "12", "--compare", "--json"]) == 0
+    out = capsys.readouterr()
+    assert "sources:" in out.err and "notes.md" in out.err and "plain-rag" in out.out
+    assert "refrag-rasd vs plain RAG" in out.err

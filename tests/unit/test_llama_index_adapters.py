@@ -1,0 +1,96 @@
+"""LlamaIndex adapters on tiny in-memory models: the CustomLLM (complete / stream / chat / async, usage in
+raw), the retriever (top-k, filters) and the query engine that hands nodes with chunk embeddings over."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from integration_fakes import CORPUS, fake_store
+from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters
+
+from refrag_rasd_core.engine import Engine
+from refrag_rasd_integrations.llama_index import (
+    RefragLlamaRetriever,
+    RefragQueryEngine,
+    RefragRasdLLM,
+    chroma_where,
+)
+from refrag_rasd_integrations.store import make_client
+from tiny import tiny_chunk_encoder, tiny_loaded, tiny_refrag
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    loaded = tiny_loaded(0)
+    enc = tiny_chunk_encoder(loaded.tokenizer, k=4)
+    engine = Engine(loaded, drafter=None, refrag=tiny_refrag(loaded, enc), refrag_encoder=enc)
+    store = fake_store("li-docs", client=make_client(tmp_path_factory.mktemp("db")), tokenizer=engine.tokenizer,
+                       chunk_encoder=enc)
+    store.add_texts([t for t, _ in CORPUS], [m for _, m in CORPUS])
+    return engine, enc, store
+
+
+@pytest.fixture
+def llm(parts):
+    return RefragRasdLLM(engine=parts[0], max_tokens=6, method="pld")
+
+
+def test_complete_stream_chat_and_usage(llm):
+    r = llm.complete("Hello")
+    assert r.raw["usage"]["output_tokens"] == 6 and r.raw["model_name"] == "tiny-llama-0"
+    assert "time_to_first_token_s" in r.raw and llm.metadata.context_window == 512
+    deltas = list(llm.stream_complete("Hello"))
+    assert "".join(d.delta for d in deltas) == r.text == deltas[-1].text
+    c = llm.chat([ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hello")])
+    assert c.message.role == "assistant" and c.raw["usage"]["output_tokens"] == 6
+    assert "".join(x.delta for x in llm.stream_chat([ChatMessage(role="user", content="Hi")])) == \
+        llm.chat([ChatMessage(role="user", content="Hi")]).message.content
+
+
+def test_async(llm):
+    async def run():
+        a = await llm.acomplete("Hello")
+        chunks = [x async for x in await llm.astream_complete("Hello")]
+        c = await llm.achat([ChatMessage(role="user", content="Hello")])
+        return a, chunks, c
+
+    a, chunks, c = asyncio.run(run())
+    assert a.text == chunks[-1].text == llm.complete("Hello").text
+    assert c.raw["usage"]["output_tokens"] == 6
+
+
+def test_retriever_top_k_and_filters(parts):
+    store = parts[2]
+    nodes = RefragLlamaRetriever(store, similarity_top_k=2).retrieve("Madrid Spain")
+    assert len(nodes) == 2 and nodes[0].score > 0
+    assert "refrag_passage" not in nodes[0].node.get_content(metadata_mode="llm")
+    filt = MetadataFilters(filters=[MetadataFilter(key="source", value="bio", operator=FilterOperator.EQ)])
+    got = RefragLlamaRetriever(store, similarity_top_k=5, filters=filt).retrieve("capital")
+    assert got and all(n.node.metadata["source"] == "bio" for n in got)
+    ps = RefragLlamaRetriever(store).passages(nodes)
+    assert ps[0].chunk_embeddings is not None and ps[0].id == nodes[0].node.node_id
+    assert chroma_where({"a": 1}) == {"a": 1}
+
+
+def test_query_engine_hands_nodes_with_embeddings(parts, llm):
+    engine, enc, store = parts
+    calls = []
+    hook = enc.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        qe = store.as_query_engine(llm=llm, similarity_top_k=2)
+        resp = qe.query("Madrid Spain")
+        assert isinstance(qe, RefragQueryEngine)
+        stats = resp.metadata["refrag_rasd"]
+        assert stats["context"] == "compressed" and stats["passages"] == 2 and stats["stats"]["chunks"] > 0
+        assert len(resp.source_nodes) == 2
+        streaming = RefragQueryEngine.from_store(store, llm=llm, similarity_top_k=2, streaming=True)
+        sresp = streaming.query("Madrid Spain")
+        assert "".join(sresp.response_gen) == resp.response
+        assert sresp.metadata["refrag_rasd"]["usage"]["output_tokens"] >= 1
+        aresp = asyncio.run(qe.aquery("Madrid Spain"))
+        assert aresp.response == resp.response
+    finally:
+        hook.remove()
+    assert calls == []  # no chunk encoder forward at query time
