@@ -216,6 +216,11 @@ def load_target(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     local = Path(source).exists()
+    if local and not any(Path(source).glob("*.safetensors")) and any(Path(source).glob("*.bin")):
+        raise ModelLoadError(
+            f"{source} holds only pickled PyTorch weights (*.bin); refrag-rasd loads safetensors only, since a "
+            "pickle can run code: convert it once in a trusted environment (load it with transformers and "
+            "save_pretrained(dir), which writes model.safetensors)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, trust_remote_code=trust_remote_code, local_files_only=local or _is_offline()
