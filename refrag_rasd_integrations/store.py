@@ -105,7 +105,11 @@ def encode_array(a: np.ndarray, dtype: str) -> str:
 
 def decode_array(s: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of :func:`encode_array` (a fresh writable array in native byte order)."""
-    raw = np.frombuffer(base64.b64decode(s), dtype=np.dtype(dtype))
+    try:
+        raw = np.frombuffer(base64.b64decode(s, validate=True), dtype=np.dtype(dtype))
+    except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
+        raise StoreError(f"a stored array is not valid base64 ({exc}): the record is damaged; re-index its "
+                         "document") from exc
     expected = int(np.prod(shape)) if shape else 0
     if raw.size != expected:
         raise StoreError(f"a stored array has {raw.size} values where {expected} were expected {shape}: "
@@ -385,7 +389,9 @@ class RefragChromaStore:
         except Exception as exc:
             if type(exc).__name__ in {"NotFoundError", "InvalidCollectionException"} or "does not exist" in str(exc):
                 return None
-            raise StoreError(f"cannot open collection {self.collection_name!r}: {exc}") from exc
+            raise chroma_failure(exc, f"opening collection {self.collection_name!r}", "check that the store path "
+                                 "is readable and writable (or that the server is running), then open it again"
+                                 ) from exc
 
     def count(self) -> int:
         """Number of passages in the collection."""
@@ -482,10 +488,17 @@ class RefragChromaStore:
         try:
             for start in range(0, len(records), batch_size):
                 batch = records[start:start + batch_size]
-                have = set(col.get(ids=[r.id for r in batch], include=[])["ids"])
+                try:
+                    have = set(col.get(ids=[r.id for r in batch], include=[])["ids"])
+                except Exception as exc:
+                    raise chroma_failure(exc, f"reading collection {self.collection_name!r}") from exc
                 todo = [r for r in batch if r.id not in have]
                 if todo:
-                    col.upsert(**self.encode_records(todo))
+                    rows = self.encode_records(todo)
+                    try:
+                        col.upsert(**rows)
+                    except Exception as exc:
+                        raise chroma_failure(exc, f"writing to collection {self.collection_name!r}") from exc
                 report.added += len(todo)
                 report.skipped += len(batch) - len(todo)
                 if bar is not None:
@@ -537,8 +550,12 @@ class RefragChromaStore:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         col = self.collection(create=False)
-        res = col.query(query_embeddings=[self.embed_query(query)], n_results=k, where=filter or None,
-                        where_document=where_document or None, include=["documents", "metadatas", "distances"])
+        vec = self.embed_query(query)
+        try:
+            res = col.query(query_embeddings=[vec], n_results=k, where=filter or None,
+                            where_document=where_document or None, include=["documents", "metadatas", "distances"])
+        except Exception as exc:
+            raise chroma_failure(exc, f"querying collection {self.collection_name!r}") from exc
         out = []
         for pid, text, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0],
                                          res["distances"][0], strict=True):
@@ -592,6 +609,24 @@ class RefragChromaStore:
 
         return RefragQueryEngine.from_store(self, llm=llm, similarity_top_k=similarity_top_k,
                                             streaming=streaming, **llm_kwargs)
+
+
+def chroma_failure(exc: Exception, action: str,
+                   hint: str = "check the metadata filter (Chroma `where` syntax) and the collection") -> Exception:
+    """A failure inside the Chroma client or server as a :class:`StoreError` naming what to check (our own
+    typed errors pass through)."""
+    from refrag_rasd_core.errors import RefragRasdError
+
+    if isinstance(exc, RefragRasdError):
+        return exc
+    text = f"{type(exc).__name__}: {exc}"
+    low = text.lower()
+    if type(exc).__module__.split(".")[0] in {"httpx", "httpcore"} or "connect" in low:
+        hint = "the Chroma server is not reachable: start it again (`chroma run --path DIR`) and retry"
+    elif isinstance(exc, OSError) or any(w in low for w in ("readonly", "read-only", "disk", "i/o", "space")):
+        hint = ("check that the store path is writable and its disk has room; indexing is resumable, so run it "
+                "again afterwards")
+    return StoreError(f"{action} failed ({text}): {hint}")
 
 
 def _document_parts(doc: Any) -> tuple[str, dict[str, Any], str | None]:
