@@ -32,10 +32,13 @@ from ..errors import InvalidInputError, ModelNotFoundError
 from .chunking import check_k, chunk_texts, num_chunks
 
 POOLINGS = ("mean", "cls", "max")
+# measured (docs/training-refrag.md): after the same short reconstruction run, CLS pooling of
+# all-MiniLM-L6-v2 reconstructs held-out chunks better than mean pooling (NLL 4.99 vs 5.20)
+DEFAULT_POOLING = "cls"
 STORE_DTYPE = "float16"
 LAYOUT_VERSION = 1
 
-__all__ = ["ChunkEncoder", "POOLINGS", "tokenizer_fingerprint"]
+__all__ = ["DEFAULT_POOLING", "ChunkEncoder", "POOLINGS", "tokenizer_fingerprint"]
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -59,7 +62,7 @@ class ChunkEncoder(nn.Module):
     """
 
     def __init__(self, model: Any, encoder_tokenizer: Any, decoder_tokenizer: Any, *, k: int = 16,
-                 pooling: str = "mean", name: str = "custom", max_length: int = 128) -> None:
+                 pooling: str = DEFAULT_POOLING, name: str = "custom", max_length: int = 128) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise InvalidInputError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
@@ -73,7 +76,7 @@ class ChunkEncoder(nn.Module):
         self.dim = int(model.config.hidden_size)
 
     @classmethod
-    def load(cls, encoder: str | None = None, *, tokenizer: Any, k: int = 16, pooling: str = "mean",
+    def load(cls, encoder: str | None = None, *, tokenizer: Any, k: int = 16, pooling: str = DEFAULT_POOLING,
              device: str | torch.device = "cpu") -> ChunkEncoder:
         """Load ``encoder`` (``None`` = the offline default all-MiniLM-L6-v2; else a local folder or, when
         the hub is allowed, an id) for chunks of ``tokenizer`` (the decoder's)."""

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from ...errors import InvalidInputError
 from ..checkpoint import decoder_info, save_refrag_checkpoint
+from ..encoder import DEFAULT_POOLING
 from ..policy import ExpansionPolicy
 from ..projector import ChunkProjector
 from ..refrag_model import RefragModel
@@ -85,7 +86,7 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                              "up_proj", "down_proj"])
     train_encoder: bool = False
-    pooling: str = "mean"
+    pooling: str = DEFAULT_POOLING
     policy_width: int = 128
     policy_max_chunks: int = 1024
     policy_contexts: int = 2         # contexts per policy step
