@@ -60,12 +60,12 @@ class PassageRegistry:
             return p
 
     def find_in(self, text: str, min_chars: int = 24) -> list[tuple[str, Passage]]:
-        """The registered passages whose text occurs verbatim in ``text`` (longest first, no overlaps in
-        the returned set by text), in the order they occur."""
+        """The registered passages whose text occurs verbatim in ``text``, in the order they occur (one per
+        distinct text: the most recently handed out)."""
         with self._lock:
             items = list(self._items.items())
         found: dict[str, tuple[int, str, Passage]] = {}
-        for handle, p in items:
+        for handle, p in reversed(items):  # most recently handed out first: it wins for a repeated text
             t = p.text.strip()
             if len(t) >= min_chars and t not in found:
                 pos = text.find(t)

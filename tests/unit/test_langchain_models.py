@@ -18,6 +18,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_integrations import engines
 from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt, RefragRasdLLM, RefragRetriever
+from refrag_rasd_integrations.passages import PASSAGES
 from refrag_rasd_integrations.store import make_client
 from tiny import tiny_chunk_encoder, tiny_loaded, tiny_refrag
 
@@ -137,6 +138,7 @@ def test_chain_hands_over_stored_chunk_embeddings_without_encoder(chat, store, e
 
 
 def test_recognised_passages_in_a_plain_prompt(chat, store, encoder_forwards):
+    PASSAGES.clear()  # only this store's passages (other tests index the same texts with other encoders)
     retriever = store.as_retriever(k=2)
     prompt = ChatPromptTemplate.from_messages([("human", "Context:\n{context}\n\nQuestion: {question}")])
 
