@@ -97,6 +97,29 @@ class GenerationConfig:
         return SamplingParams(temperature=t, top_p=p, top_k=k)
 
 
+class _ModelLock:
+    """Serializes the model between threads. A call from the thread that already holds it (a new request
+    while one of this engine's streams is still open in the same thread) raises instead of deadlocking."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        if self._owner == me:
+            raise InvalidInputError(
+                "this engine is busy with a stream still open in this thread: iterate it to the end or call "
+                "its close() before starting another call"
+            )
+        self._lock.acquire()
+        self._owner = me
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner = None
+        self._lock.release()
+
+
 class GenerationStream:
     """An iterator of text pieces; ``.stats``, ``.text`` and ``.token_ids`` are complete once it is exhausted."""
 
@@ -110,6 +133,12 @@ class GenerationStream:
         for piece in self._pieces:
             self.text += piece
             yield piece
+
+    def close(self) -> None:
+        """Stop generating now and release the engine (a stream holds it until it ends or is closed)."""
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
 
     def result(self) -> GenerationResult:
         """Run to the end (if not done yet) and return the whole result."""
@@ -145,7 +174,7 @@ class Engine:
         self.datastore = datastore
         self.refrag = load_refrag(target, refrag)
         self._refrag_encoder: Any = refrag_encoder
-        self._lock = threading.Lock()
+        self._lock = _ModelLock()
         self._budgets: dict[str, Any] = {}
         self.verify_costs: dict[int, float] | None = None  # None: the defaults for the device type
         gen_cfg = getattr(self.model, "generation_config", None)

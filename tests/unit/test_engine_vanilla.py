@@ -116,3 +116,15 @@ def test_concurrent_threads_give_sequential_outputs(engine):
     with ThreadPoolExecutor(4) as pool:
         par = list(pool.map(lambda p: engine.generate(p, max_new_tokens=10).token_ids, prompts))
     assert par == seq
+
+
+def test_a_call_inside_an_open_stream_of_the_same_thread_raises_instead_of_deadlocking(tiny):
+    from refrag_rasd_core import Engine, InvalidInputError
+
+    engine = Engine(tiny, drafter=None)
+    stream = engine.stream("Hello there", max_new_tokens=8)
+    next(iter(stream))  # the stream now holds the engine
+    with pytest.raises(InvalidInputError, match="close"):
+        engine.generate("Another", max_new_tokens=2)
+    stream.close()
+    assert engine.generate("Another", max_new_tokens=2).stats.new_tokens == 2
