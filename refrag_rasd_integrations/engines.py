@@ -56,7 +56,7 @@ def model_label(engine: Any, fallback: str | None = None) -> str:
 
 def chunk_encoder_of(engine: Any) -> Any:
     """The chunk encoder whose vectors ``engine`` reads: its REFRAG checkpoint's (``engine.refrag_encoder()``),
-    or, for an engine without a checkpoint, the default encoder (all-MiniLM-L6-v2, mean pooling, k=16) over
+    or, for an engine without a checkpoint, the default encoder (all-MiniLM-L6-v2, CLS pooling, k=16) over
     the engine's tokenizer, so a store can be indexed before a checkpoint exists (``context="text"`` reads it)."""
     if getattr(engine, "refrag", None) is not None or getattr(engine, "_refrag_encoder", None) is not None:
         return engine.refrag_encoder()

@@ -11,7 +11,7 @@ every setting prefills the same context and scores the reference answer after it
 Reported per setting and length (``methods["<setting>@<length>"]``): ``ttft_s`` (median),
 ``ttft_speedup_vs_full`` (median of per-question ratios), ``log_ppl`` (mean negative log-likelihood per
 token of the reference answer), ``gap_recovered`` ((no_context - setting) / (no_context - full) of the mean
-log_ppl), ``kv_bytes`` and ``positions`` (means), and at the question's own passages (``@own``) also
+log_ppl; ``None`` where the full context helps by less than 0.1 nats, e.g. long filled-up contexts), ``kv_bytes`` and ``positions`` (means), and at the question's own passages (``@own``) also
 ``answer_recall`` (share of questions whose greedy answer contains a reference answer).
 
 Example:
@@ -39,6 +39,7 @@ DEFAULT_CONTEXTS = (512, 2048, 7000)
 DEFAULT_EXPAND = (0.0, 0.1, 0.25)
 DEFAULT_POLICIES = ("random", "similarity", "perplexity", "rl")
 OWN = "own"
+MIN_GAP = 0.1  # nats: below this the full context barely helps and "gap recovered" is noise (reported as None)
 
 
 def settings_for(expands: Sequence[float], policies: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -167,7 +168,7 @@ def summarize(rows: Sequence[dict[str, Any]], names: Sequence[str], lengths: Seq
                 "ttft_s": round(statistics.median(x["ttft_s"] for x in cells), 4),
                 "ttft_speedup_vs_full": round(statistics.median(ratios), 3) if ratios else None,
                 "log_ppl": round(lp[n], 4),
-                "gap_recovered": round((lp["no_context"] - lp[n]) / gap, 3) if abs(gap) > 1e-9 else None,
+                "gap_recovered": round((lp["no_context"] - lp[n]) / gap, 3) if gap >= MIN_GAP else None,
                 "answer_recall": round(statistics.fmean(recall), 3) if recall else None,
                 "kv_bytes": int(statistics.fmean(x["kv_bytes"] for x in cells)),
                 "positions": round(statistics.fmean(x["positions"] for x in cells), 1),

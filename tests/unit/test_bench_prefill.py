@@ -49,7 +49,11 @@ def test_prefill_suite_shape(engine):
              "compressed-rl-p0.5"}
     assert set(res["methods"]) == {f"{n}@{c}" for n in names for c in ("own", 40)}
     m = res["methods"]
-    assert m["full@40"]["gap_recovered"] == 1.0 and m["no_context@40"]["gap_recovered"] == 0.0
+    gap = m["no_context@40"]["log_ppl"] - m["full@40"]["log_ppl"]
+    if gap >= 0.1:
+        assert m["full@40"]["gap_recovered"] == 1.0 and m["no_context@40"]["gap_recovered"] == 0.0
+    else:  # the context barely helps: the ratio would be noise
+        assert m["full@40"]["gap_recovered"] is None
     assert m["compressed@40"]["positions"] < m["full@40"]["positions"]
     assert m["compressed@40"]["kv_bytes"] < m["full@40"]["kv_bytes"]
     assert m["full@own"]["answer_recall"] in (0.0, 0.5, 1.0) and m["full@40"]["answer_recall"] is None
