@@ -22,16 +22,13 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
-import pkgutil
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from ..text_corpus import module_docstrings, pydoc_topics, stdlib_names
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SPEC_BENCH_TRAIN = DATA_DIR / "spec_bench_train.jsonl"
@@ -71,41 +68,6 @@ def format_prompt(text: str, tokenizer=None) -> str:
     return text
 
 
-def _pydoc_topics() -> Iterator[str]:
-    from pydoc_data.topics import topics
-
-    for key in sorted(topics):
-        yield topics[key]
-
-
-def _stdlib_docstrings() -> Iterator[str]:
-    names = sorted(n for n in sys.stdlib_module_names if not n.startswith("_") and n not in {"antigravity", "this"})
-    for name in names:
-        try:
-            mod = importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - some stdlib modules need optional C parts
-            continue
-        mods = [mod]
-        if hasattr(mod, "__path__"):
-            for info in pkgutil.iter_modules(mod.__path__, name + "."):
-                if info.name.rsplit(".", 1)[-1].startswith("_") or "test" in info.name:
-                    continue
-                try:
-                    mods.append(importlib.import_module(info.name))
-                except Exception:  # noqa: BLE001
-                    continue
-        for m in mods:
-            parts = [inspect.getdoc(m) or ""]
-            for _, obj in sorted(vars(m).items()):
-                if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", "") == m.__name__:
-                    doc = inspect.getdoc(obj)
-                    if doc and len(doc) > 80:
-                        parts.append(f"{obj.__name__}: {doc}")
-            text = "\n\n".join(p for p in parts if p)
-            if len(text) > 200:
-                yield text
-
-
 def _read_path(path: Path, tokenizer=None) -> Iterator[str]:
     if path.suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
@@ -129,9 +91,9 @@ def iter_corpus(name: str, tokenizer=None, limit: int | None = None) -> Iterator
     if name == "spec_bench_train":
         gen: Iterator[str] = (format_prompt(r["turns"][0], tokenizer) for r in spec_bench_prompts())
     elif name == "pydoc":
-        gen = _pydoc_topics()
+        gen = pydoc_topics()
     elif name == "docstrings":
-        gen = _stdlib_docstrings()
+        gen = module_docstrings(stdlib_names())
     else:
         p = Path(name)
         if not p.exists():

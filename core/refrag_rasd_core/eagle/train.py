@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
+from ..run_log import run_logger
 from .checkpoint import save_draft_head
 from .features import FeatureStore
 from .head import DraftHead, param_count
@@ -464,12 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        with open(out / "train.log", "a", encoding="utf-8") as logf:
-            logf.write(line + "\n")
+    log = run_logger(out)
 
     model, tok = _load_target(args.target, args.device)
     model.eval()

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ...errors import InvalidInputError
+from ...run_log import run_logger
 from .phases import PHASES, STATE_FILE, RefragTrainer, TrainConfig
 
 __all__ = ["build_parser", "main"]
@@ -107,13 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        with open(out / "train.log", "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+    log = run_logger(out)
 
     t_start = time.time()
     state_json = (out / STATE_FILE).with_suffix(".json")

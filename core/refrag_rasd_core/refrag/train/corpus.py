@@ -25,11 +25,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import json
-import pkgutil
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +33,9 @@ from typing import Any
 
 import torch
 
-from ...eagle.corpus import SPEC_BENCH_TRAIN, _pydoc_topics, spec_bench_prompts
+from ...eagle.corpus import SPEC_BENCH_TRAIN, spec_bench_prompts
 from ...errors import InvalidInputError
+from ...text_corpus import module_docstrings, pydoc_topics, stdlib_names
 from ..chunking import chunk_texts
 
 BUILTIN_CORPORA = ("spec_bench_train", "pydoc", "docstrings", "packages")
@@ -81,47 +78,6 @@ def _spec_bench_docs(path: str | Path, parity: int | None, exclude_ids: set | No
             yield Document(got[0], f"spec_bench:{rec.get('category')}:{rec.get('question_id')}", got[1])
 
 
-# modules that run a program, open windows or print when imported
-SKIP_MODULES = frozenset({"antigravity", "this", "idlelib", "turtledemo", "tkinter", "turtle", "pydoc_data",
-                          "lib2to3", "ensurepip", "venv", "webbrowser"})
-
-
-def _import(name: str) -> Any:
-    """Import ``name``, or ``None`` when that fails in any way (some modules ``sys.exit`` on import)."""
-    try:
-        return importlib.import_module(name)
-    except (Exception, SystemExit):  # noqa: BLE001 - optional C parts, platform-only modules, scripts
-        return None
-
-
-def _module_docstrings(names: Iterable[str]) -> Iterator[str]:
-    """Module / class / function docstrings of the packages ``names`` and their public submodules."""
-    for name in names:
-        if name.split(".")[0] in SKIP_MODULES:
-            continue
-        pkg = _import(name)
-        if pkg is None:
-            continue
-        mods = [pkg]
-        if hasattr(pkg, "__path__"):
-            for info in pkgutil.iter_modules(pkg.__path__, name + "."):
-                if info.name.rsplit(".", 1)[-1].startswith("_") or "test" in info.name:
-                    continue
-                sub = _import(info.name)
-                if sub is not None:
-                    mods.append(sub)
-        for m in mods:
-            parts = [inspect.getdoc(m) or ""]
-            for _, obj in sorted(vars(m).items()):
-                if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", "") == m.__name__:
-                    doc = inspect.getdoc(obj)
-                    if doc and len(doc) > 80:
-                        parts.append(f"{obj.__name__}: {doc}")
-            text = "\n\n".join(p for p in parts if p)
-            if len(text) > 200:
-                yield text
-
-
 def load_documents(names: Iterable[str], *, limit_docs: int | None = None) -> list[Document]:
     """The documents of built-in corpus names or paths (``.jsonl`` with a ``text`` field, or plain text with
     documents separated by two blank lines)."""
@@ -130,12 +86,11 @@ def load_documents(names: Iterable[str], *, limit_docs: int | None = None) -> li
         if name == "spec_bench_train":
             docs: Iterable[Document] = _spec_bench_docs(SPEC_BENCH_TRAIN, parity=0)
         elif name == "pydoc":
-            docs = (Document(t, "pydoc") for t in _pydoc_topics())
+            docs = (Document(t, "pydoc") for t in pydoc_topics())
         elif name == "docstrings":
-            stdlib = sorted(n for n in sys.stdlib_module_names if not n.startswith("_"))
-            docs = (Document(t, "docstrings") for t in _module_docstrings(stdlib))
+            docs = (Document(t, "docstrings") for t in module_docstrings(stdlib_names()))
         elif name == "packages":
-            docs = (Document(t, "packages") for t in _module_docstrings(PACKAGES))
+            docs = (Document(t, "packages") for t in module_docstrings(PACKAGES))
         else:
             p = Path(name)
             if not p.is_file():
