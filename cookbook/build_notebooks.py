@@ -605,15 +605,16 @@ with torch.inference_mode():
     query = engine.model.get_input_embeddings()(torch.tensor(layout.suffix))
 n = expansion_count(len(chunks), 0.15)
 policies = ["random", "similarity", "perplexity"] + (["rl"] if engine.refrag.policy is not None else [])
+MARK = {"random": "R", "similarity": "S", "perplexity": "P", "rl": "L"}
 chosen = {pol: set(choose_expansions(pol, n, chunk_vectors=vectors, projected=projected, query_embeds=query,
                                      chunks=chunks, decoder=engine.model, network=engine.refrag.policy, seed=0))
           for pol in policies}
 for pol in policies:
     st = engine.prefill(row["question"], passages=ps, context="compressed", expand=0.15, policy=pol, seed=0).stats
     assert st.expanded_chunks == len(chosen[pol]) == n
-print(f"Q: {row['question']}  ({len(chunks)} chunks, {n} expanded; columns: " + ", ".join(f"{p[0].upper()}={p}" for p in policies) + ")\\n")
+print(f"Q: {row['question']}  ({len(chunks)} chunks, {n} expanded; columns: " + ", ".join(f"{MARK[p]}={p}" for p in policies) + ")\\n")
 for i, c in enumerate(chunks):
-    marks = "".join(p[0].upper() if i in chosen[p] else "." for p in policies)
+    marks = "".join(MARK[p] if i in chosen[p] else "." for p in policies)
     flag = ">>" if any(i in chosen[p] for p in policies) else "  "
     print(f"{flag} {i:3d} {marks}  {engine.tokenizer.decode(c)!r}")
 '''),
