@@ -345,8 +345,9 @@ class Engine:
         return out
 
     # ---- the loop --------------------------------------------------------------------------------------
-    def _run(self, request: _Request, passages: Sequence[Any] | None, cfg: GenerationConfig,
-             stats: GenerationStats, out_ids: list[int]) -> Iterator[str]:
+    def _check_fits(self, request: _Request) -> int | None:
+        """Raise :class:`ContextTooLongError` when a token prompt exceeds the model's window; returns the
+        window (``None``: unbounded). A compressed prompt is checked once it is built."""
         limit = self.runner.max_positions
         if limit is not None and request.prompt_ids is not None and len(request.prompt_ids) >= limit:
             hint = " or use context='compressed' (REFRAG reads k tokens per position)" if request.context_tokens else ""
@@ -354,6 +355,11 @@ class Engine:
                 f"the prompt has {len(request.prompt_ids)} tokens but the model reads at most {limit}: shorten "
                 f"the prompt or pass fewer passages{hint}"
             )
+        return limit
+
+    def _run(self, request: _Request, passages: Sequence[Any] | None, cfg: GenerationConfig,
+             stats: GenerationStats, out_ids: list[int]) -> Iterator[str]:
+        limit = self._check_fits(request)
         with self._lock:
             yield from self._decode(request, passages, cfg, stats, out_ids, limit)
 
@@ -461,10 +467,7 @@ class Engine:
         cfg = _merge_config(config, overrides)
         request = self._request(prompt, passages, cfg)
         stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context)
-        limit = self.runner.max_positions
-        if limit is not None and request.prompt_ids is not None and len(request.prompt_ids) >= limit:
-            raise ContextTooLongError(f"the prompt has {len(request.prompt_ids)} tokens but the model reads at "
-                                      f"most {limit}")
+        limit = self._check_fits(request)
         with self._lock:
             t0 = time.perf_counter()
             prompt_ids, _, mixed = self._prefill_input(request, cfg, stats, limit)
