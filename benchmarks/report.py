@@ -38,11 +38,14 @@ def decode_table(res: dict) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, v in res["methods"].items():
-        def f(x, fmt):
-            return format(x, fmt) if x is not None else "–"
-        lines.append(f"| {name} | {f(v['tokens_per_s'], '.2f')} | {f(v['speedup_vs_vanilla'], '.2f')}x | "
-                     f"{f(v['mean_accepted'], '.2f')} | {f(v['ttft_s'], '.2f')} | {v['equal_to_vanilla']:.2f} |")
+        lines.append(f"| {name} | {_f(v['tokens_per_s'], '.2f')} | {_f(v['speedup_vs_vanilla'], '.2f')}x | "
+                     f"{_f(v['mean_accepted'], '.2f')} | {_f(v['ttft_s'], '.2f')} | {v['equal_to_vanilla']:.2f} |")
     return "\n".join(lines)
+
+
+def _f(x, fmt: str) -> str:
+    """A table cell: ``x`` formatted, or a dash when it was not measured."""
+    return format(x, fmt) if x is not None else "–"
 
 
 def category_table(res: dict) -> str:
@@ -73,10 +76,8 @@ def prefill_table(res: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, v in res["methods"].items():
-        def f(x, fmt):
-            return format(x, fmt) if x is not None else "–"
-        lines.append(f"| {name} | {f(v['ttft_s'], '.3f')} | {f(v['ttft_speedup_vs_full'], '.2f')}x | "
-                     f"{f(v['log_ppl'], '.3f')} | {f(v['gap_recovered'], '.2f')} | {f(v['answer_recall'], '.2f')} | "
+        lines.append(f"| {name} | {_f(v['ttft_s'], '.3f')} | {_f(v['ttft_speedup_vs_full'], '.2f')}x | "
+                     f"{_f(v['log_ppl'], '.3f')} | {_f(v['gap_recovered'], '.2f')} | {_f(v['answer_recall'], '.2f')} | "
                      f"{v['kv_bytes'] / 2**20:.1f} |")
     return "\n".join(lines)
 
@@ -89,11 +90,9 @@ def rag_table(res: dict) -> str:
              "| pipeline | TTFT s | decode tokens/s | total s | answer recall | speedup (total) |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, v in res["methods"].items():
-        def f(x, fmt):
-            return format(x, fmt) if x is not None else "–"
-        lines.append(f"| {name} | {f(v.get('ttft_s'), '.3f')} | {f(v.get('decode_tokens_per_s'), '.2f')} | "
-                     f"{f(v.get('total_s'), '.2f')} | {f(v.get('answer_recall'), '.2f')} | "
-                     f"{f(v.get('speedup_total_vs_plain'), '.2f')}x |")
+        lines.append(f"| {name} | {_f(v.get('ttft_s'), '.3f')} | {_f(v.get('decode_tokens_per_s'), '.2f')} | "
+                     f"{_f(v.get('total_s'), '.2f')} | {_f(v.get('answer_recall'), '.2f')} | "
+                     f"{_f(v.get('speedup_total_vs_plain'), '.2f')}x |")
     return "\n".join(lines)
 
 
