@@ -110,8 +110,10 @@ def test_sync_after_partial_acceptance_equals_fresh_head() -> None:
     want_root = fresh.expand_root(6)
     want_exp = fresh.expand(torch.tensor([7, 8]), torch.tensor([-1, -1]), 4)
     for a, b in zip(got_root + got_exp, want_root + want_exp, strict=True):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0) if a.is_floating_point() else torch.equal(a, b)
-    assert torch.equal(got_exp[1], want_exp[1])
+        if a.is_floating_point():  # log-probs: the cached and the fresh forward take different kernels
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+        else:  # token ids: the same top-k (its gaps here are ~2e-3, the kernels' differences ~1e-7)
+            assert torch.equal(a, b)
     assert head._n_commit == 13 and fresh._n_commit == 13
 
 

@@ -19,6 +19,7 @@ from refrag_rasd_core.refrag.train.cli import config_from_args
 from refrag_rasd_core.refrag.train.corpus import ChunkCorpus, Document, load_documents, record_passages
 from refrag_rasd_core.refrag.train.evaluate import evaluate_quality, evaluate_reconstruction
 from refrag_rasd_core.refrag.train.lora_export import peft_lora_state
+from refrag_rasd_core.refrag.train.phases import STATE_FILE
 from tiny import tiny_llama, tiny_loaded
 
 K = 4
@@ -78,6 +79,14 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
+def assert_logits_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Logits of two computations equal in exact arithmetic that round differently (a merged LoRA weight vs
+    the base and LoRA matmuls; other kernels on another CPU): float32 rounding grows with the logits' overall
+    scale, not with each logit's own size, so the tolerance is 1e-5 of the largest logit (tens of ulps) for
+    every logit, a near-zero one included. A 1% error in the LoRA scaling is ~700x that tolerance."""
+    torch.testing.assert_close(got, want, atol=1e-5 * float(want.abs().max()), rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------- pieces
 def test_assemble_layout_expands_in_place() -> None:
     emb = torch.nn.Embedding(20, 3)
@@ -114,13 +123,23 @@ def test_curriculum_grows_and_corpus_windows(tmp_path: Path) -> None:
     assert all(len(r.expanded) == 1 and len(r.target) == 5 for r in b.rows) and b.vectors.shape[0] == 6
 
 
-def test_corpus_sources_keep_answers_out() -> None:
+def test_corpus_sources_keep_answers_out(tmp_path: Path) -> None:
     rec = {"category": "rag", "turns": ["Passage one.\nPassage two.\nWhat is it?"], "reference": ["SECRET"]}
     assert record_passages(rec) == ("Passage one.\nPassage two.", "What is it?")
     assert record_passages({"category": "qa", "turns": ["Who?"]}) is None
-    docs = load_documents(["spec_bench_train"])
-    assert docs and all("spec_bench:" in d.source for d in docs)
-    assert {d.source.split(":")[1] for d in docs} <= {"rag", "summarization"}
+    spec = tmp_path / "spec_bench_dev.jsonl"  # a Spec-Bench-style file (the real one is read at run time)
+    spec.write_text("\n".join(json.dumps(r) for r in [
+        {"question_id": 1, "category": "rag", "turns": ["Alpha passage.\nBeta passage.\nQ one?"], "reference": ["A"]},
+        {"question_id": 2, "category": "rag", "turns": ["Held passage.\nQ two?"], "reference": ["B"]},
+        {"question_id": 3, "category": "summarization", "turns": ["Summarize: An article."]},
+        {"question_id": 4, "category": "qa", "turns": ["Who?"]}]))
+    docs = load_documents(["spec_bench_train"], spec_bench=spec)  # the even index within each category
+    assert [(d.source, d.text, d.query) for d in docs] == [
+        ("spec_bench:rag:1", "Alpha passage.\nBeta passage.", "Q one?"), ("spec_bench:summarization:3", "An article.", None)]
+    from refrag_rasd_core.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="Spec-Bench questions file not found"):
+        load_documents(["spec_bench_train"], spec_bench=tmp_path / "missing.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------- phases
@@ -202,6 +221,36 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), n
     assert a.lora.keys() == b.lora.keys() and all(torch.equal(a.lora[n], b.lora[n]) for n in a.lora)
+    assert_same_state(tmp_path / "a", tmp_path / "b")
+
+
+def assert_same_state(a: Path, b: Path) -> None:
+    """The float32 trainables of the final state files are bit for bit equal (the float16 export alone
+    would hide last-bit differences)."""
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a / STATE_FILE)), load_file(str(b / STATE_FILE))
+    assert x.keys() == y.keys()
+    bad = {n: float((x[n] - y[n]).abs().max()) for n in x if not torch.equal(x[n], y[n])}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("seed", [0, 2, 5])
+def test_policy_resume_is_bitwise(tmp_path: Path, seed: int) -> None:
+    """A resumed policy phase starts from freshly built modules (train mode), an uninterrupted one from the
+    modes the previous step left: the numbers must not depend on that (in eval mode without gradient the
+    policy's nn.TransformerEncoder takes a fused fast path whose rounding differs)."""
+    kw = {"phases": ["policy"], "steps_policy": 4, "ckpt_every": 2, "seed": seed}
+
+    def trainer(out: Path) -> RefragTrainer:
+        lm, enc, corpus, cfg = setup(tmp_path, **kw)
+        return RefragTrainer(lm.model, lm.tokenizer, enc, corpus, cfg, out, log=lambda m: None, progress=False)
+
+    trainer(tmp_path / "a").run()
+    trainer(tmp_path / "b").run(stop_after=1)  # between checkpoints
+    trainer(tmp_path / "b").run(resume=True)
+    assert losses(tmp_path / "a", "policy") == losses(tmp_path / "b", "policy")
+    assert_same_state(tmp_path / "a", tmp_path / "b")
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -225,7 +274,7 @@ def test_lora_export_merges_to_the_peft_model(tmp_path: Path) -> None:
     assert merge_lora_(plain, state, scaling) == 14
     with torch.no_grad():
         got = plain(input_ids=ids).logits
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert_logits_close(got, want)
     with torch.no_grad():
         assert (plain(input_ids=ids).logits - tiny_llama(0, vocab_size=262)(input_ids=ids).logits).abs().max() > 1e-3
 
@@ -253,7 +302,7 @@ def test_trained_checkpoint_round_trip(tmp_path: Path) -> None:
         got = plain(inputs_embeds=inp["inputs_embeds"]).logits
         inp2 = assemble([row], tr.projector(v), tr.embed, K)
         want = tr.decoder(inputs_embeds=inp2["inputs_embeds"]).logits
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert_logits_close(got, want)
     # float16 export (what ships): still loads, projector close
     p16 = tr.export(tmp_path / "f16.safetensors")
     assert p16.stat().st_size < path.stat().st_size

@@ -15,7 +15,9 @@ Phases, in the paper's order (any subset, in this order):
 Every ``ckpt_every`` steps and at the end of each phase the trainable tensors, the optimizer state and the
 position (phase, step) go to ``state.safetensors`` + ``state.json`` (no pickle), and the usable model to
 ``refrag.safetensors`` (:func:`~refrag_rasd_core.refrag.save_refrag_checkpoint`); ``resume`` continues at the
-exact phase and step, with the same samples (each step's randomness is seeded by (seed, phase, step)).
+exact phase and step, with the same samples (each step's randomness is seeded by (seed, phase, step)) and the
+same kernels (every module's train / eval mode is set at each step, never inherited from the step before:
+:meth:`RefragTrainer._set_modes`), so a resumed run computes bit for bit what an uninterrupted one does.
 
 Example:
     >>> TrainConfig().steps_for("recon")
@@ -151,7 +153,7 @@ class RefragTrainer:
 
             decoder = get_peft_model(decoder, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                                          target_modules=list(cfg.lora_targets), bias="none"))
-        self.decoder = decoder.to(self.device)
+        self.decoder = decoder.to(self.device).eval()  # peft's new LoRA modules start in train mode
         self.lm = unwrap_peft(decoder)
         self.body = self.lm.get_decoder()
         self.head = self.lm.get_output_embeddings()
@@ -205,6 +207,18 @@ class RefragTrainer:
             for _, group, _ in self.phase_groups(phase):
                 for n in group:
                     names[n].requires_grad_(True)
+
+    def _set_modes(self) -> None:
+        """Every module in eval mode, at the start of every step, whatever ran before.
+
+        No module here has dropout, but the mode still picks kernels: in eval mode without gradient the
+        policy's ``nn.TransformerEncoder`` takes PyTorch's fused inference fast path, whose float rounding
+        differs from the training-mode path. Freshly built modules are in train mode, a module after a step in
+        whatever that step left, so a mode inherited from the previous step would make a resumed run (fresh
+        modules) compute different numbers from an uninterrupted one. :func:`.rl.policy_step` then sets the
+        policy's own mode explicitly."""
+        for module in (self.decoder, self.encoder, self.projector, self.policy):
+            module.train(False)
 
     def make_optimizer(self, phase: str) -> torch.optim.Optimizer:
         names = self.named_trainables()
@@ -459,10 +473,10 @@ class RefragTrainer:
                 for g in opt.param_groups:
                     g["lr"] = g["peak_lr"] * self.lr_factor(phase, self.step)
                 t0 = time.time()
+                self._set_modes()
                 if phase == "policy":
                     stats = policy_step(self, opt, self.step)
                 else:
-                    self.decoder.train(False)
                     batch = self.sft_batch(self.step) if phase == "sft" else self.make_batch(phase, self.step)
                     loss, stats = self.batch_loss(batch)
                     opt.zero_grad(set_to_none=True)

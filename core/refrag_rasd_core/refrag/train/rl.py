@@ -13,6 +13,11 @@ One random selection per context is scored too (not trained on): the logged ``ga
 NLL minus the policy samples' NLL) says whether the policy is learning something random choice does not.
 The policy's query is the mean decoder embedding of the context's tokens (a next-paragraph sample has no
 question; the engine passes the question's embeddings).
+
+The sampling-time logits are computed with the policy in TRAINING mode (without gradient), the same code path
+as the PPO epochs' forward: in eval mode without gradient ``nn.TransformerEncoder`` takes PyTorch's fused
+inference fast path, whose rounding differs, so the step's numbers would depend on the mode the policy was left
+in (a resumed run's fresh policy vs an uninterrupted run's) and the first epoch's ratio would not be exactly 1.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ def policy_step(tr: RefragTrainer, opt: torch.optim.Optimizer, step: int) -> dic
         vecs = tr.chunk_vectors(batch).float()
         projected = tr.projector(vecs)
     G = cfg.policy_group
+    tr.policy.train()  # sampling and PPO on one code path (see the module's docstring); no dropout in it
     contexts = []
     rows: list[Row] = []
     proj_rows = []
@@ -74,7 +80,6 @@ def policy_step(tr: RefragTrainer, opt: torch.optim.Optimizer, step: int) -> dic
     nll = selection_nll(tr, rows, torch.cat(proj_rows, 0)).view(len(batch.rows), G + 1)
     reward = -nll[:, :G]
     adv = (reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-6)
-    tr.policy.train()
     params = [p for g in opt.param_groups for p in g["params"]]
     ppo = 0.0
     for _ in range(cfg.ppo_epochs):
