@@ -18,7 +18,9 @@ in the answers, with the target's true features up to the root:
   depth; accepted = the longest path matching the target's greedy tokens.
 
 Usage (from the repository root, ~3-5 minutes on a 2-core CPU):
-    PYTHONPATH=core python benchmarks/draft_head.py [--checkpoint PATH] [--threads 2] [--machine NAME]
+    PYTHONPATH=core python benchmarks/draft_head.py [--spec-bench PATH] [--checkpoint PATH] [--threads 2]
+        [--machine NAME]
+(``--spec-bench`` defaults to ``../shared/data/spec_bench_dev.jsonl`` when it exists.)
 Writes benchmarks/results/draft-head-<machine>.json and prints a summary.
 """
 
@@ -37,7 +39,7 @@ from pathlib import Path
 import torch
 
 from refrag_rasd_core.eagle.checkpoint import load_default_draft_head, load_draft_head
-from refrag_rasd_core.eagle.corpus import format_prompt, spec_bench_prompts
+from refrag_rasd_core.eagle.corpus import format_prompt, spec_bench_path, spec_bench_prompts
 from refrag_rasd_core.eagle.features import (
     FeatureStore,
     extract_features,
@@ -45,8 +47,6 @@ from refrag_rasd_core.eagle.features import (
     read_generations,
 )
 from refrag_rasd_core.eagle.train import evaluate
-
-SPEC_BENCH = "/work/shared/data/spec_bench_dev.jsonl"
 
 
 def _median_ms(xs: list[float]) -> float:
@@ -243,13 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=None, help="draft head (default: the shipped one)")
     ap.add_argument("--target", default=None, help="target model (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--spec-bench", default=SPEC_BENCH)
+    ap.add_argument("--spec-bench", default=None,
+                    help="spec_bench_dev.jsonl (default: ../shared/data/spec_bench_dev.jsonl when it exists)")
     ap.add_argument("--indices", default="5,7", help="odd indices within each category to evaluate on")
     ap.add_argument("--eval-features", default=None, help="reuse a feature folder instead of generating")
     ap.add_argument("--e2e", type=int, default=3, help="prompts decoded end to end with a chain draft")
     ap.add_argument("--machine", default=f"{platform.machine()}-{os.cpu_count()}cpu")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    args.spec_bench = spec_bench_path(args.spec_bench)  # a clear error, before any model loads, without the file
     torch.set_num_threads(args.threads)
     from refrag_rasd_core.models import load_target
 

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 DATA=${DATA:-../shared/data/spec_bench_dev.jsonl}
-[ -f "$DATA" ] || DATA=benchmarks/data/spec_bench_dev.jsonl
+[ -f "$DATA" ] || { echo "$(basename "$0"): no Spec-Bench file at $DATA: set DATA=/path/to/spec_bench_dev.jsonl (the project ships no third-party data)" >&2; exit 2; }
 DTYPE=${DTYPE:-bfloat16}
 STAMP=$(date +%Y-%m-%d)
 GPU=$($PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0).split()[-1].lower())")

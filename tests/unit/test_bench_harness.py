@@ -28,6 +28,19 @@ def data_file(tmp_path):
     return p
 
 
+def test_shipped_checkpoints_record_their_training_questions():
+    from refrag_rasd_core.shared_data import SPEC_BENCH_DEV, default_data_path
+    from refrag_rasd_integrations.bench.data import training_question_ids
+
+    ids = training_question_ids()  # from the checkpoints' json sidecars (ids and the file's sha256, no text)
+    assert len(ids) == 100 and all(isinstance(i, int) for i in ids)
+    dev = default_data_path(SPEC_BENCH_DEV)
+    if dev is not None:  # the even index within each category of the Spec-Bench dev file
+        from refrag_rasd_core.eagle.corpus import spec_bench_training_record
+
+        assert set(spec_bench_training_record(dev)["question_ids"]) == ids
+
+
 def test_load_questions_filters(data_file):
     qs = load_questions(data_file, "rag", limit=1)
     assert [q.question_id for q in qs] == [1]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from refrag_rasd_core.eagle.checkpoint import load_draft_head
-from refrag_rasd_core.eagle.corpus import spec_bench_prompts
+from refrag_rasd_core.eagle.corpus import spec_bench_prompts, spec_bench_training_record
 from refrag_rasd_core.eagle.features import FeatureStore, extract_features
 from refrag_rasd_core.eagle.head import DraftHead
 from refrag_rasd_core.eagle.train import (
@@ -20,6 +22,7 @@ from refrag_rasd_core.eagle.train import (
     head_loss,
     train_draft,
 )
+from refrag_rasd_core.errors import InvalidInputError
 
 
 def tiny_target():
@@ -98,9 +101,23 @@ def test_evaluate_perfect_draft_accepts_everything(tmp_path: Path) -> None:
     assert m["top1_agreement"] > 0.95 and m["mean_accepted_chain"] > 3.5
 
 
-def test_spec_bench_training_split_is_even_only() -> None:
-    recs = spec_bench_prompts()
-    assert len(recs) == 100 and all(r["index_in_category"] % 2 == 0 for r in recs)
+def test_spec_bench_training_split_is_even_only(tmp_path: Path, monkeypatch) -> None:
+    spec = tmp_path / "spec_bench_dev.jsonl"  # Spec-Bench-style lines (the real file is read at run time)
+    spec.write_text("\n".join(json.dumps({"question_id": 10 * i + j, "category": cat, "turns": [f"{cat} {j}"]})
+                              for i, cat in enumerate(["rag", "qa"]) for j in range(5)))
+    recs = spec_bench_prompts(spec, parity=0)
+    assert [r["question_id"] for r in recs] == [0, 2, 4, 10, 12, 14]
+    assert all(r["index_in_category"] % 2 == 0 for r in recs)
+    assert [r["question_id"] for r in spec_bench_prompts(spec, parity=1)] == [1, 3, 11, 13]
+    rec = spec_bench_training_record(spec)  # what a checkpoint keeps: ids and the file's sha256, no text
+    assert rec["question_ids"] == [0, 2, 4, 10, 12, 14] and len(rec["sha256"]) == 64
+    assert "rag 0" not in json.dumps(rec)
+    import refrag_rasd_core.shared_data as shared
+
+    monkeypatch.setattr(shared, "default_data_path", lambda name: None)  # a fresh machine: no ../shared/data
+    with pytest.raises(InvalidInputError, match="pass --spec-bench PATH"):
+        spec_bench_prompts()
+
 
 
 def test_cli_parser_defaults() -> None:

@@ -1,14 +1,14 @@
-"""Offline text corpora for training a draft head (available on every machine, no download).
+"""Offline text corpora for training a draft head.
 
 Built-in names:
 
-- ``spec_bench_train``: the Spec-Bench dev prompts with an EVEN index within their category (the
-  odd-index half is kept for evaluation and never trained on); shipped in ``refrag_rasd_core/data``
-  (Apache-2.0, Xia et al., Findings of ACL 2024). Yields chat-formatted prompts when a tokenizer with a
-  chat template is given.
-- ``spec_bench_eval``: the odd-index half, read from a ``spec_bench_dev.jsonl`` path (evaluation only).
-- ``pydoc``: the Python documentation topics in ``pydoc_data.topics``.
-- ``docstrings``: module / class / function docstrings of the standard library.
+- ``spec_bench_train``: the prompts of a Spec-Bench dev file (``spec_bench_dev.jsonl``) with an EVEN index
+  within their category (the odd-index half is kept for evaluation and never trained on). The file is not
+  part of the package (Apache-2.0, Xia et al., Findings of ACL 2024): it is read at run time from the path
+  given (``--spec-bench``), by default ``../shared/data/spec_bench_dev.jsonl`` when that exists. Yields
+  chat-formatted prompts when a tokenizer with a chat template is given.
+- ``pydoc``: the Python documentation topics in ``pydoc_data.topics`` (every machine has them).
+- ``docstrings``: module / class / function docstrings of the standard library (every machine has them).
 
 Any other name is read as a path: ``.jsonl`` (a ``text`` field, or Spec-Bench ``turns``) or plain text
 (one document per blank-line-separated block).
@@ -28,24 +28,35 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from ..shared_data import SPEC_BENCH_DEV, file_sha256, resolve_data_path
 from ..text_corpus import module_docstrings, pydoc_topics, stdlib_names
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-SPEC_BENCH_TRAIN = DATA_DIR / "spec_bench_train.jsonl"
 BUILTIN_CORPORA = ("spec_bench_train", "pydoc", "docstrings")
+TRAIN_PARITY = 0  # the even index within each category is the training half; the odd one is held out
 
 
-def spec_bench_prompts(path: str | Path = SPEC_BENCH_TRAIN, parity: int | None = None) -> list[dict]:
-    """Read Spec-Bench records; ``parity`` 0 / 1 keeps the even / odd index within each category.
+def spec_bench_path(path: str | Path | None = None) -> Path:
+    """The Spec-Bench dev file to read: ``path``, else ``../shared/data/spec_bench_dev.jsonl`` when it exists
+    (a clear error otherwise)."""
+    return resolve_data_path(path, SPEC_BENCH_DEV, what="Spec-Bench questions", flag="--spec-bench")
+
+
+def spec_bench_prompts(path: str | Path | None = None, parity: int | None = None) -> list[dict]:
+    """Read Spec-Bench records (``path``: see :func:`spec_bench_path`); ``parity`` 0 / 1 keeps the even / odd
+    index within each category.
 
     Example:
-        >>> recs = spec_bench_prompts()
-        >>> all(r["index_in_category"] % 2 == 0 for r in recs)
-        True
+        >>> import json, tempfile
+        >>> f = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False)
+        >>> _ = f.write("\\n".join(json.dumps({"question_id": i, "category": "qa", "turns": [f"q{i}"]})
+        ...                       for i in range(4)))
+        >>> f.close()
+        >>> [r["question_id"] for r in spec_bench_prompts(f.name, parity=0)]
+        [0, 2]
     """
     out: list[dict] = []
     seen: Counter[str] = Counter()
-    with open(path, encoding="utf-8") as f:
+    with open(spec_bench_path(path), encoding="utf-8") as f:
         for line in f:
             if not line.strip():
                 continue
@@ -57,6 +68,14 @@ def spec_bench_prompts(path: str | Path = SPEC_BENCH_TRAIN, parity: int | None =
             if parity is None or idx % 2 == parity:
                 out.append(rec)
     return out
+
+
+def spec_bench_training_record(path: str | Path | None = None) -> dict:
+    """What a checkpoint trained on the ``spec_bench_train`` half records about it: the source file's name and
+    sha256, the selection, and the question ids (never any text)."""
+    p = spec_bench_path(path)
+    return {"data": p.name, "sha256": file_sha256(p), "selection": "even index within each category",
+            "question_ids": [r["question_id"] for r in spec_bench_prompts(p, parity=TRAIN_PARITY)]}
 
 
 def format_prompt(text: str, tokenizer=None) -> str:
@@ -86,10 +105,13 @@ def _read_path(path: Path, tokenizer=None) -> Iterator[str]:
                 yield block
 
 
-def iter_corpus(name: str, tokenizer=None, limit: int | None = None) -> Iterator[str]:
-    """Yield the documents of a built-in corpus name or a file path (see module docstring)."""
+def iter_corpus(name: str, tokenizer=None, limit: int | None = None, *,
+                spec_bench: str | Path | None = None) -> Iterator[str]:
+    """Yield the documents of a built-in corpus name or a file path (see module docstring); ``spec_bench`` is
+    the Spec-Bench dev file behind ``spec_bench_train`` (default: ``../shared/data/spec_bench_dev.jsonl``)."""
     if name == "spec_bench_train":
-        gen: Iterator[str] = (format_prompt(r["turns"][0], tokenizer) for r in spec_bench_prompts())
+        gen: Iterator[str] = (format_prompt(r["turns"][0], tokenizer)
+                              for r in spec_bench_prompts(spec_bench, parity=TRAIN_PARITY))
     elif name == "pydoc":
         gen = pydoc_topics()
     elif name == "docstrings":

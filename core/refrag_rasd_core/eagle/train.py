@@ -11,7 +11,7 @@ self-distillation: the target's own greedy answers to the training prompts) and 
 
 Example:
     >>> # refrag-rasd train-draft --target default --corpus spec_bench_train pydoc --out runs/eagle \\
-    >>> #     --steps 3000 --extract-minutes 20
+    >>> #     --spec-bench ../shared/data/spec_bench_dev.jsonl --steps 3000 --extract-minutes 20
     >>> from refrag_rasd_core.eagle.train import build_parser
     >>> build_parser().parse_args(["--out", "x"]).steps
     3000
@@ -395,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="built-in corpus names (spec_bench_train, pydoc, docstrings) or .jsonl / .txt paths")
     p.add_argument("--self-distill", nargs="*", default=["spec_bench_train"],
                    help="prompt corpora whose prompts get the target's own greedy answers (slow: ~20 tok/s CPU)")
+    p.add_argument("--spec-bench", default=None,
+                   help="the spec_bench_dev.jsonl behind the spec_bench_train corpus (its even-index half; default "
+                        "../shared/data/spec_bench_dev.jsonl when it exists)")
     p.add_argument("--eval-data", default=None,
                    help="spec_bench_dev.jsonl: its odd-index questions (held apart) give the eval features")
     p.add_argument("--eval-prompts", type=int, default=10)
@@ -442,7 +445,7 @@ def prepare_features(model, tok, args, work: Path, log: Callable[[str], None] = 
         extract_features(model, read_generations(work / "gen_eval.jsonl"), work / "feat_eval", desc="eval")
         eval_dirs.append(work / "feat_eval")
     for name in args.self_distill or []:
-        prompts = sorted(iter_corpus(name, tok), key=len)
+        prompts = sorted(iter_corpus(name, tok, spec_bench=args.spec_bench), key=len)
         gpath = work / f"gen_{Path(name).stem}.jsonl"
         n = generate_self_distill(model, tok, prompts, gpath, max_new_tokens=args.max_new_tokens, batch_size=10,
                                   deadline=deadline)
@@ -454,7 +457,8 @@ def prepare_features(model, tok, args, work: Path, log: Callable[[str], None] = 
         if name in (args.self_distill or []):
             continue
         d = work / f"feat_{Path(name).stem}"
-        extract_features(model, texts_to_sequences(iter_corpus(name, tok), tok), d, deadline=deadline, desc=name)
+        extract_features(model, texts_to_sequences(iter_corpus(name, tok, spec_bench=args.spec_bench), tok), d,
+                         deadline=deadline, desc=name)
         train_dirs.append(d)
     return train_dirs, eval_dirs
 
@@ -464,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    trained_on = None
+    if "spec_bench_train" in [*args.corpus, *(args.self_distill or [])]:  # fails early without the data file
+        from .corpus import spec_bench_training_record
+
+        trained_on = spec_bench_training_record(args.spec_bench)
     out = Path(args.out)
     log = run_logger(out)
 
@@ -479,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                       seed=args.seed, time_budget_s=args.train_minutes * 60 if args.train_minutes else None)
     recipe = {"target": args.target, "corpus": args.corpus, "self_distill": args.self_distill,
               "eval_data": args.eval_data, "command": "refrag-rasd train-draft " + " ".join(argv or sys.argv[1:])}
+    if trained_on is not None:
+        recipe["trained_on"] = trained_on
     train_draft(model.to(args.device), [str(d) for d in train_dirs], out, [str(d) for d in eval_dirs], cfg,
                 recipe=recipe, resume=args.resume, log=log)
     return 0

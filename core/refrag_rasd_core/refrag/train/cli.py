@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-encoder", action="store_true", help="fine-tune the encoder too (slower; no cached vectors)")
     p.add_argument("--corpus", nargs="*", default=["spec_bench_train", "pydoc", "docstrings", "packages"],
                    help="built-in corpora (spec_bench_train, pydoc, docstrings, packages) or .jsonl/.txt paths")
+    p.add_argument("--spec-bench", default=None,
+                   help="the spec_bench_dev.jsonl behind spec_bench_train and the sft prompts (its even-index half; "
+                        "default ../shared/data/spec_bench_dev.jsonl when it exists)")
     p.add_argument("--max-corpus-chunks", type=int, default=20000, help="chunks encoded for training (in all)")
     p.add_argument("--heldout", default=None, help="spec_bench_dev.jsonl: its odd-index questions' passages are "
                                                    "the evaluation text (never trained on)")
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     decoder, tok = lm.model, lm.tokenizer
     log(f"decoder {lm.name}: {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f} M params on {cfg.device}")
     enc_name = None if args.encoder == "default" else args.encoder
-    docs = load_documents(args.corpus)
+    docs = load_documents(args.corpus, spec_bench=args.spec_bench)
     # in-domain passages first, the rest shuffled (seeded), so --max-corpus-chunks keeps a mix of sources
     rest = [d for d in docs if not d.source.startswith("spec_bench")]
     random.Random(cfg.seed).shuffle(rest)
@@ -141,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"documents: {len(docs)} training, {len(held_docs)} held-out")
     recipe = {"command": "refrag-rasd train-refrag " + " ".join(argv), "target": lm.name, "corpus": args.corpus,
               "heldout": args.heldout, "torch_threads": torch.get_num_threads()}
+    if "spec_bench_train" in args.corpus or "sft" in cfg.phases:
+        from ...eagle.corpus import spec_bench_training_record
+
+        recipe["trained_on"] = spec_bench_training_record(args.spec_bench)
     if cfg.pooling == "auto":
         from .pooling import compare_pooling
 
@@ -164,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                                   log=log)
     sft_records = []
     if "sft" in cfg.phases:
-        from ...eagle.corpus import spec_bench_prompts
+        from ...eagle.corpus import TRAIN_PARITY, spec_bench_prompts
 
-        sft_records = spec_bench_prompts()
+        sft_records = spec_bench_prompts(args.spec_bench, parity=TRAIN_PARITY)
     trainer = RefragTrainer(decoder, tok, encoder, corpus, cfg, out, log=log, progress=not args.no_progress,
                             sft_records=sft_records, recipe=recipe)
     trainer.run(resume=args.resume, stop_after=args.stop_after)

@@ -1,16 +1,20 @@
 """Offline text for REFRAG training, and the chunk vectors of the frozen encoder, computed once per corpus.
 
-Built-in corpus names (every machine has them; no download):
+Built-in corpus names:
 
-* ``spec_bench_train``  the PASSAGES (never a reference answer) of the Spec-Bench training split shipped in
-  ``refrag_rasd_core/data/spec_bench_train.jsonl`` (the even index within each category): the passages of a
-  ``rag`` question joined as one document (they share a topic), the article of a ``summarization`` one;
+* ``spec_bench_train``  the PASSAGES (never a reference answer) of the Spec-Bench training split: the even index
+  within each category of a ``spec_bench_dev.jsonl`` read at run time (``spec_bench=`` / ``--spec-bench``,
+  default ``../shared/data/spec_bench_dev.jsonl`` when it exists; the package ships no copy): the passages of
+  a ``rag`` question joined as one document (they share a topic), the article of a ``summarization`` one;
+
+and, on every machine (no download):
+
 * ``pydoc``             the Python documentation topics (``pydoc_data.topics``);
 * ``docstrings``        module / class / function docstrings of the standard library;
 * ``packages``          docstrings of a few installed packages (numpy, tqdm, safetensors, tokenizers, ...).
 
 Held-out text for evaluation: :func:`heldout_documents` reads the ODD-index questions of a
-``spec_bench_dev.jsonl`` (never trained on, and never in the training file).
+``spec_bench_dev.jsonl`` (never trained on).
 
 :class:`ChunkCorpus` keeps every document's decoder tokens and its k-token chunks' encoder vectors (float16)
 in flat tensors, cached as safetensors + json in the run folder, so the (frozen) encoder reads each chunk
@@ -33,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ...eagle.corpus import SPEC_BENCH_TRAIN, spec_bench_prompts
+from ...eagle.corpus import TRAIN_PARITY, spec_bench_prompts
 from ...errors import InvalidInputError
 from ...text_corpus import module_docstrings, pydoc_topics, stdlib_names
 from ..chunking import chunk_texts
@@ -69,7 +73,7 @@ def record_passages(rec: dict[str, Any]) -> tuple[str, str | None] | None:
     return None
 
 
-def _spec_bench_docs(path: str | Path, parity: int | None, exclude_ids: set | None = None) -> Iterator[Document]:
+def _spec_bench_docs(path: str | Path | None, parity: int | None, exclude_ids: set | None = None) -> Iterator[Document]:
     for rec in spec_bench_prompts(path, parity=parity):
         if exclude_ids and rec.get("question_id") in exclude_ids:
             continue
@@ -78,13 +82,15 @@ def _spec_bench_docs(path: str | Path, parity: int | None, exclude_ids: set | No
             yield Document(got[0], f"spec_bench:{rec.get('category')}:{rec.get('question_id')}", got[1])
 
 
-def load_documents(names: Iterable[str], *, limit_docs: int | None = None) -> list[Document]:
+def load_documents(names: Iterable[str], *, limit_docs: int | None = None,
+                   spec_bench: str | Path | None = None) -> list[Document]:
     """The documents of built-in corpus names or paths (``.jsonl`` with a ``text`` field, or plain text with
-    documents separated by two blank lines)."""
+    documents separated by two blank lines); ``spec_bench`` is the Spec-Bench dev file behind
+    ``spec_bench_train`` (default: ``../shared/data/spec_bench_dev.jsonl``, an error when it is missing)."""
     out: list[Document] = []
     for name in names:
         if name == "spec_bench_train":
-            docs: Iterable[Document] = _spec_bench_docs(SPEC_BENCH_TRAIN, parity=0)
+            docs: Iterable[Document] = _spec_bench_docs(spec_bench, parity=TRAIN_PARITY)
         elif name == "pydoc":
             docs = (Document(t, "pydoc") for t in pydoc_topics())
         elif name == "docstrings":
@@ -109,12 +115,9 @@ def load_documents(names: Iterable[str], *, limit_docs: int | None = None) -> li
 
 
 def heldout_documents(path: str | Path) -> list[Document]:
-    """Held-out passages: the ODD-index ``rag`` / ``summarization`` questions of a Spec-Bench dev file, minus
-    any question of the shipped training split."""
-    from ...eagle.corpus import spec_bench_prompts as _read
-
-    train_ids = {r["question_id"] for r in _read(SPEC_BENCH_TRAIN)}
-    return list(_spec_bench_docs(path, parity=1, exclude_ids=train_ids))
+    """Held-out passages: the ODD-index ``rag`` / ``summarization`` questions of a Spec-Bench dev file (the
+    training split is the even index)."""
+    return list(_spec_bench_docs(path, parity=1 - TRAIN_PARITY))
 
 
 class ChunkCorpus:
