@@ -1,7 +1,7 @@
 """Write docs/benchmarks.md (tables) and docs/img/*.png (plots) from the results files in benchmarks/results/.
 
 Usage:
-    python benchmarks/report.py     # every results file of the decode, prefill and rag suites
+    python benchmarks/report.py     # every results file of the decode, prefill, rag and qa suites
 """
 
 from __future__ import annotations
@@ -94,6 +94,51 @@ def rag_table(res: dict) -> str:
                      f"{_f(v.get('total_s'), '.2f')} | {_f(v.get('answer_recall'), '.2f')} | "
                      f"{_f(v.get('speedup_total_vs_plain'), '.2f')}x |")
     return "\n".join(lines)
+
+
+def qa_table(res: dict) -> str:
+    """Answer quality against plain RAG (``text``) and time to first token, per context setting."""
+    m, s = res["machine"], res["settings"]
+    lines = [f"{s['n_questions']} questions of `{Path(s.get('data') or '?').name}`, top-{s['k']} passages retrieved "
+             f"from {s['store_passages']} indexed (retrieval recall@{s['k']}: {_f(res.get('retrieval_recall_at_k'), '.2f')}), "
+             f"{s['max_new_tokens']} new tokens, greedy, model {s['model']}, {m['device']} — {m['cpu']}, "
+             f"{m['cores']} cores.", "",
+             "| setting | answer recall | answer F1 | keeps plain RAG's right answers | TTFT s | TTFT speedup vs text "
+             "| prefill positions |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, v in res["methods"].items():
+        lines.append(f"| {name} | {_f(v['answer_recall'], '.2f')} | {_f(v['answer_f1'], '.2f')} | "
+                     f"{_f(v['keeps_text_hits'], '.2f')} | {_f(v['ttft_s'], '.2f')} | "
+                     f"{_f(v['ttft_speedup_vs_text'], '.2f')}x | {_f(v['prefill_positions'], '.0f')} |")
+    point = res.get("operating_point") or {}
+    lines += ["", f"Fastest setting that keeps at least 95% of plain RAG's right answers: "
+                  f"**{point.get('setting', '?')}**."]
+    return "\n".join(lines)
+
+
+def plot_frontier(files: list[Path], out: Path) -> bool:
+    """TTFT speedup over plain RAG against the share of plain RAG's right answers kept, one series per file."""
+    plt = _plt()
+    if plt is None or not files:
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for p in files:
+        res = json.loads(p.read_text())
+        pts = [(v["keeps_text_hits"], v["ttft_speedup_vs_text"], n) for n, v in res["methods"].items()
+               if v.get("keeps_text_hits") is not None]
+        sc = ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], label=p.stem)
+        for x, y, n in pts:
+            ax.annotate(n, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=sc.get_facecolor()[0])
+    ax.axvline(0.95, color="black", lw=0.8, ls="--")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xlabel("share of plain RAG's right answers kept")
+    ax.set_ylabel("time-to-first-token speedup vs plain RAG")
+    ax.set_xlim(-0.02, 1.05)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _plt():
@@ -203,6 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         parts.append("\n![speedup per method and category](img/decode-speedup.png)\n")
     if plot_accepted(decode, img / "accepted-hist.png"):
         parts.append("\n![tokens per target forward](img/accepted-hist.png)\n")
+    qa = by_suite.get("qa", [])
+    if qa:
+        parts.append("\n## Answers first: context settings against plain RAG (qa suite)\n\n"
+                     "Every setting answers the same retrieved passages through the LangChain chat model, "
+                     "interleaved question by question; `keeps` is the share of the questions plain RAG (`text`) "
+                     "answers right that the setting answers right too.\n")
+        if plot_frontier(qa, img / "qa-frontier.png"):
+            parts.append("\n![TTFT speedup against answers kept](img/qa-frontier.png)\n")
+    for p in qa:
+        parts.append(f"\n### `{p.name}`\n\n{qa_table(json.loads(p.read_text()))}\n")
     for p in by_suite.get("rag", [])[:1]:
         res = json.loads(p.read_text())
         parts.append(f"\n## End to end: REFRAG + RASD vs plain RAG (`{p.name}`)\n\n{rag_table(res)}\n")

@@ -111,8 +111,9 @@ def print_stats(stats, file=sys.stdout) -> None:  # noqa: ANN001 - GenerationSta
 
 
 def _setup_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", default="decode", choices=["decode", "prefill", "rag"])
-    p.add_argument("--data", required=True, help="Spec-Bench style .jsonl file")
+    p.add_argument("--suite", default="decode", choices=["decode", "prefill", "rag", "qa"])
+    p.add_argument("--data", required=True,
+                   help="Spec-Bench style .jsonl file (qa suite: NQ-open / SQuAD style lines, or Spec-Bench)")
     p.add_argument("--category", default=None,
                    help="category, comma-separated for several (default: decode all, prefill/rag: rag)")
     p.add_argument("--limit", type=int, default=None,
@@ -120,7 +121,7 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                         "~13 min together on a 2-core CPU)")
     p.add_argument("--methods", default="vanilla,hf,hf-pld,hf-assisted,pld,rest,draft,rasd",
                    help="decode suite: comma-separated; vanilla is always run; hf-assisted needs --draft-model")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 (qa suite: 32)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--include-train", action="store_true",
                    help="also run the questions the shipped checkpoints were trained on (skipped by default)")
@@ -139,6 +140,11 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("rag suite")
     g.add_argument("--store-dir", default=None, help="Chroma folder for the suite's index (default: the cache)")
     g.add_argument("--top-k", type=int, default=5, help="passages retrieved per question")
+    g = p.add_argument_group("qa suite")
+    g.add_argument("--corpus", default=None,
+                   help="file whose distinct passages are indexed (default: the --data file, all lines)")
+    g.add_argument("--settings", default=None,
+                   help="comma-separated: none, text, compressed:P[:POLICY], default (text is always run)")
     _model_args(p)
 
 
@@ -172,8 +178,38 @@ def _bench_rag(args: argparse.Namespace) -> dict:
     store = RefragChromaStore("bench-rag", path=args.store_dir or chroma_dir() / "bench", engine=engine)
     index_rows(store, rows)
     res = run_rag_suite(engine, rows, store, limit=args.limit or 3, k=args.top_k,
-                        max_new_tokens=args.max_new_tokens, repeats=args.repeats)
+                        max_new_tokens=args.max_new_tokens or 64, repeats=args.repeats)
     print(format_table(res))
+    return res
+
+
+def _bench_qa(args: argparse.Namespace) -> dict:
+    from .bench.qa import (
+        DEFAULT_SETTINGS,
+        collection_name,
+        corpus_passages,
+        format_qa_table,
+        index_corpus,
+        load_qa_file,
+        parse_settings,
+        run_qa_suite,
+    )
+    from .store import RefragChromaStore, chroma_dir
+
+    settings = parse_settings(args.settings or DEFAULT_SETTINGS)
+    items, passages = load_qa_file(args.data)
+    if args.corpus:
+        passages = corpus_passages(args.corpus)
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, refrag=args.refrag or "auto")
+    if not args.no_calibrate:
+        engine.calibrate_verify_costs()
+    store = RefragChromaStore(collection_name(passages), path=args.store_dir or chroma_dir() / "bench",
+                              engine=engine)
+    index_corpus(store, passages)
+    res = run_qa_suite(engine, items[:args.limit] if args.limit else items, store, settings, k=args.top_k,
+                       max_new_tokens=args.max_new_tokens or 32)
+    res["settings"]["corpus"] = str(args.corpus or args.data)
+    print(format_qa_table(res))
     return res
 
 
@@ -183,10 +219,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.decode import format_table, run_decode_suite
 
     exclude = set() if args.include_train else training_question_ids()
-    if args.suite in ("prefill", "rag"):
+    if args.suite in ("prefill", "rag", "qa"):
         if args.suite == "prefill":
             questions = load_questions(args.data, args.category or "rag", args.limit or 2, exclude_ids=exclude)
             res = _bench_prefill(args, questions, exclude)
+        elif args.suite == "qa":
+            res = _bench_qa(args)
         else:
             res = _bench_rag(args)
         res["settings"].update(data=str(args.data), held_out_only=not args.include_train)
@@ -207,7 +245,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("hf-assisted skipped: no --draft-model given (no separate model shares the default target's "
               "tokenizer offline)", file=sys.stderr)
         methods.remove("hf-assisted")
-    res = run_decode_suite(engine, questions, methods, max_new_tokens=args.max_new_tokens,
+    res = run_decode_suite(engine, questions, methods, max_new_tokens=args.max_new_tokens or 64,
                            temperature=args.temperature, repeats=args.repeats, spec=spec,
                            calibrate=not args.no_calibrate, assistant=assistant)
     res["settings"].update(data=str(args.data), held_out_only=not args.include_train)
@@ -219,7 +257,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _setup_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--questions", type=int, default=3, help="how many held-out RAG questions")
+    p.add_argument("--questions", type=int, default=3, help="how many of the demo corpus's questions to ask")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--llamaindex", action="store_true", help="run through LlamaIndex instead of LangChain")
     p.add_argument("--collection", default="refrag-rasd-demo", help="Chroma collection for the demo corpus")
@@ -228,7 +266,7 @@ def _setup_demo(p: argparse.ArgumentParser) -> None:
     _model_args(p)
 
 
-@command("demo", "index a corpus, answer RAG questions with REFRAG + RASD (streamed), compare with plain RAG",
+@command("demo", "index a corpus, answer RAG questions with the defaults (streamed), compare with plain RAG and REFRAG",
          _setup_demo)
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo

@@ -14,9 +14,11 @@ How passages reach the engine:
    arrays; what is left of the prompt is the question. So a plain ``retriever | format_docs | prompt | model``
    chain still feeds REFRAG the stored chunk embeddings.
 
-With passages, ``context="auto"`` means ``"compressed"`` (REFRAG: stored chunk vectors, no encoder at query
-time) when the engine has REFRAG parts (a checkpoint), else ``"text"`` (plain RAG); without passages the prompt is used as it is and RASD looks up
-continuations in the prompt itself.
+With passages, ``context="auto"`` means the operating point measured for the engine's REFRAG checkpoint
+(``Engine.auto_context()``): plain RAG (``"text"``) unless the checkpoint records a compressed setting that
+keeps at least 95% of plain RAG's right answers on the qa suite; ``"compressed"`` (REFRAG: stored chunk
+vectors, no encoder at query time) is there when asked for. Without passages the prompt is used as it is and
+RASD looks up continuations in the prompt itself.
 
 Example:
     >>> from refrag_rasd_integrations.generation import GenerationRequest
@@ -98,8 +100,7 @@ class GenerationRequest:
             prompt, found = _recognize(prompt, reg)
             recognized = len(found)
         if context == "auto":
-            context = ("none" if not found else "compressed" if has_refrag(engine) and engine_supports_context()
-                       else "text")
+            context = "none" if not found else _auto_context(engine, settings)
         if context != "none" and engine_supports_context():
             settings["context"] = context
         elif context != "none" and found:  # an engine without REFRAG: plain RAG done here
@@ -129,6 +130,17 @@ class GenerationRequest:
             "accepted_per_forward": d.get("accepted_per_forward"),
             "stats": d,
         }
+
+
+def _auto_context(engine: Any, settings: dict[str, Any]) -> str:
+    """Resolve ``context="auto"`` for a request with passages to the engine's measured operating point
+    (:meth:`Engine.auto_context <refrag_rasd_core.engine.Engine.auto_context>`: plain RAG unless the REFRAG
+    checkpoint records a compressed setting that keeps plain RAG's answers); settings the caller gave win."""
+    point = engine.auto_context() if has_refrag(engine) else {"context": "text"}
+    for key, value in point.items():
+        if key != "context":
+            settings.setdefault(key, value)
+    return point["context"]
 
 
 def usage(stats: Any) -> dict[str, int]:

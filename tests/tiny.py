@@ -73,12 +73,14 @@ def tiny_chunk_encoder(decoder_tokenizer, k: int = 4, seed: int = 1, hidden: int
     return ChunkEncoder(model, enc_tok, decoder_tokenizer, k=k, pooling=pooling, name=f"tiny-bert-{seed}")
 
 
-def tiny_refrag(loaded: LoadedModel, encoder, seed: int = 2, policy: bool = True):
-    """An untrained RefragModel (projector + policy) joining ``encoder`` to the tiny decoder."""
+def tiny_refrag(loaded: LoadedModel, encoder, seed: int = 2, policy: bool = True, auto: dict | None = None):
+    """An untrained RefragModel (projector + policy) joining ``encoder`` to the tiny decoder; ``auto``: the
+    operating point ``context="auto"`` resolves to (as a checkpoint's sidecar records it; none = plain RAG)."""
     from refrag_rasd_core.refrag import ChunkProjector, ExpansionPolicy, RefragModel
 
     torch.manual_seed(seed)
     H = loaded.model.config.hidden_size
     pol = ExpansionPolicy(encoder.dim, H, width=16, heads=2) if policy else None
     return RefragModel(ChunkProjector(encoder.dim, H, embed_norm=1.0), k=encoder.k, encoder=encoder.name,
-                       encoder_dim=encoder.dim, pooling=encoder.pooling, policy=pol).eval()
+                       encoder_dim=encoder.dim, pooling=encoder.pooling, policy=pol,
+                       meta={"auto": auto} if auto else None).eval()

@@ -161,8 +161,10 @@ class Engine:
         :class:`~refrag_rasd_core.rasd.datastore.RestDatastore` consulted by ``rest`` / ``rasd`` besides the
         request's passages. ``refrag``: the REFRAG parts for ``context="compressed"``: a checkpoint path, a
         :class:`~refrag_rasd_core.refrag.RefragModel`, ``None``, or ``"auto"`` (the shipped checkpoint when
-        the target is the default model). A checkpoint with decoder LoRA adapters adapts the target in
-        place (merged once; every method then decodes with the adapted decoder). ``refrag_encoder``: the
+        the target is the default model). A checkpoint's decoder LoRA adapters apply to compressed requests
+        only: those run on a second weight set (the adapted linears merged into copies, everything else
+        shared, built on the first compressed request); every other request runs the stock target, so its
+        output is the stock model's. ``refrag_encoder``: the
         :class:`~refrag_rasd_core.refrag.ChunkEncoder` for passages that come without chunk embeddings
         (default: the checkpoint's encoder, loaded on first need)."""
         self.target = target
@@ -173,6 +175,7 @@ class Engine:
         _check_drafter_vocab(self.drafter, target)
         self.datastore = datastore
         self.refrag = load_refrag(target, refrag)
+        self._adapted_runner: TargetRunner | None = None
         self._refrag_encoder: Any = refrag_encoder
         self._lock = _ModelLock()
         self._budgets: dict[str, Any] = {}
@@ -254,6 +257,33 @@ class Engine:
     def refrag_signature(self) -> dict[str, Any]:
         """What a store's chunk embeddings must match to be read by this engine (encoder, k, tokenizer...)."""
         return self._require_refrag().signature(self.tokenizer)
+
+    def auto_context(self) -> dict[str, Any]:
+        """The settings ``context="auto"`` stands for when passages come with a request: the operating point
+        recorded in the REFRAG checkpoint (its sidecar's ``"auto"``: chosen on the qa suite as the fastest
+        setting that keeps at least 95% of plain RAG's right answers), else plain RAG, ``{"context": "text"}``.
+        So by default an answer is never worse than plain RAG; compression is there when asked for.
+
+        Example:
+            >>> engine.auto_context()                    # doctest: +SKIP
+            {'context': 'text'}
+        """
+        point = dict((self.refrag.meta.get("auto") or {}) if self.refrag is not None else {})
+        if point.get("context") != "compressed":
+            return {"context": "text"}
+        return {"context": "compressed", **{k: point[k] for k in ("expand", "expand_tokens", "policy") if k in point}}
+
+    def runner_for(self, compressed: bool) -> TargetRunner:
+        """The decoder a request runs on: the REFRAG-adapted weight set for a compressed request when the
+        checkpoint has decoder adapters (built once, on first need), else the stock target."""
+        rm = self.refrag
+        if not compressed or rm is None or not rm.lora:
+            return self.runner
+        if self._adapted_runner is None:
+            from .refrag.lora import adapted_copy
+
+            self._adapted_runner = TargetRunner(adapted_copy(self.model, rm.lora, rm.lora_scaling))
+        return self._adapted_runner
 
     def _require_refrag(self) -> Any:
         if self.refrag is None:
@@ -365,7 +395,8 @@ class Engine:
 
     def _decode(self, request: _Request, passages: Sequence[Any] | None, cfg: GenerationConfig,
                 stats: GenerationStats, out_ids: list[int], limit: int | None) -> Iterator[str]:
-        device = self.runner.device
+        runner = self.runner_for(request.layout is not None)
+        device = runner.device
         params = cfg.sampling
         gen = make_generator(cfg.seed, device)
         text = TextAssembler(self.tokenizer, cfg.stop)
@@ -378,7 +409,7 @@ class Engine:
         if limit is not None:
             max_new = min(max_new, limit - stats.prefill_positions)
         committed = list(prompt_ids)
-        cache, logits, hidden = self._prefill_forward(prompt_ids, mixed, want_hidden)
+        cache, logits, hidden = self._prefill_forward(runner, prompt_ids, mixed, want_hidden)
         token = _choose(logits[0], params, gen)
         _sync_device(device)
         stats.ttft_s = time.perf_counter() - t0
@@ -407,7 +438,7 @@ class Engine:
             step = torch.empty((1, 1), dtype=torch.long, device=device)
             while not done:
                 step[0, 0] = token
-                logits, _ = self.runner.forward(step, cache, logits_at=-1)
+                logits, _ = runner.forward(step, cache, logits_at=-1)
                 stats.target_forwards += 1
                 token = _choose(logits[0], params, gen)
                 piece, done = emit(token)
@@ -415,7 +446,8 @@ class Engine:
                     yield piece
             stats.accepted_hist[1] = stats.target_forwards
         elif not done:
-            yield from self._speculate(proposer, cache, committed, hidden, params, gen, stats, emit, shift)
+            yield from self._speculate(runner, proposer, cache, committed, hidden, params, gen, stats, emit,
+                                       shift)
         if proposer is not None:  # proposal time = retrieval + drafting / tree building
             stats.retrieval_s = proposer.retrieval_s
             stats.draft_s = max(stats.draft_s - proposer.retrieval_s, 0.0)
@@ -439,16 +471,17 @@ class Engine:
         stats.prefill_positions = mixed.length
         return prompt_ids, mixed.length - len(prompt_ids), mixed  # compressed positions: cached, not tokens
 
-    def _prefill_forward(self, prompt_ids: list[int], mixed: Any,
+    @staticmethod
+    def _prefill_forward(runner: TargetRunner, prompt_ids: list[int], mixed: Any,
                          want_hidden: bool) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
         """One forward over the prompt into a new KV cache: (cache, last logits, hidden of raw tokens)."""
-        cache = self.runner.new_cache()
+        cache = runner.new_cache()
         if mixed is None:
-            ids = torch.tensor([prompt_ids], device=self.runner.device)
-            logits, hidden = self.runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden)
+            ids = torch.tensor([prompt_ids], device=runner.device)
+            logits, hidden = runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden)
             return cache, logits, hidden
-        logits, hidden = self.runner.forward(None, cache, logits_at=-1, want_hidden=want_hidden,
-                                             inputs_embeds=mixed.inputs_embeds)
+        logits, hidden = runner.forward(None, cache, logits_at=-1, want_hidden=want_hidden,
+                                        inputs_embeds=mixed.inputs_embeds)
         if hidden is not None:  # the draft head sees the raw-token positions only
             raw = [i for i, t in enumerate(mixed.token_ids) if t is not None]
             hidden = hidden.index_select(0, torch.tensor(raw, device=hidden.device))
@@ -469,13 +502,15 @@ class Engine:
         stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context)
         limit = self._check_fits(request)
         with self._lock:
+            runner = self.runner_for(request.layout is not None)
             t0 = time.perf_counter()
             prompt_ids, _, mixed = self._prefill_input(request, cfg, stats, limit)
-            cache, logits, _ = self._prefill_forward(prompt_ids, mixed, False)
+            cache, logits, _ = self._prefill_forward(runner, prompt_ids, mixed, False)
             int(logits[0].argmax())
-            _sync_device(self.runner.device)
+            _sync_device(runner.device)
             stats.ttft_s = time.perf_counter() - t0
-        return Prefill(cache=cache, logits=logits[0], positions=stats.prefill_positions, stats=stats)
+        return Prefill(cache=cache, logits=logits[0], positions=stats.prefill_positions, stats=stats,
+                       runner=runner)
 
     def continuation_nll(self, prefill: Prefill, token_ids: Sequence[int]) -> float:
         """Mean negative log-likelihood per token of ``token_ids`` following a :meth:`prefill` (consumes
@@ -485,19 +520,20 @@ class Engine:
             raise InvalidInputError("the continuation is empty")
         lps = [torch.log_softmax(prefill.logits.float(), -1)[ids[0]]]
         if len(ids) > 1:
+            runner = prefill.runner or self.runner
             with self._lock:
-                logits, _ = self.runner.forward(torch.tensor([ids[:-1]], device=self.runner.device),
-                                                prefill.cache, logits_at=None)
+                logits, _ = runner.forward(torch.tensor([ids[:-1]], device=runner.device),
+                                           prefill.cache, logits_at=None)
             lp = torch.log_softmax(logits.float(), -1)
             lps.extend(lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:], device=lp.device)])
         return float(-torch.stack([x.to(lps[0].device) for x in lps]).mean())
 
-    def _speculate(self, proposer: Any, cache: Any, committed: list[int], hidden: torch.Tensor | None,
-                   params: SamplingParams, gen: torch.Generator | None, stats: GenerationStats,
-                   emit: Any, shift: int = 0) -> Iterator[str]:
+    def _speculate(self, runner: TargetRunner, proposer: Any, cache: Any, committed: list[int],
+                   hidden: torch.Tensor | None, params: SamplingParams, gen: torch.Generator | None,
+                   stats: GenerationStats, emit: Any, shift: int = 0) -> Iterator[str]:
         from .rasd.verify import accept_greedy, accept_sampled
 
-        device = self.runner.device
+        device = runner.device
         done = False
         while not done:
             ctx = len(committed) - 1 + shift  # cached positions: the root (last committed token) is not cached yet
@@ -508,15 +544,15 @@ class Engine:
             t = time.perf_counter()
             if tree is None or len(tree) <= 1:
                 ids = torch.tensor([[committed[-1]]], device=device)
-                logits, hidden = self.runner.forward(ids, cache, logits_at=None,
-                                                     want_hidden=proposer.uses_target_hidden)
+                logits, hidden = runner.forward(ids, cache, logits_at=None,
+                                                want_hidden=proposer.uses_target_hidden)
                 path, chosen = [0], [_choose(logits[0], params, gen)]
                 proposer.feedback(None, path)  # a plain step: the proposal (if any) yielded nothing
             else:
                 tokens = torch.tensor([tree.tokens], device=device)
-                logits, hidden = self.runner.forward(
+                logits, hidden = runner.forward(
                     tokens, cache, logits_at=None,
-                    attention_mask=tree.attention_mask(ctx, self.runner.model.dtype, device),
+                    attention_mask=tree.attention_mask(ctx, runner.model.dtype, device),
                     position_ids=tree.position_ids(ctx, device),
                     want_hidden=proposer.uses_target_hidden,
                 )
@@ -625,12 +661,13 @@ class Engine:
 @dataclass
 class Prefill:
     """What :meth:`Engine.prefill` returns: the filled KV cache, the next-token logits ``[V]``, the number of
-    positions the decoder read and the statistics."""
+    positions the decoder read, the statistics and the decoder that filled the cache (stock or adapted)."""
 
     cache: Any
     logits: torch.Tensor
     positions: int
     stats: GenerationStats
+    runner: TargetRunner | None = None
 
     def kv_bytes(self) -> int:
         """Bytes the KV cache holds (keys and values of every layer)."""
@@ -650,10 +687,10 @@ class _Request:
 
 
 def load_refrag(target: LoadedModel, refrag: Any) -> Any:
-    """Resolve the engine's ``refrag`` argument to a :class:`~refrag_rasd_core.refrag.RefragModel` (or None),
-    merging its decoder LoRA adapters into the target once."""
+    """Resolve the engine's ``refrag`` argument to a :class:`~refrag_rasd_core.refrag.RefragModel` (or None).
+    The target is not modified: its decoder adapters apply to compressed requests only
+    (:meth:`Engine.runner_for`)."""
     from .refrag.checkpoint import DEFAULT_REFRAG_CHECKPOINT, load_refrag_checkpoint
-    from .refrag.lora import merge_lora_
     from .refrag.refrag_model import RefragModel
 
     if refrag is None:
@@ -664,16 +701,6 @@ def load_refrag(target: LoadedModel, refrag: Any) -> Any:
         refrag = DEFAULT_REFRAG_CHECKPOINT
     rm = refrag if isinstance(refrag, RefragModel) else load_refrag_checkpoint(refrag, target.model, target.tokenizer)
     rm.to(target.device)
-    if rm.lora:
-        tag = rm.meta.get("sha256") or f"obj-{id(rm)}"
-        merged = getattr(target.model, "_refrag_rasd_lora", None)
-        if merged is None:
-            merge_lora_(target.model, rm.lora, rm.lora_scaling)
-            target.model._refrag_rasd_lora = tag
-        elif merged != tag:
-            raise InvalidInputError(
-                "this target was already adapted by another REFRAG checkpoint's LoRA; load the model again"
-            )
     return rm
 
 

@@ -25,3 +25,31 @@ def answer_recall(output: str, references: Sequence[str]) -> float | None:
         return None
     out = f" {_norm(output)} "
     return 1.0 if any(f" {r} " in out for r in refs) else 0.0
+
+
+def first_sentence(text: str) -> str:
+    """The output up to its first sentence end (or line break)."""
+    text = text.strip()
+    m = re.search(r"(?<=[.!?])\s|\n", text)
+    return text[:m.start()] if m else text
+
+
+def answer_f1(output: str, references: Sequence[str]) -> float | None:
+    """Token F1 (SQuAD style, on normalized words) of the best reference against the output's first
+    sentence; ``None`` without references.
+
+    Example:
+        >>> answer_f1("Paris is the capital. It is big.", ["Paris"])
+        0.4
+    """
+    refs = [_norm(r).split() for r in references if _norm(r)]
+    if not refs:
+        return None
+    pred = _norm(first_sentence(output)).split()
+    best = 0.0
+    for ref in refs:
+        common = sum(min(pred.count(w), ref.count(w)) for w in set(ref))
+        if common:
+            p, r = common / len(pred), common / len(ref)
+            best = max(best, 2 * p * r / (p + r))
+    return round(best, 4)

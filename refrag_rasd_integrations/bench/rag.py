@@ -21,11 +21,9 @@ Example:
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +34,30 @@ from .machine import machine_info
 from .metrics import answer_recall
 
 PIPELINES: dict[str, dict[str, Any]] = {
+    "default": {},  # ChatRefragRasd() as a user gets it: context="auto" (the checkpoint's measured point), rasd
     "plain-rag": {"context": "text", "method": "vanilla"},
     "refrag-rasd": {"context": "compressed", "method": "rasd"},
 }
-BUNDLED = "spec_bench_rag.jsonl"
 
 
 def load_rag_rows(path: str | Path | None = None) -> list[dict[str, Any]]:
-    """RAG questions ``{"question_id", "question", "passages", "reference", "held_out"}``: the package's
-    bundled Spec-Bench file, or a Spec-Bench ``.jsonl`` (its ``rag`` lines; odd index = held out)."""
-    if path is None:
-        text = (resources.files("refrag_rasd_integrations") / "data" / BUNDLED).read_text()
-        return [json.loads(x) for x in text.splitlines() if x.strip()]
+    """RAG questions ``{"question_id", "question", "passages", "reference", "held_out"}`` from a Spec-Bench
+    ``.jsonl`` (its ``rag`` lines; odd index = held out): ``path``, or ``../shared/data/spec_bench_dev.jsonl``
+    when it exists. The package ships no Spec-Bench data: without the file this raises an error that says what
+    to pass (for questions over a corpus every machine has, see
+    :func:`refrag_rasd_integrations.demo_corpus.demo_rows`)."""
+    from refrag_rasd_core.shared_data import SHARED_DATA, SPEC_BENCH_DEV, default_data_path
+
     from .data import load_questions
 
+    if path is None:
+        path = default_data_path(SPEC_BENCH_DEV)
+        if path is None:
+            raise InvalidInputError(
+                f"no RAG questions file: pass the path of a Spec-Bench .jsonl (--data), e.g. "
+                f"{SHARED_DATA / SPEC_BENCH_DEV}, which is not on this machine. The package ships no Spec-Bench "
+                "data; refrag_rasd_integrations.demo_corpus.demo_rows() gives questions over a corpus every "
+                "machine has.")
     rows = []
     for i, q in enumerate(load_questions(path, "rag")):
         lines = [ln for ln in q.prompt.split("\n") if ln.strip()]
@@ -146,7 +154,7 @@ def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *,
         for _ in range(max(1, repeats)):
             for name, chain in chains.items():
                 cells[name].append(run_chain(chain, r["question"]))
-        row = {"question_id": r["question_id"], "question": r["question"], "methods": {}}
+        row = {"question_id": r["question_id"], "methods": {}}  # the id, not the text: the data set stays outside
         for name, runs in cells.items():
             cell = dict(runs[0])
             for key in ("ttft_s", "total_s"):

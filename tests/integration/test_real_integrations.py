@@ -1,12 +1,12 @@
 """The integrations on the real default models (SmolLM2-135M-Instruct + all-MiniLM-L6-v2, offline) over a
-small real corpus (Spec-Bench RAG passages shipped in the repo): the langchain-tests integration suites
-(chat model, retriever), LCEL and LlamaIndex end to end, and the ``index`` / ``ask`` commands."""
+small real corpus (passages of the demo corpus: Python's reference docs and the project's docs): the
+langchain-tests integration suites (chat model, retriever), LCEL and LlamaIndex end to end, and the ``index`` /
+``ask`` commands."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-import json
 import tempfile
 
 import pytest
@@ -30,17 +30,11 @@ def _shared_engine(real_engine):
 
 
 def _corpus(limit: int = 3) -> list[tuple[str, dict]]:
-    from conftest import DATA
+    """One document per demo question: the passages around its answer, with the question's source."""
+    from refrag_rasd_integrations.demo_corpus import demo_rows
 
-    docs = []
-    for line in (DATA / "spec_bench_train.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["category"] == "rag":
-            lines = rec["turns"][0].splitlines()
-            docs.append(("\n".join(lines[:-1]), {"source": f"q{rec['question_id']}", "question": lines[-1]}))
-        if len(docs) == limit:
-            break
-    return docs
+    rows = [r for r in demo_rows() if r["held_out"]][:limit]
+    return [("\n".join(r["passages"]), {"source": r["source"], "question": r["question"]}) for r in rows]
 
 
 def _mark_async_tests(cls):
@@ -113,7 +107,7 @@ class TestRefragRetrieverIntegration(RetrieversIntegrationTests):
 
     @property
     def retriever_query_example(self):
-        return "What are the uses of forests?"
+        return "Where does the embedded Chroma database live?"
 
 
 def test_lcel_chain_with_real_models(real_store, real_engine):
@@ -134,7 +128,7 @@ def test_lcel_chain_with_real_models(real_store, real_engine):
     assert calls == []  # stored chunk embeddings / token ids only: no encoder forward at query time
     meta = msg.response_metadata
     assert msg.content.strip() and meta["passages"] == 3
-    assert meta["context"] == ("compressed" if engines.has_refrag(real_engine) else "text")
+    assert meta["context"] == real_engine.auto_context()["context"]  # the checkpoint's measured operating point
     assert meta["stats"]["prompt_tokens"] > 100 and meta["accepted_per_forward"] >= 1
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from integration_fakes import BagOfWordsEmbedder
 
 from refrag_rasd_core import Engine
+from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_integrations.bench.rag import format_table, index_rows, load_rag_rows, run_rag_suite
 from refrag_rasd_integrations.store import RefragChromaStore
 from tiny import tiny_chunk_encoder, tiny_loaded, tiny_refrag
@@ -32,7 +36,7 @@ def test_rag_suite_shape(tmp_path):
     res = run_rag_suite(engine, ROWS, store, limit=2, k=2, max_new_tokens=6, progress=False)
     hook.remove()
     assert calls["n"] == 0  # the chain handed the stored chunk embeddings over
-    assert set(res["methods"]) == {"plain-rag", "refrag-rasd"} and res["settings"]["n_questions"] == 2
+    assert set(res["methods"]) == {"default", "plain-rag", "refrag-rasd"} and res["settings"]["n_questions"] == 2
     for row in res["per_question"]:
         plain, fast = row["methods"]["plain-rag"], row["methods"]["refrag-rasd"]
         assert fast["prefill_positions"] < plain["prefill_positions"]  # compressed context
@@ -41,7 +45,22 @@ def test_rag_suite_shape(tmp_path):
     assert "refrag-rasd" in format_table(res)
 
 
-def test_bundled_rows():
-    rows = load_rag_rows()
-    assert len(rows) == 40 and sum(r["held_out"] for r in rows) == 20
-    assert all(len(r["passages"]) >= 1 and r["reference"] for r in rows)
+def test_rag_rows_from_a_spec_bench_file(tmp_path):
+    lines = [{"question_id": 10 + i, "category": "rag", "reference": [f"a{i}"],
+              "turns": [f"Passage one of {i}.\nPassage two of {i}.\nQuestion {i}?"]} for i in range(4)]
+    lines.insert(1, {"question_id": 99, "category": "qa", "turns": ["Not a rag line?"]})
+    path = tmp_path / "spec.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    rows = load_rag_rows(path)
+    assert [r["question_id"] for r in rows] == [10, 11, 12, 13]
+    assert [r["held_out"] for r in rows] == [False, True, False, True]  # odd index = held out
+    assert rows[2]["question"] == "Question 2?" and rows[2]["passages"] == ["Passage one of 2.", "Passage two of 2."]
+    assert rows[2]["reference"] == ["a2"]
+
+
+def test_rag_rows_without_a_file_say_what_to_pass(monkeypatch):
+    import refrag_rasd_core.shared_data as shared
+
+    monkeypatch.setattr(shared, "default_data_path", lambda name: None)  # a fresh machine: no ../shared/data
+    with pytest.raises(InvalidInputError, match="Spec-Bench .jsonl.*demo_rows"):
+        load_rag_rows()

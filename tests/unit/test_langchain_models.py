@@ -27,7 +27,9 @@ from tiny import tiny_chunk_encoder, tiny_loaded, tiny_refrag
 def parts():
     loaded = tiny_loaded(0)
     enc = tiny_chunk_encoder(loaded.tokenizer, k=4)
-    engine = Engine(loaded, drafter=None, refrag=tiny_refrag(loaded, enc), refrag_encoder=enc)
+    # a checkpoint whose measured operating point is compressed: context='auto' reads the stored chunk vectors
+    engine = Engine(loaded, drafter=None, refrag=tiny_refrag(loaded, enc, auto={"context": "compressed"}),
+                    refrag_encoder=enc)
     return engine, enc
 
 
@@ -237,3 +239,28 @@ class TestChatRefragRasdUnit(ChatModelUnitTests):
     @property
     def supports_image_inputs(self):
         return False
+
+
+def test_auto_context_is_the_checkpoints_measured_point(parts, store):
+    """``context="auto"`` with passages: plain RAG unless the checkpoint records a compressed operating point;
+    the point's expansion settings apply unless the caller gives their own."""
+    engine, enc = parts
+    loaded = engine.target
+    plain = Engine(loaded, drafter=None, refrag=tiny_refrag(loaded, enc), refrag_encoder=enc)
+    assert plain.auto_context() == {"context": "text"}
+    retriever = RefragRetriever(store=store, k=2)
+
+    def run(eng, **kw):
+        chain = ({"context": retriever, "question": RunnablePassthrough()} | PassagePrompt()
+                 | ChatRefragRasd(engine=eng, max_tokens=3, method="vanilla", **kw))
+        return chain.invoke("Madrid Spain").response_metadata
+
+    assert run(plain)["context"] == "text"
+    assert run(plain, context="compressed")["context"] == "compressed"  # asked for: compressed
+    point = {"context": "compressed", "expand": 0.5, "policy": "similarity"}
+    half = Engine(loaded, drafter=None, refrag=tiny_refrag(loaded, enc, auto=point), refrag_encoder=enc)
+    assert half.auto_context() == point
+    meta = run(half)
+    assert meta["context"] == "compressed" and 0 < meta["stats"]["expanded_chunks"] < meta["stats"]["chunks"]
+    meta = run(half, engine_kwargs={"expand": 0.0})  # the caller's setting wins over the point's
+    assert meta["context"] == "compressed" and meta["stats"]["expanded_chunks"] == 0

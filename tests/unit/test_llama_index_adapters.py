@@ -25,7 +25,9 @@ from tiny import tiny_chunk_encoder, tiny_loaded, tiny_refrag
 def parts(tmp_path_factory):
     loaded = tiny_loaded(0)
     enc = tiny_chunk_encoder(loaded.tokenizer, k=4)
-    engine = Engine(loaded, drafter=None, refrag=tiny_refrag(loaded, enc), refrag_encoder=enc)
+    # a checkpoint whose measured operating point is compressed: context='auto' reads the stored chunk vectors
+    engine = Engine(loaded, drafter=None, refrag=tiny_refrag(loaded, enc, auto={"context": "compressed"}),
+                    refrag_encoder=enc)
     store = fake_store("li-docs", client=make_client(tmp_path_factory.mktemp("db")), tokenizer=engine.tokenizer,
                        chunk_encoder=enc)
     store.add_texts([t for t, _ in CORPUS], [m for _, m in CORPUS])

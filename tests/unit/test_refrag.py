@@ -132,7 +132,7 @@ def test_expansion_count():
         expansion_count(10, expand_tokens=-1)
 
 
-@pytest.mark.parametrize("policy", ["none", "random", "similarity", "perplexity", "rl"])
+@pytest.mark.parametrize("policy", ["none", "random", "rank", "similarity", "perplexity", "rl"])
 @pytest.mark.parametrize("n", [0, 1, 3, 50])
 def test_policies_respect_the_budget(setup, policy, n):
     loaded, enc, rm, _ = setup
@@ -144,6 +144,8 @@ def test_policies_respect_the_budget(setup, policy, n):
                             decoder=loaded.model, network=rm.policy, seed=3)
     want = 0 if policy == "none" else min(n, len(chunks))
     assert len(got) == want == len(set(got)) and all(0 <= i < len(chunks) for i in got)
+    if policy == "rank":  # the best-ranked passages (first in the prompt) first
+        assert got == list(range(want))
 
 
 def test_policy_sequential_selection_and_log_prob():
@@ -268,7 +270,10 @@ def test_checkpoint_round_trip_and_mismatches(setup, tmp_path):
         load_refrag_checkpoint(path)
 
 
-def test_checkpoint_with_lora_adapts_the_target_once(setup, tmp_path):
+def test_checkpoint_lora_applies_to_compressed_requests_only(setup, tmp_path):
+    """The decoder adapters never touch the target: a text or plain request decodes with the stock weights
+    (the same tokens as an engine without REFRAG), a compressed one with the adapted second weight set,
+    whose adapted linears are W + s * B @ A and whose other parameters are the stock tensors themselves."""
     loaded = tiny_loaded(5)
     enc = tiny_chunk_encoder(loaded.tokenizer, k=4)
     rm = tiny_refrag(loaded, enc, policy=False)
@@ -277,7 +282,19 @@ def test_checkpoint_with_lora_adapts_the_target_once(setup, tmp_path):
     rm.lora = {f"lora.{name}.A": torch.full((2, w.shape[1]), 0.01), f"lora.{name}.B": torch.ones(w.shape[0], 2)}
     path = save_refrag_checkpoint(rm, tmp_path / "l.safetensors", decoder_info=decoder_info(loaded.model))
     before = w.detach().clone()
-    Engine(loaded, drafter=None, refrag=path)
-    assert torch.allclose(w, before + 0.02)
-    Engine(loaded, drafter=None, refrag=path)  # the same checkpoint again: not merged twice
-    assert torch.allclose(w, before + 0.02)
+    eng = Engine(loaded, drafter=None, refrag=path, refrag_encoder=enc)
+    stock = Engine(loaded, drafter=None, refrag=None)
+    assert torch.equal(w, before)  # loading does not adapt the target
+    passages = ["alpha beta gamma delta epsilon zeta eta theta", "one two three four five six seven"]
+    for context in ("text", "none"):
+        kw = {"passages": passages, "context": context, "max_new_tokens": 6}
+        assert eng.generate("Why?", **kw).token_ids == stock.generate("Why?", **kw).token_ids
+    assert eng.runner_for(False) is eng.runner
+    eng.generate("Why?", passages=passages, context="compressed", max_new_tokens=3)
+    twin = eng.runner_for(True).model
+    assert twin is not loaded.model and torch.equal(w, before)
+    assert torch.allclose(dict(twin.named_modules())[name].weight, before + 0.02)
+    assert twin.get_input_embeddings().weight is loaded.model.get_input_embeddings().weight
+    other = "model.layers.0.self_attn.k_proj"
+    assert dict(twin.named_modules())[other].weight is dict(loaded.model.named_modules())[other].weight
+    assert eng.runner_for(True) is eng.runner_for(True)  # built once

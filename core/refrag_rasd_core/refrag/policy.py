@@ -4,6 +4,8 @@ Policies, all choosing ``n`` of a prompt's chunks:
 
 * ``none``        keep every chunk compressed (p = 0);
 * ``random``      a seeded random choice (the paper's baseline);
+* ``rank``        the first chunks in prompt order: passages come in retrieval order, so the best-ranked
+                  passages are expanded whole first and the lower-ranked ones stay compressed (free);
 * ``similarity``  the chunks whose projected vector is closest (cosine) to the question's mean token
                   embedding, in the decoder's input space (no encoder needed at query time);
 * ``perplexity``  the chunks the decoder finds hardest to predict on their own (highest token
@@ -33,7 +35,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 
-POLICIES = ("none", "random", "similarity", "perplexity", "rl")
+POLICIES = ("none", "random", "rank", "similarity", "perplexity", "rl")
 
 __all__ = ["POLICIES", "ExpansionPolicy", "expansion_count", "choose_expansions", "chunk_perplexities"]
 
@@ -159,6 +161,8 @@ def choose_expansions(policy: str, n: int, *, chunk_vectors: torch.Tensor, proje
     if policy == "random":
         g = torch.Generator().manual_seed(0 if seed is None else int(seed))
         return sorted(torch.randperm(total, generator=g)[:n].tolist())
+    if policy == "rank":
+        return list(range(n))
     if policy == "similarity":
         q = query_embeds.float().mean(0)
         sims = torch.nn.functional.cosine_similarity(projected.float(), q[None], dim=-1)

@@ -1,0 +1,296 @@
+"""The ``qa`` suite: retrieval-augmented question answering, every context setting against plain RAG.
+
+The distinct passages of a corpus file are indexed once into a Chroma collection through
+:class:`~refrag_rasd_integrations.store.RefragChromaStore` (reused on the next run). Each question retrieves
+its top-k through the public LangChain retriever and every *setting* answers it through the public chat model
+:class:`~refrag_rasd_integrations.langchain.ChatRefragRasd`, greedy, interleaved question by question in one
+process:
+
+* ``none``                     the question alone (no passages): the floor;
+* ``text``                     plain RAG: the retrieved passages as tokens (the baseline);
+* ``compressed:P[:POLICY]``    REFRAG: stored chunk vectors, a share ``P`` of the chunks expanded as tokens by
+                               ``POLICY`` (``rl``, ``rank``, ``similarity``, ``random``, ``perplexity``; default ``auto``);
+* ``default``                  whatever ``ChatRefragRasd()`` does when the user sets nothing.
+
+Per setting: ``answer_recall`` (a gold answer contained in the output), ``answer_f1`` (token F1 of the best
+gold answer against the output's first sentence), ``keeps_text_hits`` (the share of the questions ``text``
+answers right that this setting answers right too), ``ttft_s`` (from the caller's side, retrieval included),
+``ttft_speedup_vs_text`` and ``prefill_positions``.
+
+Data files: NQ-open / SQuAD style lines ``{"question", "answers", "passage", "title"?}``, or Spec-Bench lines
+whose ``rag`` prompts carry their passages (every line but the last).
+
+Example:
+    $ refrag-rasd bench --suite qa --data ../shared/data/nq_open_dev.jsonl --limit 20 \\
+          --settings none,text,compressed:0,compressed:0.25:rl,default --out results/qa-nq.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refrag_rasd_core.engine import Engine
+from refrag_rasd_core.errors import InvalidInputError
+
+from .machine import machine_info
+from .metrics import answer_f1, answer_recall
+from .rag import run_chain
+
+DEFAULT_SETTINGS = "none,text,compressed:0,compressed:0.25:rl,compressed:0.25:similarity,compressed:0.5:similarity,default"
+POLICIES = ("auto", "rl", "rank", "similarity", "random", "perplexity")
+
+
+@dataclass
+class QAItem:
+    """One question: its gold answers and the text of its gold passages (empty when unknown)."""
+
+    qid: str
+    question: str
+    answers: list[str]
+    gold: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Setting:
+    """A parsed setting name (see the module docstring)."""
+
+    name: str
+    context: str | None = None  # None: the chat model's default
+    expand: float | None = None
+    policy: str | None = None
+
+    @classmethod
+    def parse(cls, name: str) -> Setting:
+        parts = name.strip().split(":")
+        if parts[0] in ("none", "text", "default") and len(parts) == 1:
+            return cls(name=parts[0], context=None if parts[0] == "default" else parts[0])
+        if parts[0] == "compressed" and len(parts) in (2, 3):
+            try:
+                p = float(parts[1])
+            except ValueError:
+                p = -1.0
+            policy = parts[2] if len(parts) == 3 else "auto"
+            if not 0.0 <= p <= 1.0 or policy not in POLICIES:
+                raise InvalidInputError(f"bad setting {name!r}: compressed:P[:POLICY] takes 0 <= P <= 1 and a "
+                                        f"policy of {', '.join(POLICIES)}")
+            return cls(name=name.strip(), context="compressed", expand=p, policy=policy)
+        raise InvalidInputError(f"unknown setting {name!r}: use none, text, compressed:P[:POLICY] or default")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`ChatRefragRasd` for this setting (greedy, vanilla decoding, except
+        ``default``, which keeps every default)."""
+        if self.context is None:
+            return {}
+        kw: dict[str, Any] = {"context": self.context, "method": "vanilla", "recognize_passages": False}
+        if self.context == "compressed":
+            kw["engine_kwargs"] = {"expand": self.expand, "policy": self.policy}
+        return kw
+
+
+def parse_settings(spec: str) -> list[Setting]:
+    """``"none,text,compressed:0.25:rl"`` -> settings; ``text`` is always run (the baseline)."""
+    settings = [Setting.parse(s) for s in spec.split(",") if s.strip()]
+    if not any(s.name == "text" for s in settings):
+        settings.insert(0, Setting("text", "text"))
+    names = [s.name for s in settings]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"a setting is named twice in {spec!r}")
+    return settings
+
+
+def _passage_text(row: dict[str, Any]) -> str:
+    title, passage = str(row.get("title") or "").strip(), str(row.get("passage") or "").strip()
+    return f"{title}\n{passage}" if title and passage else passage
+
+
+def load_qa_file(path: str | Path) -> tuple[list[QAItem], list[str]]:
+    """Questions and the distinct passages of a QA file (NQ-open / SQuAD style or Spec-Bench ``rag``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"QA data file not found: {path} (the project's benchmark data lives in "
+                                "../shared/data/ beside a checkout; pass --data)")
+    items: list[QAItem] = []
+    passages: dict[str, None] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if "turns" in row:  # Spec-Bench: passages inside the prompt
+                if row.get("category") != "rag":
+                    continue
+                lines = [ln.strip() for ln in row["turns"][0].split("\n") if ln.strip()]
+                ref = list(row.get("reference") or [])
+                if ref and isinstance(ref[0], list):
+                    ref = list(ref[0])
+                gold = lines[:-1]
+                item = QAItem(str(row["question_id"]), lines[-1], [str(r) for r in ref], [])
+            else:
+                gold = [_passage_text(row)] if row.get("passage") else []
+                item = QAItem(str(row.get("id", n)), str(row["question"]), [str(a) for a in row["answers"]], gold)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise InvalidInputError(f"{path}:{n}: not a QA line (question/answers/passage) nor a Spec-Bench "
+                                    f"line ({exc})") from exc
+        for g in gold:
+            passages.setdefault(g, None)
+        items.append(item)
+    if not items:
+        raise InvalidInputError(f"no questions in {path}")
+    return items, list(passages)
+
+
+def corpus_passages(path: str | Path) -> list[str]:
+    """The distinct passages of a corpus file (same formats as :func:`load_qa_file`)."""
+    return load_qa_file(path)[1]
+
+
+def collection_name(passages: Sequence[str]) -> str:
+    """A collection name that changes with the corpus (so a different corpus is never mixed in)."""
+    digest = hashlib.sha256("\0".join(passages).encode()).hexdigest()[:12]
+    return f"qa-{digest}"
+
+
+def index_corpus(store: Any, passages: Sequence[str], progress: bool = True) -> Any:
+    """Index the corpus (one document per passage; resumable: a second run skips what is there)."""
+    return store.add_texts(list(passages), [{"source": f"qa-{i}"} for i in range(len(passages))], progress=progress)
+
+
+def _norm_ws(text: str) -> str:
+    return " ".join(text.split())
+
+
+def make_setting_chain(setting: Setting, store: Any, engine: Engine, *, k: int, max_new_tokens: int) -> Any:
+    """The LCEL chain of one setting: ``none`` asks the chat model the bare question; the others are
+    ``{"context": retriever, "question": passthrough} | PassagePrompt() | ChatRefragRasd(...)``."""
+    from langchain_core.runnables import RunnablePassthrough
+
+    from ..langchain import ChatRefragRasd, PassagePrompt
+
+    llm = ChatRefragRasd(engine=engine, max_tokens=max_new_tokens, seed=0, **setting.model_kwargs())
+    if setting.context == "none":
+        return llm
+    return {"context": store.as_retriever(k=k), "question": RunnablePassthrough()} | PassagePrompt() | llm
+
+
+def run_qa_suite(engine: Engine, items: Sequence[QAItem], store: Any, settings: Sequence[Setting], *,
+                 k: int = 5, max_new_tokens: int = 32, progress: bool = True) -> dict[str, Any]:
+    """Answer every question with every setting (interleaved, after one warm-up question); returns the
+    results dict (``machine``, ``settings``, ``retrieval_recall_at_k``, ``methods``, ``per_question``)."""
+    if not items:
+        raise InvalidInputError("no questions to run")
+    chains = {s.name: make_setting_chain(s, store, engine, k=k, max_new_tokens=max_new_tokens) for s in settings}
+    retriever = store.as_retriever(k=k)
+    for chain in chains.values():  # warm-up: first-call costs (lazy loads, the speculation budget)
+        run_chain(chain, items[0].question)
+    rows = []
+    it: Any = items
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(items, desc="qa suite", unit="q")
+    for item in it:
+        docs = retriever.invoke(item.question)
+        got = [_norm_ws(d.page_content) for d in docs]
+        gold = [_norm_ws(g) for g in item.gold]
+        # ids and measurements only: question, passage and answer text stay in the data file (a results file
+        # may be committed; benchmark data from other repositories must not be copied into it)
+        row: dict[str, Any] = {"id": item.qid, "gold_retrieved": (any(g in got for g in gold) if gold else None),
+                               "sources": [d.metadata.get("source") for d in docs], "methods": {}}
+        for name, chain in chains.items():
+            m = run_chain(chain, item.question)
+            row["methods"][name] = {
+                "answer_recall": answer_recall(m["answer"], item.answers),
+                "answer_f1": answer_f1(m["answer"], item.answers), "ttft_s": round(m["ttft_s"], 4),
+                "prefill_s": m["prefill_s"], "prefill_positions": m["prefill_positions"],
+                "total_s": round(m["total_s"], 4), "new_tokens": m["new_tokens"],
+            }
+        rows.append(row)
+    found = [r["gold_retrieved"] for r in rows if r["gold_retrieved"] is not None]
+    methods = summarize_qa(rows, list(chains))
+    return {
+        "suite": "qa",
+        "machine": machine_info(engine.runner.device),
+        "settings": {"model": engine.target.name, "dtype": str(engine.model.dtype).replace("torch.", ""),
+                     "n_questions": len(rows), "k": k, "max_new_tokens": max_new_tokens,
+                     "settings": {s.name: s.model_kwargs() for s in settings},
+                     "store_passages": store.count(),
+                     "refrag": None if engine.refrag is None else {"k": engine.refrag.k,
+                                                                    "encoder": engine.refrag.encoder_id,
+                                                                    "sha256": engine.refrag.meta.get("sha256")}},
+        "retrieval_recall_at_k": round(statistics.fmean(found), 4) if found else None,
+        "methods": methods,
+        "operating_point": operating_point(methods),
+        "per_question": rows,
+    }
+
+
+def summarize_qa(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """Per setting: answer recall / F1, the share of ``text``'s right answers kept, time to first token and
+    its speedup over ``text`` (median of per-question ratios), prefill positions."""
+    text_hits = [r for r in rows if r["methods"]["text"]["answer_recall"] == 1.0]
+    out = {}
+    for n in names:
+        cells = [r["methods"][n] for r in rows]
+        rec = [c["answer_recall"] for c in cells if c["answer_recall"] is not None]
+        f1 = [c["answer_f1"] for c in cells if c["answer_f1"] is not None]
+        pos = [c["prefill_positions"] for c in cells if c.get("prefill_positions") is not None]
+        out[n] = {
+            "answer_recall": round(statistics.fmean(rec), 4) if rec else None,
+            "answer_f1": round(statistics.fmean(f1), 4) if f1 else None,
+            "keeps_text_hits": (round(sum(r["methods"][n]["answer_recall"] == 1.0 for r in text_hits)
+                                      / len(text_hits), 4) if text_hits else None),
+            "ttft_s": round(statistics.median(c["ttft_s"] for c in cells), 4),
+            "ttft_speedup_vs_text": round(statistics.median(r["methods"]["text"]["ttft_s"] / r["methods"][n]["ttft_s"]
+                                                            for r in rows), 3),
+            "prefill_positions": round(statistics.fmean(pos), 1) if pos else None,
+            "n": len(cells),
+        }
+    return out
+
+
+def operating_point(methods: dict[str, Any], keep: float = 0.95) -> dict[str, Any]:
+    """The fastest measured setting that keeps at least ``keep`` of plain RAG's right answers: a compressed
+    setting (``{"context": "compressed", "expand": P, "policy": POLICY}``) when one qualifies, else plain RAG
+    (``{"context": "text"}``). What ``context="auto"`` should mean for the checkpoint measured.
+
+    Example:
+        >>> operating_point({"text": {"keeps_text_hits": 1.0, "ttft_speedup_vs_text": 1.0},
+        ...                  "compressed:0.25:rank": {"keeps_text_hits": 0.96, "ttft_speedup_vs_text": 2.5},
+        ...                  "compressed:0": {"keeps_text_hits": 0.1, "ttft_speedup_vs_text": 4.0}})
+        {'context': 'compressed', 'expand': 0.25, 'policy': 'rank', 'setting': 'compressed:0.25:rank'}
+    """
+    best: tuple[float, str] | None = None
+    for name, s in methods.items():
+        if not name.startswith("compressed:") or s.get("keeps_text_hits") is None:
+            continue
+        fast_enough = s["ttft_speedup_vs_text"] > (1.0 if best is None else best[0])
+        if s["keeps_text_hits"] >= keep and fast_enough:
+            best = (s["ttft_speedup_vs_text"], name)
+    if best is None:
+        return {"context": "text", "setting": "text"}
+    st = Setting.parse(best[1])
+    return {"context": "compressed", "expand": st.expand, "policy": st.policy, "setting": st.name}
+
+
+def format_qa_table(res: dict[str, Any]) -> str:
+    head = f"{'setting':<28} {'recall':>6} {'F1':>5} {'keeps':>6} {'TTFT s':>7} {'speedup':>8} {'positions':>9}"
+    lines = [head, "-" * len(head)]
+
+    def f(x: Any, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    for name, s in res["methods"].items():
+        lines.append(f"{name:<28} {f(s['answer_recall'], '.2f'):>6} {f(s['answer_f1'], '.2f'):>5} "
+                     f"{f(s['keeps_text_hits'], '.2f'):>6} {s['ttft_s']:>7.2f} {s['ttft_speedup_vs_text']:>7.2f}x "
+                     f"{f(s['prefill_positions'], '.0f'):>9}")
+    m = res["machine"]
+    lines.append(f"{res['settings']['n_questions']} questions, top-{res['settings']['k']} passages, retrieval "
+                 f"recall@k {f(res['retrieval_recall_at_k'], '.2f')}; machine: {m['cpu']} ({m['cores']} cores)")
+    lines.append(f"fastest setting keeping >= 95% of plain RAG's right answers: {res['operating_point']['setting']}")
+    return "\n".join(lines)
