@@ -134,6 +134,11 @@ def plot_frontier(files: list[Path], out: Path) -> bool:
     ax.set_ylabel("time-to-first-token speedup vs plain RAG")
     ax.set_xlim(-0.02, 1.05)
     ax.legend(fontsize=7)
+    return _save(plt, fig, out)
+
+
+def _save(plt, fig, out: Path) -> bool:  # noqa: ANN001 - matplotlib objects
+    """Write a finished figure to ``out`` (folders made) and close it."""
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -165,11 +170,7 @@ def _bars(groups: list[str], series: dict[str, list[float]], ylabel: str, out: P
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups, fontsize=7)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, ncol=4)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, out)
 
 
 def plot_speedups(files: list[Path], out: Path) -> bool:
@@ -222,11 +223,7 @@ def plot_ttft(res: dict, out: Path) -> bool:
     ax.set_ylabel("time to first token (s)")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, out)
 
 
 def plot_rag(res: dict, out: Path) -> bool:

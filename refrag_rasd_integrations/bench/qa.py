@@ -38,6 +38,7 @@ from typing import Any
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 
+from .decode import _cell
 from .machine import machine_info
 from .metrics import answer_f1, answer_recall
 from .rag import run_chain
@@ -279,18 +280,15 @@ def operating_point(methods: dict[str, Any], keep: float = 0.95) -> dict[str, An
 
 
 def format_qa_table(res: dict[str, Any]) -> str:
+    """The human table printed at the end of a run."""
     head = f"{'setting':<28} {'recall':>6} {'F1':>5} {'keeps':>6} {'TTFT s':>7} {'speedup':>8} {'positions':>9}"
     lines = [head, "-" * len(head)]
-
-    def f(x: Any, spec: str) -> str:
-        return "-" if x is None else format(x, spec)
-
     for name, s in res["methods"].items():
-        lines.append(f"{name:<28} {f(s['answer_recall'], '.2f'):>6} {f(s['answer_f1'], '.2f'):>5} "
-                     f"{f(s['keeps_text_hits'], '.2f'):>6} {s['ttft_s']:>7.2f} {s['ttft_speedup_vs_text']:>7.2f}x "
-                     f"{f(s['prefill_positions'], '.0f'):>9}")
+        lines.append(f"{name:<28} {_cell(s['answer_recall'], 6, 2)} {_cell(s['answer_f1'], 5, 2)} "
+                     f"{_cell(s['keeps_text_hits'], 6, 2)} {_cell(s['ttft_s'], 7, 2)} "
+                     f"{_cell(s['ttft_speedup_vs_text'], 7, 2)}x {_cell(s['prefill_positions'], 9, 0)}")
     m = res["machine"]
     lines.append(f"{res['settings']['n_questions']} questions, top-{res['settings']['k']} passages, retrieval "
-                 f"recall@k {f(res['retrieval_recall_at_k'], '.2f')}; machine: {m['cpu']} ({m['cores']} cores)")
+                 f"recall@k {_cell(res['retrieval_recall_at_k'], 4, 2)}; machine: {m['cpu']} ({m['cores']} cores)")
     lines.append(f"fastest setting keeping >= 95% of plain RAG's right answers: {res['operating_point']['setting']}")
     return "\n".join(lines)
