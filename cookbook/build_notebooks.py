@@ -125,8 +125,9 @@ for d, p in zip(docs, retriever.passages(docs)):
 
 Settings can change per call with `bind`: `context="text"` lays the passages out as tokens (plain RAG) and
 `method="vanilla"` decodes one token per forward. Over the same text context RASD is lossless: the greedy answer
-is token for token the same as vanilla decoding; only the speed differs. (With a REFRAG checkpoint installed,
-`context="auto"` above was `compressed`, which changes what the model reads, so answers may differ.)
+is token for token the same as vanilla decoding; only the speed differs. `context="auto"` above is the operating
+point measured for the REFRAG checkpoint on the qa suite: plain RAG for the shipped one, whose compressed answers
+lose too many of plain RAG's right answers (docs/engine.md). `context="compressed"` asks for REFRAG explicitly.
 '''),
     code('''
 from refrag_rasd_integrations.engines import get_engine, has_refrag
@@ -139,7 +140,7 @@ for name, m in (("plain RAG (text, vanilla)", a), ("text + RASD", b)):
     print(f"{name:<26} ttft {s['ttft_s']:.2f} s  decode {s['decode_tokens_per_s']:5.1f} tok/s  "
           f"{m.response_metadata['accepted_per_forward']:.2f} tok/forward")
 print("same answer:", a.content == b.content)
-print("REFRAG checkpoint installed (context='auto' compresses):", has_refrag(get_engine()))
+print("REFRAG checkpoint installed:", has_refrag(get_engine()), "| context='auto' means:", get_engine().auto_context())
 '''),
 ]
 
@@ -151,7 +152,8 @@ NB02 = [
 `RefragChromaStore.as_query_engine()` builds a LlamaIndex `RetrieverQueryEngine` whose synthesizer hands the
 retrieved **nodes themselves** (with their stored token ids and REFRAG chunk vectors) to the engine, instead
 of flattening them into a text prompt as LlamaIndex's default synthesizers do. The engine then lays out the
-context (compressed with a REFRAG checkpoint, as text otherwise) and decodes with RASD.
+context (`context="auto"`: the REFRAG checkpoint's measured operating point, plain RAG for the shipped one;
+`context="compressed"` for REFRAG's chunk vectors) and decodes with RASD.
 '''),
     SETUP,
     code('''
