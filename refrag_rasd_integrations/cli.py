@@ -184,13 +184,13 @@ def _bench_rag(args: argparse.Namespace) -> dict:
 
 
 def _bench_qa(args: argparse.Namespace) -> dict:
+    from refrag_rasd_core.qa_file import corpus_passages, load_qa_file
+
     from .bench.qa import (
         DEFAULT_SETTINGS,
         collection_name,
-        corpus_passages,
         format_qa_table,
         index_corpus,
-        load_qa_file,
         parse_settings,
         run_qa_suite,
     )

@@ -298,7 +298,7 @@ class Engine:
         if cfg.context == "none":
             ids = self.encode_prompt(prompt)
             return _Request(prompt_ids=ids, prompt_tokens=len(ids))
-        from .refrag.context import layout_prompt
+        from .refrag.context import layout_prompt, question_text
 
         if cfg.context == "compressed":
             self._require_refrag()
@@ -313,7 +313,7 @@ class Engine:
             return _Request(prompt_ids=full, prompt_tokens=len(full), context_tokens=layout.context_tokens)
         kept = [i for i, p in enumerate(pids) if p]  # layout_prompt drops empty passages
         return _Request(layout=layout, prompt_tokens=len(full), context_tokens=layout.context_tokens,
-                        passages=[passages[i] for i in kept])
+                        passages=[passages[i] for i in kept], question=question_text(prompt))
 
     def _compress(self, request: _Request, cfg: GenerationConfig, stats: GenerationStats) -> Any:
         """Build the mixed (compressed + expanded) prefill input of a request."""
@@ -338,11 +338,13 @@ class Engine:
             chunks = [c for p in layout.passages for c in chunk_token_ids(p, rm.k)]
             chosen = choose_expansions(policy, n, chunk_vectors=torch.cat([torch.as_tensor(v, dtype=torch.float32)
                                        for v in vectors]), projected=torch.cat(projected), query_embeds=query,
-                                       chunks=chunks, decoder=self.model, network=rm.policy, seed=cfg.seed)
+                                       chunks=chunks, decoder=self.model, network=rm.policy, seed=cfg.seed,
+                                       question_vector=lambda: self.refrag_encoder().encode_question(request.question))
         with torch.inference_mode():
             mixed = build_compressed_input(layout, embed, projected, rm.k, chosen)
         stats.chunks = mixed.n_chunks
         stats.expanded_chunks = len(mixed.expanded)
+        stats.expanded = list(mixed.expanded)
         return mixed
 
     def _chunk_vectors(self, passages: list[Any], ids: list[list[int]]) -> list[Any]:
@@ -684,6 +686,7 @@ class _Request:
     prompt_tokens: int = 0
     context_tokens: int = 0
     passages: list[Any] = field(default_factory=list)
+    question: str = ""
 
 
 def load_refrag(target: LoadedModel, refrag: Any) -> Any:

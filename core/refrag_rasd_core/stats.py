@@ -39,6 +39,7 @@ class GenerationStats:
     prefill_positions: int = 0
     chunks: int = 0
     expanded_chunks: int = 0
+    expanded: list[int] = field(default_factory=list)  # which chunks (global index, prompt order) stayed raw
     accepted_hist: Counter = field(default_factory=Counter)
 
     @property

@@ -9,13 +9,13 @@ from integration_fakes import BagOfWordsEmbedder
 
 from refrag_rasd_core import Engine
 from refrag_rasd_core.errors import InvalidInputError
+from refrag_rasd_core.qa_file import load_qa_file
 from refrag_rasd_integrations.bench.metrics import answer_f1, first_sentence
 from refrag_rasd_integrations.bench.qa import (
     Setting,
     collection_name,
     format_qa_table,
     index_corpus,
-    load_qa_file,
     operating_point,
     parse_settings,
     run_qa_suite,

@@ -32,7 +32,8 @@ QUESTION_HEADER = "\n\nQuestion: "
 PASSAGE_SEPARATOR = "\n\n"
 _SENTINEL = "@@REFRAG_RASD_CONTEXT@@"
 
-__all__ = ["CONTEXT_MODES", "ContextLayout", "CompressedInput", "layout_prompt", "build_compressed_input"]
+__all__ = ["CONTEXT_MODES", "ContextLayout", "CompressedInput", "layout_prompt", "build_compressed_input",
+           "question_text"]
 
 
 @dataclass
@@ -85,6 +86,12 @@ def _question_and_messages(prompt: str | Sequence[dict[str, str]]) -> tuple[list
     if not str(messages[q].get("content", "")).strip():
         raise InvalidInputError("the question is empty")
     return messages, q
+
+
+def question_text(prompt: str | Sequence[dict[str, str]]) -> str:
+    """The question of a prompt: the string itself, or the last user message's content."""
+    messages, q = _question_and_messages(prompt)
+    return str(messages[q]["content"])
 
 
 def layout_prompt(tokenizer: Any, prompt: str | Sequence[dict[str, str]],

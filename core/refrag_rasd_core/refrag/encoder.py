@@ -111,17 +111,26 @@ class ChunkEncoder(nn.Module):
                 "tokenizer": tokenizer_fingerprint(self.decoder_tokenizer), "dtype": STORE_DTYPE,
                 "layout": LAYOUT_VERSION}
 
-    def forward(self, texts: Sequence[str]) -> torch.Tensor:
-        """Pooled vectors ``[len(texts), dim]`` (float32, differentiable)."""
-        batch = self.encoder_tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                                       return_tensors="pt").to(self.device)
+    def forward(self, texts: Sequence[str], *, pooling: str | None = None,
+                max_length: int | None = None) -> torch.Tensor:
+        """Pooled vectors ``[len(texts), dim]`` (float32, differentiable); ``pooling`` / ``max_length``
+        override the chunk settings (e.g. mean-pooled whole passages for retrieval)."""
+        batch = self.encoder_tokenizer(list(texts), padding=True, truncation=True,
+                                       max_length=max_length or self.max_length, return_tensors="pt").to(self.device)
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "cls":
+        pooling = pooling or self.pooling
+        if pooling == "cls":
             return hidden[:, 0].float()
-        if self.pooling == "max":
+        if pooling == "max":
             return hidden.masked_fill(mask == 0, float("-inf")).amax(1).float()
         return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).float()
+
+    @torch.inference_mode()
+    def encode_question(self, question: str) -> torch.Tensor:
+        """The question's vector ``[dim]`` in the chunks' space (same model and pooling; what a
+        question-aware expansion policy compares the chunks with)."""
+        return self([question or " "])[0].cpu()
 
     @torch.inference_mode()
     def encode_chunks(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> torch.Tensor:

@@ -8,12 +8,17 @@ Policies, all choosing ``n`` of a prompt's chunks:
                   passages are expanded whole first and the lower-ranked ones stay compressed (free);
 * ``similarity``  the chunks whose projected vector is closest (cosine) to the question's mean token
                   embedding, in the decoder's input space (no encoder needed at query time);
+* ``question``    the chunks whose encoder vector is closest (cosine) to the question's vector from the same
+                  encoder (what a retriever does, per chunk; one encoder call on the question);
 * ``perplexity``  the chunks the decoder finds hardest to predict on their own (highest token
                   perplexity; costs one batched decoder forward over the raw chunks: a quality baseline,
                   not a fast path);
 * ``rl``          REFRAG's learned policy (:class:`ExpansionPolicy`): a 2-layer transformer over the
                   chunk embeddings, one logit per chunk, choosing chunks one after another with the
-                  chosen ones masked (trained with PPO + a group baseline, see :mod:`.train`).
+                  chosen ones masked (trained with PPO + a group baseline, see :mod:`.train`). A policy
+                  built with ``query_dim = encoder_dim`` reads the question's ENCODER vector and each chunk's
+                  cosine to it (a question-aware policy, trained on RAG questions); an older one reads the
+                  question's mean decoder token embedding.
 
 The number chosen comes from an expansion fraction ``p`` of the chunks or a raw-token budget
 (:func:`expansion_count`).
@@ -27,7 +32,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -35,7 +40,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 
-POLICIES = ("none", "random", "rank", "similarity", "perplexity", "rl")
+POLICIES = ("none", "random", "rank", "similarity", "question", "perplexity", "rl")
 
 __all__ = ["POLICIES", "ExpansionPolicy", "expansion_count", "choose_expansions", "chunk_perplexities"]
 
@@ -72,32 +77,52 @@ class ExpansionPolicy(nn.Module):
     """
 
     def __init__(self, encoder_dim: int, decoder_dim: int, *, width: int = 128, heads: int = 4,
-                 layers: int = 2, max_chunks: int = 4096) -> None:
+                 layers: int = 2, max_chunks: int = 4096, query_dim: int | None = None) -> None:
         super().__init__()
         self.encoder_dim, self.decoder_dim, self.width = int(encoder_dim), int(decoder_dim), int(width)
         self.heads, self.layers = int(heads), int(layers)
+        self.query_dim = int(query_dim or decoder_dim)
         self.chunk_in = nn.Linear(encoder_dim, width)
-        self.query_in = nn.Linear(decoder_dim, width)
+        self.query_in = nn.Linear(self.query_dim, width)
         self.pos = nn.Embedding(max_chunks, width)
         layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0,
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out = nn.Linear(width, 1)
+        if self.reads_question_vector:
+            # each chunk's cosine to the question, as an input feature and as a learned share of the logit
+            self.sim_in = nn.Linear(1, width)
+            self.sim_gain = nn.Parameter(torch.tensor(10.0))
+
+    @property
+    def reads_question_vector(self) -> bool:
+        """Whether the query is the question's ENCODER vector (else its mean decoder token embedding)."""
+        return self.query_dim == self.encoder_dim and self.query_dim != self.decoder_dim
 
     @property
     def config(self) -> dict[str, int]:
-        return {"encoder_dim": self.encoder_dim, "decoder_dim": self.decoder_dim, "width": self.width,
-                "heads": self.heads, "layers": self.layers, "max_chunks": self.pos.num_embeddings}
+        cfg = {"encoder_dim": self.encoder_dim, "decoder_dim": self.decoder_dim, "width": self.width,
+               "heads": self.heads, "layers": self.layers, "max_chunks": self.pos.num_embeddings}
+        if self.query_dim != self.decoder_dim:
+            cfg["query_dim"] = self.query_dim
+        return cfg
 
     def forward(self, chunk_vectors: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """``chunk_vectors`` ``[n, encoder_dim]``, ``query`` ``[decoder_dim]`` -> logits ``[n]``."""
+        """``chunk_vectors`` ``[n, encoder_dim]``, ``query`` ``[query_dim]`` -> logits ``[n]``."""
         n = chunk_vectors.shape[0]
         dt = self.chunk_in.weight.dtype
         pos = torch.arange(n, device=chunk_vectors.device).clamp(max=self.pos.num_embeddings - 1)
         x = self.chunk_in(chunk_vectors.to(dt)) + self.pos(pos)
+        sim = None
+        if self.reads_question_vector:
+            sim = torch.nn.functional.cosine_similarity(chunk_vectors.to(dt), query.to(dt)[None], dim=-1)
+            x = x + self.sim_in(sim[:, None])
         q = self.query_in(query.to(dt)).reshape(1, -1)
         h = self.encoder(torch.cat([q, x], 0)[None])[0, 1:]
-        return self.out(h).squeeze(-1).float()
+        logits = self.out(h).squeeze(-1)
+        if sim is not None:
+            logits = logits + self.sim_gain * sim
+        return logits.float()
 
     @staticmethod
     def select(logits: torch.Tensor, n: int, *, sample: bool = False,
@@ -150,8 +175,13 @@ def chunk_perplexities(model: Any, chunks: Sequence[Sequence[int]], batch_size: 
 
 def choose_expansions(policy: str, n: int, *, chunk_vectors: torch.Tensor, projected: torch.Tensor,
                       query_embeds: torch.Tensor, chunks: Sequence[Sequence[int]], decoder: Any = None,
-                      network: ExpansionPolicy | None = None, seed: int | None = None) -> list[int]:
-    """The indices (into the prompt's chunks) of the ``n`` chunks ``policy`` expands."""
+                      network: ExpansionPolicy | None = None, seed: int | None = None,
+                      question_vector: torch.Tensor | Callable[[], torch.Tensor] | None = None) -> list[int]:
+    """The indices (into the prompt's chunks) of the ``n`` chunks ``policy`` expands.
+
+    ``query_embeds``: the question's decoder token embeddings ``[t, H]``; ``question_vector``: its encoder
+    vector ``[encoder_dim]`` (or a function computing it, called only by the policies that read it:
+    ``question`` and a question-aware ``rl``)."""
     if policy not in POLICIES:
         raise InvalidInputError(f"unknown expansion policy {policy!r}; choose one of {', '.join(POLICIES)}")
     total = len(chunks)
@@ -167,6 +197,11 @@ def choose_expansions(policy: str, n: int, *, chunk_vectors: torch.Tensor, proje
         q = query_embeds.float().mean(0)
         sims = torch.nn.functional.cosine_similarity(projected.float(), q[None], dim=-1)
         return sorted(sims.topk(n).indices.tolist())
+    if policy == "question":
+        qv = _question_vector(question_vector)
+        sims = torch.nn.functional.cosine_similarity(chunk_vectors.float(), qv.float().to(chunk_vectors.device)[None],
+                                                     dim=-1)
+        return sorted(sims.topk(n).indices.tolist())
     if policy == "perplexity":
         if decoder is None:
             raise InvalidInputError("the perplexity policy needs the decoder")
@@ -176,6 +211,16 @@ def choose_expansions(policy: str, n: int, *, chunk_vectors: torch.Tensor, proje
             "the rl policy needs a trained expansion policy in the REFRAG checkpoint (train one with "
             "`refrag-rasd train-refrag --phases policy`), or use policy='similarity' / 'perplexity' / 'random'"
         )
+    device = next(network.parameters()).device
+    query = (_question_vector(question_vector) if network.reads_question_vector
+             else query_embeds.float().mean(0))
     with torch.inference_mode():
-        logits = network(chunk_vectors.to(next(network.parameters()).device), query_embeds.float().mean(0))
+        logits = network(chunk_vectors.to(device), query.to(device))
     return sorted(network.select(logits, n))
+
+
+def _question_vector(question_vector: torch.Tensor | Callable[[], torch.Tensor] | None) -> torch.Tensor:
+    if question_vector is None:
+        raise InvalidInputError("this expansion policy reads the question's encoder vector; none was given")
+    qv = question_vector() if callable(question_vector) else question_vector
+    return torch.as_tensor(qv, dtype=torch.float32).reshape(-1)

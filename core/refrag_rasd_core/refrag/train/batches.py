@@ -35,7 +35,11 @@ __all__ = ["Batch", "Row", "WindowSampler", "assemble", "curriculum_chunks", "ex
 
 @dataclass
 class Row:
-    """One sample: ``prefix`` + ``n_chunks`` chunks of ``context`` + ``between`` + ``target``."""
+    """One sample: ``prefix`` + ``n_chunks`` chunks of ``context`` + ``between`` + ``target``.
+
+    Chunk ``j`` is ``context[j*k:(j+1)*k]``, or ``context[bounds[j]:bounds[j+1]]`` when ``bounds`` is given
+    (several passages, each ending in a short chunk); ``breaks[j]`` are raw tokens placed before chunk ``j``
+    (the separator between two passages of a RAG prompt)."""
 
     prefix: list[int]
     context: list[int]
@@ -45,14 +49,31 @@ class Row:
     between: list[int] = field(default_factory=list)
     doc: int = -1
     start: int = 0
+    bounds: list[int] | None = None
+    breaks: dict[int, list[int]] = field(default_factory=dict)
+
+    def chunk(self, j: int, k: int) -> list[int]:
+        """The tokens of chunk ``j``."""
+        if self.bounds is not None:
+            return self.context[self.bounds[j]:self.bounds[j + 1]]
+        return self.context[j * k:(j + 1) * k]
+
+    def prompt_ids(self, k: int) -> list[int]:
+        """The row's input with every chunk as raw tokens (plain RAG's prompt), without the target."""
+        out = list(self.prefix)
+        for j in range(self.n_chunks):
+            out.extend(self.breaks.get(j, ()))
+            out.extend(self.chunk(j, k))
+        return out + list(self.between)
 
     def slots(self, k: int, vec_index: int) -> tuple[list[int], int]:
         """Token ids of the row, with ``-(i + 1)`` for the i-th vector of the batch; and where the target starts."""
         out = list(self.prefix)
         exp = set(self.expanded)
         for j in range(self.n_chunks):
+            out.extend(self.breaks.get(j, ()))
             if j in exp:
-                out.extend(self.context[j * k:(j + 1) * k])
+                out.extend(self.chunk(j, k))
             else:
                 out.append(-(vec_index + j) - 1)
         out.extend(self.between)

@@ -27,7 +27,9 @@ from ...errors import InvalidInputError
 from ...run_log import run_logger
 from .phases import PHASES, STATE_FILE, RefragTrainer, TrainConfig
 
-__all__ = ["build_parser", "main"]
+__all__ = ["QA_CORPUS", "build_parser", "main"]
+
+QA_CORPUS = "qa_train"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,13 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling-steps", type=int, default=40)
     p.add_argument("--train-encoder", action="store_true", help="fine-tune the encoder too (slower; no cached vectors)")
     p.add_argument("--corpus", nargs="*", default=["spec_bench_train", "pydoc", "docstrings", "packages"],
-                   help="built-in corpora (spec_bench_train, pydoc, docstrings, packages) or .jsonl/.txt paths")
+                   help=f"built-in corpora (spec_bench_train, pydoc, docstrings, packages, {QA_CORPUS}: the --qa-data "
+                        "files' training passages) or .jsonl/.txt paths")
     p.add_argument("--spec-bench", default=None,
                    help="the spec_bench_dev.jsonl behind spec_bench_train and the sft prompts (its even-index half; "
                         "default ../shared/data/spec_bench_dev.jsonl when it exists)")
     p.add_argument("--max-corpus-chunks", type=int, default=20000, help="chunks encoded for training (in all)")
     p.add_argument("--heldout", default=None, help="spec_bench_dev.jsonl: its odd-index questions' passages are "
                                                    "the evaluation text (never trained on)")
+    p.add_argument("--qa-data", nargs="*", default=[],
+                   help="NQ-open / SQuAD style QA files (read at run time): the sft, select and policy phases train "
+                        "on their questions with retrieved passages in the engine's layout")
+    p.add_argument("--qa-holdout", type=int, default=300,
+                   help="the first N questions of each QA file are held out (never trained on; their gold passages "
+                        "are the held-out evaluation text when --heldout is not given)")
+    p.add_argument("--qa-limit", type=int, default=None, help="training questions per QA file (default all)")
+    p.add_argument("--qa-top-k", type=int, default=5, help="passages retrieved per training question")
+    p.add_argument("--init", default=None,
+                   help="start from a REFRAG checkpoint's projector and decoder LoRA (same encoder, pooling, k)")
     p.add_argument("--k", type=int, default=d.k)
     for ph in PHASES:
         p.add_argument(f"--steps-{ph}", type=int, default=d.steps_for(ph))
@@ -71,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-group", type=int, default=d.policy_group)
     p.add_argument("--policy-contexts", type=int, default=d.policy_contexts)
     p.add_argument("--policy-chunks", type=int, default=d.policy_chunks)
+    p.add_argument("--policy-query", default=None, choices=["decoder", "question"],
+                   help="what the policy reads of the question: its mean decoder token embedding, or its encoder "
+                        "vector (default: question with --qa-data)")
+    p.add_argument("--entropy-coef", type=float, default=d.entropy_coef, help="PPO entropy bonus")
+    p.add_argument("--select-batch", type=int, default=d.select_batch)
+    p.add_argument("--lr-select", type=float, default=d.lr_select)
+    p.add_argument("--sft-answer-tokens", type=int, default=d.sft_answer_tokens,
+                   help="longest teacher answer (tokens)")
+    p.add_argument("--sft-batch", type=int, default=d.sft_batch)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu")
@@ -98,10 +120,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        cpt_max_chunks=args.cpt_max_chunks, continuation=args.continuation,
                        mixed_fraction=args.mixed_fraction, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                        lr_recon=args.lr_recon, lr_projector=args.lr_projector, lr_lora=args.lr_lora,
-                       lr_policy=args.lr_policy, policy_group=args.policy_group,
+                       lr_policy=args.lr_policy, policy_group=args.policy_group, lr_select=args.lr_select,
+                       policy_query=args.policy_query or ("question" if args.qa_data else "decoder"),
+                       entropy_coef=args.entropy_coef, select_batch=args.select_batch,
+                       sft_answer_tokens=args.sft_answer_tokens, sft_batch=args.sft_batch,
                        policy_contexts=args.policy_contexts, policy_chunks=args.policy_chunks,
                        ckpt_every=args.ckpt_every, seed=args.seed, device=args.device, dtype=args.dtype,
                        train_encoder=args.train_encoder, pooling=args.pooling, **kw)
+
+
+def qa_training_record(files: list[str], splits: list, holdout: int, limit: int | None) -> list[dict]:
+    """What a checkpoint trained on from QA files: names, sha256, the split rule and the question ids
+    (no text)."""
+    from ...shared_data import file_sha256
+
+    out = []
+    for f, (train, held, _) in zip(files, splits, strict=True):
+        out.append({"file": Path(f).name, "sha256": file_sha256(f),
+                    "held_out": f"the first {holdout} questions ({held[0].qid}..{held[-1].qid}) and their gold "
+                                "passages", "trained_ids": [it.qid for it in train[:limit]]})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,15 +173,36 @@ def main(argv: list[str] | None = None) -> int:
     decoder, tok = lm.model, lm.tokenizer
     log(f"decoder {lm.name}: {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f} M params on {cfg.device}")
     enc_name = None if args.encoder == "default" else args.encoder
-    docs = load_documents(args.corpus, spec_bench=args.spec_bench)
+    qa_splits = []
+    if args.qa_data:
+        from ...shared_data import resolve_data_path
+        from .qa_rows import load_qa_split
+
+        qa_splits = load_qa_split([resolve_data_path(f, Path(f).name, what="QA data", flag="--qa-data")
+                                   for f in args.qa_data], args.qa_holdout)
+    names = [c for c in args.corpus if c != QA_CORPUS]
+    docs = load_documents(names, spec_bench=args.spec_bench)
+    if QA_CORPUS in args.corpus:  # the QA files' training passages (never the held-out questions' gold ones)
+        from .corpus import Document
+
+        if not qa_splits:
+            raise InvalidInputError(f"--corpus {QA_CORPUS} needs --qa-data")
+        docs += [Document(p, QA_CORPUS) for _, _, corpus in qa_splits for p in corpus]
     # in-domain passages first, the rest shuffled (seeded), so --max-corpus-chunks keeps a mix of sources
-    rest = [d for d in docs if not d.source.startswith("spec_bench")]
+    first = ("spec_bench", QA_CORPUS)
+    rest = [d for d in docs if not d.source.startswith(first)]
     random.Random(cfg.seed).shuffle(rest)
-    docs = [d for d in docs if d.source.startswith("spec_bench")] + rest
+    docs = [d for d in docs if d.source.startswith(first)] + rest
     held_docs = heldout_documents(args.heldout) if args.heldout else []
+    if not held_docs and qa_splits:
+        from .corpus import Document
+
+        held_docs = [Document(g, "qa-heldout") for _, held, _ in qa_splits for it in held for g in it.gold]
     log(f"documents: {len(docs)} training, {len(held_docs)} held-out")
     recipe = {"command": "refrag-rasd train-refrag " + " ".join(argv), "target": lm.name, "corpus": args.corpus,
-              "heldout": args.heldout, "torch_threads": torch.get_num_threads()}
+              "heldout": args.heldout, "torch_threads": torch.get_num_threads(), "init": args.init}
+    if qa_splits:
+        recipe["qa_trained_on"] = qa_training_record(args.qa_data, qa_splits, args.qa_holdout, args.qa_limit)
     if "spec_bench_train" in args.corpus or "sft" in cfg.phases:
         from ...eagle.corpus import spec_bench_training_record
 
@@ -174,8 +233,20 @@ def main(argv: list[str] | None = None) -> int:
         from ...eagle.corpus import TRAIN_PARITY, spec_bench_prompts
 
         sft_records = spec_bench_prompts(args.spec_bench, parity=TRAIN_PARITY)
+    qa_examples = []
+    if qa_splits and any(p in cfg.phases for p in ("sft", "select", "policy")):
+        from .qa_rows import build_qa_examples
+
+        qa_examples = build_qa_examples(qa_splits, tok, encoder, out, top_k=args.qa_top_k, limit=args.qa_limit,
+                                        log=log)
+        with_answer = sum(1 for e in qa_examples if e.answer_chunks)
+        log(f"qa: {len(qa_examples)} training questions, {with_answer} with an answer in their passages")
+        sft_records = []
     trainer = RefragTrainer(decoder, tok, encoder, corpus, cfg, out, log=log, progress=not args.no_progress,
-                            sft_records=sft_records, recipe=recipe)
+                            sft_records=sft_records, recipe=recipe, qa_examples=qa_examples)
+    if args.init and not (out / STATE_FILE).exists():
+        trainer.init_from(args.init)
+        log(f"initialized the projector and decoder LoRA from {args.init}")
     trainer.run(resume=args.resume, stop_after=args.stop_after)
     if trainer.phase_index < len(cfg.phases):
         log(f"stopped at phase {trainer._phase_name()!r} step {trainer.step} (resume with --resume)")
@@ -188,6 +259,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"reconstruction: {metrics['reconstruction']}")
         metrics["quality"] = evaluate_quality(trainer, held, samples=args.eval_samples, n_chunks=args.eval_chunks,
                                               continuation=cfg.continuation, log=log)
+        if qa_splits:
+            from .evaluate import evaluate_selection
+            from .qa_rows import build_qa_examples
+
+            held_splits = [(held, [], corpus_ + sorted({g for it in held for g in it.gold}))
+                           for _, held, corpus_ in qa_splits]
+            held_examples = build_qa_examples(held_splits, tok, encoder, out, top_k=args.qa_top_k, log=log)
+            metrics["selection"] = evaluate_selection(trainer, held_examples)
+            log(f"selection (held-out questions): {metrics['selection']}")
         metrics["wall_s"] = round(time.time() - t_start, 1)
         (out / "quality.json").write_text(json.dumps(metrics, indent=1))
         if args.quality_out:

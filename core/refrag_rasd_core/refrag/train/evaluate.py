@@ -34,7 +34,7 @@ from .rl import selection_nll
 if TYPE_CHECKING:  # pragma: no cover
     from .phases import RefragTrainer
 
-__all__ = ["evaluate_quality", "evaluate_reconstruction", "heldout_windows"]
+__all__ = ["evaluate_quality", "evaluate_reconstruction", "evaluate_selection", "heldout_windows"]
 
 
 def heldout_windows(corpus: ChunkCorpus, n_chunks: int, continuation: int, limit: int) -> list[tuple[int, int]]:
@@ -103,8 +103,9 @@ def evaluate_quality(tr: RefragTrainer, heldout: ChunkCorpus, *, samples: int = 
     res["compressed"] = mode([[] for _ in data])
     ppl_rank = None
     for pol in policies:
-        if pol == "rl" and not tr.history.get("policy", {}).get("steps"):
-            continue
+        if pol == "rl" and (tr.policy.reads_question_vector or not any(
+                tr.history.get(ph, {}).get("steps") for ph in ("policy", "select"))):
+            continue  # untrained, or a question-aware policy (next-paragraph windows have no question)
         for p in fractions:
             m = int(p * n_chunks + 1e-9)
             sels = []
@@ -157,3 +158,35 @@ def evaluate_reconstruction(tr: RefragTrainer, heldout: ChunkCorpus, *, chunks: 
         out[f"{n}_chunk"] = {"token_accuracy": round(float(torch.cat(hits).mean()), 4),
                              "nll": round(float(torch.cat(nlls).mean()), 4), "windows": len(rows)}
     return out
+
+
+@torch.no_grad()
+def evaluate_selection(tr: RefragTrainer, examples: Sequence[Any], *, fractions: Sequence[float] = (0.1, 0.25),
+                       policies: Sequence[str] = ("random", "rank", "similarity", "question", "rl")
+                       ) -> dict[str, Any]:
+    """How often each policy expands a chunk that holds a gold answer, on held-out QA examples
+    (:class:`~.qa_rows.QAExample`) whose retrieved passages hold one: ``hit_rate["<policy>@<p>"]``, and the
+    share of chunks that hold an answer (what a random choice of one chunk hits)."""
+    from .qa_rows import rag_row
+
+    usable = [e for e in examples if e.answer_chunks]
+    if not usable:
+        return {"error": "no held-out question has its answer in its retrieved passages"}
+    tr.policy.eval()
+    hits: dict[str, list[int]] = {}
+    for i, ex in enumerate(usable):
+        v = ex.vectors.to(tr.device).float()
+        row = rag_row(tr.tokenizer, ex.question, ex.passages, tr.cfg.k, [])
+        q = tr.embed(torch.tensor(row.between, device=tr.device))
+        chunks = [row.chunk(j, tr.cfg.k) for j in range(row.n_chunks)]
+        projected = tr.projector(v)
+        for pol in policies:
+            if pol == "rl" and not any(tr.history.get(ph, {}).get("steps") for ph in ("policy", "select")):
+                continue
+            for p in fractions:
+                m = max(1, int(p * ex.n_chunks + 1e-9))
+                sel = choose_expansions(pol, m, chunk_vectors=v, projected=projected, query_embeds=q, chunks=chunks,
+                                        network=tr.policy, seed=i, question_vector=ex.question_vector)
+                hits.setdefault(f"{pol}@{p}", []).append(int(bool(set(sel) & set(ex.answer_chunks))))
+    return {"hit_rate": {k_: round(_avg(v_), 4) for k_, v_ in hits.items()}, "questions": len(usable),
+            "answer_chunk_share": round(_avg([len(e.answer_chunks) / e.n_chunks for e in usable]), 4)}

@@ -7,10 +7,15 @@ Phases, in the paper's order (any subset, in this order):
 * ``cpt``    continual pre-training on next-paragraph prediction: ``n`` compressed chunks, then the next
   ``continuation`` tokens are the target; projector + decoder LoRA learn; curriculum 1 -> ``cpt_max_chunks``.
 * ``mixed``  the same with ``mixed_fraction`` (10%) of the chunks left uncompressed, expanded IN PLACE.
-* ``sft``    instruction tuning on RAG prompts (the training split's passages + question in the engine's
-  chat layout); the answers are the decoder's own greedy answers with the full text (self-distillation:
-  the compressed model learns to answer as the full-context one does), made once and cached.
-* ``policy`` the expansion policy, by PPO with a group baseline (:mod:`.rl`).
+* ``sft``    instruction tuning on RAG prompts in the engine's layout (:func:`.qa_rows.rag_row`): with QA data
+  (``qa_examples``, :mod:`.qa_rows`) each training question with its retrieved passages, else the Spec-Bench
+  training split's passages + question; the chunks are compressed, a random share (0, 10% or 25%) of them
+  expanded in place; the targets are the UNADAPTED decoder's greedy answers with the full text
+  (self-distillation: the compressed model learns to answer as plain RAG does), made once and cached.
+* ``select`` supervised warm start of the expansion policy on QA data: the chunks holding a gold answer
+  are the ones to expand first (listwise cross-entropy).
+* ``policy`` the expansion policy, by PPO with a group baseline and an entropy bonus (:mod:`.rl`); with QA
+  data the reward is the answer's likelihood given the mixed prompt, else the next paragraph's.
 
 Every ``ckpt_every`` steps and at the end of each phase the trainable tensors, the optimizer state and the
 position (phase, step) go to ``state.safetensors`` + ``state.json`` (no pickle), and the usable model to
@@ -33,7 +38,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +55,7 @@ from .batches import Batch, Row, WindowSampler, assemble, curriculum_chunks, exp
 from .corpus import ChunkCorpus
 from .lora_export import peft_lora_state, unwrap_peft
 
-PHASES = ("recon", "cpt", "mixed", "sft", "policy")
+PHASES = ("recon", "cpt", "mixed", "sft", "select", "policy")
 STATE_FILE = "state.safetensors"
 EXPORT_FILE = "refrag.safetensors"
 LOG_FILE = "train_log.jsonl"
@@ -68,6 +73,7 @@ class TrainConfig:
     steps_cpt: int = 600
     steps_mixed: int = 300
     steps_sft: int = 0
+    steps_select: int = 0
     steps_policy: int = 200
     batch_tokens: int = 272          # decoder positions per step (sets the samples per step)
     recon_max_chunks: int = 4
@@ -79,6 +85,7 @@ class TrainConfig:
     lr_lora: float = 5e-4
     lr_encoder: float = 2e-5
     lr_policy: float = 1e-3
+    lr_select: float = 1e-3
     warmup: int = 20
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -95,11 +102,14 @@ class TrainConfig:
     policy_group: int = 4            # sampled selections per context (the group baseline)
     policy_chunks: int = 16
     policy_fractions: list[float] = field(default_factory=lambda: [0.1, 0.25])
+    policy_query: str = "decoder"    # "question": the policy reads the question's encoder vector (QA data)
+    select_batch: int = 16           # questions per supervised policy step
     ppo_epochs: int = 2
     ppo_clip: float = 0.2
     entropy_coef: float = 0.0
     sft_answer_tokens: int = 48
     sft_batch: int = 2
+    sft_fractions: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25])  # expanded share, QA rows
     source_weights: dict[str, float] = field(default_factory=lambda: {"spec_bench": 4.0})
     ckpt_every: int = 50
     seed: int = 0
@@ -130,7 +140,8 @@ class RefragTrainer:
 
     def __init__(self, decoder: Any, tokenizer: Any, encoder: Any, corpus: ChunkCorpus, cfg: TrainConfig,
                  out_dir: str | os.PathLike, *, log: Callable[[str], None] = print, progress: bool = True,
-                 sft_records: list[dict] | None = None, recipe: dict | None = None) -> None:
+                 sft_records: list[dict] | None = None, recipe: dict | None = None,
+                 qa_examples: list[Any] | None = None) -> None:
         for p in cfg.phases:
             if p not in PHASES:
                 raise InvalidInputError(f"unknown phase {p!r}; choose from {', '.join(PHASES)}")
@@ -141,6 +152,9 @@ class RefragTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log, self.progress = log, progress
         self.sft_records = sft_records or []
+        self.qa_examples = list(qa_examples or [])
+        if cfg.policy_query not in ("decoder", "question"):
+            raise InvalidInputError(f"policy_query must be 'decoder' or 'question', got {cfg.policy_query!r}")
         self.recipe = dict(recipe or {})
         self.device = torch.device(cfg.device)
         self.sampler = WindowSampler(corpus, cfg.source_weights)
@@ -161,8 +175,9 @@ class RefragTrainer:
         H = int(self.lm.config.hidden_size)
         norm = float(self.embed.weight.detach().float().norm(dim=-1).mean())
         self.projector = ChunkProjector(encoder.dim, H, embed_norm=norm).to(self.device)
-        self.policy = ExpansionPolicy(encoder.dim, H, width=cfg.policy_width,
-                                      max_chunks=cfg.policy_max_chunks).to(self.device)
+        self.policy = ExpansionPolicy(encoder.dim, H, width=cfg.policy_width, max_chunks=cfg.policy_max_chunks,
+                                      query_dim=encoder.dim if cfg.policy_query == "question" else None
+                                      ).to(self.device)
         self.encoder.to(self.device).eval()
         self.lora_params = {n: p for n, p in self.decoder.named_parameters() if "lora_" in n}
         for p in self.lora_params.values():
@@ -196,7 +211,8 @@ class RefragTrainer:
         elif phase in ("cpt", "mixed", "sft"):
             groups = [("projector", proj, cfg.lr_projector), ("lora", lora, cfg.lr_lora), ("encoder", enc, cfg.lr_encoder)]
         else:
-            groups = [("policy", [n for n in names if n.startswith("policy.")], cfg.lr_policy)]
+            lr = cfg.lr_select if phase == "select" else cfg.lr_policy
+            groups = [("policy", [n for n in names if n.startswith("policy.")], lr)]
         return [g for g in groups if g[1]]
 
     def _set_trainable(self, phase: str | None) -> None:
@@ -234,6 +250,39 @@ class RefragTrainer:
         p = (step - warm) / max(1, total - warm)
         r = self.cfg.min_lr_ratio
         return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+    def init_from(self, path: str | os.PathLike) -> None:
+        """Start from a REFRAG checkpoint's projector and decoder LoRA (its encoder, pooling, k, LoRA rank and
+        scaling must be this run's); the policy starts fresh when its shape differs."""
+        from ..checkpoint import load_refrag_checkpoint
+        from ..lora import PREFIX
+
+        rm = load_refrag_checkpoint(path, self.lm, self.tokenizer, device=self.device)
+        want = (self.encoder.name, self.encoder.pooling, self.cfg.k)
+        have = (rm.encoder_name, rm.pooling, rm.k)
+        if have != want:
+            raise InvalidInputError(f"--init {path}: made for (encoder, pooling, k) = {have}, this run is {want}")
+        with torch.no_grad():
+            self.projector.load_state_dict(rm.projector.state_dict())
+            if rm.policy is not None and rm.policy.config == self.policy.config:
+                self.policy.load_state_dict(rm.policy.state_dict())
+            if rm.lora:
+                if not self.lora_params:
+                    raise InvalidInputError(f"--init {path} has decoder LoRA; this run has --lora-rank 0")
+                mods = dict(self.decoder.named_modules())
+                for key, val in rm.lora.items():
+                    name, ab = key[len(PREFIX):].rsplit(".", 1)
+                    mod = mods.get("base_model.model." + name)
+                    if mod is None or "default" not in getattr(mod, "lora_A", {}):
+                        raise InvalidInputError(f"--init {path}: LoRA of {name!r} has no adapter in this run")
+                    if abs(float(mod.scaling["default"]) - rm.lora_scaling) > 1e-6:
+                        raise InvalidInputError(f"--init {path}: LoRA scaling {rm.lora_scaling} differs from this "
+                                                f"run's {mod.scaling['default']} (use its --lora-rank/--lora-alpha)")
+                    target = (mod.lora_A if ab == "A" else mod.lora_B)["default"].weight
+                    if target.shape != val.shape:
+                        raise InvalidInputError(f"--init {path}: LoRA {key} is {tuple(val.shape)}, this run's is "
+                                                f"{tuple(target.shape)} (use its --lora-rank)")
+                    target.copy_(val.to(target.device, target.dtype))
 
     # ------------------------------------------------------------------ state
     def save_state(self, opt: torch.optim.Optimizer | None) -> None:
@@ -301,7 +350,7 @@ class RefragTrainer:
         import copy
 
         trained = {p: self.history.get(p, {}).get("steps", 0) for p in self.cfg.phases}
-        policy = copy.deepcopy(self.policy).cpu().eval() if trained.get("policy") else None
+        policy = copy.deepcopy(self.policy).cpu().eval() if trained.get("policy") or trained.get("select") else None
         return RefragModel(copy.deepcopy(self.projector).cpu().eval(), k=self.cfg.k, encoder=self.encoder.name,
                            encoder_dim=self.encoder.dim, pooling=self.encoder.pooling, policy=policy,
                            lora=lora, lora_scaling=scaling, encoder_state=enc_state, encoder_tag=tag)
@@ -368,73 +417,103 @@ class RefragTrainer:
 
     # ------------------------------------------------------------------ SFT data
     def sft_rows(self) -> list[tuple[Row, torch.Tensor]]:
-        """RAG rows of the training split (engine layout), answers self-distilled once (cached in out_dir)."""
+        """RAG rows in the engine's layout (QA examples, else the Spec-Bench training records), with their
+        chunk vectors; the targets are the unadapted decoder's full-text answers (made once, cached)."""
         if self._sft_rows is not None:
             return self._sft_rows
-        from ..context import layout_prompt
         from .corpus import record_passages
+        from .qa_rows import rag_row
 
+        k = self.cfg.k
+        todo: list[tuple[str, str, list[list[int]], torch.Tensor]] = []
+        for ex in self.qa_examples:
+            todo.append((ex.qid, ex.question, ex.passages, ex.vectors))
+        if not self.qa_examples:
+            recs = []
+            for rec in self.sft_records:
+                got = record_passages(rec)
+                if got is not None:
+                    ids = self.tokenizer(got[0], add_special_tokens=False)["input_ids"]
+                    if ids:
+                        recs.append((str(rec.get("question_id")), got[1] or "Summarize the text above.", [ids]))
+            vecs = self.encoder.encode_passages([r[2][0] for r in recs]) if recs else []
+            todo = [(q, qu, p, torch.from_numpy(v.astype("float32"))) for (q, qu, p), v in zip(recs, vecs, strict=True)]
+        answers = self.teacher_answers([(qid, rag_row(self.tokenizer, q, p, k, []).prompt_ids(k))
+                                        for qid, q, p, _ in todo])
+        eos = self.tokenizer.eos_token_id
+        rows = []
+        for qid, q, p, v in todo:
+            ans, ended = answers[qid]
+            rows.append((rag_row(self.tokenizer, q, p, k, list(ans) + ([eos] if ended and eos is not None else [])), v))
+        self._sft_rows = rows
+        return rows
+
+    def teacher_answers(self, prompts: list[tuple[str, list[int]]], batch: int = 8
+                        ) -> dict[str, tuple[list[int], bool]]:
+        """The unadapted decoder's greedy answers (and whether they ended with EOS) to full-text prompts,
+        cached in ``out_dir/sft_answers.jsonl`` (appended as they come, so an interrupted run keeps them)."""
         cache = self.out / "sft_answers.jsonl"
-        answers: dict[str, list[int]] = {}
+        got: dict[str, tuple[list[int], bool]] = {}
         if cache.exists():
             for line in cache.read_text().splitlines():
                 if line.strip():
                     r = json.loads(line)
-                    answers[str(r["id"])] = r["answer"]
-        k, rows = self.cfg.k, []
-        todo = []
-        for rec in self.sft_records:
-            got = record_passages(rec)
-            if got is None:
-                continue
-            passage, question = got
-            question = question or "Summarize the text above."
-            ids = self.tokenizer(passage, add_special_tokens=False)["input_ids"]
-            ids = ids[:(len(ids) // k) * k]
-            if not ids:
-                continue
-            lay = layout_prompt(self.tokenizer, question, [ids])
-            todo.append((str(rec.get("question_id")), lay))
-        missing = [(i, lay) for i, lay in todo if i not in answers]
+                    got[str(r["id"])] = (r["answer"], bool(r.get("ended", True)))
+        missing = [(i, p) for i, p in prompts if i not in got]
         if missing:
-            self.log(f"sft: self-distilling {len(missing)} answers with the full-text context")
+            self.log(f"sft: the unadapted decoder answers {len(missing)} prompts with the full text (teacher)")
+            bar = None
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(missing), desc="teacher answers", unit="q", mininterval=10.0)
+            missing.sort(key=lambda x: len(x[1]))  # similar lengths per batch: little padding
             with cache.open("a", encoding="utf-8") as fh:
-                for qid, lay in missing:
-                    answers[qid] = self._greedy_answer(lay.full_ids())
-                    fh.write(json.dumps({"id": qid, "answer": answers[qid]}) + "\n")
-        eos = self.tokenizer.eos_token_id
-        vec_in = [lay.passages[0] for _, lay in todo]
-        vectors = self.encoder.encode_passages(vec_in) if vec_in else []
-        for (qid, lay), v in zip(todo, vectors, strict=True):
-            target = list(answers[qid]) + ([eos] if eos is not None else [])
-            row = Row(prefix=lay.prefix, context=lay.passages[0], n_chunks=len(lay.passages[0]) // k,
-                      target=target, between=lay.suffix)
-            rows.append((row, torch.from_numpy(v.astype("float32"))))
-        self._sft_rows = rows
-        return rows
+                for s in range(0, len(missing), batch):
+                    part = missing[s:s + batch]
+                    for (qid, _), ans in zip(part, self._greedy_answers([p for _, p in part]), strict=True):
+                        got[qid] = ans
+                        fh.write(json.dumps({"id": qid, "answer": ans[0], "ended": ans[1]}) + "\n")
+                    fh.flush()
+                    if bar:
+                        bar.update(len(part))
+            if bar:
+                bar.close()
+        return got
 
     @torch.no_grad()
-    def _greedy_answer(self, prompt_ids: list[int]) -> list[int]:
+    def _greedy_answers(self, prompts: list[list[int]]) -> list[tuple[list[int], bool]]:
+        """Greedy answers of the unadapted decoder to a batch of prompts (left-padded)."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), int(pad), dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, width - len(p):] = torch.tensor(p)
+            mask[b, width - len(p):] = 1
         ctx = self.decoder.disable_adapter() if self.lora_params else _null()
         with ctx:
-            out = self.lm.generate(torch.tensor([prompt_ids], device=self.device), max_new_tokens=self.cfg.sft_answer_tokens,
-                                   do_sample=False, pad_token_id=self.tokenizer.eos_token_id)
-        ans = out[0, len(prompt_ids):].tolist()
+            out = self.lm.generate(ids.to(self.device), attention_mask=mask.to(self.device),
+                                   max_new_tokens=self.cfg.sft_answer_tokens, do_sample=False, pad_token_id=int(pad))
         eos = self.tokenizer.eos_token_id
-        return ans[:ans.index(eos)] if eos in ans else ans
+        res = []
+        for b in range(len(prompts)):
+            ans = out[b, width:].tolist()
+            ended = eos in ans
+            res.append((ans[:ans.index(eos)] if ended else ans, ended))
+        return res
 
     def sft_batch(self, step: int) -> Batch:
         rng = _step_rng(self.cfg.seed, "sft", step)
         data = self.sft_rows()
         if not data:
-            raise InvalidInputError("the sft phase needs RAG training records (none were given)")
+            raise InvalidInputError("the sft phase needs RAG training data (--qa-data or the Spec-Bench records)")
         picks = [data[rng.randrange(len(data))] for _ in range(self.cfg.sft_batch)]
         rows = []
         for r, _ in picks:
-            e = expansion_sample(r.n_chunks, self.cfg.mixed_fraction, rng)
-            exp = sorted(rng.sample(range(r.n_chunks), e)) if e else []
-            rows.append(Row(prefix=r.prefix, context=r.context, n_chunks=r.n_chunks, target=r.target,
-                            expanded=exp, between=r.between))
+            frac = rng.choice(list(self.cfg.sft_fractions)) if self.qa_examples else self.cfg.mixed_fraction
+            e = expansion_sample(r.n_chunks, frac, rng)
+            rows.append(replace(r, expanded=sorted(rng.sample(range(r.n_chunks), e)) if e else []))
         return Batch(rows=rows, vectors=torch.cat([v for _, v in picks], 0))
 
     # ------------------------------------------------------------------ the loop
@@ -462,8 +541,8 @@ class RefragTrainer:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=total, initial=self.step, desc=phase, unit="step", mininterval=5.0)
-            if phase == "policy":
-                from .rl import policy_step
+            if phase in ("policy", "select"):
+                from .rl import policy_step, select_step
             while self.step < total:
                 if stop_after is not None and done_here >= stop_after:
                     self.save_state(opt)
@@ -476,6 +555,8 @@ class RefragTrainer:
                 self._set_modes()
                 if phase == "policy":
                     stats = policy_step(self, opt, self.step)
+                elif phase == "select":
+                    stats = select_step(self, opt, self.step)
                 else:
                     batch = self.sft_batch(self.step) if phase == "sft" else self.make_batch(phase, self.step)
                     loss, stats = self.batch_loss(batch)

@@ -1,0 +1,179 @@
+"""RAG question answering as REFRAG training data: questions with their retrieved passages in the engine's
+layout, the chunks that hold a gold answer, and the decoder rows of the ``sft``, ``select`` and ``policy``
+phases.
+
+QA files (NQ-open / SQuAD style, :mod:`refrag_rasd_core.qa_file`) are read at run time; the project ships
+none. The first ``holdout`` questions of each file are held out: never trained on, and their gold passages
+are left out of the training retrieval corpus too (so held-out text stays unseen; the qa suite's dev
+questions are the first lines of these files). Each training question retrieves its ``top_k`` passages
+from its file's remaining passages by cosine similarity of mean-pooled encoder vectors (what the store's
+retriever does), in rank order, as the engine would receive them.
+
+Per example: the passages' decoder tokens, their chunk vectors (the checkpoint's encoder and pooling, what
+a store keeps), the question's vector from the same encoder (what a question-aware policy reads), and the
+global indices of the chunks holding a gold answer (case-insensitive match in the chunks' decoded text; an
+answer across a chunk boundary marks both chunks). Everything is computed once per run and cached in the
+run folder (safetensors + json, no pickle).
+
+Example:
+    >>> answer_chunks(["The first prize went to ", "Wilhelm Röntgen of", " Germany."], ["röntgen"])
+    [1]
+    >>> answer_chunks(["went to Wil", "helm Röntgen"], ["Wilhelm"])
+    [0, 1]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...errors import InvalidInputError
+from ...qa_file import QAItem, load_qa_file
+from ..chunking import chunk_texts, chunk_token_ids
+from ..context import layout_prompt
+from .batches import Row
+
+__all__ = ["QAExample", "answer_chunks", "build_qa_examples", "load_qa_split", "rag_row"]
+
+RETRIEVAL_MAX_LENGTH = 256  # encoder tokens read per passage for retrieval (all-MiniLM-L6-v2's own limit)
+
+
+@dataclass
+class QAExample:
+    """One training question with its retrieved passages (see the module docstring)."""
+
+    qid: str
+    question: str
+    answers: list[str]
+    passages: list[list[int]]
+    vectors: torch.Tensor           # [chunks, encoder_dim], the passages' chunks in order
+    question_vector: torch.Tensor   # [encoder_dim]
+    answer_chunks: list[int]
+    gold_rank: int | None           # rank of the gold passage among the retrieved ones (None: not retrieved)
+
+    @property
+    def n_chunks(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+def answer_chunks(texts: Sequence[str], answers: Sequence[str]) -> list[int]:
+    """Indices of the chunk ``texts`` (consecutive pieces of one text) that hold any of ``answers``."""
+    joined = "".join(texts).lower()
+    ends, pos = [], 0
+    for t in texts:
+        pos += len(t)
+        ends.append(pos)
+    hit: set[int] = set()
+    for a in answers:
+        a = str(a).strip().lower()
+        if not a:
+            continue
+        start = joined.find(a)
+        while start >= 0:
+            stop = start + len(a)
+            first = next(i for i, e in enumerate(ends) if e > start)
+            last = next(i for i, e in enumerate(ends) if e >= stop)
+            hit.update(range(first, last + 1))
+            start = joined.find(a, start + 1)
+    return sorted(hit)
+
+
+def load_qa_split(paths: Sequence[str | Path], holdout: int) -> list[tuple[list[QAItem], list[QAItem], list[str]]]:
+    """Per file: (training questions, held-out questions, the training retrieval corpus: every distinct
+    passage of the file except the held-out questions' gold passages)."""
+    out = []
+    for path in paths:
+        items, passages = load_qa_file(path)
+        if holdout >= len(items):
+            raise InvalidInputError(f"{path}: {len(items)} questions, all held out by --qa-holdout {holdout}")
+        held, train = items[:holdout], items[holdout:]
+        unseen = {g for it in held for g in it.gold}
+        out.append((train, held, [p for p in passages if p not in unseen]))
+    return out
+
+
+def rag_row(tokenizer: Any, question: str, passages: Sequence[Sequence[int]], k: int, target: Sequence[int],
+            expanded: Sequence[int] = ()) -> Row:
+    """A training row laid out exactly as the engine lays out a RAG request (:func:`layout_prompt`): prefix,
+    the passages' chunks with the separator between passages, the question and assistant turn, ``target``."""
+    lay = layout_prompt(tokenizer, question, passages)
+    context: list[int] = []
+    bounds = [0]
+    breaks: dict[int, list[int]] = {}
+    for i, ids in enumerate(lay.passages):
+        if i:
+            breaks[len(bounds) - 1] = list(lay.separator)
+        for c in chunk_token_ids(ids, k):
+            context.extend(c)
+            bounds.append(len(context))
+    return Row(prefix=lay.prefix, context=context, n_chunks=len(bounds) - 1, target=list(target),
+               expanded=sorted(expanded), between=lay.suffix, bounds=bounds, breaks=breaks)
+
+
+@torch.inference_mode()
+def _vectors(encoder: Any, texts: Sequence[str], *, batch: int = 32, **kw: Any) -> torch.Tensor:
+    out = [encoder(list(texts[s:s + batch]), **kw).cpu() for s in range(0, len(texts), batch)]
+    return torch.cat(out, 0) if out else torch.empty(0, encoder.dim)
+
+
+def build_qa_examples(splits: Sequence[tuple[list[QAItem], list[QAItem], list[str]]], tokenizer: Any,
+                      encoder: Any, cache_dir: str | Path, *, top_k: int = 5, limit: int | None = None,
+                      log: Callable[[str], None] = print) -> list[QAExample]:
+    """Training examples of :func:`load_qa_split`'s splits (the first ``limit`` training questions per file),
+    cached in ``cache_dir`` (keyed by the questions, the corpus, the encoder, its pooling, k and ``top_k``)."""
+    from safetensors.torch import load_file, save_file
+
+    k = encoder.k
+    key_src = json.dumps({"q": [[it.qid for it in tr[:limit]] for tr, _, _ in splits],
+                          "c": [hashlib.sha256("\x00".join(c).encode()).hexdigest() for _, _, c in splits],
+                          "enc": encoder.name, "pool": encoder.pooling, "k": k, "top_k": top_k})
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    cache = Path(cache_dir) / f"qa-{key}"
+    if not (cache.with_suffix(".json").exists() and cache.with_suffix(".safetensors").exists()):
+        rows, chunk_vecs, qvecs = [], [], []
+        n_chunks = 0
+        for f, (train, _, corpus) in enumerate(splits):
+            train = train[:limit]
+            log(f"qa file {f}: {len(train)} training questions, retrieval over {len(corpus)} passages")
+            pvec = torch.nn.functional.normalize(
+                _vectors(encoder, corpus, pooling="mean", max_length=RETRIEVAL_MAX_LENGTH), dim=-1)
+            qtexts = [it.question for it in train]
+            qret = torch.nn.functional.normalize(
+                _vectors(encoder, qtexts, pooling="mean", max_length=RETRIEVAL_MAX_LENGTH), dim=-1)
+            qvecs.append(_vectors(encoder, qtexts))  # the chunk pooling: what the policy compares chunks with
+            top = (qret @ pvec.T).topk(min(top_k, len(corpus)), dim=-1).indices.tolist()
+            used = sorted({i for t in top for i in t})
+            ids = {i: tokenizer(corpus[i], add_special_tokens=False)["input_ids"] for i in used}
+            vecs = encoder.encode_passages([ids[i] for i in used], progress=len(used) > 200)
+            where: dict[int, tuple[int, int]] = {}
+            for i, v in zip(used, vecs, strict=True):
+                where[i] = (n_chunks, n_chunks + len(v))
+                n_chunks += len(v)
+                chunk_vecs.append(torch.from_numpy(v.astype("float32")))
+            for it, t in zip(train, top, strict=True):
+                texts = [c for i in t for c in chunk_texts(tokenizer, ids[i], k)]
+                gold = [r for r, i in enumerate(t) if corpus[i] in it.gold]
+                rows.append({"qid": it.qid, "question": it.question, "answers": it.answers,
+                             "passages": [ids[i] for i in t], "chunks": [where[i] for i in t],
+                             "answer_chunks": answer_chunks(texts, it.answers),
+                             "gold_rank": gold[0] if gold else None})
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"chunks": torch.cat(chunk_vecs, 0).to(torch.float16).contiguous(),
+                   "questions": torch.cat(qvecs, 0).contiguous()}, str(cache.with_suffix(".safetensors")))
+        cache.with_suffix(".json").write_text(json.dumps({"key": json.loads(key_src), "examples": rows}))
+    meta = json.loads(cache.with_suffix(".json").read_text())
+    tensors = load_file(str(cache.with_suffix(".safetensors")))
+    chunks, qv = tensors["chunks"].float(), tensors["questions"].float()
+    out = []
+    for i, r in enumerate(meta["examples"]):
+        vec = torch.cat([chunks[a:b] for a, b in r["chunks"]], 0)
+        out.append(QAExample(qid=r["qid"], question=r["question"], answers=r["answers"], passages=r["passages"],
+                             vectors=vec, question_vector=qv[i], answer_chunks=r["answer_chunks"],
+                             gold_rank=r["gold_rank"]))
+    return out
