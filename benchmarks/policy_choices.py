@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from refrag_rasd_core.refrag.chunking import chunk_texts
     from refrag_rasd_integrations.demo_corpus import demo_rows
 
-    engine = Engine(refrag=args.refrag) if args.refrag else Engine()
+    engine = Engine.load(refrag=args.refrag or "auto")
     tok, k = engine.tokenizer, engine.refrag.k
     policies = [pol for pol in POLICIES if pol != "rl" or engine.refrag.policy is not None]
     lines = [f"# Which chunks the expansion policies expand (p = {args.expand})", "",

@@ -86,7 +86,8 @@ def rag_table(res: dict) -> str:
     m, s = res["machine"], res["settings"]
     lines = [f"{s.get('n_questions', '?')} held-out `rag` questions through the LangChain chain, "
              f"{s.get('max_new_tokens', '?')} new tokens, model {s.get('model', '?')}, {m['device']} — {m['cpu']}, "
-             f"{m['cores']} cores.", "",
+             f"{m['cores']} cores. REFRAG checkpoint sha256 `{str((s.get('refrag') or {}).get('sha256'))[:12]}`"
+             f"{_shipped_or_not(s)}.", "",
              "| pipeline | TTFT s | decode tokens/s | total s | answer recall | speedup (total) |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, v in res["methods"].items():
@@ -102,7 +103,8 @@ def qa_table(res: dict) -> str:
     lines = [f"{s['n_questions']} questions of `{Path(s.get('data') or '?').name}`, top-{s['k']} passages retrieved "
              f"from {s['store_passages']} indexed (retrieval recall@{s['k']}: {_f(res.get('retrieval_recall_at_k'), '.2f')}), "
              f"{s['max_new_tokens']} new tokens, greedy, model {s['model']}, {m['device']} — {m['cpu']}, "
-             f"{m['cores']} cores.", "",
+             f"{m['cores']} cores. REFRAG checkpoint sha256 `{str((s.get('refrag') or {}).get('sha256'))[:12]}`"
+             f"{_shipped_or_not(s)}.", "",
              "| setting | answer recall | answer F1 | keeps plain RAG's right answers | TTFT s | TTFT speedup vs text "
              "| prefill positions |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, v in res["methods"].items():
@@ -113,6 +115,15 @@ def qa_table(res: dict) -> str:
     lines += ["", f"Fastest setting that keeps at least 95% of plain RAG's right answers: "
                   f"**{point.get('setting', '?')}**."]
     return "\n".join(lines)
+
+
+def _shipped_or_not(settings: dict) -> str:
+    """`` (the shipped one)`` or `` (an earlier checkpoint)`` from the results' checkpoint hash."""
+    sha = (settings.get("refrag") or {}).get("sha256")
+    side = ROOT / "core" / "refrag_rasd_core" / "checkpoints" / "smollm2-135m-instruct-refrag-k16.json"
+    if not sha or not side.exists():
+        return ""
+    return " (the shipped one)" if json.loads(side.read_text()).get("sha256") == sha else " (an earlier checkpoint)"
 
 
 def plot_frontier(files: list[Path], out: Path) -> bool:
@@ -253,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                      "answers right that the setting answers right too.\n")
         if plot_frontier(qa, img / "qa-frontier.png"):
             parts.append("\n![TTFT speedup against answers kept](img/qa-frontier.png)\n")
-    for p in qa:
+    for p in sorted(qa, reverse=True):  # newest first
         parts.append(f"\n### `{p.name}`\n\n{qa_table(json.loads(p.read_text()))}\n")
     for p in by_suite.get("rag", [])[:1]:
         res = json.loads(p.read_text())

@@ -1,4 +1,4 @@
-"""Question-answering data files: NQ-open / SQuAD style or Spec-Bench ``rag`` lines, read at run time.
+r"""Question-answering data files: NQ-open / SQuAD style or Spec-Bench ``rag`` lines, read at run time.
 
 NQ-open / SQuAD lines are ``{"id"?, "question", "answers": [...], "passage", "title"?}``; a passage's text is
 ``title + "\n" + passage`` (what a store indexes). Spec-Bench ``rag`` lines carry their passages inside the

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
               "heldout": args.heldout, "torch_threads": torch.get_num_threads(), "init": args.init}
     if qa_splits:
         recipe["qa_trained_on"] = qa_training_record(args.qa_data, qa_splits, args.qa_holdout, args.qa_limit)
-    if "spec_bench_train" in args.corpus or "sft" in cfg.phases:
+    if "spec_bench_train" in args.corpus or ("sft" in cfg.phases and not args.qa_data):
         from ...eagle.corpus import spec_bench_training_record
 
         recipe["trained_on"] = spec_bench_training_record(args.spec_bench)
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         held = ChunkCorpus.cached(out / f"heldout-{cfg.pooling}.safetensors", held_docs, tok, cfg.k, encoder=encoder,
                                   log=log)
     sft_records = []
-    if "sft" in cfg.phases:
+    if "sft" in cfg.phases and not args.qa_data:
         from ...eagle.corpus import TRAIN_PARITY, spec_bench_prompts
 
         sft_records = spec_bench_prompts(args.spec_bench, parity=TRAIN_PARITY)

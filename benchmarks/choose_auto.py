@@ -1,0 +1,62 @@
+"""Record what ``context="auto"`` means for a REFRAG checkpoint: the qa suite's operating point.
+
+Reads qa-suite results files (``refrag-rasd bench --suite qa --out ...``) measured with the checkpoint, takes
+the fastest compressed setting that keeps at least 95% of plain RAG's right answers in EVERY file (its
+slowest file's speedup counts), else plain RAG, and writes it with its evidence into the checkpoint's
+sidecar (``"auto"``), which :meth:`refrag_rasd_core.Engine.auto_context` reads.
+
+    .venv/bin/python benchmarks/choose_auto.py --checkpoint core/.../smollm2-135m-instruct-refrag-k16.safetensors \\
+        benchmarks/results/2026-12-01-cpu2-qa-nq-trained.json benchmarks/results/2026-12-01-cpu2-qa-squad-trained.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from refrag_rasd_integrations.bench.qa import operating_point
+
+
+def combined_point(results: list[dict], keep: float = 0.95) -> tuple[dict, dict]:
+    """The operating point over several results files (each setting's worst file counts) and the combined
+    per-setting figures it was chosen from."""
+    names = set.intersection(*(set(r["methods"]) for r in results))
+    worst = {n: {"keeps_text_hits": min(r["methods"][n].get("keeps_text_hits") or 0.0 for r in results),
+                 "ttft_speedup_vs_text": min(r["methods"][n]["ttft_speedup_vs_text"] for r in results)}
+             for n in names}
+    return operating_point(worst, keep), worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="the checkpoint's .safetensors (its .json sidecar is edited)")
+    p.add_argument("results", nargs="+", help="qa-suite results files measured with this checkpoint")
+    p.add_argument("--keep", type=float, default=0.95)
+    args = p.parse_args(argv)
+    sidecar = Path(args.checkpoint).with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    results = [json.loads(Path(f).read_text()) for f in args.results]
+    for f, r in zip(args.results, results, strict=True):
+        sha = (r["settings"].get("refrag") or {}).get("sha256")
+        if sha != meta.get("sha256"):
+            raise SystemExit(f"{f} was measured with checkpoint {sha}, not {meta.get('sha256')}")
+    point, worst = combined_point(results, args.keep)
+    best = max((n for n in worst if n.startswith("compressed:")), key=lambda n: worst[n]["keeps_text_hits"],
+               default=None)
+    n_q = sum(r["settings"]["n_questions"] for r in results)
+    why = (f"fastest setting keeping >= {args.keep:.0%} of plain RAG's right answers on every file "
+           f"({n_q} held-out dev questions)")
+    if point["context"] == "text" and best:
+        why = (f"no compressed setting kept >= {args.keep:.0%} of plain RAG's right answers on every file ({n_q} "
+               f"held-out dev questions; best: {best} kept {worst[best]['keeps_text_hits']:.2f} at "
+               f"{worst[best]['ttft_speedup_vs_text']:.2f}x TTFT in its worst file), so context='auto' is plain RAG")
+    meta["auto"] = {**point, "chosen_by": f"benchmarks/choose_auto.py (keeps_text_hits >= {args.keep} in every "
+                    "file, fastest TTFT)", "evidence": [str(f) for f in args.results], "why": why}
+    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+    print(json.dumps(meta["auto"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
