@@ -30,14 +30,6 @@ TEXT = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_bert_encoder(dec_tok, k: int = K, pooling: str = "mean") -> ChunkEncoder:
     """A random 1-layer BERT with a character WordPiece tokenizer, built in memory."""
     chars = [chr(c) for c in range(32, 127)]

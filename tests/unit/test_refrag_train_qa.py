@@ -32,14 +32,6 @@ FACTS = [("Where do the blue owls nest?", "Owls nest in the Marrow Hills.", "Mar
          ("What is the town's name?", "The town is called Oskby.", "Oskby")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def qa_file(tmp: Path) -> Path:
     f = tmp / "qa.jsonl"
     f.write_text("\n".join(json.dumps({"id": f"q{i}", "question": q, "answers": [a], "passage": p, "title": "T"})
