@@ -593,8 +593,10 @@ plt.show()
 ## Which chunks stay raw: the expansion policies
 
 With `expand=0.15` about a seventh of the chunks keep their tokens. `similarity` picks the chunks whose projected vector is
-closest to the question, `perplexity` the chunks the decoder finds hardest to predict, `random` is the paper's
-baseline, `rl` is REFRAG's learned policy (when the checkpoint has one). We call the same function the engine
+closest to the question's mean token embedding, `question` the chunks whose encoder vector is closest to the
+question's encoder vector, `perplexity` the chunks the decoder finds hardest to predict, `random` is the paper's
+baseline, `rl` is REFRAG's learned policy (the shipped one was trained on RAG questions and reads the question's
+encoder vector; it learned mostly to expand the best-ranked passages). We call the same function the engine
 calls (`choose_expansions`) to see the choices, and check the count against the engine's own statistics.
 '''),
     code('''
@@ -611,10 +613,12 @@ projected = engine.refrag.project(vectors, dtype=engine.model.dtype)
 with torch.inference_mode():
     query = engine.model.get_input_embeddings()(torch.tensor(layout.suffix))
 n = expansion_count(len(chunks), 0.15)
-policies = ["random", "similarity", "perplexity"] + (["rl"] if engine.refrag.policy is not None else [])
-MARK = {"random": "R", "similarity": "S", "perplexity": "P", "rl": "L"}
+policies = ["random", "similarity", "question", "perplexity"] + (["rl"] if engine.refrag.policy is not None else [])
+MARK = {"random": "R", "similarity": "S", "question": "Q", "perplexity": "P", "rl": "L"}
+question_vector = engine.refrag_encoder().encode_question(row["question"])  # read by `question` and a QA-trained `rl`
 chosen = {pol: set(choose_expansions(pol, n, chunk_vectors=vectors, projected=projected, query_embeds=query,
-                                     chunks=chunks, decoder=engine.model, network=engine.refrag.policy, seed=0))
+                                     chunks=chunks, decoder=engine.model, network=engine.refrag.policy, seed=0,
+                                     question_vector=question_vector))
           for pol in policies}
 for pol in policies:
     st = engine.prefill(row["question"], passages=ps, context="compressed", expand=0.15, policy=pol, seed=0).stats
