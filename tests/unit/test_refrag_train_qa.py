@@ -144,8 +144,11 @@ def test_sft_on_qa_rows_reduces_loss_with_teacher_targets(tmp_path: Path) -> Non
     assert got["answer"] == (want[:want.index(257)] if 257 in want else want)
 
 
-def test_select_learns_the_answer_chunks(tmp_path: Path) -> None:
-    tr = trainer(tmp_path, phases=["select"], steps_select=40, lr_select=1e-2, select_batch=6)
+@pytest.mark.parametrize("shuffle", [0.0, 1.0])
+def test_select_learns_the_answer_chunks(tmp_path: Path, shuffle: float) -> None:
+    # shuffle=1: every row's chunks in a random order, so only what the chunks hold can be learned
+    tr = trainer(tmp_path, phases=["select"], steps_select=40, lr_select=1e-2, select_batch=6,
+                 select_shuffle=shuffle)
     assert tr.policy.reads_question_vector
     tr.run()
     ls, hits = losses(tmp_path / "run", "select"), losses(tmp_path / "run", "select", "top1_hit")
@@ -225,3 +228,8 @@ def test_selection_evaluation_scores_every_policy(tmp_path: Path) -> None:
         assert res["hit_rate"][f"{pol}@1.0"] == 1.0  # expanding every chunk always expands the answer
     first = [int(e.answer_chunks[0] < max(1, int(0.25 * e.n_chunks))) for e in usable]
     assert res["hit_rate"]["rank@0.25"] == round(sum(first) / len(first), 4)
+    for pol in ("random", "rank", "similarity", "question", "rl"):
+        assert res["hit_rate_shuffled"][f"{pol}@1.0"] == 1.0
+    # the content-only policies choose the same chunks whatever their order: the shuffled answers map right
+    for pol in ("similarity", "question"):
+        assert res["hit_rate_shuffled"][f"{pol}@0.25"] == res["hit_rate"][f"{pol}@0.25"]

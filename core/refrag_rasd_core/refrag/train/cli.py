@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entropy-coef", type=float, default=d.entropy_coef, help="PPO entropy bonus")
     p.add_argument("--select-batch", type=int, default=d.select_batch)
     p.add_argument("--lr-select", type=float, default=d.lr_select)
+    p.add_argument("--select-shuffle", type=float, default=d.select_shuffle,
+                   help="share of select rows whose chunks are shown in a random order, so the policy learns "
+                        "from what the chunks say and not only where they stand")
     p.add_argument("--sft-answer-tokens", type=int, default=d.sft_answer_tokens,
                    help="longest teacher answer (tokens)")
     p.add_argument("--sft-batch", type=int, default=d.sft_batch)
@@ -123,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        lr_policy=args.lr_policy, policy_group=args.policy_group, lr_select=args.lr_select,
                        policy_query=args.policy_query or ("question" if args.qa_data else "decoder"),
                        entropy_coef=args.entropy_coef, select_batch=args.select_batch,
+                       select_shuffle=args.select_shuffle,
                        sft_answer_tokens=args.sft_answer_tokens, sft_batch=args.sft_batch,
                        policy_contexts=args.policy_contexts, policy_chunks=args.policy_chunks,
                        ckpt_every=args.ckpt_every, seed=args.seed, device=args.device, dtype=args.dtype,

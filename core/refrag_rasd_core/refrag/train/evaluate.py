@@ -166,27 +166,37 @@ def evaluate_selection(tr: RefragTrainer, examples: Sequence[Any], *, fractions:
                        ) -> dict[str, Any]:
     """How often each policy expands a chunk that holds a gold answer, on held-out QA examples
     (:class:`~.qa_rows.QAExample`) whose retrieved passages hold one: ``hit_rate["<policy>@<p>"]``, and the
-    share of chunks that hold an answer (what a random choice of one chunk hits)."""
+    share of chunks that hold an answer (what a random choice of one chunk hits).
+
+    ``hit_rate_shuffled`` is the same with each question's chunks in a random order (seeded): what a policy
+    finds by reading the chunks rather than by where they stand (``rank`` falls to ``random`` there)."""
     from .qa_rows import rag_row
 
     usable = [e for e in examples if e.answer_chunks]
     if not usable:
         return {"error": "no held-out question has its answer in its retrieved passages"}
     tr.policy.eval()
-    hits: dict[str, list[int]] = {}
+    trained = any(tr.history.get(ph, {}).get("steps") for ph in ("policy", "select"))
+    hits: dict[str, dict[str, list[int]]] = {"hit_rate": {}, "hit_rate_shuffled": {}}
     for i, ex in enumerate(usable):
-        v = ex.vectors.to(tr.device).float()
         row = rag_row(tr.tokenizer, ex.question, ex.passages, tr.cfg.k, [])
         q = tr.embed(torch.tensor(row.between, device=tr.device))
-        chunks = [row.chunk(j, tr.cfg.k) for j in range(row.n_chunks)]
-        projected = tr.projector(v)
-        for pol in policies:
-            if pol == "rl" and not any(tr.history.get(ph, {}).get("steps") for ph in ("policy", "select")):
-                continue
-            for p in fractions:
-                m = max(1, int(p * ex.n_chunks + 1e-9))
-                sel = choose_expansions(pol, m, chunk_vectors=v, projected=projected, query_embeds=q, chunks=chunks,
-                                        network=tr.policy, seed=i, question_vector=ex.question_vector)
-                hits.setdefault(f"{pol}@{p}", []).append(int(bool(set(sel) & set(ex.answer_chunks))))
-    return {"hit_rate": {k_: round(_avg(v_), 4) for k_, v_ in hits.items()}, "questions": len(usable),
+        all_chunks = [row.chunk(j, tr.cfg.k) for j in range(row.n_chunks)]
+        shuffled = torch.randperm(ex.n_chunks, generator=torch.Generator().manual_seed(i)).tolist()
+        for key, order in (("hit_rate", list(range(ex.n_chunks))), ("hit_rate_shuffled", shuffled)):
+            v = ex.vectors[order].to(tr.device).float()
+            chunks = [all_chunks[o] for o in order]
+            answer = {j for j, o in enumerate(order) if o in set(ex.answer_chunks)}
+            projected = tr.projector(v)
+            for pol in policies:
+                if pol == "rl" and not trained:
+                    continue
+                for p in fractions:
+                    m = max(1, int(p * ex.n_chunks + 1e-9))
+                    sel = choose_expansions(pol, m, chunk_vectors=v, projected=projected, query_embeds=q,
+                                            chunks=chunks, network=tr.policy, seed=i,
+                                            question_vector=ex.question_vector)
+                    hits[key].setdefault(f"{pol}@{p}", []).append(int(bool(set(sel) & answer)))
+    out: dict[str, Any] = {key: {k_: round(_avg(v_), 4) for k_, v_ in h.items()} for key, h in hits.items()}
+    return {**out, "questions": len(usable),
             "answer_chunk_share": round(_avg([len(e.answer_chunks) / e.n_chunks for e in usable]), 4)}

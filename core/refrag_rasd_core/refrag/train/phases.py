@@ -104,6 +104,7 @@ class TrainConfig:
     policy_fractions: list[float] = field(default_factory=lambda: [0.1, 0.25])
     policy_query: str = "decoder"    # "question": the policy reads the question's encoder vector (QA data)
     select_batch: int = 16           # questions per supervised policy step
+    select_shuffle: float = 0.0      # share of select rows whose chunks are shown in a random order
     ppo_epochs: int = 2
     ppo_clip: float = 0.2
     entropy_coef: float = 0.0

@@ -22,7 +22,9 @@ embedding of the question turn (QA) or of the context's tokens (a next-paragraph
 
 **Supervised warm start** (:func:`select_step`, the ``select`` phase): on QA examples whose passages hold a
 gold answer, the listwise cross-entropy ``logsumexp(all logits) - logsumexp(logits of answer chunks)``:
-the probability that the first chunk chosen holds the answer.
+the probability that the first chunk chosen holds the answer. A share ``select_shuffle`` of the rows shows
+the chunks in a random order: the first-ranked passage holds the answer most often, so in rank order alone
+the policy can learn "expand the first chunks" and never read them; shuffled rows pay only for content.
 
 The sampling-time logits are computed with the policy in TRAINING mode (without gradient), the same code path
 as the PPO epochs' forward: in eval mode without gradient ``nn.TransformerEncoder`` takes PyTorch's fused
@@ -40,6 +42,7 @@ import torch
 from ...errors import InvalidInputError
 from ..policy import ExpansionPolicy
 from .batches import Row
+from .qa_rows import rag_row
 
 if TYPE_CHECKING:  # pragma: no cover
     from .phases import RefragTrainer
@@ -56,12 +59,14 @@ def selection_nll(tr: RefragTrainer, rows: list[Row], projected_rows: torch.Tens
     return (total / count.clamp(min=1)).cpu()
 
 
-def _query(tr: RefragTrainer, row: Row, question_vector: torch.Tensor | None) -> torch.Tensor:
-    """What the policy reads as the query of a context (see the module docstring)."""
+def _query(tr: RefragTrainer, row: Row | None, question_vector: torch.Tensor | None) -> torch.Tensor:
+    """What the policy reads as the query of a context (see the module docstring); ``row`` may be None
+    for a question-aware policy, which reads only the question's vector."""
     if tr.policy.reads_question_vector:
         if question_vector is None:
             raise InvalidInputError("a question-aware policy trains on QA data (--qa-data); none was given")
         return question_vector.to(tr.device)
+    assert row is not None
     toks = row.between if row.between else row.context
     return tr.embed(torch.tensor(toks, device=tr.device)).float().mean(0)
 
@@ -153,17 +158,23 @@ def select_step(tr: RefragTrainer, opt: torch.optim.Optimizer, step: int) -> dic
     if not pool:
         raise InvalidInputError("the select phase needs QA examples whose passages hold an answer (--qa-data)")
     rng = _step_rng(cfg.seed, "select", step)
-    data = tr.sft_rows()
     tr.policy.train()
     loss = torch.zeros((), device=tr.device)
     hits, ent = 0, 0.0
     for _ in range(cfg.select_batch):
         i = pool[rng.randrange(len(pool))]
-        ex, (row, _) = tr.qa_examples[i], data[i]
-        logits = tr.policy(ex.vectors.to(tr.device), _query(tr, row, ex.question_vector))
-        pos = torch.tensor(ex.answer_chunks, device=logits.device)
+        ex = tr.qa_examples[i]
+        row = None if tr.policy.reads_question_vector else rag_row(tr.tokenizer, ex.question, ex.passages, cfg.k, [])
+        vectors, answer = ex.vectors, ex.answer_chunks
+        if cfg.select_shuffle > 0 and rng.random() < cfg.select_shuffle:
+            order = list(range(ex.n_chunks))
+            rng.shuffle(order)
+            vectors = vectors[order]
+            answer = [j for j, o in enumerate(order) if o in set(ex.answer_chunks)]
+        logits = tr.policy(vectors.to(tr.device), _query(tr, row, ex.question_vector))
+        pos = torch.tensor(answer, device=logits.device)
         loss = loss + torch.logsumexp(logits, -1) - torch.logsumexp(logits[pos], -1)
-        hits += int(int(logits.argmax()) in ex.answer_chunks)
+        hits += int(int(logits.argmax()) in answer)
         ent += float(_entropy(logits.detach()))
     loss = loss / cfg.select_batch
     opt.zero_grad(set_to_none=True)
