@@ -40,17 +40,39 @@ class PassageRegistry:
     def __init__(self, maxsize: int = 4096) -> None:
         self.maxsize = maxsize
         self._items: OrderedDict[str, Passage] = OrderedDict()
+        self._by_text: dict[str, str] = {}  # stripped text -> handle of the latest passage with that text
         self._lock = threading.Lock()
 
     def put(self, passage: Passage, collection: str) -> str:
         """Remember ``passage`` and return its handle."""
         handle = f"{collection}/{passage.id}"
         with self._lock:
+            old = self._items.get(handle)
+            if old is not None and self._by_text.get(old.text.strip()) == handle:
+                del self._by_text[old.text.strip()]
             self._items[handle] = passage
             self._items.move_to_end(handle)
+            self._by_text[passage.text.strip()] = handle
             while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
+                gone, p = self._items.popitem(last=False)
+                if self._by_text.get(p.text.strip()) == gone:
+                    del self._by_text[p.text.strip()]
         return handle
+
+    def match(self, text: str) -> Passage | None:
+        """The latest passage handed out whose text is ``text`` (leading and trailing whitespace aside): how a
+        plain ``Document`` (a LangChain ``VectorStoreRetriever``'s, no handle in its metadata) finds its
+        stored arrays.
+
+        Example:
+            >>> reg = PassageRegistry()
+            >>> _ = reg.put(Passage(text="Paris is in France.", id="p1"), "demo")
+            >>> reg.match(" Paris is in France.").id, reg.match("Paris")
+            ('p1', None)
+        """
+        with self._lock:
+            handle = self._by_text.get(text.strip())
+            return self._items.get(handle) if handle else None
 
     def get(self, handle: str) -> Passage | None:
         with self._lock:
@@ -61,7 +83,17 @@ class PassageRegistry:
 
     def find_in(self, text: str, min_chars: int = 24) -> list[tuple[str, Passage]]:
         """The registered passages whose text occurs verbatim in ``text``, in the order they occur (one per
-        distinct text: the most recently handed out)."""
+        distinct text: the most recently handed out). A passage found only inside a longer one found there
+        (a smaller split of the same document, from another store) is left out: each span of ``text`` is
+        one passage.
+
+        Example:
+            >>> reg = PassageRegistry()
+            >>> _ = reg.put(Passage(text="Madrid is the capital of Spain.", id="small"), "a")
+            >>> _ = reg.put(Passage(text="Madrid is the capital of Spain. It has the Prado.", id="whole"), "b")
+            >>> [p.id for _, p in reg.find_in("Context: Madrid is the capital of Spain. It has the Prado. Q?")]
+            ['whole']
+        """
         with self._lock:
             items = list(self._items.items())
         found: dict[str, tuple[int, str, Passage]] = {}
@@ -71,11 +103,19 @@ class PassageRegistry:
                 pos = text.find(t)
                 if pos >= 0:
                     found[t] = (pos, handle, p)
-        return [(h, p) for _, h, p in sorted(found.values(), key=lambda x: x[0])]
+        spans: list[tuple[int, int]] = []
+        kept = []
+        for t, (pos, handle, p) in sorted(found.items(), key=lambda x: -len(x[0])):  # longest first
+            end = pos + len(t)
+            if not any(pos >= a and end <= b for a, b in spans):
+                spans.append((pos, end))
+                kept.append((pos, handle, p))
+        return [(h, p) for _, h, p in sorted(kept, key=lambda x: x[0])]
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._by_text.clear()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -105,8 +145,9 @@ def resolve(items: Sequence[Any] | None, store: Any = None, registry: PassageReg
     """Turn handles, ``Document`` s, nodes, :class:`Passage` s or strings into :class:`Passage` s.
 
     A handle is looked up in the registry, then in ``store`` (a :class:`~.store.RefragChromaStore`) when one
-    is given; a document or node without a resolvable handle becomes a text-only passage (the engine then
-    encodes it on the fly, the slow path).
+    is given. A document or node without a handle (or a plain string) is matched by its text against
+    the passages the stores handed out in this process (:meth:`PassageRegistry.match`); one that matches
+    nothing becomes a text-only passage (the engine then encodes it on the fly, the slow path).
     """
     from .errors import PassageNotFoundError
 
@@ -126,7 +167,7 @@ def resolve(items: Sequence[Any] | None, store: Any = None, registry: PassageReg
             continue
         if isinstance(it, str):
             if not is_handle(it):
-                out.append(Passage(text=it))
+                out.append(reg.match(it) or Passage(text=it))
                 continue
             p = lookup(it)
             if p is None:
@@ -148,7 +189,7 @@ def resolve(items: Sequence[Any] | None, store: Any = None, registry: PassageReg
             from refrag_rasd_core.errors import InvalidInputError
 
             raise InvalidInputError(f"cannot make a passage of {type(it).__name__}")
-        out.append(Passage(text=text, metadata=dict(getattr(node, "metadata", {}) or {})))
+        out.append(reg.match(text) or Passage(text=text, metadata=dict(getattr(node, "metadata", {}) or {})))
     return out
 
 

@@ -63,6 +63,7 @@ SOURCE_KEY = "source"
 INDEX_KEY = "refrag_index"
 DOC_KEY = "refrag_doc"
 _BLOB_KEYS = frozenset({TOKENS_KEY, CHUNKS_KEY})
+_INTERNAL_KEYS = frozenset({TOKENS_KEY, CHUNKS_KEY, N_TOKENS_KEY, INDEX_KEY, DOC_KEY})
 DEFAULT_COLLECTION = "refrag-rasd"
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 
@@ -451,13 +452,16 @@ class RefragChromaStore:
                                          metadata={**flat, DOC_KEY: digest, INDEX_KEY: i}))
         return out
 
-    def encode_records(self, records: Sequence[PassageRecord]) -> dict[str, list[Any]]:
-        """Token ids, chunk embeddings and retrieval vectors of passages, as Chroma ``upsert`` arguments."""
+    def encode_records(self, records: Sequence[PassageRecord], vectors: Sequence[Sequence[float]] | None = None
+                       ) -> dict[str, list[Any]]:
+        """Token ids, chunk embeddings and retrieval vectors of passages (``vectors`` when the caller embedded
+        them already), as Chroma ``upsert`` arguments."""
         texts = [r.text for r in records]
         token_lists = [list(map(int, ids)) for ids in
                        self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         chunks = self.chunk_encoder.encode_passages(token_lists)
-        vecs = np.asarray(self.embedder.encode(texts, normalize_embeddings=True), dtype=np.float32)
+        vecs = np.asarray(self.embedder.encode(texts, normalize_embeddings=True) if vectors is None else vectors,
+                          dtype=np.float32)
         tdt = self.token_dtype
         metas = []
         for r, ids, ch in zip(records, token_lists, chunks, strict=True):
@@ -520,6 +524,36 @@ class RefragChromaStore:
             raise InvalidInputError(f"{len(texts)} texts but {len(metas)} metadatas")
         return self.add_documents(list(zip(texts, metas, strict=True)), **kwargs)
 
+    def put_texts(self, texts: Sequence[str], metadatas: Sequence[dict[str, Any] | None], ids: Sequence[str],
+                  *, vectors: Sequence[Sequence[float]] | None = None, batch_size: int = 64) -> list[str]:
+        """Store each text WHOLE as one passage under its id, replacing what that id held (the frameworks'
+        vector-store contract: the caller split the documents and owns the ids). Returns ``ids``.
+
+        Unlike :meth:`add_documents` nothing is split and nothing is skipped; the metadata is stored as given
+        (flattened to Chroma's types), with no ``source`` added. ``vectors``: the texts' retrieval vectors
+        when the caller embedded them (a LlamaIndex index does), else the store's embedder makes them."""
+        texts, ids = list(texts), [str(i) for i in ids]
+        metas = [dict(m or {}) for m in metadatas]
+        if not len(texts) == len(metas) == len(ids):
+            raise InvalidInputError(f"{len(texts)} texts, {len(metas)} metadatas and {len(ids)} ids")
+        if len(set(ids)) != len(ids):
+            raise InvalidInputError("the ids of one call must be distinct")
+        if any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise InvalidInputError("a text to store is empty")
+        if vectors is not None and len(vectors) != len(texts):
+            raise InvalidInputError(f"{len(texts)} texts but {len(vectors)} vectors")
+        col = self.collection()
+        for start in range(0, len(texts), batch_size):
+            part = slice(start, start + batch_size)
+            records = [PassageRecord(id=i, text=t, metadata=_flat_metadata(m))
+                       for i, t, m in zip(ids[part], texts[part], metas[part], strict=True)]
+            rows = self.encode_records(records, None if vectors is None else vectors[part])
+            try:
+                col.upsert(**rows)
+            except Exception as exc:
+                raise chroma_failure(exc, f"writing to collection {self.collection_name!r}") from exc
+        return ids
+
     def add_files(self, paths: Iterable[str | os.PathLike], *, encoding: str = "utf-8", **kwargs: Any
                   ) -> IndexReport:
         """Index text files (folders are walked for ``.txt``, ``.md``, ``.rst``, ``.jsonl``). A ``.jsonl`` file
@@ -538,32 +572,40 @@ class RefragChromaStore:
         return p
 
     def embed_query(self, query: str) -> list[float]:
+        """The retrieval vector of a query (normalized)."""
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError("the query is empty")
+        if hasattr(self.embedder, "embed_query"):  # an embedder that embeds queries apart from documents
+            return list(self.embedder.embed_query(query))
         return np.asarray(self.embedder.encode([query], normalize_embeddings=True),
                           dtype=np.float32)[0].tolist()
 
     def search(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                where_document: dict[str, Any] | None = None) -> list[tuple[Passage, float]]:
         """The ``k`` passages most similar to ``query`` (cosine similarity), with their token ids and chunk
-        embeddings, optionally filtered by metadata (Chroma ``where`` syntax, e.g. ``{"source": "a.txt"}``)."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
-        col = self.collection(create=False)
-        vec = self.embed_query(query)
-        try:
-            res = col.query(query_embeddings=[vec], n_results=k, where=filter or None,
-                            where_document=where_document or None, include=["documents", "metadatas", "distances"])
-        except Exception as exc:
-            raise chroma_failure(exc, f"querying collection {self.collection_name!r}") from exc
+        embeddings, optionally filtered by metadata (Chroma ``where`` syntax, e.g. ``{"source": "a.txt"}``).
+        Each passage's metadata also holds its ``score`` and its registry handle."""
         out = []
-        for pid, text, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0],
-                                         res["distances"][0], strict=True):
-            p = self._passage(pid, text or "", dict(meta or {}))
-            score = float(1.0 - dist)
+        for p, score in self.search_by_vector(self.embed_query(query), k, filter, where_document):
             p.metadata["score"] = score
             out.append((p, score))
         return out
+
+    def search_by_vector(self, vector: Sequence[float], k: int = 4, filter: dict[str, Any] | None = None,
+                         where_document: dict[str, Any] | None = None) -> list[tuple[Passage, float]]:
+        """:meth:`search` from a retrieval vector (the embedder's space), without adding ``score`` to the
+        passages' metadata."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+        col = self.collection(create=False)
+        try:
+            res = col.query(query_embeddings=[list(map(float, vector))], n_results=k, where=filter or None,
+                            where_document=where_document or None, include=["documents", "metadatas", "distances"])
+        except Exception as exc:
+            raise chroma_failure(exc, f"querying collection {self.collection_name!r}") from exc
+        return [(self._passage(pid, text or "", dict(meta or {})), float(1.0 - dist))
+                for pid, text, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0],
+                                                 res["distances"][0], strict=True)]
 
     async def asearch(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                       where_document: dict[str, Any] | None = None) -> list[tuple[Passage, float]]:
@@ -609,6 +651,17 @@ class RefragChromaStore:
 
         return RefragQueryEngine.from_store(self, llm=llm, similarity_top_k=similarity_top_k,
                                             streaming=streaming, **llm_kwargs)
+
+
+def user_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A stored passage's metadata as its owner gave it: without the store's own keys (arrays, token count,
+    document index) or the registry handle.
+
+    Example:
+        >>> user_metadata({"id": 1, "refrag_n_tokens": 3, "refrag_passage": "c/p"})
+        {'id': 1}
+    """
+    return {k: v for k, v in metadata.items() if k not in _INTERNAL_KEYS and k != HANDLE_KEY}
 
 
 def chroma_failure(exc: Exception, action: str,

@@ -17,6 +17,18 @@ import pytest  # noqa: E402
 SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_dev.jsonl"
 
 
+def mark_async_tests(cls):
+    """Mark a langchain-tests suite's coroutine tests for pytest-asyncio (strict mode); its sync tests stay
+    unmarked."""
+    import inspect
+
+    for name in dir(cls):
+        fn = getattr(cls, name)
+        if name.startswith("test_") and inspect.iscoroutinefunction(fn):
+            setattr(cls, name, pytest.mark.asyncio(fn))
+    return cls
+
+
 def demo_rag_questions(limit: int | None = None, n_passages: int = 4) -> list:
     """The demo corpus's questions (text every machine has; see refrag_rasd_integrations.demo_corpus) as
     Spec-Bench-style ``rag`` questions: their passages, one per line, then the question."""

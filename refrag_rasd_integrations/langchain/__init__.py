@@ -1,5 +1,6 @@
 """LangChain adapters: :class:`ChatRefragRasd` (chat model), :class:`RefragRasdLLM` (string LLM),
-:class:`RefragRetriever` (over a :class:`~refrag_rasd_integrations.store.RefragChromaStore`) and
+:class:`RefragRetriever` (over a :class:`~refrag_rasd_integrations.store.RefragChromaStore`),
+:class:`RefragVectorStore` (that store as a LangChain ``VectorStore``) and
 :class:`PassagePrompt` (hands retrieved passages, with their stored chunk embeddings, to the model).
 
 Example:
@@ -15,5 +16,6 @@ from .chat_models import ChatRefragRasd
 from .llms import RefragRasdLLM
 from .prompts import PassagePrompt
 from .retrievers import RefragRetriever
+from .vectorstores import RefragVectorStore
 
-__all__ = ["ChatRefragRasd", "PassagePrompt", "RefragRasdLLM", "RefragRetriever"]
+__all__ = ["ChatRefragRasd", "PassagePrompt", "RefragRasdLLM", "RefragRetriever", "RefragVectorStore"]

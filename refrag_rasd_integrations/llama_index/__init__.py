@@ -1,6 +1,7 @@
 """LlamaIndex adapters: :class:`RefragRasdLLM` (a ``CustomLLM``), :class:`RefragLlamaRetriever`,
 :class:`RefragSynthesizer` and :class:`RefragQueryEngine` (hand the retrieved nodes, with their stored
-chunk embeddings, to the engine).
+chunk embeddings, to the engine), and :class:`RefragLlamaVectorStore` (the store as a LlamaIndex vector store,
+for ``VectorStoreIndex.from_vector_store``).
 
 Example:
     >>> from refrag_rasd_integrations.store import RefragChromaStore
@@ -11,5 +12,7 @@ Example:
 from .llms import RefragRasdLLM
 from .query_engine import RefragQueryEngine, RefragSynthesizer
 from .retrievers import RefragLlamaRetriever, chroma_where
+from .vector_stores import RefragLlamaVectorStore, RefragStoreEmbedding
 
-__all__ = ["RefragLlamaRetriever", "RefragQueryEngine", "RefragRasdLLM", "RefragSynthesizer", "chroma_where"]
+__all__ = ["RefragLlamaRetriever", "RefragLlamaVectorStore", "RefragQueryEngine", "RefragRasdLLM",
+           "RefragStoreEmbedding", "RefragSynthesizer", "chroma_where"]

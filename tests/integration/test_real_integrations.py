@@ -6,13 +6,13 @@ langchain-tests integration suites (chat model, retriever), LCEL and LlamaIndex 
 from __future__ import annotations
 
 import functools
-import inspect
 import tempfile
 
 import pytest
 from langchain_core.runnables import RunnablePassthrough
 from langchain_tests.integration_tests import ChatModelIntegrationTests, RetrieversIntegrationTests
 
+from conftest import mark_async_tests
 from refrag_rasd_integrations import engines
 from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt, RefragRetriever
 from refrag_rasd_integrations.store import RefragChromaStore
@@ -37,15 +37,6 @@ def _corpus(limit: int = 3) -> list[tuple[str, dict]]:
     return [("\n".join(r["passages"]), {"source": r["source"], "question": r["question"]}) for r in rows]
 
 
-def _mark_async_tests(cls):
-    """Mark the suite's coroutine tests for pytest-asyncio (strict mode); the sync tests stay unmarked."""
-    for name in dir(cls):
-        fn = getattr(cls, name)
-        if name.startswith("test_") and inspect.iscoroutinefunction(fn):
-            setattr(cls, name, pytest.mark.asyncio(fn))
-    return cls
-
-
 @functools.cache
 def _real_store() -> RefragChromaStore:
     store = RefragChromaStore("real-rag", path=tempfile.mkdtemp(prefix="refrag-rasd-chroma-"),
@@ -60,7 +51,7 @@ def real_store(real_engine):
     return _real_store()
 
 
-@_mark_async_tests
+@mark_async_tests
 class TestChatRefragRasdIntegration(ChatModelIntegrationTests):
     """The langchain-tests integration suite on the real default model. Tool calling, structured output,
     JSON mode and image / audio / PDF inputs are not capabilities of this model: declared below, so the suite
@@ -95,7 +86,7 @@ class TestChatRefragRasdIntegration(ChatModelIntegrationTests):
         return True
 
 
-@_mark_async_tests
+@mark_async_tests
 class TestRefragRetrieverIntegration(RetrieversIntegrationTests):
     @property
     def retriever_constructor(self):

@@ -8,6 +8,8 @@ import asyncio
 import pytest
 from integration_fakes import CORPUS, fake_store
 from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events.llm import LLMChatEndEvent
 from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters
 
 from refrag_rasd_core.engine import Engine
@@ -96,3 +98,87 @@ def test_query_engine_hands_nodes_with_embeddings(parts, llm):
     finally:
         hook.remove()
     assert calls == []  # no chunk encoder forward at query time
+
+
+class _LLMResponses(BaseEventHandler):
+    """The ``raw`` of every LLM chat response LlamaIndex's instrumentation reports."""
+
+    raw: list = []
+
+    def handle(self, event, **kwargs) -> None:
+        if isinstance(event, LLMChatEndEvent) and event.response is not None:
+            self.raw.append(event.response.raw)
+
+
+def _vector_store(parts, tmp_path):
+    from refrag_rasd_integrations.llama_index import RefragLlamaVectorStore
+
+    engine, enc, _ = parts
+    store = fake_store("li-vector-store", client=make_client(tmp_path / "db"), tokenizer=engine.tokenizer,
+                       chunk_encoder=enc)
+    return RefragLlamaVectorStore(store)
+
+
+def test_vector_store_index_round_trip_and_query_engine(parts, llm, tmp_path):
+    """VectorStoreIndex over the store: nodes stored whole with their arrays, the stock query engine's prompt
+    reaches the LLM with the stored chunk vectors (no encoder forward at query time)."""
+    from llama_index.core import Document, StorageContext, VectorStoreIndex
+    from llama_index.core.instrumentation import get_dispatcher
+
+    engine, enc, _ = parts
+    vs = _vector_store(parts, tmp_path)
+    docs = [Document(text=t, metadata=m, id_=f"doc-{i}") for i, (t, m) in enumerate(CORPUS)]
+    index = VectorStoreIndex.from_documents(docs, storage_context=StorageContext.from_defaults(vector_store=vs),
+                                            embed_model=vs.embed_model)
+    nodes = vs.get_nodes()
+    assert len(nodes) == vs.store.count() >= len(CORPUS)
+    node = next(n for n in nodes if "Madrid" in n.get_content())
+    assert node.ref_doc_id == "doc-2" and node.metadata == {"source": "es"}
+    (p,) = vs.store.get_passages([node.node_id])
+    assert p.token_ids == engine.tokenizer(p.text, add_special_tokens=False)["input_ids"]
+    assert p.chunk_embeddings is not None and p.chunk_embeddings.shape[0] == -(-len(p.token_ids) // enc.k)
+
+    reopened = VectorStoreIndex.from_vector_store(vs, embed_model=vs.embed_model)
+    hits = reopened.as_retriever(similarity_top_k=2).retrieve("Madrid Spain")
+    assert hits[0].node.node_id == node.node_id and hits[0].node.metadata == {"source": "es"}
+    filt = MetadataFilters(filters=[MetadataFilter(key="source", value="bio", operator=FilterOperator.EQ)])
+    got = reopened.as_retriever(similarity_top_k=5, filters=filt).retrieve("capital")
+    assert got and all(n.node.metadata["source"] == "bio" for n in got)
+
+    calls = []
+    hook = enc.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        # the stock synthesizer's template is long in the tiny byte-level tokenizer: a wider tiny model
+        loaded = tiny_loaded(0, max_positions=2048)
+        wide_engine = Engine(loaded, drafter=None, refrag=tiny_refrag(loaded, enc, auto={"context": "compressed"}),
+                             refrag_encoder=enc)
+        wide = RefragRasdLLM(engine=wide_engine, max_tokens=6, method="pld")
+        seen = _LLMResponses()
+        dispatcher = get_dispatcher()
+        dispatcher.add_event_handler(seen)
+        try:
+            resp = index.as_query_engine(llm=wide, similarity_top_k=2).query("Madrid Spain")
+        finally:
+            dispatcher.event_handlers.remove(seen)
+    finally:
+        hook.remove()
+    assert calls == []
+    (raw,) = seen.raw  # the passages found in the synthesizer's prompt and read compressed
+    assert raw["passages_recognized"] == 2 and raw["context"] == "compressed" and raw["stats"]["chunks"] > 0
+    assert len(resp.source_nodes) == 2 and resp.response.strip()
+
+    vs.delete("doc-2")
+    assert all(n.ref_doc_id != "doc-2" for n in vs.get_nodes())
+    vs.delete_nodes(filters=filt)
+    assert all(n.metadata.get("source") != "bio" for n in vs.get_nodes())
+    vs.clear()
+    assert vs.get_nodes() == [] and vs.store.count() == 0
+
+
+def test_vector_store_refuses_half_embedded_nodes(parts, tmp_path):
+    from llama_index.core.schema import TextNode
+
+    vs = _vector_store(parts, tmp_path)
+    with pytest.raises(ValueError, match="embeddings"):
+        vs.add([TextNode(text="one text here", embedding=[0.1] * 64), TextNode(text="another text")])
+    assert vs.get_nodes() == []
