@@ -23,6 +23,8 @@ from pathlib import Path
 from refrag_rasd_core.engine import METHODS, Engine, GenerationConfig
 from refrag_rasd_core.errors import RefragRasdError
 
+from .settings import CONTEXTS
+
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
 COMMANDS: dict[str, Command] = {}
 
@@ -324,7 +326,7 @@ def _setup_ask(p: argparse.ArgumentParser) -> None:
     _store_args(p)
     p.add_argument("-k", "--top-k-passages", dest="k", type=int, default=4, help="passages to retrieve")
     p.add_argument("--filter", default=None, help='Chroma where filter as JSON, e.g. \'{"source": "a.txt"}\'')
-    p.add_argument("--context", default="auto", choices=["auto", "compressed", "text", "none"])
+    p.add_argument("--context", default="auto", choices=CONTEXTS)
     p.add_argument("--compare", action="store_true",
                    help="also answer with plain RAG (full text context, vanilla decoding) and compare")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")

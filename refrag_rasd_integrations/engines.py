@@ -15,11 +15,14 @@ Example:
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
 DEFAULT_K = 16
 _ENGINES: dict[tuple[str | None, str, str | None], Any] = {}
 _LOCK = threading.Lock()
+_DEFAULT_ENCODERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_ENCODER_LOCK = threading.Lock()
 
 
 def get_engine(model: str | None = None, *, device: str = "auto", dtype: str | None = None) -> Any:
@@ -58,14 +61,14 @@ def chunk_encoder_of(engine: Any) -> Any:
     """The chunk encoder whose vectors ``engine`` reads: its REFRAG checkpoint's (``engine.refrag_encoder()``),
     or, for an engine without a checkpoint, the default encoder (all-MiniLM-L6-v2, CLS pooling, k=16) over
     the engine's tokenizer, so a store can be indexed before a checkpoint exists (``context="text"`` reads it)."""
-    if getattr(engine, "refrag", None) is not None or getattr(engine, "_refrag_encoder", None) is not None:
+    if getattr(engine, "has_chunk_encoder", False):
         return engine.refrag_encoder()
-    enc = getattr(engine, "_integrations_chunk_encoder", None)
-    if enc is None:
-        from refrag_rasd_core.refrag import ChunkEncoder
+    with _ENCODER_LOCK:
+        enc = _DEFAULT_ENCODERS.get(engine)
+        if enc is None:
+            from refrag_rasd_core.refrag import ChunkEncoder
 
-        enc = ChunkEncoder.load(tokenizer=engine.tokenizer, k=DEFAULT_K)
-        engine._integrations_chunk_encoder = enc
+            enc = _DEFAULT_ENCODERS[engine] = ChunkEncoder.load(tokenizer=engine.tokenizer, k=DEFAULT_K)
     return enc
 
 

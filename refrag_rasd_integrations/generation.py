@@ -31,24 +31,18 @@ import asyncio
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from refrag_rasd_core.engine import GenerationConfig
 from refrag_rasd_core.errors import InvalidInputError
 
 from .engines import get_engine, has_refrag, model_label
 from .passages import PASSAGES, Passage, PassageRegistry, resolve
+from .settings import ENGINE_SETTINGS, check_settings
 
-CONTEXTS = ("auto", "compressed", "text", "none")
 _ALIASES = {"max_new_tokens": "max_tokens"}
 SETTING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "method", "spec", "stop")
 Messages = list[dict[str, str]]
-
-
-def engine_supports_context() -> bool:
-    """Whether the installed engine builds the context itself (REFRAG's ``context=`` setting)."""
-    return "context" in GenerationConfig.__dataclass_fields__
 
 
 @dataclass
@@ -62,20 +56,19 @@ class GenerationRequest:
     model_name: str
     context: str
     recognized: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, params: dict[str, Any], prompt: str | Messages, *, passages: Sequence[Any] | None = None,
               handles: Sequence[str] = (), stop: Sequence[str] | None = None, engine: Any = None,
               registry: PassageRegistry | None = None, **overrides: Any) -> GenerationRequest:
-        """``params``: the model's settings (``model``, ``device``, ``dtype``, ``method``, ``context``,
-        ``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``, ``spec``,
-        ``engine_kwargs``, ``store``, ``recognize_passages``); ``overrides``: per-call keywords."""
+        """``params``: the model's settings (:meth:`ModelSettings.request_settings
+        <refrag_rasd_integrations.settings.ModelSettings.request_settings>`); ``overrides``: per-call keywords
+        (any setting, or an engine setting such as ``expand``), checked as the settings are."""
         overrides = {_ALIASES.get(k, k): v for k, v in overrides.items() if not k.startswith("ls_")}
+        check_settings(params)
+        check_settings(overrides)
         model = overrides.pop("model", None)
         context = overrides.pop("context", None) or params.get("context") or "auto"
-        if context not in CONTEXTS:
-            raise InvalidInputError(f"unknown context {context!r}; choose one of {', '.join(CONTEXTS)}")
         store = overrides.pop("store", None) or params.get("store")
         if model is not None and model != params.get("model"):
             engine = get_engine(model, device=params.get("device", "auto"), dtype=params.get("dtype"))
@@ -83,9 +76,8 @@ class GenerationRequest:
             engine = get_engine(params.get("model"), device=params.get("device", "auto"), dtype=params.get("dtype"))
         settings: dict[str, Any] = {k: params[k] for k in SETTING_KEYS if params.get(k) is not None}
         settings.update(params.get("engine_kwargs") or {})
-        engine_fields = set(GenerationConfig.__dataclass_fields__) | {"max_tokens"}
         for k, v in overrides.items():
-            if k not in engine_fields:
+            if k not in ENGINE_SETTINGS:
                 raise InvalidInputError(f"unknown generation setting {k!r}")
             settings[k] = v
         stops = list(settings.get("stop") or []) + list(stop or [])
@@ -101,11 +93,8 @@ class GenerationRequest:
             recognized = len(found)
         if context == "auto":
             context = "none" if not found else _auto_context(engine, settings)
-        if context != "none" and engine_supports_context():
+        if context != "none":
             settings["context"] = context
-        elif context != "none" and found:  # an engine without REFRAG: plain RAG done here
-            prompt = _text_layout(prompt, found)
-            context = "text"
         return cls(engine=engine, prompt=prompt, passages=found, settings=settings,
                    model_name=model_label(engine, model or params.get("model")), context=context,
                    recognized=recognized)
@@ -132,6 +121,23 @@ class GenerationRequest:
         }
 
 
+def request_for(settings: Any, prompt: str | Messages, *, passages: Sequence[Any] | None = None,
+                handles: Sequence[str] = (), stop: Sequence[str] | None = None, **overrides: Any
+                ) -> GenerationRequest:
+    """A framework call as a :class:`GenerationRequest`: ``settings`` is the model (a
+    :class:`~refrag_rasd_integrations.settings.ModelSettings`), ``overrides`` the call's keywords."""
+    return GenerationRequest.build(settings.request_settings(), prompt, passages=passages, handles=handles,
+                                   stop=stop, engine=settings.engine, **overrides)
+
+
+def iter_pieces(req: GenerationRequest) -> Iterator[tuple[str, Any]]:
+    """``(piece, None)`` for every text piece of the answer, then ``("", stats)`` once it is complete."""
+    stream = req.stream()
+    for piece in stream:
+        yield piece, None
+    yield "", stream.stats
+
+
 def _auto_context(engine: Any, settings: dict[str, Any]) -> str:
     """Resolve ``context="auto"`` for a request with passages to the engine's measured operating point
     (:meth:`Engine.auto_context <refrag_rasd_core.engine.Engine.auto_context>`: plain RAG unless the REFRAG
@@ -149,7 +155,8 @@ def usage(stats: Any) -> dict[str, int]:
             "total_tokens": int(stats.prompt_tokens + stats.new_tokens)}
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
+    """The text of a message's content (a string, or text blocks); other blocks are refused."""
     if isinstance(content, str):
         return content
     parts = []
@@ -186,18 +193,6 @@ def _recognize(prompt: str | Messages, reg: PassageRegistry) -> tuple[str | Mess
     if not found or not any(m["role"] == "user" for m in msgs):
         return prompt, []
     return msgs, found
-
-
-def _text_layout(prompt: str | Messages, passages: list[Passage]) -> str | Messages:
-    ctx = "\n\n".join(p.text for p in passages)
-    if isinstance(prompt, str):
-        return f"{ctx}\n\n{prompt}"
-    msgs = [dict(m) for m in prompt]
-    for m in reversed(msgs):
-        if m["role"] == "user":
-            m["content"] = f"{ctx}\n\n{m['content']}"
-            break
-    return msgs
 
 
 def run_in_thread(make_iter: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
@@ -244,4 +239,4 @@ def run_in_thread(make_iter: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
     return agen()
 
 
-__all__ = ["CONTEXTS", "GenerationRequest", "engine_supports_context", "run_in_thread", "usage"]
+__all__ = ["GenerationRequest", "iter_pieces", "request_for", "run_in_thread", "usage"]

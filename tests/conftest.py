@@ -17,6 +17,40 @@ import pytest  # noqa: E402
 SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_dev.jsonl"
 
 
+@pytest.fixture
+def client(tmp_path):
+    """An embedded Chroma database in the test's own folder."""
+    from refrag_rasd_integrations.store import make_client
+
+    return make_client(tmp_path / "chroma")
+
+
+@pytest.fixture
+def store(client):
+    """The fake store (tiny tokenizer, hashing chunk encoder, bag-of-words retrieval) holding CORPUS."""
+    from integration_fakes import CORPUS, fake_store
+
+    s = fake_store(client=client)
+    s.add_texts([t for t, _ in CORPUS], [m for _, m in CORPUS], batch_size=3)
+    return s
+
+
+class ChatRefragRasdCapabilities:
+    """What langchain-tests' chat-model suites must know of ChatRefragRasd: a text model without tool
+    calling, structured output, JSON mode or image inputs (the suites skip those tests)."""
+
+    @property
+    def chat_model_class(self):
+        from refrag_rasd_integrations.langchain import ChatRefragRasd
+
+        return ChatRefragRasd
+
+    has_tool_calling = property(lambda self: False)
+    has_structured_output = property(lambda self: False)
+    supports_json_mode = property(lambda self: False)
+    supports_image_inputs = property(lambda self: False)
+
+
 def mark_async_tests(cls):
     """Mark a langchain-tests suite's coroutine tests for pytest-asyncio (strict mode); its sync tests stay
     unmarked."""

@@ -247,6 +247,11 @@ class Engine:
         return GenerationStream(self._run(request, passages, cfg, stats, token_ids), stats, token_ids).result()
 
     # ---- REFRAG ----------------------------------------------------------------------------------------
+    @property
+    def has_chunk_encoder(self) -> bool:
+        """Whether :meth:`refrag_encoder` has an encoder to give (a REFRAG checkpoint, or one given)."""
+        return self.refrag is not None or self._refrag_encoder is not None
+
     def refrag_encoder(self) -> Any:
         """The :class:`~refrag_rasd_core.refrag.ChunkEncoder` matching this engine's REFRAG checkpoint
         (loaded on first use; only passages WITHOUT stored chunk embeddings need it)."""

@@ -165,7 +165,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path | None = None, *, pr
     return out
 
 
-def _is_offline() -> bool:
+def is_offline() -> bool:
+    """Whether the hub is off (``HF_HUB_OFFLINE``): then nothing tries to download."""
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
 
 
@@ -189,7 +190,7 @@ def _resolve_source(name: str | os.PathLike | None) -> tuple[str, str | None, bo
     looks_local = str(name).startswith((".", "/", "~")) or os.sep in str(name) and str(name).count("/") > 1
     if looks_local:
         raise ModelNotFoundError(f"no such model folder or file: {path}")
-    if _is_offline():
+    if is_offline():
         raise ModelNotFoundError(
             f"{name!r} is not a local folder or file, and HF_HUB_OFFLINE is set so the hub is not tried"
         )
@@ -223,10 +224,10 @@ def load_target(
             "save_pretrained(dir), which writes model.safetensors)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            source, trust_remote_code=trust_remote_code, local_files_only=local or _is_offline()
+            source, trust_remote_code=trust_remote_code, local_files_only=local or is_offline()
         )
         kwargs: dict[str, Any] = {"dtype": dt, "trust_remote_code": trust_remote_code,
-                                  "local_files_only": local or _is_offline(), "use_safetensors": True}
+                                  "local_files_only": local or is_offline(), "use_safetensors": True}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -288,7 +289,7 @@ def load_encoder(name: str | os.PathLike | None = None, *, device: str | torch.d
         path = Path(name).expanduser()
         if path.exists():
             source = str(path)
-        elif _is_offline():
+        elif is_offline():
             raise ModelNotFoundError(
                 f"encoder {name!r} is not a local folder, and HF_HUB_OFFLINE is set so the hub is not tried"
             )
@@ -296,7 +297,7 @@ def load_encoder(name: str | os.PathLike | None = None, *, device: str | torch.d
             source = str(name)
     try:
         return SentenceTransformer(source, device=str(resolve_device(device)),
-                                   local_files_only=Path(source).exists() or _is_offline())
+                                   local_files_only=Path(source).exists() or is_offline())
     except OSError as exc:
         raise ModelNotFoundError(f"could not load encoder {name!r}: {exc}") from exc
 

@@ -184,8 +184,8 @@ def format_table(results: dict[str, Any]) -> str:
     head = f"{'method':<10} {'tok/s':>8} {'speedup':>8} {'accepted':>9} {'ttft_s':>8} {'equal':>6} {'n':>4}"
     lines = [head, "-" * len(head)]
     for m, s in results["methods"].items():
-        lines.append(f"{m:<10} {_cell(s['tokens_per_s'], 8, 2)} {_cell(s['speedup_vs_vanilla'], 7, 2)}x "
-                     f"{_cell(s['mean_accepted'], 9, 2)} {_cell(s['ttft_s'], 8, 3)} "
+        lines.append(f"{m:<10} {table_cell(s['tokens_per_s'], 8, 2)} {table_cell(s['speedup_vs_vanilla'], 7, 2)}x "
+                     f"{table_cell(s['mean_accepted'], 9, 2)} {table_cell(s['ttft_s'], 8, 3)} "
                      f"{s['equal_to_vanilla']:>6.2f} {s['n']:>4}")
     mach = results["machine"]
     lines.append(f"machine: {mach['cpu']} ({mach['cores']} cores), device {mach['device']}, "
@@ -193,7 +193,8 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cell(v: float | None, width: int, digits: int) -> str:
+def table_cell(v: float | None, width: int, digits: int) -> str:
+    """A number right-aligned in a text table's column (``-`` when there is none)."""
     return f"{v:{width}.{digits}f}" if v is not None else "-".rjust(width)
 
 

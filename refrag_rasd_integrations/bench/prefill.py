@@ -32,7 +32,7 @@ from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.refrag import Passage
 
 from .data import BenchQuestion
-from .decode import _cell
+from .decode import table_cell
 from .machine import machine_info
 from .metrics import answer_recall
 
@@ -182,8 +182,8 @@ def format_table(results: dict[str, Any]) -> str:
     head = f"{'setting':<34} {'ttft_s':>8} {'speedup':>8} {'log_ppl':>8} {'gap_rec':>8} {'recall':>7} {'KV MiB':>8}"
     lines = [head, "-" * len(head)]
     for name, s in results["methods"].items():
-        lines.append(f"{name:<34} {_cell(s['ttft_s'], 8, 3)} {_cell(s['ttft_speedup_vs_full'], 7, 2)}x "
-                     f"{_cell(s['log_ppl'], 8, 3)} {_cell(s['gap_recovered'], 8, 2)} {_cell(s['answer_recall'], 7, 2)} "
+        lines.append(f"{name:<34} {table_cell(s['ttft_s'], 8, 3)} {table_cell(s['ttft_speedup_vs_full'], 7, 2)}x "
+                     f"{table_cell(s['log_ppl'], 8, 3)} {table_cell(s['gap_recovered'], 8, 2)} {table_cell(s['answer_recall'], 7, 2)} "
                      f"{s['kv_bytes'] / 2**20:8.2f}")
     m = results["machine"]
     lines.append(f"machine: {m['cpu']} ({m['cores']} cores), device {m['device']}")

@@ -37,7 +37,7 @@ from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.qa_file import QAItem
 
-from .decode import _cell
+from .decode import table_cell
 from .machine import machine_info
 from .metrics import answer_f1, answer_recall
 from .rag import run_chain
@@ -227,11 +227,11 @@ def format_qa_table(res: dict[str, Any]) -> str:
     head = f"{'setting':<28} {'recall':>6} {'F1':>5} {'keeps':>6} {'TTFT s':>7} {'speedup':>8} {'positions':>9}"
     lines = [head, "-" * len(head)]
     for name, s in res["methods"].items():
-        lines.append(f"{name:<28} {_cell(s['answer_recall'], 6, 2)} {_cell(s['answer_f1'], 5, 2)} "
-                     f"{_cell(s['keeps_text_hits'], 6, 2)} {_cell(s['ttft_s'], 7, 2)} "
-                     f"{_cell(s['ttft_speedup_vs_text'], 7, 2)}x {_cell(s['prefill_positions'], 9, 0)}")
+        lines.append(f"{name:<28} {table_cell(s['answer_recall'], 6, 2)} {table_cell(s['answer_f1'], 5, 2)} "
+                     f"{table_cell(s['keeps_text_hits'], 6, 2)} {table_cell(s['ttft_s'], 7, 2)} "
+                     f"{table_cell(s['ttft_speedup_vs_text'], 7, 2)}x {table_cell(s['prefill_positions'], 9, 0)}")
     m = res["machine"]
     lines.append(f"{res['settings']['n_questions']} questions, top-{res['settings']['k']} passages, retrieval "
-                 f"recall@k {_cell(res['retrieval_recall_at_k'], 4, 2)}; machine: {m['cpu']} ({m['cores']} cores)")
+                 f"recall@k {table_cell(res['retrieval_recall_at_k'], 4, 2)}; machine: {m['cpu']} ({m['cores']} cores)")
     lines.append(f"fastest setting keeping >= 95% of plain RAG's right answers: {res['operating_point']['setting']}")
     return "\n".join(lines)

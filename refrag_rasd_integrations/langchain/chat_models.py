@@ -25,11 +25,12 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
-from ..generation import run_in_thread, usage
-from ._common import RefragRasdParams, iter_pieces, to_engine_messages
+from ..generation import iter_pieces, request_for, run_in_thread, usage
+from ..settings import ModelSettings
+from ._common import messages_and_handles
 
 
-class ChatRefragRasd(RefragRasdParams, BaseChatModel):
+class ChatRefragRasd(ModelSettings, BaseChatModel):
     """Chat model on a local Hugging Face model, with REFRAG compressed passages and RASD speculative decoding.
 
     Settings: ``model`` (``None`` = the offline default SmolLM2-135M-Instruct), ``method`` (``rasd``),
@@ -54,11 +55,11 @@ class ChatRefragRasd(RefragRasdParams, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return self._identifying()
+        return self.identifying()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         params = super()._get_ls_params(stop=stop, **kwargs)
-        params.update(ls_provider="refrag-rasd", ls_model_name=self._model_name(kwargs.get("model")),
+        params.update(ls_provider="refrag-rasd", ls_model_name=self.target_name(kwargs.get("model")),
                       ls_model_type="chat", ls_temperature=kwargs.get("temperature", self.temperature),
                       ls_max_tokens=kwargs.get("max_tokens", self.max_tokens))
         ls_stop = stop or kwargs.get("stop") or self.stop
@@ -68,12 +69,12 @@ class ChatRefragRasd(RefragRasdParams, BaseChatModel):
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` with the target's own tokenizer (never GPT-2 from the hub)."""
-        return list(self._tokenizer()(text, add_special_tokens=False)["input_ids"])
+        return list(self.target_tokenizer()(text, add_special_tokens=False)["input_ids"])
 
     def _chunks(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
                 ) -> tuple[Any, Iterator[tuple[str, Any]]]:
-        prompt, handles = to_engine_messages(messages)
-        req = self._request(prompt, stop=stop, handles=handles, **kwargs)
+        prompt, handles = messages_and_handles(messages)
+        req = request_for(self, prompt, stop=stop, handles=handles, **kwargs)
         return req, iter_pieces(req)
 
     def _with_request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]

@@ -16,11 +16,11 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
-from ..generation import run_in_thread, usage
-from ._common import RefragRasdParams, iter_pieces
+from ..generation import iter_pieces, request_for, run_in_thread, usage
+from ..settings import CompletionSettings
 
 
-class RefragRasdLLM(RefragRasdParams, BaseLLM):
+class RefragRasdLLM(CompletionSettings, BaseLLM):
     """String LLM over the refrag-rasd engine; same settings as
     :class:`~refrag_rasd_integrations.langchain.ChatRefragRasd`.
 
@@ -35,32 +35,30 @@ class RefragRasdLLM(RefragRasdParams, BaseLLM):
         2
     """
 
-    chat_template: bool = True
-
     @property
     def _llm_type(self) -> str:
         return "refrag-rasd-llm"
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {**self._identifying(), "chat_template": self.chat_template}
+        return {**self.identifying(), "chat_template": self.chat_template}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         params = super()._get_ls_params(stop=stop, **kwargs)
-        params.update(ls_provider="refrag-rasd", ls_model_name=self._model_name(kwargs.get("model")),
+        params.update(ls_provider="refrag-rasd", ls_model_name=self.target_name(kwargs.get("model")),
                       ls_model_type="llm", ls_temperature=kwargs.get("temperature", self.temperature),
                       ls_max_tokens=kwargs.get("max_tokens", self.max_tokens))
         return params
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` with the target's own tokenizer (never GPT-2 from the hub)."""
-        return list(self._tokenizer()(text, add_special_tokens=False)["input_ids"])
+        return list(self.target_tokenizer()(text, add_special_tokens=False)["input_ids"])
 
     def _prompt(self, prompt: str) -> Any:
         return [{"role": "user", "content": prompt}] if self.chat_template else prompt
 
     def _with_request(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> Iterator[Any]:
-        req = self._request(self._prompt(prompt), stop=stop, **dict(kwargs))
+        req = request_for(self, self._prompt(prompt), stop=stop, **dict(kwargs))
         yield req
         yield from iter_pieces(req)
 

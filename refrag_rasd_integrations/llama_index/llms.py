@@ -27,11 +27,9 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
-from pydantic import Field
 
-from refrag_rasd_core.models import DEFAULT_TARGET_NAME
-
-from ..generation import GenerationRequest, run_in_thread, usage
+from ..generation import GenerationRequest, iter_pieces, request_for, run_in_thread, usage
+from ..settings import CompletionSettings
 
 
 def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -49,7 +47,7 @@ def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     return out
 
 
-class RefragRasdLLM(CustomLLM):
+class RefragRasdLLM(CompletionSettings, CustomLLM):
     """LlamaIndex LLM on a local Hugging Face model with REFRAG compressed passages and RASD decoding.
 
     Same settings as the LangChain models (``model``, ``method``, ``context``, ``max_tokens``,
@@ -64,25 +62,8 @@ class RefragRasdLLM(CustomLLM):
         True
     """
 
-    model: str | None = Field(default=None, description="None = SmolLM2-135M-Instruct; HF id, folder or .gguf")
-    device: str = "auto"
-    dtype: str | None = None
-    method: str = "rasd"
-    context: str = "auto"
-    max_tokens: int = Field(default=256, ge=1)
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: list[str] | None = None
-    spec: dict[str, Any] | None = None
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
-    recognize_passages: bool = True
-    chat_template: bool = True
     context_window: int | None = None
     """Tokens the model reads (default: the engine's window when it is loaded, else 8192)."""
-    store: Any = Field(default=None, exclude=True)
-    engine: Any = Field(default=None, exclude=True)
 
     @classmethod
     def class_name(cls) -> str:
@@ -94,16 +75,12 @@ class RefragRasdLLM(CustomLLM):
         if window is None:
             window = getattr(getattr(self.engine, "runner", None), "max_positions", None) or 8192
         return LLMMetadata(context_window=int(window), num_output=self.max_tokens, is_chat_model=True,
-                           model_name=str(self.model or DEFAULT_TARGET_NAME))
+                           model_name=self.target_name())
 
     # ---- plumbing ------------------------------------------------------------------------------------------
     def _request(self, prompt: Any, **kwargs: Any) -> GenerationRequest:
-        settings = {k: getattr(self, k) for k in ("model", "device", "dtype", "method", "context", "max_tokens",
-                                                  "temperature", "top_p", "top_k", "seed", "stop", "spec",
-                                                  "engine_kwargs", "store", "recognize_passages")}
-        passages = kwargs.pop("passages", None)
         kwargs.pop("formatted", None)
-        return GenerationRequest.build(settings, prompt, passages=passages, engine=self.engine, **kwargs)
+        return request_for(self, prompt, **kwargs)
 
     def _prompt(self, prompt: str, formatted: bool) -> Any:
         if not formatted and self.completion_to_prompt is not None and not self.chat_template:
@@ -117,10 +94,7 @@ class RefragRasdLLM(CustomLLM):
     def _pieces(self, prompt: Any, kwargs: dict[str, Any]) -> Iterator[Any]:
         req = self._request(prompt, **dict(kwargs))
         yield req
-        stream = req.stream()
-        for piece in stream:
-            yield piece, None
-        yield "", stream.stats
+        yield from iter_pieces(req)
 
     def _completions(self, prompt: Any, kwargs: dict[str, Any]) -> Iterator[CompletionResponse]:
         items = self._pieces(prompt, kwargs)

@@ -12,7 +12,7 @@ import pytest
 from langchain_core.runnables import RunnablePassthrough
 from langchain_tests.integration_tests import ChatModelIntegrationTests, RetrieversIntegrationTests
 
-from conftest import mark_async_tests
+from conftest import ChatRefragRasdCapabilities, mark_async_tests
 from refrag_rasd_integrations import engines
 from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt, RefragRetriever
 from refrag_rasd_integrations.store import RefragChromaStore
@@ -52,34 +52,14 @@ def real_store(real_engine):
 
 
 @mark_async_tests
-class TestChatRefragRasdIntegration(ChatModelIntegrationTests):
+class TestChatRefragRasdIntegration(ChatRefragRasdCapabilities, ChatModelIntegrationTests):
     """The langchain-tests integration suite on the real default model. Tool calling, structured output,
-    JSON mode and image / audio / PDF inputs are not capabilities of this model: declared below, so the suite
-    skips those tests."""
-
-    @property
-    def chat_model_class(self):
-        return ChatRefragRasd
+    JSON mode and image / audio / PDF inputs are not capabilities of this model: declared by the
+    capabilities mixin, so the suite skips those tests."""
 
     @property
     def chat_model_params(self):
         return {"max_tokens": 12, "method": "rasd"}
-
-    @property
-    def has_tool_calling(self):
-        return False
-
-    @property
-    def has_structured_output(self):
-        return False
-
-    @property
-    def supports_json_mode(self):
-        return False
-
-    @property
-    def supports_image_inputs(self):
-        return False
 
     @property
     def returns_usage_metadata(self):

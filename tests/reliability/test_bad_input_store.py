@@ -12,28 +12,15 @@ import json
 from pathlib import Path
 
 import pytest
-from integration_fakes import CORPUS, CountingChunkEncoder, fake_store
+from integration_fakes import CountingChunkEncoder, fake_store
 
 from refrag_rasd_core.errors import InvalidInputError, RefragRasdError
 from refrag_rasd_integrations.errors import CollectionNotFoundError, StoreError, StoreMismatchError
-from refrag_rasd_integrations.store import make_client
 from tiny import tiny_tokenizer
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
 REINDEX = r"open it with the configuration it was built with, or re-index into a new collection"
-
-
-@pytest.fixture
-def client(tmp_path):
-    return make_client(tmp_path / "chroma")
-
-
-@pytest.fixture
-def store(client):
-    s = fake_store(client=client)
-    s.add_texts([t for t, _ in CORPUS], [m for _, m in CORPUS], batch_size=4)
-    return s
 
 
 def snapshot(client, name="fake-docs"):

@@ -15,7 +15,9 @@ from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 from langchain_tests.unit_tests import ChatModelUnitTests
 
+from conftest import ChatRefragRasdCapabilities
 from refrag_rasd_core.engine import Engine
+from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_integrations import engines
 from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt, RefragRasdLLM, RefragRetriever
 from refrag_rasd_integrations.passages import PASSAGES
@@ -210,35 +212,19 @@ def test_engines_are_shared_and_lazy(monkeypatch):
         a, b = ChatRefragRasd(model="m1"), RefragRasdLLM(model="m1")
         assert loads == []  # construction loads nothing
         assert engines.get_engine("m1") is engines.get_engine("m1", device="auto")
-        assert a._tokenizer is not None and loads == ["m1"]
-        assert b.model == "m1"
+        assert loads == ["m1"]  # one load, shared by both calls
+        assert a.target_name() == "m1" and b.model == "m1"
     finally:
         engines.clear_engines()
 
 
-class TestChatRefragRasdUnit(ChatModelUnitTests):
+class TestChatRefragRasdUnit(ChatRefragRasdCapabilities, ChatModelUnitTests):
     """The langchain-tests unit suite (tool calling, structured output and images are not supported: the
-    suite skips those tests from the capability flags below)."""
-
-    @property
-    def chat_model_class(self):
-        return ChatRefragRasd
+    suite skips those tests from the capability flags)."""
 
     @property
     def chat_model_params(self):
         return {"method": "rasd"}
-
-    @property
-    def has_tool_calling(self):
-        return False
-
-    @property
-    def has_structured_output(self):
-        return False
-
-    @property
-    def supports_image_inputs(self):
-        return False
 
 
 def test_auto_context_is_the_checkpoints_measured_point(parts, store):
@@ -264,3 +250,23 @@ def test_auto_context_is_the_checkpoints_measured_point(parts, store):
     assert meta["context"] == "compressed" and 0 < meta["stats"]["expanded_chunks"] < meta["stats"]["chunks"]
     meta = run(half, engine_kwargs={"expand": 0.0})  # the caller's setting wins over the point's
     assert meta["context"] == "compressed" and meta["stats"]["expanded_chunks"] == 0
+
+
+@pytest.mark.parametrize("cls", ["chat", "llm", "llama"])
+@pytest.mark.parametrize("bad", [{"method": "fast"}, {"context": "maybe"}, {"max_tokens": 0}, {"top_p": 0.0},
+                                 {"temperature": -1.0}, {"top_k": -2}, {"engine_kwargs": {"expnad": 0.2}}])
+def test_settings_are_checked_once_with_typed_errors(cls, bad):
+    """Every framework class takes the one settings model, and the same check refuses the same bad value at
+    construction and per call, as InvalidInputError."""
+    from refrag_rasd_integrations.llama_index import RefragRasdLLM as LlamaLLM
+    from refrag_rasd_integrations.settings import ModelSettings
+
+    make = {"chat": ChatRefragRasd, "llm": RefragRasdLLM, "llama": LlamaLLM}[cls]
+    assert issubclass(make, ModelSettings)
+    with pytest.raises(InvalidInputError):
+        make(**bad)
+    model = make(engine=Engine(tiny_loaded(0), drafter=None, refrag=None))
+    call = {"chat": lambda: model.invoke("Hi", **bad), "llm": lambda: model.invoke("Hi", **bad),
+            "llama": lambda: model.complete("Hi", **bad)}[cls]
+    with pytest.raises(InvalidInputError):
+        call()

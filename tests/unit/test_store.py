@@ -9,19 +9,7 @@ from integration_fakes import CORPUS, BagOfWordsEmbedder, CountingChunkEncoder, 
 
 from refrag_rasd_integrations.errors import CollectionNotFoundError, StoreMismatchError
 from refrag_rasd_integrations.passages import PASSAGES, Passage, PassageRegistry, resolve
-from refrag_rasd_integrations.store import decode_array, encode_array, make_client, split_text
-
-
-@pytest.fixture
-def client(tmp_path):
-    return make_client(tmp_path / "chroma")
-
-
-@pytest.fixture
-def store(client):
-    s = fake_store(client=client)
-    s.add_texts([t for t, _ in CORPUS], [m for _, m in CORPUS], batch_size=3)
-    return s
+from refrag_rasd_integrations.store import decode_array, encode_array, split_text
 
 
 def test_codec_round_trips_bit_exact():

@@ -82,13 +82,13 @@ class ChunkEncoder(nn.Module):
         the hub is allowed, an id) for chunks of ``tokenizer`` (the decoder's)."""
         from transformers import AutoModel, AutoTokenizer
 
-        from ..models import DEFAULT_ENCODER_NAME, _is_offline, default_encoder_path
+        from ..models import DEFAULT_ENCODER_NAME, default_encoder_path, is_offline
 
         if encoder is None or str(encoder) in {"default", DEFAULT_ENCODER_NAME}:
             source, name = str(default_encoder_path()), DEFAULT_ENCODER_NAME
         else:
             path = Path(encoder).expanduser()
-            if not path.exists() and _is_offline():
+            if not path.exists() and is_offline():
                 raise ModelNotFoundError(f"encoder {encoder!r} is not a local folder, and HF_HUB_OFFLINE is set")
             source, name = (str(path) if path.exists() else str(encoder)), str(encoder)
         local = Path(source).exists()

@@ -126,11 +126,13 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def _step_rng(seed: int, phase: str, step: int) -> random.Random:
+def step_rng(seed: int, phase: str, step: int) -> random.Random:
+    """The random source of one training step (a resumed run draws what an uninterrupted one would)."""
     return random.Random(f"{seed}:{phase}:{step}")
 
 
-def _step_seed(seed: int, phase: str, step: int) -> int:
+def step_seed(seed: int, phase: str, step: int) -> int:
+    """A torch generator seed for one training step (see :func:`step_rng`)."""
     return int(hashlib.sha256(f"{seed}:{phase}:{step}".encode()).hexdigest()[:12], 16)
 
 
@@ -396,7 +398,7 @@ class RefragTrainer:
     # ------------------------------------------------------------------ samples per phase
     def make_batch(self, phase: str, step: int) -> Batch:
         cfg = self.cfg
-        rng = _step_rng(cfg.seed, phase, step)
+        rng = step_rng(cfg.seed, phase, step)
         u = step / max(1, cfg.steps_for(phase))
         k, o, start = cfg.k, cfg.continuation, self.start_ids
         if phase == "recon":
@@ -505,7 +507,7 @@ class RefragTrainer:
         return res
 
     def sft_batch(self, step: int) -> Batch:
-        rng = _step_rng(self.cfg.seed, "sft", step)
+        rng = step_rng(self.cfg.seed, "sft", step)
         data = self.sft_rows()
         if not data:
             raise InvalidInputError("the sft phase needs RAG training data (--qa-data or the Spec-Bench records)")

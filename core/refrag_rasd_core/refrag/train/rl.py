@@ -90,11 +90,11 @@ def _contexts(tr: RefragTrainer, rng: Any, count: int) -> list[tuple[Row, torch.
 
 def policy_step(tr: RefragTrainer, opt: torch.optim.Optimizer, step: int) -> dict[str, Any]:
     """One PPO update of ``tr.policy``; returns the step's statistics (``loss`` = the samples' mean NLL)."""
-    from .phases import _step_rng, _step_seed
+    from .phases import step_rng, step_seed
 
     cfg = tr.cfg
-    rng = _step_rng(cfg.seed, "policy", step)
-    gen = torch.Generator().manual_seed(_step_seed(cfg.seed, "policy", step))
+    rng = step_rng(cfg.seed, "policy", step)
+    gen = torch.Generator().manual_seed(step_seed(cfg.seed, "policy", step))
     frac = rng.choice(list(cfg.policy_fractions))
     G = cfg.policy_group
     tr.policy.train()  # sampling and PPO on one code path (see the module's docstring); no dropout in it
@@ -151,13 +151,13 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def select_step(tr: RefragTrainer, opt: torch.optim.Optimizer, step: int) -> dict[str, Any]:
     """One supervised update of ``tr.policy`` toward the chunks that hold a gold answer (QA data)."""
-    from .phases import _step_rng
+    from .phases import step_rng
 
     cfg = tr.cfg
     pool = [i for i, ex in enumerate(tr.qa_examples) if 0 < len(ex.answer_chunks) < ex.n_chunks]
     if not pool:
         raise InvalidInputError("the select phase needs QA examples whose passages hold an answer (--qa-data)")
-    rng = _step_rng(cfg.seed, "select", step)
+    rng = step_rng(cfg.seed, "select", step)
     tr.policy.train()
     loss = torch.zeros((), device=tr.device)
     hits, ent = 0, 0.0
