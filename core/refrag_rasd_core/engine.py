@@ -18,133 +18,26 @@ Example:
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .components import check_drafter_vocab, default_drafter, load_refrag
 from .errors import ContextTooLongError, InvalidInputError
+from .generation_config import METHODS, GenerationConfig, Prompt, merge_config
+from .generation_stream import GenerationStream, ModelLock
 from .models import LoadedModel, load_target
-from .sampling import SamplingParams, logits_to_probs, make_generator, sample
+from .sampling import SamplingParams, choose_token, make_generator
 from .stats import GenerationResult, GenerationStats
-from .target import TargetRunner, keep_cache_path
+from .target import TargetRunner
 from .text_stream import TextAssembler
 
-Prompt = str | Sequence[dict[str, str]]
-
-METHODS = ("vanilla", "pld", "rest", "draft", "rasd")
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """Generation settings. ``temperature`` 0 is greedy; ``stop`` strings end the answer (not included).
-
-    ``method`` is one of ``vanilla``, ``pld``, ``rest``, ``draft``, ``rasd`` (see :mod:`refrag_rasd_core.rasd`).
-
-    ``context`` says how the passages enter the decoder: ``"none"`` (the prompt is used as given; passages
-    only feed the speculative datastore), ``"text"`` (plain RAG: the engine lays the passages' tokens out
-    around the question) or ``"compressed"`` (REFRAG: one projected chunk vector per k tokens; a fraction
-    ``expand`` of the chunks, or ``expand_tokens`` raw tokens' worth, stays raw, chosen by ``policy``:
-    ``none``, ``random``, ``similarity``, ``perplexity``, ``rl`` or ``auto`` = ``rl`` when the checkpoint
-    has a trained policy, else ``similarity``).
-    """
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    method: str = "vanilla"
-    spec: dict[str, Any] = field(default_factory=dict)
-    context: str = "none"
-    expand: float = 0.0
-    expand_tokens: int | None = None
-    policy: str = "auto"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
-            raise InvalidInputError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
-        if self.max_new_tokens < 1:
-            raise InvalidInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.method not in METHODS:
-            raise InvalidInputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        from .refrag.context import CONTEXT_MODES
-        from .refrag.policy import POLICIES, expansion_count
-
-        if self.context not in CONTEXT_MODES:
-            raise InvalidInputError(f"unknown context mode {self.context!r}; choose one of {', '.join(CONTEXT_MODES)}")
-        if self.policy != "auto" and self.policy not in POLICIES:
-            raise InvalidInputError(f"unknown expansion policy {self.policy!r}; choose auto or one of {', '.join(POLICIES)}")
-        expansion_count(1, self.expand, expand_tokens=self.expand_tokens)  # validates the ranges
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        object.__setattr__(self, "stop", stop)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise InvalidInputError(f"seed must be an integer or None, got {self.seed!r}")
-        self.sampling  # validates temperature / top_p / top_k  # noqa: B018
-
-    @property
-    def sampling(self) -> SamplingParams:
-        try:
-            t, p, k = float(self.temperature), float(self.top_p), self.top_k
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"temperature and top_p must be numbers (temperature 0 = greedy, top_p in "
-                                    f"(0, 1]), got {self.temperature!r} and {self.top_p!r}") from exc
-        return SamplingParams(temperature=t, top_p=p, top_k=k)
-
-
-class _ModelLock:
-    """Serializes the model between threads. A call from the thread that already holds it (a new request
-    while one of this engine's streams is still open in the same thread) raises instead of deadlocking."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-
-    def __enter__(self) -> None:
-        me = threading.get_ident()
-        if self._owner == me:
-            raise InvalidInputError(
-                "this engine is busy with a stream still open in this thread: iterate it to the end or call "
-                "its close() before starting another call"
-            )
-        self._lock.acquire()
-        self._owner = me
-
-    def __exit__(self, *exc: object) -> None:
-        self._owner = None
-        self._lock.release()
-
-
-class GenerationStream:
-    """An iterator of text pieces; ``.stats``, ``.text`` and ``.token_ids`` are complete once it is exhausted."""
-
-    def __init__(self, pieces: Iterator[str], stats: GenerationStats, token_ids: list[int]) -> None:
-        self._pieces = pieces
-        self.stats = stats
-        self.token_ids = token_ids
-        self.text = ""
-
-    def __iter__(self) -> Iterator[str]:
-        for piece in self._pieces:
-            self.text += piece
-            yield piece
-
-    def close(self) -> None:
-        """Stop generating now and release the engine (a stream holds it until it ends or is closed)."""
-        close = getattr(self._pieces, "close", None)
-        if close is not None:
-            close()
-
-    def result(self) -> GenerationResult:
-        """Run to the end (if not done yet) and return the whole result."""
-        for _ in self:
-            pass
-        return GenerationResult(text=self.text, token_ids=self.token_ids, stats=self.stats)
+# the engine's public names; the settings and the stream live in their own modules
+__all__ = ["METHODS", "Engine", "GenerationConfig", "GenerationResult", "GenerationStats", "GenerationStream",
+           "Prefill", "Prompt"]
 
 
 class Engine:
@@ -172,13 +65,14 @@ class Engine:
         self.tokenizer = target.tokenizer
         self.runner = TargetRunner(target.model)
         self.drafter = default_drafter(target) if isinstance(drafter, str) and drafter == "auto" else drafter
-        _check_drafter_vocab(self.drafter, target)
+        check_drafter_vocab(self.drafter, target)
         self.datastore = datastore
         self.refrag = load_refrag(target, refrag)
         self._adapted_runner: TargetRunner | None = None
         self._refrag_encoder: Any = refrag_encoder
-        self._lock = _ModelLock()
-        self._budgets: dict[str, Any] = {}
+        self._lock = ModelLock()
+        self._budgets: dict[str, Any] = {}  # method -> its TreeBudget (calibrated across requests)
+        self._draft_gate: Any = None
         self.verify_costs: dict[int, float] | None = None  # None: the defaults for the device type
         gen_cfg = getattr(self.model, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
@@ -220,7 +114,7 @@ class Engine:
 
         With ``context="text"`` or ``"compressed"`` the prompt is the question (a string, or chat messages
         whose last user message is the question) and the engine lays the passages out around it."""
-        cfg = _merge_config(config, overrides)
+        cfg = merge_config(config, overrides)
         request = self._request(prompt, passages, cfg)
         stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context)
         token_ids: list[int] = []
@@ -234,7 +128,7 @@ class Engine:
     def generate_ids(self, prompt_ids: Sequence[int], *, passages: Sequence[Any] | None = None,
                      config: GenerationConfig | None = None, **overrides: Any) -> GenerationResult:
         """Like :meth:`generate` from already tokenized prompt ids (``context`` must be ``"none"``)."""
-        cfg = _merge_config(config, overrides)
+        cfg = merge_config(config, overrides)
         if cfg.context != "none":
             raise InvalidInputError("generate_ids takes a finished prompt: use context='none', or generate()")
         ids = [int(t) for t in prompt_ids]
@@ -321,65 +215,17 @@ class Engine:
                         passages=[passages[i] for i in kept], question=question_text(prompt))
 
     def _compress(self, request: _Request, cfg: GenerationConfig, stats: GenerationStats) -> Any:
-        """Build the mixed (compressed + expanded) prefill input of a request."""
-        from .refrag.chunking import chunk_token_ids, num_chunks
-        from .refrag.context import build_compressed_input
-        from .refrag.policy import choose_expansions, expansion_count
+        """Build the mixed (compressed + expanded) prefill input of a request
+        (:func:`~refrag_rasd_core.refrag.compress.mixed_input`)."""
+        from .refrag.compress import mixed_input
 
-        rm = self.refrag
-        layout = request.layout
-        vectors = self._chunk_vectors(request.passages, layout.passages)
-        dtype = self.model.dtype
-        projected = [rm.project(v, dtype=dtype) if len(v) else torch.empty(0, self.model.config.hidden_size,
-                     dtype=dtype, device=rm.device) for v in vectors]
-        total = sum(num_chunks(len(p), rm.k) for p in layout.passages)
-        n = expansion_count(total, cfg.expand, expand_tokens=cfg.expand_tokens, k=rm.k)
-        policy = cfg.policy if cfg.policy != "auto" else ("rl" if rm.policy is not None else "similarity")
-        embed = self.model.get_input_embeddings()
-        chosen: list[int] = []
-        if n:
-            with torch.inference_mode():
-                query = embed(torch.tensor(layout.suffix, device=self.runner.device))
-            chunks = [c for p in layout.passages for c in chunk_token_ids(p, rm.k)]
-            chosen = choose_expansions(policy, n, chunk_vectors=torch.cat([torch.as_tensor(v, dtype=torch.float32)
-                                       for v in vectors]), projected=torch.cat(projected), query_embeds=query,
-                                       chunks=chunks, decoder=self.model, network=rm.policy, seed=cfg.seed,
-                                       question_vector=lambda: self.refrag_encoder().encode_question(request.question))
-        with torch.inference_mode():
-            mixed = build_compressed_input(layout, embed, projected, rm.k, chosen)
+        mixed = mixed_input(self.refrag, self.model, request.layout, request.passages,
+                            expand=cfg.expand, expand_tokens=cfg.expand_tokens, policy=cfg.policy, seed=cfg.seed,
+                            encoder=self.refrag_encoder, question=request.question)
         stats.chunks = mixed.n_chunks
         stats.expanded_chunks = len(mixed.expanded)
         stats.expanded = list(mixed.expanded)
         return mixed
-
-    def _chunk_vectors(self, passages: list[Any], ids: list[list[int]]) -> list[Any]:
-        """Each passage's chunk embeddings: the stored ones when a passage carries them (checked against
-        this engine's k and encoder width), else encoded now."""
-        import numpy as np
-
-        from .refrag.chunking import num_chunks
-
-        rm = self.refrag
-        given = [getattr(p, "chunk_embeddings", None) for p in passages]
-        out: list[Any] = [None] * len(ids)
-        missing = []
-        for i, (vec, toks) in enumerate(zip(given, ids, strict=True)):
-            if vec is None:
-                missing.append(i)
-                continue
-            want = (num_chunks(len(toks), rm.k), rm.encoder_dim)
-            if tuple(np.shape(vec)) != want:
-                raise InvalidInputError(
-                    f"passage {i}: chunk embeddings of shape {tuple(np.shape(vec))}, expected {want} for "
-                    f"{len(toks)} tokens at k={rm.k} with a {rm.encoder_dim}-wide encoder: the store was built "
-                    "with another encoder or chunk size; re-index it"
-                )
-            out[i] = vec
-        if missing:
-            enc = self.refrag_encoder()
-            for i, vec in zip(missing, enc.encode_passages([ids[i] for i in missing]), strict=True):
-                out[i] = vec
-        return out
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _check_fits(self, request: _Request) -> int | None:
@@ -410,14 +256,14 @@ class Engine:
 
         t0 = time.perf_counter()
         prompt_ids, shift, mixed = self._prefill_input(request, cfg, stats, limit)
-        proposer = self._proposer(cfg, prompt_ids, passages)
+        proposer = self._proposer(cfg, passages)
         want_hidden = bool(proposer is not None and proposer.uses_target_hidden)
         max_new = cfg.max_new_tokens
         if limit is not None:
             max_new = min(max_new, limit - stats.prefill_positions)
         committed = list(prompt_ids)
         cache, logits, hidden = self._prefill_forward(runner, prompt_ids, mixed, want_hidden)
-        token = _choose(logits[0], params, gen)
+        token = choose_token(logits[0], params, gen)
         _sync_device(device)
         stats.ttft_s = time.perf_counter() - t0
 
@@ -447,7 +293,7 @@ class Engine:
                 step[0, 0] = token
                 logits, _ = runner.forward(step, cache, logits_at=-1)
                 stats.target_forwards += 1
-                token = _choose(logits[0], params, gen)
+                token = choose_token(logits[0], params, gen)
                 piece, done = emit(token)
                 if piece:
                     yield piece
@@ -504,7 +350,7 @@ class Engine:
             >>> engine.continuation_nll(pre, answer_ids)                       # doctest: +SKIP
             1.73
         """
-        cfg = _merge_config(config, overrides)
+        cfg = merge_config(config, overrides)
         request = self._request(prompt, passages, cfg)
         stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context)
         limit = self._check_fits(request)
@@ -538,45 +384,19 @@ class Engine:
     def _speculate(self, runner: TargetRunner, proposer: Any, cache: Any, committed: list[int],
                    hidden: torch.Tensor | None, params: SamplingParams, gen: torch.Generator | None,
                    stats: GenerationStats, emit: Any, shift: int = 0) -> Iterator[str]:
-        from .rasd.verify import accept_greedy, accept_sampled
+        """Speculative steps (:func:`~refrag_rasd_core.rasd.step.speculative_step`) until ``emit`` says done."""
+        from .rasd.step import speculative_step
 
-        device = runner.device
         done = False
         while not done:
-            ctx = len(committed) - 1 + shift  # cached positions: the root (last committed token) is not cached yet
-            proposer.observe(committed, hidden)
-            t = time.perf_counter()
-            tree = proposer.propose(committed)
-            stats.draft_s += time.perf_counter() - t
-            t = time.perf_counter()
-            if tree is None or len(tree) <= 1:
-                ids = torch.tensor([[committed[-1]]], device=device)
-                logits, hidden = runner.forward(ids, cache, logits_at=None,
-                                                want_hidden=proposer.uses_target_hidden)
-                path, chosen = [0], [_choose(logits[0], params, gen)]
-                proposer.feedback(None, path)  # a plain step: the proposal (if any) yielded nothing
-            else:
-                tokens = torch.tensor([tree.tokens], device=device)
-                logits, hidden = runner.forward(
-                    tokens, cache, logits_at=None,
-                    attention_mask=tree.attention_mask(ctx, runner.model.dtype, device),
-                    position_ids=tree.position_ids(ctx, device),
-                    want_hidden=proposer.uses_target_hidden,
-                )
-                if params.greedy:
-                    path, chosen = accept_greedy(tree, logits)
-                else:
-                    path, chosen = accept_sampled(tree, logits, params, gen)
-                keep = torch.tensor(path, device=device)
-                keep_cache_path(cache, ctx, keep)
-                if hidden is not None:
-                    hidden = hidden.index_select(0, keep)
-                proposer.feedback(tree, path)
-                stats.tree_nodes += len(tree)
-            stats.verify_s += time.perf_counter() - t
+            step = speculative_step(runner, proposer, cache, committed, hidden, params, gen, shift=shift)
+            hidden = step.hidden
+            stats.draft_s += step.propose_s
+            stats.verify_s += step.verify_s
+            stats.tree_nodes += step.tree_nodes
             stats.target_forwards += 1
             used = 0
-            for tok in chosen:
+            for tok in step.tokens:
                 used += 1
                 piece, done = emit(tok)
                 if piece:
@@ -585,51 +405,40 @@ class Engine:
                     break
             stats.accepted_hist[used] += 1
 
-    def _proposer(self, cfg: GenerationConfig, prompt_ids: list[int], passages: Sequence[Any] | None) -> Any:
+    def _proposer(self, cfg: GenerationConfig, passages: Sequence[Any] | None) -> Any:
+        """The request's proposer, given what it uses: the engine's budget (and draft gate) for the method,
+        its shared datastore and drafter, and the passages' token ids."""
         if cfg.method == "vanilla":
             return None
         from .rasd.proposers import make_proposer
 
-        return make_proposer(cfg.method, engine=self, prompt_ids=prompt_ids, passages=passages,
-                             options=cfg.spec)
+        needs = cfg.method in ("rest", "rasd")
+        return make_proposer(cfg.method, options=cfg.spec, budget=self.tree_budget(cfg.method),
+                             gate=self.draft_gate() if cfg.method == "rasd" else None,
+                             datastore=self.datastore if needs else None,
+                             drafter=self.drafter if cfg.method in ("draft", "rasd") else None,
+                             passages=self.passage_token_ids(passages) if needs else ())
 
     def calibrate_verify_costs(self, context_len: int = 512, repeats: int = 3) -> dict[int, float]:
         """Measure what a verify forward of n tree nodes costs here, relative to a plain step, and use it
         for every speculative method from now on (a few seconds; the defaults describe a 2-core CPU or a
         datacenter GPU)."""
-        from .rasd.budget import measure_verify_costs
-        from .rasd.token_tree import TokenTree
-        from .target import truncate_cache
+        from .rasd.budget import runner_verify_costs
 
-        device = self.runner.device
-        vocab = int(self.model.config.vocab_size)
-        ctx_ids = torch.arange(context_len, device=device)[None] % vocab
         with self._lock:
-            cache = self.runner.new_cache()
-            self.runner.forward(ctx_ids, cache)
-
-            def forward(n: int) -> None:
-                tree = TokenTree(1)
-                for i in range(n - 1):  # a bushy tree: half the nodes hang off the root
-                    tree.add(0 if i % 2 == 0 else len(tree) - 1, 2 + i, 0.5, 1)
-                mask = tree.attention_mask(context_len, self.model.dtype, device) if n > 1 else None
-                self.runner.forward(torch.tensor([tree.tokens], device=device), cache, logits_at=None,
-                                    attention_mask=mask, position_ids=tree.position_ids(context_len, device))
-                _sync_device(device)
-                truncate_cache(cache, context_len)
-
-            costs = measure_verify_costs(forward, repeats=repeats)
+            costs = runner_verify_costs(self.runner, context_len=context_len, repeats=repeats)
         self.verify_costs = costs
         self._budgets.clear()
+        self._draft_gate = None
         return costs
 
     def draft_gate(self) -> Any:
         """The engine's :class:`~refrag_rasd_core.rasd.budget.DraftGate` for ``rasd`` (kept across requests)."""
         from .rasd.budget import DraftGate
 
-        if "rasd-draft-gate" not in self._budgets:
-            self._budgets["rasd-draft-gate"] = DraftGate()
-        return self._budgets["rasd-draft-gate"]
+        if self._draft_gate is None:
+            self._draft_gate = DraftGate()
+        return self._draft_gate
 
     def tree_budget(self, method: str) -> Any:
         """The engine's :class:`~refrag_rasd_core.rasd.budget.TreeBudget` for ``method`` (its calibration
@@ -694,67 +503,6 @@ class _Request:
     question: str = ""
 
 
-def load_refrag(target: LoadedModel, refrag: Any) -> Any:
-    """Resolve the engine's ``refrag`` argument to a :class:`~refrag_rasd_core.refrag.RefragModel` (or None).
-    The target is not modified: its decoder adapters apply to compressed requests only
-    (:meth:`Engine.runner_for`)."""
-    from .refrag.checkpoint import DEFAULT_REFRAG_CHECKPOINT, load_refrag_checkpoint
-    from .refrag.refrag_model import RefragModel
-
-    if refrag is None:
-        return None
-    if isinstance(refrag, str) and refrag == "auto":
-        if not target.is_default or not Path(DEFAULT_REFRAG_CHECKPOINT).exists():
-            return None
-        refrag = DEFAULT_REFRAG_CHECKPOINT
-    rm = refrag if isinstance(refrag, RefragModel) else load_refrag_checkpoint(refrag, target.model, target.tokenizer)
-    rm.to(target.device)
-    return rm
-
-
-def default_drafter(target: LoadedModel) -> Any:
-    """The shipped EAGLE draft head for the default target (``None`` for any other model)."""
-    if not target.is_default:
-        return None
-    from .eagle.checkpoint import DEFAULT_CHECKPOINT, load_default_draft_head
-
-    if not Path(DEFAULT_CHECKPOINT).exists():
-        return None
-    return load_default_draft_head(target.model)
-
-
-def _check_drafter_vocab(drafter: Any, target: LoadedModel) -> None:
-    """Refuse a draft model whose embedding table cannot take the target's token ids."""
-    from .errors import TokenizerMismatchError
-
-    model = getattr(drafter, "model", None)
-    if model is None or not hasattr(model, "get_input_embeddings"):
-        return
-    n_draft, n_target = int(model.get_input_embeddings().weight.shape[0]), len(target.tokenizer)
-    if n_draft < n_target:
-        raise TokenizerMismatchError(
-            f"the draft model embeds {n_draft} tokens but the target's tokenizer has {n_target}: a draft model "
-            "must share the target's tokenizer (use a draft from the same model family, or an EAGLE head)")
-
-
-def _choose(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
-    if params.greedy:
-        return int(logits.argmax())
-    return sample(logits_to_probs(logits, params), gen)
-
-
 def _sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _merge_config(config: GenerationConfig | None, overrides: dict[str, Any]) -> GenerationConfig:
-    cfg = config or GenerationConfig()
-    if not overrides:
-        return cfg
-    if "max_tokens" in overrides:  # the name LangChain / OpenAI users know
-        overrides["max_new_tokens"] = overrides.pop("max_tokens")
-    unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
-    if unknown:
-        raise InvalidInputError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
-    return replace(cfg, **overrides)

@@ -65,6 +65,13 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
+def choose_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """The next token from ``[V]`` logits: the argmax when greedy, else a draw under ``params``."""
+    if params.greedy:
+        return int(logits.argmax())
+    return sample(logits_to_probs(logits, params), generator)
+
+
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     """A torch generator seeded with ``seed`` on ``device`` (``None`` = the global RNG)."""
     if seed is None:

@@ -4,6 +4,7 @@ from .budget import TreeBudget, measure_verify_costs
 from .datastore import PromptLookup, RestDatastore, Retrieval, retrieval_tree
 from .draft_tree import CausalLMDrafter, Drafter, build_draft_tree, draft_probe
 from .proposers import SpecOptions, make_proposer
+from .step import StepResult, speculative_step
 from .token_tree import SOURCE_DATASTORE, SOURCE_DRAFT, SOURCE_PROMPT, SOURCE_RETRIEVAL, TokenTree
 from .verify import accept_greedy, accept_sampled
 
@@ -18,6 +19,7 @@ __all__ = [
     "RestDatastore",
     "Retrieval",
     "SpecOptions",
+    "StepResult",
     "TokenTree",
     "TreeBudget",
     "accept_greedy",
@@ -27,4 +29,5 @@ __all__ = [
     "make_proposer",
     "measure_verify_costs",
     "retrieval_tree",
+    "speculative_step",
 ]

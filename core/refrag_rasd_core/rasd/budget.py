@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from .token_tree import SOURCE_DRAFT, SOURCE_RETRIEVAL, TokenTree
 
@@ -218,3 +219,29 @@ class DraftGate:
         if draft_s is not None and draft_tokens is not None:
             self.gain = g * self.gain + (1 - g) * draft_tokens
             self.cost_s = draft_s if self.cost_s == 0.0 else g * self.cost_s + (1 - g) * draft_s
+
+
+def runner_verify_costs(runner: Any, *, context_len: int = 512, repeats: int = 3) -> dict[int, float]:
+    """:func:`measure_verify_costs` of a target (a :class:`~refrag_rasd_core.target.TargetRunner`): bushy
+    trees of n nodes verified over a ``context_len``-token cache, which is cut back after each forward."""
+    import torch
+
+    from ..target import truncate_cache
+
+    device = runner.device
+    vocab = int(runner.model.config.vocab_size)
+    cache = runner.new_cache()
+    runner.forward(torch.arange(context_len, device=device)[None] % vocab, cache)
+
+    def forward(n: int) -> None:
+        tree = TokenTree(1)
+        for i in range(n - 1):  # a bushy tree: half the nodes hang off the root
+            tree.add(0 if i % 2 == 0 else len(tree) - 1, 2 + i, 0.5, 1)
+        mask = tree.attention_mask(context_len, runner.model.dtype, device) if n > 1 else None
+        runner.forward(torch.tensor([tree.tokens], device=device), cache, logits_at=None,
+                       attention_mask=mask, position_ids=tree.position_ids(context_len, device))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        truncate_cache(cache, context_len)
+
+    return measure_verify_costs(forward, repeats=repeats)

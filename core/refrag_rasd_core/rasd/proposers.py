@@ -9,10 +9,16 @@
             first token, fused with the draft tree by longest-prefix matching.
 
 Every proposer passes its tree through a :class:`~refrag_rasd_core.rasd.budget.TreeBudget`, which keeps the
-part worth a wide verify forward on this hardware, or nothing (a plain step).
+part worth a wide verify forward on this hardware, or nothing (a plain step). A proposer is given what it
+uses (the budget, the draft gate, the shared datastore, the drafter, the passages' token ids) and nothing
+else: it works without an engine. :func:`~refrag_rasd_core.rasd.step.speculative_step` drives it.
 
 Example:
-    >>> engine.generate(question, passages=passages, method="rasd")    # doctest: +SKIP
+    >>> p = make_proposer("pld")
+    >>> p.observe([5, 6, 7, 5, 6], None)
+    >>> tree, bucket = p.propose([5, 6, 7, 5, 6])     # the suffix [5, 6] was seen before: 7 follows
+    >>> tree.tokens[:2], bucket
+    ([6, 7], 2)
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch
 from ..errors import InvalidInputError
 from .budget import DraftGate, TreeBudget
 from .datastore import PromptLookup, RestDatastore, merge_retrievals
-from .draft_tree import build_draft_tree, draft_probe
+from .draft_tree import Drafter, build_draft_tree, draft_probe
 from .token_tree import SOURCE_DRAFT, TokenTree
 
 __all__ = ["SpecOptions", "Proposer", "make_proposer"]
@@ -79,16 +85,16 @@ class SpecOptions:
 
 
 class Proposer:
-    """Base: keeps the PLD store in step with the committed tokens and applies the budget."""
+    """Base: applies the budget. ``propose`` returns the step's tree (``None``: a plain step) and its
+    *bucket* (the budget's calibration context: the retrieval's matched suffix length, capped at 3), which
+    goes back with ``feedback``."""
 
     uses_target_hidden = False
 
-    def __init__(self, engine: Any, prompt_ids: list[int], opts: SpecOptions, budget: TreeBudget | None) -> None:
+    def __init__(self, opts: SpecOptions, budget: TreeBudget | None = None) -> None:
         self.opts = opts
         self.budget = budget
-        self.engine = engine
         self._seen = 0
-        self.bucket = 0  # the budget's calibration context for this step (matched suffix length, capped)
         self.retrieval_s = 0.0  # time spent in datastore / prompt lookups (part of the proposal time)
 
     def observe(self, committed: list[int], hidden: torch.Tensor | None) -> None:
@@ -100,42 +106,44 @@ class Proposer:
     def _on_commit(self, new: list[int], committed: list[int], hidden: torch.Tensor | None) -> None:
         pass
 
-    def candidates(self, committed: list[int]) -> TokenTree | None:
+    def candidates(self, committed: list[int]) -> tuple[TokenTree | None, int]:
+        """The step's full candidate tree and its bucket."""
         raise NotImplementedError
 
-    def propose(self, committed: list[int]) -> TokenTree | None:
-        tree = self.candidates(committed)
+    def propose(self, committed: list[int]) -> tuple[TokenTree | None, int]:
+        """The tree to verify (what the budget keeps of the candidates; ``None``: a plain step) and its bucket."""
+        tree, bucket = self.candidates(committed)
         if tree is None or len(tree) <= 1:
-            return None
+            return None, bucket
         if self.budget is None or not self.opts.adaptive:
-            return tree
-        return self.budget.select(tree, self.bucket)
+            return tree, bucket
+        return self.budget.select(tree, bucket), bucket
 
-    def feedback(self, tree: TokenTree | None, path: list[int]) -> None:
-        """After each step: the verified tree (``None`` for a plain step) and the accepted path."""
+    def feedback(self, tree: TokenTree | None, path: list[int], bucket: int) -> None:
+        """After each step: the verified tree (``None`` for a plain step), the accepted path, the bucket."""
         if self.budget is not None and tree is not None:
-            self.budget.update(tree, path, self.bucket)
+            self.budget.update(tree, path, bucket)
 
 
 class PldProposer(Proposer):
     """A chain: the best continuation of the longest suffix match in prompt + generated text."""
 
-    def __init__(self, engine: Any, prompt_ids: list[int], opts: SpecOptions, budget: TreeBudget | None) -> None:
-        super().__init__(engine, prompt_ids, opts, budget)
+    def __init__(self, opts: SpecOptions, budget: TreeBudget | None = None) -> None:
+        super().__init__(opts, budget)
         self.pld = PromptLookup((), max_suffix=8)
 
     def _on_commit(self, new: list[int], committed: list[int], hidden: torch.Tensor | None) -> None:
         self.pld.extend(new)
 
-    def candidates(self, committed: list[int]) -> TokenTree | None:
+    def candidates(self, committed: list[int]) -> tuple[TokenTree | None, int]:
         o = self.opts
         t0 = time.perf_counter()
         r = self.pld.candidates(max_len=o.retrieval_len, min_suffix=o.min_suffix,
                                 max_occurrences=o.max_occurrences)
         self.retrieval_s += time.perf_counter() - t0
-        self.bucket = min(r.suffix_len, 3)
+        bucket = min(r.suffix_len, 3)
         if not r.continuations:
-            return None
+            return None, bucket
         total = r.n_read
         best = max(r.continuations, key=lambda sc: (sc[1], len(sc[0])))
         # chain scores: the share of occurrences agreeing with each prefix of the best continuation
@@ -145,56 +153,56 @@ class PldProposer(Proposer):
         node = 0
         for tok, sc in zip(best[0], scores, strict=True):
             node = tree.add(node, tok, sc, self.pld.source)
-        return tree
+        return tree, bucket
 
 
 class RestProposer(Proposer):
-    """A retrieval trie from the passages' datastore (and the engine's shared datastore, if any)."""
+    """A retrieval trie from the passages' datastore (and a shared corpus-level ``datastore``, if any)."""
 
     use_prompt = False
 
-    def __init__(self, engine: Any, prompt_ids: list[int], opts: SpecOptions, budget: TreeBudget | None,
-                 passages: list[list[int]]) -> None:
-        super().__init__(engine, prompt_ids, opts, budget)
+    def __init__(self, opts: SpecOptions, budget: TreeBudget | None = None, *,
+                 passages: Sequence[Sequence[int]] = (), datastore: RestDatastore | None = None) -> None:
+        super().__init__(opts, budget)
         self.stores: list[Any] = []
         if self.use_prompt:
             self.pld = PromptLookup((), max_suffix=8)
             self.stores.append(self.pld)
-        passages = [p for p in passages if p]
+        passages = [list(p) for p in passages if p]
         if passages:
             self.stores.append(RestDatastore.build(passages))
-        if engine.datastore is not None:
-            self.stores.append(engine.datastore)
+        if datastore is not None:
+            self.stores.append(datastore)
 
     def _on_commit(self, new: list[int], committed: list[int], hidden: torch.Tensor | None) -> None:
         if self.use_prompt:
             self.pld.extend(new)
 
-    def candidates(self, committed: list[int]) -> TokenTree | None:
+    def candidates(self, committed: list[int]) -> tuple[TokenTree | None, int]:
         if not self.stores:
-            return None
+            return None, 0
         o = self.opts
         suffix = committed[-16:]
         t0 = time.perf_counter()
         results = [(st.source, st.candidates(suffix, max_len=o.retrieval_len, min_suffix=o.min_suffix,
                                              max_occurrences=o.max_occurrences)) for st in self.stores]
         self.retrieval_s += time.perf_counter() - t0
-        self.bucket = min(max(r.suffix_len for _, r in results), 3)
-        return merge_retrievals(committed[-1], results, max_nodes=o.max_nodes)
+        bucket = min(max(r.suffix_len for _, r in results), 3)
+        return merge_retrievals(committed[-1], results, max_nodes=o.max_nodes), bucket
 
 
 class DraftProposer(Proposer):
     """The draft model's EAGLE-2 dynamic tree."""
 
-    def __init__(self, engine: Any, prompt_ids: list[int], opts: SpecOptions, budget: TreeBudget | None) -> None:
-        super().__init__(engine, prompt_ids, opts, budget)
-        if engine.drafter is None:
+    def __init__(self, opts: SpecOptions, budget: TreeBudget | None = None, *, drafter: Drafter | None) -> None:
+        super().__init__(opts, budget)
+        if drafter is None:
             raise InvalidInputError(
                 "method 'draft' needs a draft model: pass drafter=... to the Engine (an EAGLE head or a "
                 "small causal LM sharing the target's tokenizer), or use 'pld' / 'rest' / 'rasd'"
             )
-        self.drafter = engine.drafter
-        self.uses_target_hidden = bool(self.drafter.uses_target_hidden)
+        self.drafter = drafter
+        self.uses_target_hidden = bool(drafter.uses_target_hidden)
         self.drafter.reset()
 
     def _on_commit(self, new: list[int], committed: list[int], hidden: torch.Tensor | None) -> None:
@@ -206,8 +214,8 @@ class DraftProposer(Proposer):
         return build_draft_tree(self.drafter, root, depth=o.draft_depth, top_k=o.draft_top_k,
                                 total_tokens=o.draft_nodes, min_prob=o.draft_min_prob)
 
-    def candidates(self, committed: list[int]) -> TokenTree | None:
-        return self.draft_tree(committed[-1])
+    def candidates(self, committed: list[int]) -> tuple[TokenTree | None, int]:
+        return self.draft_tree(committed[-1]), 0
 
 
 class RasdProposer(RestProposer):
@@ -215,15 +223,16 @@ class RasdProposer(RestProposer):
 
     A :class:`~refrag_rasd_core.rasd.budget.DraftGate` (the engine's, shared across requests) skips the
     draft on steps where its accepted tokens have not been paying for its cost; such a step uses the
-    retrieval trie alone, unpruned.
+    retrieval trie alone, unpruned. Without a ``drafter`` it is PLD + REST.
     """
 
     use_prompt = True
 
-    def __init__(self, engine: Any, prompt_ids: list[int], opts: SpecOptions, budget: TreeBudget | None,
-                 passages: list[list[int]], gate: DraftGate | None = None) -> None:
-        super().__init__(engine, prompt_ids, opts, budget, passages)
-        self.draft = DraftProposer(engine, prompt_ids, opts, None) if engine.drafter is not None else None
+    def __init__(self, opts: SpecOptions, budget: TreeBudget | None = None, *,
+                 passages: Sequence[Sequence[int]] = (), datastore: RestDatastore | None = None,
+                 drafter: Drafter | None = None, gate: DraftGate | None = None) -> None:
+        super().__init__(opts, budget, passages=passages, datastore=datastore)
+        self.draft = DraftProposer(opts, None, drafter=drafter) if drafter is not None else None
         self.uses_target_hidden = bool(self.draft and self.draft.uses_target_hidden)
         self.gate = gate if opts.adaptive else None
         self._drafted_s: float | None = None
@@ -234,44 +243,44 @@ class RasdProposer(RestProposer):
         if self.draft is not None:
             self.draft._on_commit(new, committed, hidden)
 
-    def candidates(self, committed: list[int]) -> TokenTree | None:
+    def candidates(self, committed: list[int]) -> tuple[TokenTree | None, int]:
         t0 = time.perf_counter()
         self._step_t0 = t0
-        retrieved = super().candidates(committed)
+        retrieved, bucket = super().candidates(committed)
         self._drafted_s = None
         if self.draft is None or (self.gate is not None and not self.gate.should_draft()):
-            return retrieved
+            return retrieved, bucket
         o = self.opts
         if retrieved is None or len(retrieved) <= 1:
             tree = self.draft.draft_tree(committed[-1])
         else:
-            if self.bucket <= o.prune_max_match:
+            if bucket <= o.prune_max_match:
                 lp, ids = draft_probe(self.draft.drafter, o.prune_top_k)
                 retrieved = retrieved.prune_by_draft(lp, ids, top_k=o.prune_top_k, min_prob=o.prune_min_prob)
             tree = retrieved.fuse(self.draft.draft_tree(committed[-1]), max_nodes=o.max_nodes)
         self._drafted_s = time.perf_counter() - t0
-        return tree
+        return tree, bucket
 
-    def feedback(self, tree: TokenTree | None, path: list[int]) -> None:
-        super().feedback(tree, path)
+    def feedback(self, tree: TokenTree | None, path: list[int], bucket: int) -> None:
+        super().feedback(tree, path, bucket)
         if self.gate is not None and self._step_t0 is not None:
             draft_only = 0 if tree is None else sum(1 for i in path[1:] if tree.sources[i] == SOURCE_DRAFT)
             self.gate.record(draft_s=self._drafted_s, draft_tokens=draft_only if self._drafted_s else None,
                              step_s=time.perf_counter() - self._step_t0)
 
 
-def make_proposer(method: str, *, engine: Any, prompt_ids: list[int], passages: Sequence[Any] | None,
-                  options: dict[str, Any] | None) -> Proposer:
-    """The proposer of ``method`` for one request (fresh per request; the budget is the engine's)."""
+def make_proposer(method: str, *, options: dict[str, Any] | None = None, budget: TreeBudget | None = None,
+                  gate: DraftGate | None = None, datastore: RestDatastore | None = None,
+                  drafter: Drafter | None = None, passages: Sequence[Sequence[int]] = ()) -> Proposer:
+    """The proposer of ``method`` for one request (fresh per request; ``budget`` and ``gate`` carry their
+    calibration across requests, so the caller keeps them). ``passages``: the request's token-id lists."""
     opts = SpecOptions.from_dict(options)
-    budget = engine.tree_budget(method)
     if method == "pld":
-        return PldProposer(engine, prompt_ids, opts, budget)
+        return PldProposer(opts, budget)
     if method == "rest":
-        return RestProposer(engine, prompt_ids, opts, budget, engine.passage_token_ids(passages))
+        return RestProposer(opts, budget, passages=passages, datastore=datastore)
     if method == "draft":
-        return DraftProposer(engine, prompt_ids, opts, budget)
+        return DraftProposer(opts, budget, drafter=drafter)
     if method == "rasd":
-        return RasdProposer(engine, prompt_ids, opts, budget, engine.passage_token_ids(passages),
-                            gate=engine.draft_gate())
+        return RasdProposer(opts, budget, passages=passages, datastore=datastore, drafter=drafter, gate=gate)
     raise InvalidInputError(f"unknown speculative method {method!r}")

@@ -1,0 +1,80 @@
+"""REFRAG's prefill input for one request: the passages' chunk vectors (stored, or encoded now), projected
+into the decoder's embedding space, with the chunks the expansion policy chooses kept as raw tokens.
+
+Example:
+    >>> from refrag_rasd_core.refrag.compress import mixed_input
+    >>> mixed = mixed_input(refrag, decoder, layout, passages, expand=0.25, policy="rl",
+    ...                     encoder=engine.refrag_encoder, question="Who wrote Hamlet?")   # doctest: +SKIP
+    >>> mixed.length, mixed.expanded                                                      # doctest: +SKIP
+    (61, [0, 1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError
+from .chunking import chunk_token_ids, num_chunks
+from .context import build_compressed_input
+from .policy import choose_expansions, expansion_count
+
+__all__ = ["chunk_vectors", "mixed_input"]
+
+
+def chunk_vectors(refrag: Any, passages: Sequence[Any], ids: Sequence[Sequence[int]],
+                  encoder: Callable[[], Any]) -> list[Any]:
+    """Each passage's chunk embeddings: the stored ones when a passage carries them (checked against the
+    checkpoint's k and encoder width), else encoded now by ``encoder()`` (called only if one is missing)."""
+    given = [getattr(p, "chunk_embeddings", None) for p in passages]
+    out: list[Any] = [None] * len(ids)
+    missing = []
+    for i, (vec, toks) in enumerate(zip(given, ids, strict=True)):
+        if vec is None:
+            missing.append(i)
+            continue
+        want = (num_chunks(len(toks), refrag.k), refrag.encoder_dim)
+        if tuple(np.shape(vec)) != want:
+            raise InvalidInputError(
+                f"passage {i}: chunk embeddings of shape {tuple(np.shape(vec))}, expected {want} for "
+                f"{len(toks)} tokens at k={refrag.k} with a {refrag.encoder_dim}-wide encoder: the store was built "
+                "with another encoder or chunk size; re-index it"
+            )
+        out[i] = vec
+    if missing:
+        for i, vec in zip(missing, encoder().encode_passages([list(ids[i]) for i in missing]), strict=True):
+            out[i] = vec
+    return out
+
+
+def mixed_input(refrag: Any, decoder: Any, layout: Any, passages: Sequence[Any], *, expand: float = 0.0,
+                expand_tokens: int | None = None, policy: str = "auto", seed: int | None = None,
+                encoder: Callable[[], Any], question: str = "") -> Any:
+    """The decoder input of a compressed request (:func:`~refrag_rasd_core.refrag.context.build_compressed_input`):
+    ``refrag`` a :class:`~refrag_rasd_core.refrag.RefragModel`, ``decoder`` the target model, ``layout`` the
+    request's :class:`~refrag_rasd_core.refrag.context.PromptLayout`, ``passages`` what the caller gave (their
+    stored chunk embeddings are used); ``policy="auto"`` is the checkpoint's trained policy, else
+    ``similarity``. A question-aware policy reads ``encoder().encode_question(question)``."""
+    vectors = chunk_vectors(refrag, passages, layout.passages, encoder)
+    dtype = decoder.dtype
+    device = next(decoder.parameters()).device
+    projected = [refrag.project(v, dtype=dtype) if len(v) else
+                 torch.empty(0, decoder.config.hidden_size, dtype=dtype, device=refrag.device) for v in vectors]
+    total = sum(num_chunks(len(p), refrag.k) for p in layout.passages)
+    n = expansion_count(total, expand, expand_tokens=expand_tokens, k=refrag.k)
+    name = policy if policy != "auto" else ("rl" if refrag.policy is not None else "similarity")
+    embed = decoder.get_input_embeddings()
+    chosen: list[int] = []
+    if n:
+        with torch.inference_mode():
+            query = embed(torch.tensor(layout.suffix, device=device))
+        chunks = [c for p in layout.passages for c in chunk_token_ids(p, refrag.k)]
+        chosen = choose_expansions(name, n, chunk_vectors=torch.cat([torch.as_tensor(v, dtype=torch.float32)
+                                   for v in vectors]), projected=torch.cat(projected), query_embeds=query,
+                                   chunks=chunks, decoder=decoder, network=refrag.policy, seed=seed,
+                                   question_vector=lambda: encoder().encode_question(question))
+    with torch.inference_mode():
+        return build_compressed_input(layout, embed, projected, refrag.k, chosen)
