@@ -15,8 +15,8 @@ from refrag_rasd_core.eagle.corpus import spec_bench_prompts, spec_bench_trainin
 from refrag_rasd_core.eagle.features import FeatureStore, extract_features
 from refrag_rasd_core.eagle.head import DraftHead
 from refrag_rasd_core.eagle.train import (
+    DraftTrainConfig,
     FeatureData,
-    TrainConfig,
     build_parser,
     evaluate,
     head_loss,
@@ -61,7 +61,7 @@ def test_training_reduces_loss_and_resumes(tmp_path: Path) -> None:
     make_features(target, tmp_path / "train", n=12, seed=0)
     make_features(target, tmp_path / "eval", n=3, seed=1)
     data = FeatureData([tmp_path / "train"])
-    cfg = TrainConfig(steps=40, seq_len=32, batch_size=4, lr=3e-3, warmup=5, unroll=2, draft_vocab_size=32,
+    cfg = DraftTrainConfig(steps=40, seq_len=32, batch_size=4, lr=3e-3, warmup=5, unroll=2, draft_vocab_size=32,
                       eval_every=40, ckpt_every_s=2.0)
     head = DraftHead.for_target(target, draft_vocab_size=64)
     tok, hid, gen, valid = data.batch(random.Random(0), data.weights(1.0), 4, 32)
@@ -75,7 +75,7 @@ def test_training_reduces_loss_and_resumes(tmp_path: Path) -> None:
     assert 0.0 <= metrics["top1_agreement"] <= 1.0 and metrics["step"] == 40
     assert loaded.meta["recipe"]["steps_done"] == 40
     # resume: a longer run continues from step 60
-    cfg2 = TrainConfig(**{**cfg.__dict__, "steps": 45})
+    cfg2 = DraftTrainConfig(**{**cfg.__dict__, "steps": 45})
     m2 = train_draft(target, [tmp_path / "train"], tmp_path / "out", [tmp_path / "eval"], cfg2, log=lambda m: None)
     assert m2["step"] == 45
 

@@ -13,7 +13,7 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from refrag_rasd_core.refrag import ChunkEncoder, load_refrag_checkpoint
 from refrag_rasd_core.refrag.lora import merge_lora_
-from refrag_rasd_core.refrag.train import RefragTrainer, TrainConfig, build_parser
+from refrag_rasd_core.refrag.train import RefragTrainConfig, RefragTrainer, build_parser
 from refrag_rasd_core.refrag.train.batches import Row, WindowSampler, assemble, curriculum_chunks
 from refrag_rasd_core.refrag.train.cli import config_from_args
 from refrag_rasd_core.refrag.train.corpus import ChunkCorpus, Document, load_documents, record_passages
@@ -54,7 +54,7 @@ def setup(tmp: Path, docs: list[str] | None = None, **cfg_kw):
             "lora_rank": 4, "lora_alpha": 8.0, "warmup": 2, "ckpt_every": 3, "policy_chunks": 4,
             "policy_width": 16, "policy_max_chunks": 64}
     base.update(cfg_kw)
-    cfg = TrainConfig(**base)
+    cfg = RefragTrainConfig(**base)
     return lm, enc, corpus, cfg
 
 

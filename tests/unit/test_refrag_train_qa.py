@@ -15,7 +15,7 @@ from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.refrag import ExpansionPolicy, load_refrag_checkpoint
 from refrag_rasd_core.refrag.context import build_compressed_input, layout_prompt
 from refrag_rasd_core.refrag.policy import choose_expansions
-from refrag_rasd_core.refrag.train import RefragTrainer, TrainConfig
+from refrag_rasd_core.refrag.train import RefragTrainConfig, RefragTrainer
 from refrag_rasd_core.refrag.train.batches import assemble
 from refrag_rasd_core.refrag.train.corpus import ChunkCorpus, Document
 from refrag_rasd_core.refrag.train.qa_rows import answer_chunks, build_qa_examples, load_qa_split, rag_row
@@ -50,7 +50,7 @@ def setup(tmp: Path, holdout: int = 2, **cfg_kw):
             "policy_max_chunks": 64, "sft_answer_tokens": 5, "sft_batch": 2, "policy_query": "question",
             "select_batch": 4, "policy_contexts": 2, "policy_group": 3, "entropy_coef": 0.01}
     base.update(cfg_kw)
-    return lm, enc, corpus, examples, TrainConfig(**base)
+    return lm, enc, corpus, examples, RefragTrainConfig(**base)
 
 
 def trainer(tmp: Path, out: str = "run", **cfg_kw) -> RefragTrainer:

@@ -41,7 +41,7 @@ from .head import DraftHead, param_count
 
 
 @dataclass
-class TrainConfig:
+class DraftTrainConfig:
     """Hyper-parameters of :func:`train_draft` (all recorded in the checkpoint's recipe)."""
 
     steps: int = 3000
@@ -126,7 +126,7 @@ def choose_vocab(data: FeatureData, target_vocab: int, size: int, gen_weight: fl
 
 
 # ---------------------------------------------------------------------------------------------- loss
-def head_loss(head: DraftHead, tokens: torch.Tensor, hidden: torch.Tensor, cfg: TrainConfig,
+def head_loss(head: DraftHead, tokens: torch.Tensor, hidden: torch.Tensor, cfg: DraftTrainConfig,
               gen: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """EAGLE loss summed over unroll steps (weights ``unroll_decay ** (s-1)``); returns (loss, stats)."""
     hidden = hidden.float()
@@ -282,7 +282,7 @@ def train_draft(
     feature_dirs: list[str | os.PathLike],
     out_dir: str | os.PathLike,
     eval_dirs: list[str | os.PathLike] | None = None,
-    cfg: TrainConfig | None = None,
+    cfg: DraftTrainConfig | None = None,
     recipe: dict | None = None,
     resume: bool = True,
     log: Callable[[str], None] = print,
@@ -292,7 +292,7 @@ def train_draft(
     Writes ``out_dir/draft_head.safetensors`` (+ .json: config, sha256, recipe, metrics) at every
     checkpoint interval and at the end, and ``out_dir/train_state.safetensors`` (+ .json) to resume.
     """
-    cfg = cfg or TrainConfig()
+    cfg = cfg or DraftTrainConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     train_dirs, eval_dirs = prepare_features(model, tok, args, out / "features", log)
     log(f"features ready in {time.time() - t0:.0f}s")
-    cfg = TrainConfig(steps=args.steps, device=args.device, draft_vocab_size=args.draft_vocab, unroll=args.unroll,
+    cfg = DraftTrainConfig(steps=args.steps, device=args.device, draft_vocab_size=args.draft_vocab, unroll=args.unroll,
                       batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, ce_weight=args.ce_weight,
                       seed=args.seed, time_budget_s=args.train_minutes * 60 if args.train_minutes else None)
     recipe = {"target": args.target, "corpus": args.corpus, "self_distill": args.self_distill,

@@ -4,7 +4,7 @@ optional RAG instruction tuning, and the expansion policy by PPO with a group ba
 
 * :mod:`.corpus`      offline corpora, held-out passages, the encoder's chunk vectors cached per corpus;
 * :mod:`.batches`     samples (:class:`Row`) and the mixed decoder input, the curriculum;
-* :mod:`.phases`      :class:`TrainConfig`, :class:`RefragTrainer` (losses, resumable loop, checkpoints);
+* :mod:`.phases`      :class:`RefragTrainConfig`, :class:`RefragTrainer` (losses, resumable loop, checkpoints);
 * :mod:`.rl`          the policy's PPO step;
 * :mod:`.evaluate`    held-out log-perplexity per context mode, reconstruction accuracy;
 * :mod:`.pooling`     mean vs cls pooling, measured;
@@ -17,6 +17,6 @@ See ``docs/training-refrag.md`` for the recipe and the measured numbers.
 from __future__ import annotations
 
 from .cli import build_parser, main
-from .phases import PHASES, RefragTrainer, TrainConfig
+from .phases import PHASES, RefragTrainConfig, RefragTrainer
 
-__all__ = ["PHASES", "RefragTrainer", "TrainConfig", "build_parser", "main"]
+__all__ = ["PHASES", "RefragTrainer", "RefragTrainConfig", "build_parser", "main"]

@@ -25,7 +25,7 @@ import torch
 
 from ...errors import InvalidInputError
 from ...run_log import run_logger
-from .phases import PHASES, STATE_FILE, RefragTrainer, TrainConfig
+from .phases import PHASES, STATE_FILE, RefragTrainConfig, RefragTrainer
 
 __all__ = ["QA_CORPUS", "build_parser", "main"]
 
@@ -33,7 +33,7 @@ QA_CORPUS = "qa_train"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
+    d = RefragTrainConfig()
     p = argparse.ArgumentParser(prog="refrag-rasd train-refrag",
                                 description="Train REFRAG's projector, decoder LoRA and expansion policy.")
     p.add_argument("--out", required=True, help="run folder (state, logs, cached vectors, refrag.safetensors)")
@@ -112,14 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace) -> RefragTrainConfig:
     phases = [x.strip() for x in args.phases.split(",") if x.strip()]
     bad = [x for x in phases if x not in PHASES]
     if bad:
         raise InvalidInputError(f"unknown phase(s) {bad}; choose from {', '.join(PHASES)}")
     phases = [x for x in PHASES if x in phases]
     kw = {f"steps_{ph}": getattr(args, f"steps_{ph}") for ph in PHASES}
-    return TrainConfig(phases=phases, k=args.k, batch_tokens=args.batch_tokens, recon_max_chunks=args.recon_max_chunks,
+    return RefragTrainConfig(phases=phases, k=args.k, batch_tokens=args.batch_tokens, recon_max_chunks=args.recon_max_chunks,
                        cpt_max_chunks=args.cpt_max_chunks, continuation=args.continuation,
                        mixed_fraction=args.mixed_fraction, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                        lr_recon=args.lr_recon, lr_projector=args.lr_projector, lr_lora=args.lr_lora,
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     resumed = args.resume and state_json.exists()
     if resumed:
         saved = json.loads(state_json.read_text())
-        cfg = TrainConfig.from_dict(saved["config"])
+        cfg = RefragTrainConfig.from_dict(saved["config"])
         cfg.device, cfg.dtype = args.device, args.dtype
         log(f"resuming {out} (its saved configuration is used; phase {saved.get('phase')!r} step {saved.get('step')})")
         for ph in PHASES:  # explicit --steps-* flags re-plan a resumed run (e.g. to fit a time budget)

@@ -25,7 +25,7 @@ same kernels (every module's train / eval mode is set at each step, never inheri
 :meth:`RefragTrainer._set_modes`), so a resumed run computes bit for bit what an uninterrupted one does.
 
 Example:
-    >>> TrainConfig().steps_for("recon")
+    >>> RefragTrainConfig().steps_for("recon")
     600
 """
 
@@ -60,11 +60,11 @@ STATE_FILE = "state.safetensors"
 EXPORT_FILE = "refrag.safetensors"
 LOG_FILE = "train_log.jsonl"
 
-__all__ = ["PHASES", "RefragTrainer", "TrainConfig"]
+__all__ = ["PHASES", "RefragTrainer", "RefragTrainConfig"]
 
 
 @dataclass
-class TrainConfig:
+class RefragTrainConfig:
     """Hyper-parameters of every phase (all recorded in the checkpoint's recipe)."""
 
     phases: list[str] = field(default_factory=lambda: ["recon", "cpt", "mixed", "policy"])
@@ -121,7 +121,7 @@ class TrainConfig:
         return int(getattr(self, f"steps_{phase}"))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, d: dict[str, Any]) -> RefragTrainConfig:
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -141,7 +141,7 @@ class RefragTrainer:
     the policy, and runs the phases of ``cfg.phases`` over ``corpus`` (a :class:`ChunkCorpus` of the encoder's
     vectors), writing to ``out_dir``."""
 
-    def __init__(self, decoder: Any, tokenizer: Any, encoder: Any, corpus: ChunkCorpus, cfg: TrainConfig,
+    def __init__(self, decoder: Any, tokenizer: Any, encoder: Any, corpus: ChunkCorpus, cfg: RefragTrainConfig,
                  out_dir: str | os.PathLike, *, log: Callable[[str], None] = print, progress: bool = True,
                  sft_records: list[dict] | None = None, recipe: dict | None = None,
                  qa_examples: list[Any] | None = None) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from ..encoder import ChunkEncoder
 from .corpus import ChunkCorpus, Document
 from .evaluate import evaluate_reconstruction
-from .phases import RefragTrainer, TrainConfig
+from .phases import RefragTrainConfig, RefragTrainer
 
 __all__ = ["compare_pooling"]
 
@@ -37,7 +37,7 @@ def compare_pooling(decoder: Any, tokenizer: Any, documents: Sequence[Document],
                                     max_chunks=need)
         held = ChunkCorpus.cached(out / f"pooling-{pool}-heldout.safetensors", heldout, tokenizer, k, encoder=enc,
                                   max_chunks=256)
-        cfg = TrainConfig(phases=["recon"], k=k, steps_recon=steps, recon_max_chunks=1, lora_rank=0, seed=seed,
+        cfg = RefragTrainConfig(phases=["recon"], k=k, steps_recon=steps, recon_max_chunks=1, lora_rank=0, seed=seed,
                           batch_tokens=batch_tokens, ckpt_every=10**9, device=device, pooling=pool)
         tr = RefragTrainer(decoder, tokenizer, enc, corpus, cfg, out / f"pooling-{pool}", log=log, progress=False)
         hist = tr.run(resume=False)
