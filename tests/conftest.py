@@ -51,6 +51,15 @@ class ChatRefragRasdCapabilities:
     supports_image_inputs = property(lambda self: False)
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now (for a `chroma run` server under test)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def mark_async_tests(cls):
     """Mark a langchain-tests suite's coroutine tests for pytest-asyncio (strict mode); its sync tests stay
     unmarked."""

@@ -50,6 +50,15 @@ def tiny_llama(seed: int = 0, vocab_size: int = 262, hidden: int = 64, layers: i
     return model
 
 
+def tiny_target(vocab: int = 96, hidden: int = 32, layers: int = 1, heads: int = 4, kv: int = 2,
+                seed: int = 0) -> LlamaForCausalLM:
+    """A bare tiny LLaMA with transformers' own initialisation (the draft-head tests' target)."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=256)
+    return LlamaForCausalLM(cfg).eval()
+
+
 def tiny_loaded(seed: int = 0, **kwargs: object) -> LoadedModel:
     tok = tiny_tokenizer()
     model = tiny_llama(seed, vocab_size=len(tok), **kwargs)

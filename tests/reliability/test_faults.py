@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from integration_fakes import CORPUS, fake_store
 
+from conftest import free_port
 from refrag_rasd_core.errors import RefragRasdError
 from refrag_rasd_integrations.errors import StoreError
 
@@ -94,12 +95,6 @@ def test_indexing_killed_at_random_points_resumes_exactly(tmp_path):
 
 
 # ---- a chroma run server stopped mid-query ---------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(exe: str, data: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([exe, "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -121,7 +116,7 @@ def test_server_stopped_mid_query_then_restarted(tmp_path):
     exe = str(exe) if exe.exists() else shutil.which("chroma")
     if not exe:
         pytest.skip("the `chroma` server binary is not installed")
-    port, data = _free_port(), tmp_path / "server-data"
+    port, data = free_port(), tmp_path / "server-data"
     server = _start(exe, data, port)
     try:
         store = fake_store("served", host="127.0.0.1", port=port)

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from refrag_rasd_core.eagle.checkpoint import (
     load_draft_head,
@@ -18,13 +17,7 @@ from refrag_rasd_core.eagle.checkpoint import (
 )
 from refrag_rasd_core.eagle.head import DraftHead
 from refrag_rasd_core.errors import CheckpointError
-
-
-def tiny_target(hidden: int = 32, vocab: int = 96):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    return LlamaForCausalLM(cfg).eval()
+from tiny import tiny_target
 
 
 @pytest.fixture

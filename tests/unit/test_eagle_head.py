@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from refrag_rasd_core.eagle.head import DraftHead
 from refrag_rasd_core.errors import InvalidInputError
+from tiny import tiny_target
 
 ATOL = 1e-5
-
-
-def tiny_target(heads: int = 4, kv: int = 2, hidden: int = 32, vocab: int = 96, seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=256)
-    return LlamaForCausalLM(cfg).eval()
 
 
 def make_head(target, draft_vocab: int = 64, seed: int = 1) -> DraftHead:
@@ -54,7 +47,7 @@ def ref_logprobs(head: DraftHead, tokens, hidden, path) -> torch.Tensor:
 
 @pytest.mark.parametrize("heads,kv", [(4, 2), (4, 4)])
 def test_tree_expand_matches_sequential(heads: int, kv: int) -> None:
-    target = tiny_target(heads, kv)
+    target = tiny_target(heads=heads, kv=kv)
     head = make_head(target)
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 96, (12,), generator=g)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from refrag_rasd_core.eagle.checkpoint import load_draft_head
 from refrag_rasd_core.eagle.corpus import spec_bench_prompts, spec_bench_training_record
@@ -23,13 +22,7 @@ from refrag_rasd_core.eagle.train import (
     train_draft,
 )
 from refrag_rasd_core.errors import InvalidInputError
-
-
-def tiny_target():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    return LlamaForCausalLM(cfg).eval()
+from tiny import tiny_target
 
 
 def make_features(target, path: Path, n: int = 12, length: int = 40, seed: int = 0) -> None:
@@ -43,7 +36,7 @@ def make_features(target, path: Path, n: int = 12, length: int = 40, seed: int =
 
 
 def test_features_round_trip_and_resume(tmp_path: Path) -> None:
-    target = tiny_target()
+    target = tiny_target(vocab=64, layers=2)
     make_features(target, tmp_path / "f", n=5)
     store = FeatureStore(tmp_path / "f")
     seqs = list(store.iter_sequences())
@@ -57,7 +50,7 @@ def test_features_round_trip_and_resume(tmp_path: Path) -> None:
 
 
 def test_training_reduces_loss_and_resumes(tmp_path: Path) -> None:
-    target = tiny_target()
+    target = tiny_target(vocab=64, layers=2)
     make_features(target, tmp_path / "train", n=12, seed=0)
     make_features(target, tmp_path / "eval", n=3, seed=1)
     data = FeatureData([tmp_path / "train"])
@@ -82,7 +75,7 @@ def test_training_reduces_loss_and_resumes(tmp_path: Path) -> None:
 
 def test_evaluate_perfect_draft_accepts_everything(tmp_path: Path) -> None:
     """A head that predicts the true next feature exactly accepts the full chain on greedy text."""
-    target = tiny_target()
+    target = tiny_target(vocab=64, layers=2)
     # greedy text of the target itself, so each token is the target's argmax
     ids = [1]
     with torch.no_grad():

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from integration_fakes import CORPUS, fake_store
 
+from conftest import free_port
+
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
 
@@ -74,19 +76,13 @@ def test_killed_indexing_resumes_without_gaps_or_duplicates(tmp_path):
     assert sorted(ids) == sorted(report.ids)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def chroma_server(tmp_path_factory):
     exe = Path(sys.executable).parent / "chroma"
     exe = str(exe) if exe.exists() else shutil.which("chroma")
     if not exe:
         pytest.skip("the `chroma` server binary is not installed")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("chroma-log") / "server.log"
     with log.open("w") as fh:
         proc = subprocess.Popen([exe, "run", "--path", str(tmp_path_factory.mktemp("chroma-data")),
