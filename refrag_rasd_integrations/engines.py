@@ -7,8 +7,8 @@ Calls on one engine are serialised by the engine itself, so sharing is safe from
 
 Example:
     >>> from refrag_rasd_integrations.engines import get_engine
-    >>> e1 = get_engine()            # doctest: +SKIP
-    >>> e1 is get_engine(None)       # doctest: +SKIP
+    >>> e1 = get_engine()            # doctest: +REAL_MODEL
+    >>> e1 is get_engine(None)       # doctest: +REAL_MODEL
     True
 """
 

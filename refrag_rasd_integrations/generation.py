@@ -22,7 +22,9 @@ RASD looks up continuations in the prompt itself.
 
 Example:
     >>> from refrag_rasd_integrations.generation import GenerationRequest
-    >>> req = GenerationRequest.build({"method": "vanilla"}, "Hi!", engine=object())  # doctest: +SKIP
+    >>> req = GenerationRequest.build({"method": "vanilla", "max_tokens": 4}, "Hi!", engine=engine)  # doctest: +REAL_MODEL
+    >>> req.context, req.settings["max_tokens"], "".join(req.stream()) != ""                     # doctest: +REAL_MODEL
+    ('none', 4, True)
 """
 
 from __future__ import annotations

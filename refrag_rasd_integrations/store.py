@@ -27,9 +27,10 @@ then upserts them; an interrupted run, run again, leaves no gaps and no duplicat
 
 Example:
     >>> from refrag_rasd_integrations.store import RefragChromaStore
-    >>> store = RefragChromaStore("wiki")                       # doctest: +SKIP
-    >>> store.add_texts(["Paris is the capital of France.", "..."], metadatas=[{"source": "a"}, {"source": "b"}])  # doctest: +SKIP
-    >>> [(p.text, p.chunk_embeddings.shape) for p, score in store.search("capital of France", k=1)]  # doctest: +SKIP
+    >>> store = RefragChromaStore("wiki")                       # doctest: +REAL_MODEL
+    >>> store.add_texts(["Paris is the capital of France.", "Rome is in Italy."], metadatas=[{"source": "a"}, {"source": "b"}]).added  # doctest: +REAL_MODEL
+    2
+    >>> [(p.text, p.chunk_embeddings.shape) for p, score in store.search("capital of France", k=1)]  # doctest: +REAL_MODEL
     [('Paris is the capital of France.', (1, 384))]
 """
 
@@ -233,10 +234,11 @@ class RefragChromaStore:
     ``embedder`` is any object with sentence-transformers' ``encode(texts, normalize_embeddings=True)``.
 
     Example:
-        >>> store = RefragChromaStore("docs", path="/tmp/chroma")             # doctest: +SKIP
-        >>> store.add_files(["README.md"])                                     # doctest: +SKIP
-        >>> retriever = store.as_retriever(k=4)          # LangChain           # doctest: +SKIP
-        >>> engine = store.as_query_engine()             # LlamaIndex          # doctest: +SKIP
+        >>> docs = RefragChromaStore("docs")             # under $REFRAG_RASD_CHROMA_DIR  # doctest: +REAL_MODEL
+        >>> docs.add_texts(["refrag-rasd answers questions from your documents."]).added  # doctest: +REAL_MODEL
+        1
+        >>> retriever = docs.as_retriever(k=4)           # LangChain           # doctest: +REAL_MODEL
+        >>> query_engine = docs.as_query_engine()        # LlamaIndex          # doctest: +REAL_MODEL
         >>> remote = RefragChromaStore("docs", host="127.0.0.1", port=8000)   # a `chroma run` server  # doctest: +SKIP
     """
 

@@ -91,17 +91,16 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
-def real_target():
-    from refrag_rasd_core.models import load_target
+def real_engine():
+    """The real default engine, one per session (the docstring examples' ``engine`` too)."""
+    from doctest_support import real_engine as shared
 
-    return load_target(device="cpu")
+    return shared()
 
 
 @pytest.fixture(scope="session")
-def real_engine(real_target):
-    from refrag_rasd_core.engine import Engine
-
-    return Engine(real_target)
+def real_target(real_engine):
+    return real_engine.target
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,10 @@ under the name ``"sdpa_gqa"`` and uses the ``sdpa`` mask builder; everything els
 
 Example:
     >>> from refrag_rasd_core.attention import use_gqa_sdpa
-    >>> use_gqa_sdpa(model)                                     # doctest: +SKIP
+    >>> from refrag_rasd_core.models import load_target
+    >>> lm = load_target(device="cpu", attn_implementation="sdpa")    # doctest: +REAL_MODEL
+    >>> use_gqa_sdpa(lm.model), lm.model.config._attn_implementation  # doctest: +REAL_MODEL
+    (True, 'sdpa_gqa')
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ A hub id is only tried when the user names one and ``HF_HUB_OFFLINE`` is not set
 
 Example:
     >>> from refrag_rasd_core.models import load_target
-    >>> lm = load_target()                      # doctest: +SKIP
-    >>> lm.model.config.hidden_size             # doctest: +SKIP
+    >>> lm = load_target(device="cpu")          # doctest: +REAL_MODEL
+    >>> lm.model.config.hidden_size             # doctest: +REAL_MODEL
     576
 """
 
@@ -208,8 +208,9 @@ def load_target(
     """Load a causal LM and its tokenizer (``None`` = the offline default SmolLM2-135M-Instruct).
 
     Example:
-        >>> lm = load_target(device="cpu")        # doctest: +SKIP
-        >>> lm.tokenizer.apply_chat_template      # doctest: +SKIP
+        >>> lm = load_target(device="cpu")        # doctest: +REAL_MODEL
+        >>> lm.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)  # doctest: +REAL_MODEL
+        '<|im_start|>...Hi<|im_end|>...'
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -275,8 +276,8 @@ def load_encoder(name: str | os.PathLike | None = None, *, device: str | torch.d
     A plain Hugging Face encoder folder (no sentence-transformers config) is wrapped with mean pooling.
 
     Example:
-        >>> enc = load_encoder()                                # doctest: +SKIP
-        >>> enc.encode(["hello"]).shape                         # doctest: +SKIP
+        >>> enc = load_encoder()                                # doctest: +REAL_MODEL
+        >>> enc.encode(["hello"]).shape                         # doctest: +REAL_MODEL
         (1, 384)
     """
     try:

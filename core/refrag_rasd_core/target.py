@@ -5,9 +5,12 @@
 the transformers 5.x cache API (``DynamicCache``; compaction to an accepted tree path).
 
 Example:
-    >>> runner = TargetRunner(model)                               # doctest: +SKIP
-    >>> cache = runner.new_cache()                                 # doctest: +SKIP
-    >>> logits, hidden = runner.forward(ids, cache, logits_at=-1)  # doctest: +SKIP
+    >>> import torch
+    >>> runner = TargetRunner(engine.model)                                            # doctest: +REAL_MODEL
+    >>> cache = runner.new_cache()                                                     # doctest: +REAL_MODEL
+    >>> logits, hidden = runner.forward(torch.tensor([[1, 2, 3]]), cache, logits_at=-1)  # doctest: +REAL_MODEL
+    >>> tuple(logits.shape), hidden                                                    # doctest: +REAL_MODEL
+    ((1, 49152), None)
 """
 
 from __future__ import annotations

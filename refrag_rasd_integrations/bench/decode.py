@@ -7,7 +7,7 @@ wall time, prefill included), ``speedup_vs_vanilla`` (median over questions of t
 against vanilla's tokens/s), ``mean_accepted`` (tokens emitted per target decoding forward),
 ``ttft_s`` (median), ``equal_to_vanilla`` (share of questions whose token ids equal vanilla's) and ``n``.
 
-Example:
+Example (needs a question file and minutes of model time, so the test suite does not run it):
     >>> from refrag_rasd_integrations.bench.decode import run_decode_suite      # doctest: +SKIP
     >>> res = run_decode_suite(engine, questions, methods=["vanilla", "hf"])   # doctest: +SKIP
     >>> res["methods"]["hf"]["equal_to_vanilla"]                               # doctest: +SKIP

@@ -14,7 +14,7 @@ token of the reference answer), ``gap_recovered`` ((no_context - setting) / (no_
 log_ppl; ``None`` where the full context helps by less than 0.1 nats, e.g. long filled-up contexts), ``kv_bytes`` and ``positions`` (means), and at the question's own passages (``@own``) also
 ``answer_recall`` (share of questions whose greedy answer contains a reference answer).
 
-Example:
+Example (needs a question file and minutes of model time, so the test suite does not run it):
     >>> from refrag_rasd_integrations.bench.prefill import run_prefill_suite       # doctest: +SKIP
     >>> res = run_prefill_suite(engine, questions, pool, contexts=[512])         # doctest: +SKIP
     >>> res["methods"]["compressed@512"]["ttft_speedup_vs_full"]                # doctest: +SKIP

@@ -12,7 +12,7 @@ Measured from the caller's side (``chain.stream``): ``ttft_s`` (to the first str
 included), ``total_s``, ``decode_tokens_per_s`` (after the first token), plus the engine's own
 ``prefill_s`` and ``accepted_per_forward``, and ``answer_recall`` (a reference answer in the output).
 
-Example:
+Example (needs a question file and minutes of model time, so the test suite does not run it):
     >>> from refrag_rasd_integrations.bench.rag import run_rag_suite          # doctest: +SKIP
     >>> res = run_rag_suite(engine, rows, store)                             # doctest: +SKIP
     >>> res["methods"]["refrag-rasd"]["speedup_total_vs_plain"]              # doctest: +SKIP

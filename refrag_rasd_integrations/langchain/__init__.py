@@ -6,10 +6,10 @@
 Example:
     >>> from langchain_core.runnables import RunnablePassthrough
     >>> from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt
-    >>> from refrag_rasd_integrations.store import RefragChromaStore
-    >>> store = RefragChromaStore("wiki")                                     # doctest: +SKIP
-    >>> chain = ({"context": store.as_retriever(k=4), "question": RunnablePassthrough()}
-    ...          | PassagePrompt() | ChatRefragRasd(max_tokens=128))         # doctest: +SKIP
+    >>> chain = ({"context": store.as_retriever(k=2), "question": RunnablePassthrough()}
+    ...          | PassagePrompt() | ChatRefragRasd(max_tokens=16))          # doctest: +REAL_MODEL
+    >>> chain.invoke("Who wrote Hamlet?").response_metadata["passages"]       # doctest: +REAL_MODEL
+    2
 """
 
 from .chat_models import ChatRefragRasd

@@ -2,9 +2,9 @@
 
 Example:
     >>> from refrag_rasd_integrations.langchain import RefragRasdLLM
-    >>> llm = RefragRasdLLM(max_tokens=32)
-    >>> llm.invoke("Write one sentence about rivers.")           # doctest: +SKIP
-    'Rivers carry water from the mountains to the sea.'
+    >>> llm = RefragRasdLLM(max_tokens=16)
+    >>> isinstance(llm.invoke("Write one sentence about rivers."), str)   # doctest: +REAL_MODEL
+    True
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class RefragRasdLLM(CompletionSettings, BaseLLM):
 
     Example:
         >>> llm = RefragRasdLLM(chat_template=False, method="pld", max_tokens=16)
-        >>> llm.get_num_tokens("hello world")       # the target's tokenizer  # doctest: +SKIP
+        >>> llm.get_num_tokens("hello world")       # the target's tokenizer  # doctest: +REAL_MODEL
         2
     """
 

@@ -17,11 +17,13 @@ or, by default, the store's offline sentence-transformers model.
 Example:
     >>> from langchain_core.runnables import RunnablePassthrough
     >>> from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt, RefragVectorStore
-    >>> vs = RefragVectorStore(collection_name="wiki")                     # doctest: +SKIP
-    >>> vs.add_texts(["Paris is the capital of France."], ids=["paris"])    # doctest: +SKIP
+    >>> vs = RefragVectorStore(collection_name="wiki")                     # doctest: +REAL_MODEL
+    >>> vs.add_texts(["Paris is the capital of France."], ids=["paris"])    # doctest: +REAL_MODEL
     ['paris']
     >>> chain = ({"context": vs.as_retriever(search_kwargs={"k": 4}), "question": RunnablePassthrough()}
-    ...          | PassagePrompt() | ChatRefragRasd(max_tokens=64))          # doctest: +SKIP
+    ...          | PassagePrompt() | ChatRefragRasd(max_tokens=16))          # doctest: +REAL_MODEL
+    >>> chain.invoke("What is the capital of France?").response_metadata["passages"]  # doctest: +REAL_MODEL
+    1
 """
 
 from __future__ import annotations
@@ -85,9 +87,9 @@ class RefragVectorStore(VectorStore):
     sentence-transformers model); the collection records which one built it and refuses another.
 
     Example:
-        >>> vs = RefragVectorStore(collection_name="notes", path="/tmp/chroma")     # doctest: +SKIP
-        >>> ids = vs.add_documents([Document("Madrid is the capital of Spain.")])   # doctest: +SKIP
-        >>> vs.similarity_search("capital of Spain", k=1)[0].page_content           # doctest: +SKIP
+        >>> vs = RefragVectorStore(collection_name="notes")                         # doctest: +REAL_MODEL
+        >>> ids = vs.add_documents([Document("Madrid is the capital of Spain.")])   # doctest: +REAL_MODEL
+        >>> vs.similarity_search("capital of Spain", k=1)[0].page_content           # doctest: +REAL_MODEL
         'Madrid is the capital of Spain.'
     """
 

@@ -2,11 +2,12 @@
 
 Example:
     >>> from refrag_rasd_integrations.llama_index import RefragRasdLLM
-    >>> llm = RefragRasdLLM(max_tokens=64)
-    >>> resp = llm.complete("Why is the sky blue?")              # doctest: +SKIP
-    >>> resp.raw["usage"], resp.raw["accepted_per_forward"]      # doctest: +SKIP
-    >>> for r in llm.stream_complete("Name three rivers."):     # doctest: +SKIP
-    ...     print(r.delta, end="")
+    >>> llm = RefragRasdLLM(max_tokens=16)
+    >>> resp = llm.complete("Why is the sky blue?")              # doctest: +REAL_MODEL
+    >>> resp.raw["usage"]["output_tokens"] <= 16, resp.raw["method"]  # doctest: +REAL_MODEL
+    (True, 'rasd')
+    >>> "".join(r.delta for r in llm.stream_complete("Name three rivers.")) != ""  # doctest: +REAL_MODEL
+    True
 """
 
 from __future__ import annotations

@@ -11,9 +11,11 @@ text in the prompt the synthesizer writes: nothing is encoded at query time.
 Example:
     >>> from llama_index.core import VectorStoreIndex
     >>> from refrag_rasd_integrations.llama_index import RefragLlamaVectorStore, RefragRasdLLM
-    >>> vs = RefragLlamaVectorStore(collection_name="wiki")                                # doctest: +SKIP
-    >>> index = VectorStoreIndex.from_vector_store(vs, embed_model=vs.embed_model)          # doctest: +SKIP
-    >>> print(index.as_query_engine(llm=RefragRasdLLM(), similarity_top_k=4).query("Who wrote Hamlet?"))  # doctest: +SKIP
+    >>> vs = RefragLlamaVectorStore(store)                                                  # doctest: +REAL_MODEL
+    >>> index = VectorStoreIndex.from_vector_store(vs, embed_model=vs.embed_model)          # doctest: +REAL_MODEL
+    >>> qe = index.as_query_engine(llm=RefragRasdLLM(max_tokens=16), similarity_top_k=2)     # doctest: +REAL_MODEL
+    >>> len(qe.query("Who wrote Hamlet?").source_nodes)                                      # doctest: +REAL_MODEL
+    2
 """
 
 from __future__ import annotations
@@ -73,9 +75,10 @@ class RefragLlamaVectorStore(BasePydanticVectorStore):
 
     Example:
         >>> from llama_index.core.schema import TextNode
-        >>> vs = RefragLlamaVectorStore(collection_name="notes", path="/tmp/chroma")      # doctest: +SKIP
-        >>> vs.add([TextNode(text="Madrid is the capital of Spain.", embedding=vs.embed_model.get_text_embedding(
-        ...     "Madrid is the capital of Spain."))])                                        # doctest: +SKIP
+        >>> vs = RefragLlamaVectorStore(collection_name="notes", engine=engine)            # doctest: +REAL_MODEL
+        >>> text = "Madrid is the capital of Spain."
+        >>> vs.add([TextNode(text=text, id_="madrid", embedding=vs.embed_model.get_text_embedding(text))])  # doctest: +REAL_MODEL
+        ['madrid']
     """
 
     stores_text: bool = True

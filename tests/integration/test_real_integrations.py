@@ -9,6 +9,7 @@ import functools
 import tempfile
 
 import pytest
+from doctest_support import share_real_engine
 from langchain_core.runnables import RunnablePassthrough
 from langchain_tests.integration_tests import ChatModelIntegrationTests, RetrieversIntegrationTests
 
@@ -23,8 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module", autouse=True)
 def _shared_engine(real_engine):
     """Every model instance of this module uses the session's real engine (one copy of the weights)."""
-    for device in ("auto", "cpu"):
-        engines.register_engine(real_engine, None, device=device)
+    share_real_engine()
     yield
     engines.clear_engines()
 

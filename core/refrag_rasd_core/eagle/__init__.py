@@ -1,11 +1,10 @@
 """EAGLE-style draft head for RASD: the head, its features, trainer and checkpoints.
 
 Example:
-    >>> from refrag_rasd_core.models import load_target                # doctest: +SKIP
-    >>> from refrag_rasd_core.eagle import load_default_draft_head      # doctest: +SKIP
-    >>> lm = load_target()                                              # doctest: +SKIP
-    >>> head = load_default_draft_head(lm.model)                        # doctest: +SKIP
-    >>> head.sync(ids, hidden); head.expand_root(8)                     # doctest: +SKIP
+    >>> from refrag_rasd_core.eagle import load_default_draft_head
+    >>> head = load_default_draft_head(engine.model)                    # doctest: +REAL_MODEL
+    >>> head.uses_target_hidden, head.config.draft_vocab_size           # doctest: +REAL_MODEL
+    (True, 8192)
 """
 
 from .checkpoint import (

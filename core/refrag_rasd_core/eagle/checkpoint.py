@@ -156,9 +156,9 @@ def load_default_draft_head(target_model, device=None) -> DraftHead:
     """The shipped head for SmolLM2-135M-Instruct (``checkpoints/smollm2-135m-instruct-eagle``).
 
     Example:
-        >>> from refrag_rasd_core.models import load_default_target  # doctest: +SKIP
-        >>> model, tok = load_default_target()                          # doctest: +SKIP
-        >>> head = load_default_draft_head(model)                       # doctest: +SKIP
+        >>> head = load_default_draft_head(engine.model)                # doctest: +REAL_MODEL
+        >>> head.uses_target_hidden                                     # doctest: +REAL_MODEL
+        True
     """
     return load_draft_head(DEFAULT_CHECKPOINT, target_model, device=device)
 

@@ -3,10 +3,12 @@ into the decoder's embedding space, with the chunks the expansion policy chooses
 
 Example:
     >>> from refrag_rasd_core.refrag.compress import mixed_input
-    >>> mixed = mixed_input(refrag, decoder, layout, passages, expand=0.25, policy="rl",
-    ...                     encoder=engine.refrag_encoder, question="Who wrote Hamlet?")   # doctest: +SKIP
-    >>> mixed.length, mixed.expanded                                                      # doctest: +SKIP
-    (61, [0, 1])
+    >>> from refrag_rasd_core.refrag.context import layout_prompt
+    >>> layout = layout_prompt(engine.tokenizer, question, [p.token_ids for p in passages])   # doctest: +REAL_MODEL
+    >>> mixed = mixed_input(engine.refrag, engine.model, layout, passages, expand=0.25, policy="rl",
+    ...                     encoder=engine.refrag_encoder, question=question)                # doctest: +REAL_MODEL
+    >>> mixed.length < len(layout.full_ids()), len(mixed.expanded) > 0                       # doctest: +REAL_MODEL
+    (True, True)
 """
 
 from __future__ import annotations

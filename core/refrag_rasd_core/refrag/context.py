@@ -9,9 +9,8 @@ k token embeddings IN PLACE (order preserved). Position ids run 0..L-1 over the 
 vector or token, so decoding continues from position L as after any prefill.
 
 Example:
-    >>> from tiny import tiny_tokenizer                                   # doctest: +SKIP
-    >>> lay = layout_prompt(tiny_tokenizer(), "Who?", [[10, 11, 12]])     # doctest: +SKIP
-    >>> lay.full_ids()[:len(lay.prefix)] == lay.prefix                    # doctest: +SKIP
+    >>> lay = layout_prompt(engine.tokenizer, "Who?", [[10, 11, 12]])     # doctest: +REAL_MODEL
+    >>> lay.full_ids()[:len(lay.prefix)] == lay.prefix                    # doctest: +REAL_MODEL
     True
 """
 

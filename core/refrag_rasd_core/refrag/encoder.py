@@ -7,11 +7,10 @@ chunk's text and pools its last hidden states. The vectors, before projection, a
 which costs microseconds, so no encoder runs for a query whose passages come from a store.
 
 Example:
-    >>> from refrag_rasd_core.models import load_target
-    >>> tok = load_target().tokenizer                                          # doctest: +SKIP
-    >>> enc = ChunkEncoder.load(tokenizer=tok, k=16)                           # doctest: +SKIP
-    >>> vecs = enc.encode_passages([tok("Paris is the capital of France.")["input_ids"]])  # doctest: +SKIP
-    >>> vecs[0].shape, vecs[0].dtype                                           # doctest: +SKIP
+    >>> tok = engine.tokenizer                                                 # doctest: +REAL_MODEL
+    >>> enc = ChunkEncoder.load(tokenizer=tok, k=16)                           # doctest: +REAL_MODEL
+    >>> vecs = enc.encode_passages([tok("Paris is the capital of France.")["input_ids"]])  # doctest: +REAL_MODEL
+    >>> vecs[0].shape, vecs[0].dtype                                           # doctest: +REAL_MODEL
     ((1, 384), dtype('float16'))
 """
 
