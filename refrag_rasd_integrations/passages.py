@@ -22,6 +22,20 @@ from typing import Any
 
 from refrag_rasd_core.refrag import Passage
 
+TOKENS_KEY = "refrag_tokens"
+"""Stored record metadata: the passage's decoder token ids (base64)."""
+CHUNKS_KEY = "refrag_chunks"
+"""Stored record metadata: the passage's REFRAG chunk embeddings (base64 float16)."""
+N_TOKENS_KEY = "refrag_n_tokens"
+"""Stored record metadata: how many tokens the passage has."""
+INDEX_KEY = "refrag_index"
+"""Stored record metadata: the passage's index within its document."""
+DOC_KEY = "refrag_doc"
+"""Stored record metadata: the id of the document the passage was split from."""
+SOURCE_KEY = "source"
+"""The metadata key naming a passage's source (the user's, or set from the document)."""
+STORE_KEYS = frozenset({TOKENS_KEY, CHUNKS_KEY, N_TOKENS_KEY, INDEX_KEY, DOC_KEY})
+"""The store's own keys in a record's metadata (never the user's)."""
 HANDLE_KEY = "refrag_passage"
 """Metadata key of a retrieved ``Document`` / node that holds its passage handle."""
 MESSAGE_KEY = "refrag_passages"

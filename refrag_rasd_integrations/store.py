@@ -54,17 +54,23 @@ import numpy as np
 from refrag_rasd_core.errors import InvalidInputError
 
 from .errors import CollectionNotFoundError, StoreError, StoreMismatchError
-from .passages import HANDLE_KEY, PASSAGES, Passage, PassageRegistry, is_handle
+from .passages import (
+    CHUNKS_KEY,
+    DOC_KEY,
+    HANDLE_KEY,
+    INDEX_KEY,
+    N_TOKENS_KEY,
+    PASSAGES,
+    SOURCE_KEY,
+    STORE_KEYS,
+    TOKENS_KEY,
+    Passage,
+    PassageRegistry,
+    is_handle,
+)
 
 LAYOUT = "b64-metadata-v1"
-TOKENS_KEY = "refrag_tokens"
-CHUNKS_KEY = "refrag_chunks"
-N_TOKENS_KEY = "refrag_n_tokens"
-SOURCE_KEY = "source"
-INDEX_KEY = "refrag_index"
-DOC_KEY = "refrag_doc"
 _BLOB_KEYS = frozenset({TOKENS_KEY, CHUNKS_KEY})
-_INTERNAL_KEYS = frozenset({TOKENS_KEY, CHUNKS_KEY, N_TOKENS_KEY, INDEX_KEY, DOC_KEY})
 DEFAULT_COLLECTION = "refrag-rasd"
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 
@@ -663,7 +669,7 @@ def user_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
         >>> user_metadata({"id": 1, "refrag_n_tokens": 3, "refrag_passage": "c/p"})
         {'id': 1}
     """
-    return {k: v for k, v in metadata.items() if k not in _INTERNAL_KEYS and k != HANDLE_KEY}
+    return {k: v for k, v in metadata.items() if k not in STORE_KEYS and k != HANDLE_KEY}
 
 
 def chroma_failure(exc: Exception, action: str,

@@ -21,8 +21,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-from ..passages import HANDLE_KEY, Passage, resolve
-from ..store import DOC_KEY, INDEX_KEY, N_TOKENS_KEY
+from ..passages import DOC_KEY, HANDLE_KEY, INDEX_KEY, N_TOKENS_KEY, Passage, resolve
 
 _HIDDEN = [HANDLE_KEY, DOC_KEY, INDEX_KEY, N_TOKENS_KEY, "score"]
 
