@@ -251,10 +251,10 @@ import torch
 
 from refrag_rasd_core import Engine
 from refrag_rasd_core.rasd.proposers import make_proposer
+from refrag_rasd_core.rasd.step import speculative_step
 from refrag_rasd_core.rasd.token_tree import SOURCE_DATASTORE, SOURCE_DRAFT, SOURCE_PROMPT
-from refrag_rasd_core.rasd.verify import accept_greedy
 from refrag_rasd_core.refrag import layout_prompt
-from refrag_rasd_core.target import keep_cache_path
+from refrag_rasd_core.sampling import SamplingParams
 from refrag_rasd_integrations.demo_corpus import demo_rows
 
 engine = Engine.load()                      # SmolLM2-135M-Instruct + the shipped EAGLE draft head
@@ -267,34 +267,29 @@ print(f"{row['question']!r}: {len(prompt_ids)} prompt tokens, draft = {type(engi
     md('''
 ## Driving the speculative loop by hand
 
-This is `Engine._speculate` in a dozen lines: the proposer sees the committed tokens (and the target's hidden
-states, for the draft head), proposes a tree rooted at the last committed token, the target scores every node
-in one forward with a tree attention mask, `accept_greedy` walks the longest agreeing path, and the KV cache is
-compacted to it. `adaptive=False` switches off the cost budget so we see the whole fused tree every step.
+The engine's loop is `speculative_step` (`refrag_rasd_core/rasd/step.py`) called until the answer ends: the
+proposer sees the committed tokens (and the target's hidden states, for the draft head) and proposes a tree
+rooted at the last committed token, the target scores every node in one forward with a tree attention mask, the
+longest agreeing path is accepted (plus the target's own bonus token) and the KV cache is compacted to it.
+`adaptive=False` switches off the cost budget so we see the whole fused tree every step.
 '''),
     code('''
-proposer = make_proposer("rasd", engine=engine, prompt_ids=prompt_ids, passages=passages,
-                         options={"adaptive": False})
+proposer = make_proposer("rasd", options={"adaptive": False}, drafter=engine.drafter, passages=passages)
 runner = engine.runner
-cache, logits, hidden = engine._prefill_forward(runner, prompt_ids, None, proposer.uses_target_hidden)
+cache = runner.new_cache()                                      # prefill: the prompt into a fresh KV cache
+logits, hidden = runner.forward(torch.tensor([prompt_ids]), cache, logits_at=-1,
+                                want_hidden=proposer.uses_target_hidden)
 committed = prompt_ids + [int(logits[0].argmax())]
+greedy = SamplingParams()                                       # temperature 0
 steps = []
 while len(committed) - len(prompt_ids) < 28:
-    ctx = len(committed) - 1                                    # the root (last token) is not cached yet
-    proposer.observe(committed, hidden)
-    tree = proposer.propose(committed)
-    logits, hidden = runner.forward(torch.tensor([tree.tokens]), cache, logits_at=None,
-                                    attention_mask=tree.attention_mask(ctx, engine.model.dtype, runner.device),
-                                    position_ids=tree.position_ids(ctx, runner.device),
-                                    want_hidden=proposer.uses_target_hidden)
-    path, emitted = accept_greedy(tree, logits)                 # longest agreeing path + the bonus token
-    keep_cache_path(cache, ctx, torch.tensor(path))
-    hidden = hidden.index_select(0, torch.tensor(path)) if hidden is not None else None
-    proposer.feedback(tree, path)
-    steps.append((list(committed), tree, path, emitted))
-    committed += emitted
-    print(f"step {len(steps):2d}: {len(tree):2d} nodes {tree.count_sources()}  accepted {len(emitted)}: "
-          f"{tok.decode(emitted)!r}")
+    step = speculative_step(runner, proposer, cache, committed, hidden, greedy)
+    steps.append((list(committed), step.tree, step.path, step.tokens))
+    committed += step.tokens                                    # the accepted candidates + the bonus token
+    hidden = step.hidden
+    nodes, sources = (len(step.tree), step.tree.count_sources()) if step.tree else (1, {})
+    print(f"step {len(steps):2d}: {nodes:2d} nodes {sources}  accepted {len(step.tokens)}: "
+          f"{tok.decode(step.tokens)!r}")
 answer = committed[len(prompt_ids):]
 '''),
     md('''
@@ -322,7 +317,7 @@ from matplotlib.patches import Patch
 
 
 def mixed(tree):
-    return any(s & (SOURCE_PROMPT | SOURCE_DATASTORE) for s in tree.sources) and any(s & SOURCE_DRAFT for s in tree.sources)
+    return tree is not None and any(s & (SOURCE_PROMPT | SOURCE_DATASTORE) for s in tree.sources) and any(s & SOURCE_DRAFT for s in tree.sources)
 
 
 i_best = max(range(len(steps)), key=lambda i: (mixed(steps[i][1]), len(steps[i][3])))

@@ -32,13 +32,14 @@ Example:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..sampling import SamplingParams, choose_token
 from ..target import keep_cache_path
+from .token_tree import TokenTree
 from .verify import accept_greedy, accept_sampled
 
 __all__ = ["StepResult", "speculative_step"]
@@ -53,6 +54,8 @@ class StepResult:
     tree_nodes: int                 # nodes verified (0: a plain step)
     propose_s: float                # proposal: retrieval + drafting + budget
     verify_s: float                 # the verify forward, acceptance and cache compaction
+    tree: TokenTree | None = None   # the verified tree (None: a plain step)
+    path: list[int] = field(default_factory=lambda: [0])  # its accepted nodes, from the root
 
 
 def speculative_step(runner: Any, proposer: Any, cache: Any, committed: list[int], hidden: torch.Tensor | None,
@@ -87,4 +90,4 @@ def speculative_step(runner: Any, proposer: Any, cache: Any, committed: list[int
         nodes = len(tree)
     proposer.feedback(tree, path, bucket)
     return StepResult(tokens=tokens, hidden=hidden, tree_nodes=nodes, propose_s=t1 - t0,
-                      verify_s=time.perf_counter() - t1)
+                      verify_s=time.perf_counter() - t1, tree=tree, path=path)
