@@ -115,9 +115,9 @@ class Proposer:
         tree, bucket = self.candidates(committed)
         if tree is None or len(tree) <= 1:
             return None, bucket
-        if self.budget is None or not self.opts.adaptive:
-            return tree, bucket
-        return self.budget.select(tree, bucket), bucket
+        if self.budget is not None and self.opts.adaptive:
+            tree = self.budget.select(tree, bucket)
+        return (tree if tree is not None and len(tree) > 1 else None), bucket
 
     def feedback(self, tree: TokenTree | None, path: list[int], bucket: int) -> None:
         """After each step: the verified tree (``None`` for a plain step), the accepted path, the bucket."""
