@@ -8,6 +8,7 @@ Example:
     $ refrag-rasd generate "Why is the sky blue?" --max-new-tokens 64 --method pld
     $ refrag-rasd index docs/ --collection mydocs
     $ refrag-rasd ask "How do I install it?" --collection mydocs --compare
+    $ refrag-rasd serve --replicas 2 --collection mydocs --chroma-url http://127.0.0.1:8000
     $ refrag-rasd bench --suite decode --data questions.jsonl --category rag --limit 5 \\
         --methods vanilla,hf,hf-pld --out results.json
 """
@@ -286,7 +287,10 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--collection", default="refrag-rasd", help="Chroma collection name")
     p.add_argument("--chroma-dir", default=None,
                    help="embedded database folder (default: $REFRAG_RASD_CHROMA_DIR or <cache>/chroma)")
-    p.add_argument("--host", default=None, help="a `chroma run` server instead of the embedded database")
+    p.add_argument("--chroma-url", default=None,
+                   help="a `chroma run` server, e.g. http://127.0.0.1:8000 (default: $REFRAG_RASD_CHROMA_URL; "
+                        "unset: the embedded database)")
+    p.add_argument("--host", default=None, help="a `chroma run` server's host (with --port)")
     p.add_argument("--port", type=int, default=8000)
 
 
@@ -295,7 +299,7 @@ def _open_store(args: argparse.Namespace, engine: Engine | None = None):  # noqa
 
     kwargs = {"passage_tokens": args.passage_tokens} if getattr(args, "passage_tokens", None) else {}
     return RefragChromaStore(args.collection, path=args.chroma_dir, host=args.host, port=args.port,
-                             engine=engine, model=args.model, device=args.device, **kwargs)
+                             url=args.chroma_url, engine=engine, model=args.model, device=args.device, **kwargs)
 
 
 def _setup_index(p: argparse.ArgumentParser) -> None:
@@ -373,6 +377,61 @@ def cmd_ask(args: argparse.Namespace) -> int:
               "tokens/s", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=1))
+    return 0
+
+
+def _setup_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--replicas", type=int, default=1, help="engine replicas (each loads the model once)")
+    p.add_argument("--collection", default=None, help="Chroma collection every request retrieves from "
+                   "(a request may name another, or send k=0)")
+    p.add_argument("-k", "--top-k-passages", dest="k", type=int, default=4, help="passages per question")
+    p.add_argument("--chroma-url", default=None,
+                   help="the `chroma run` server every replica reads (default: $REFRAG_RASD_CHROMA_URL; unset: "
+                        "the embedded database, one machine)")
+    p.add_argument("--chroma-dir", default=None, help="embedded database folder (without a Chroma server)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0 to listen on every interface)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto) instead of starting one")
+    p.add_argument("--method", default="rasd", choices=METHODS)
+    p.add_argument("--context", default="auto", choices=CONTEXTS)
+    p.add_argument("--max-tokens", type=int, default=256, help="default answer length")
+    p.add_argument("--max-ongoing", type=int, default=1, help="requests one replica works on at once")
+    p.add_argument("--max-queued", type=int, default=64, help="requests queued before 503 (-1: no limit)")
+    p.add_argument("--no-calibrate", action="store_true", help="skip measuring the verify-cost curve at load")
+    p.add_argument("--refrag", default="auto", help="REFRAG checkpoint (default: the shipped one)")
+    _model_args(p)
+
+
+@command("serve", "serve the model over HTTP (OpenAI-compatible) on Ray Serve replicas", _setup_serve)
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .serve import ServeConfig, shutdown, start
+
+    cfg = ServeConfig(model=args.model, device=args.device, dtype=args.dtype, refrag=args.refrag,
+                      method=args.method, context=args.context, max_tokens=args.max_tokens,
+                      collection=args.collection, k=args.k, chroma_url=args.chroma_url, chroma_dir=args.chroma_dir,
+                      calibrate=not args.no_calibrate, replicas=args.replicas, max_ongoing_requests=args.max_ongoing,
+                      max_queued_requests=args.max_queued, host=args.host, port=args.port)
+    if cfg.replicas > 1 and not cfg.resolved_chroma_url():
+        print("refrag-rasd serve: the replicas read the embedded Chroma folder (fine on one machine, read-only); "
+              "use a `chroma run` server (--chroma-url) to index while serving or to serve from several machines",
+              file=sys.stderr)
+    print(f"refrag-rasd serve: starting {cfg.replicas} replica(s) on Ray Serve...", file=sys.stderr)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        url = start(cfg, address=args.address)
+        print(f"{url}/v1  (OpenAI base URL; model 'refrag-rasd')", flush=True)
+        print(f"try: curl {url}/v1/chat/completions -H 'content-type: application/json' "
+              "-d '{\"messages\": [{\"role\": \"user\", \"content\": \"How do I install it?\"}]}'",
+              file=sys.stderr, flush=True)
+        stop.wait()
+    finally:
+        print("refrag-rasd serve: shutting down", file=sys.stderr)
+        shutdown()
     return 0
 
 

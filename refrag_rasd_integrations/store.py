@@ -85,10 +85,36 @@ def chroma_dir() -> Path:
     return cache_dir() / "chroma"
 
 
+def parse_chroma_url(url: str) -> tuple[str, int, bool]:
+    """``(host, port, ssl)`` of a Chroma server URL: ``http://host:port``, ``https://host`` or ``host:port``.
+
+    Example:
+        >>> parse_chroma_url("http://10.0.0.5:8000"), parse_chroma_url("https://chroma.example.com")
+        (('10.0.0.5', 8000, False), ('chroma.example.com', 443, True))
+    """
+    from urllib.parse import urlsplit
+
+    text = url.strip()
+    parts = urlsplit(text if "://" in text else f"http://{text}")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+        raise InvalidInputError(f"not a Chroma server URL: {url!r} (expected http://host:port)")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidInputError(f"not a Chroma server URL: {url!r} ({exc})") from exc
+    ssl = parts.scheme == "https"
+    return parts.hostname, port or (443 if ssl else 8000), ssl
+
+
 def make_client(path: str | os.PathLike | None = None, *, host: str | None = None, port: int = 8000,
-                ssl: bool = False, headers: dict[str, str] | None = None) -> Any:
-    """An embedded ``PersistentClient`` (at ``path`` or :func:`chroma_dir`), or an ``HttpClient`` for a
-    ``chroma run`` server when ``host`` is given. Telemetry is off."""
+                ssl: bool = False, headers: dict[str, str] | None = None, url: str | None = None) -> Any:
+    """An ``HttpClient`` for a ``chroma run`` server when ``host`` or ``url`` is given, or when neither nor
+    ``path`` is and ``$REFRAG_RASD_CHROMA_URL`` is set; otherwise an embedded ``PersistentClient`` (at ``path``
+    or :func:`chroma_dir`). Telemetry is off."""
+    if host is None and path is None:
+        url = url or os.environ.get("REFRAG_RASD_CHROMA_URL") or None
+    if host is None and url:
+        host, port, ssl = parse_chroma_url(url)
     try:
         import chromadb
         from chromadb.config import Settings
@@ -234,6 +260,10 @@ def default_embedder(name: str | None = None) -> Any:
 class RefragChromaStore:
     """A Chroma collection of passages with retrieval vectors, token ids and REFRAG chunk embeddings.
 
+    The database: ``client`` (any chromadb client), else a ``chroma run`` server at ``url`` or ``host`` /
+    ``port``, else the embedded folder ``path``, else ``$REFRAG_RASD_CHROMA_URL`` (a server), else
+    ``$REFRAG_RASD_CHROMA_DIR`` (see :func:`make_client`).
+
     Components load lazily: ``engine`` (default: the shared engine of ``model``) gives the decoder tokenizer,
     the chunk encoder (``engine.refrag_encoder()``) and the signature the collection must match; pass
     ``tokenizer`` + ``chunk_encoder`` (+ ``signature``) instead to index without loading a decoder.
@@ -245,12 +275,12 @@ class RefragChromaStore:
         1
         >>> retriever = docs.as_retriever(k=4)           # LangChain           # doctest: +REAL_MODEL
         >>> query_engine = docs.as_query_engine()        # LlamaIndex          # doctest: +REAL_MODEL
-        >>> remote = RefragChromaStore("docs", host="127.0.0.1", port=8000)   # a `chroma run` server  # doctest: +SKIP
+        >>> remote = RefragChromaStore("docs", url="http://127.0.0.1:8000")   # a `chroma run` server  # doctest: +SKIP
     """
 
     def __init__(self, collection_name: str = DEFAULT_COLLECTION, *, client: Any = None,
                  path: str | os.PathLike | None = None, host: str | None = None, port: int = 8000,
-                 engine: Any = None, model: str | None = None, device: str = "auto",
+                 url: str | None = None, engine: Any = None, model: str | None = None, device: str = "auto",
                  chunk_encoder: Any = None, tokenizer: Any = None, signature: dict[str, Any] | None = None,
                  embedder: Any = None, embedder_name: str | None = None, passage_tokens: int = 256,
                  registry: PassageRegistry | None = None) -> None:
@@ -258,7 +288,7 @@ class RefragChromaStore:
             raise InvalidInputError(f"passage_tokens must be >= 1, got {passage_tokens}")
         self.collection_name = collection_name
         self._client = client
-        self._client_args = (path, host, port)
+        self._client_args = (path, host, port, url)
         self._engine = engine
         self.model = model
         self.device = device
@@ -277,8 +307,8 @@ class RefragChromaStore:
     @property
     def client(self) -> Any:
         if self._client is None:
-            path, host, port = self._client_args
-            self._client = make_client(path, host=host, port=port)
+            path, host, port, url = self._client_args
+            self._client = make_client(path, host=host, port=port, url=url)
         return self._client
 
     @property

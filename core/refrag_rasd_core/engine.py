@@ -116,9 +116,10 @@ class Engine:
         whose last user message is the question) and the engine lays the passages out around it."""
         cfg = merge_config(config, overrides)
         request = self._request(prompt, passages, cfg)
+        limit = self._check_fits(request)  # here, not in the loop: a server can refuse before streaming
         stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context)
         token_ids: list[int] = []
-        return GenerationStream(self._run(request, passages, cfg, stats, token_ids), stats, token_ids)
+        return GenerationStream(self._run(request, passages, cfg, stats, token_ids, limit), stats, token_ids)
 
     def generate(self, prompt: Prompt, *, passages: Sequence[Any] | None = None,
                  config: GenerationConfig | None = None, **overrides: Any) -> GenerationResult:
@@ -138,7 +139,9 @@ class Engine:
         stats = GenerationStats(method=cfg.method, prompt_tokens=len(ids))
         token_ids: list[int] = []
         request = _Request(prompt_ids=ids, prompt_tokens=len(ids))
-        return GenerationStream(self._run(request, passages, cfg, stats, token_ids), stats, token_ids).result()
+        limit = self._check_fits(request)
+        return GenerationStream(self._run(request, passages, cfg, stats, token_ids, limit), stats,
+                                token_ids).result()
 
     # ---- REFRAG ----------------------------------------------------------------------------------------
     @property
@@ -241,8 +244,7 @@ class Engine:
         return limit
 
     def _run(self, request: _Request, passages: Sequence[Any] | None, cfg: GenerationConfig,
-             stats: GenerationStats, out_ids: list[int]) -> Iterator[str]:
-        limit = self._check_fits(request)
+             stats: GenerationStats, out_ids: list[int], limit: int | None) -> Iterator[str]:
         with self._lock:
             yield from self._decode(request, passages, cfg, stats, out_ids, limit)
 
