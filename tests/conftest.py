@@ -52,12 +52,23 @@ class ChatRefragRasdCapabilities:
 
 
 def free_port() -> int:
-    """A TCP port free on loopback now (for a `chroma run` server under test)."""
-    import socket
+    """A TCP port free on loopback now."""
+    from refrag_rasd_integrations.chroma_server import free_port as free
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free()
+
+
+@pytest.fixture(scope="module")
+def chroma_server(tmp_path_factory):
+    """A real ``chroma run`` server on loopback for the module (its :class:`ChromaServer`)."""
+    from refrag_rasd_integrations.chroma_server import ChromaServer, chroma_executable
+
+    if not chroma_executable():
+        pytest.skip("the `chroma` server binary is not installed")
+    server = ChromaServer(tmp_path_factory.mktemp("chroma-data"),
+                          log=tmp_path_factory.mktemp("chroma-log") / "server.log").start()
+    yield server
+    server.stop()
 
 
 def mark_async_tests(cls):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from refrag_rasd_core.errors import RefragRasdError
@@ -122,8 +123,9 @@ def replica_states(app_name: str) -> dict[str, int]:
     return states
 
 
-def wait_ready(app_name: str, replicas: int, *, timeout_s: float = 600.0) -> None:
-    """Block until ``replicas`` replicas of the application run (raises after ``timeout_s``)."""
+def wait_ready(app_name: str, replicas: int, *, timeout_s: float = 600.0, gone: Sequence[str] = ()) -> None:
+    """Block until ``replicas`` replicas of the application run and none of the replica actors named in
+    ``gone`` (e.g. one just killed) is among them (raises after ``timeout_s``)."""
     _, serve = _ray()
     deadline = time.monotonic() + timeout_s
     while True:
@@ -131,7 +133,8 @@ def wait_ready(app_name: str, replicas: int, *, timeout_s: float = 600.0) -> Non
         status = str(getattr(getattr(app, "status", None), "value", ""))
         if status == "DEPLOY_FAILED":
             raise RefragRasdError(f"the application failed to deploy: {app.message}")
-        if status == "RUNNING" and replica_states(app_name).get("RUNNING", 0) >= replicas:
+        if (status == "RUNNING" and replica_states(app_name).get("RUNNING", 0) >= replicas
+                and not set(gone) & set(replica_actor_names(app_name))):
             return
         if time.monotonic() > deadline:
             raise RefragRasdError(f"the application was not ready after {timeout_s:.0f} s "

@@ -14,7 +14,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from integration_fakes import CORPUS, fake_store
 
 from conftest import free_port
 from refrag_rasd_core.errors import RefragRasdError
+from refrag_rasd_integrations.chroma_server import ChromaServer, chroma_executable
 from refrag_rasd_integrations.errors import StoreError
 
 pytestmark = pytest.mark.stress
@@ -95,29 +95,15 @@ def test_indexing_killed_at_random_points_resumes_exactly(tmp_path):
 
 
 # ---- a chroma run server stopped mid-query ---------------------------------------------------------------------
-def _start(exe: str, data: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([exe, "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("chroma run exited")
-            time.sleep(0.2)
-    proc.kill()
-    pytest.fail("chroma run did not start within 60 s")
+def _start(data: Path, port: int) -> subprocess.Popen:
+    return ChromaServer(data, port=port).start().proc
 
 
 def test_server_stopped_mid_query_then_restarted(tmp_path):
-    exe = Path(sys.executable).parent / "chroma"
-    exe = str(exe) if exe.exists() else shutil.which("chroma")
-    if not exe:
+    if not chroma_executable():
         pytest.skip("the `chroma` server binary is not installed")
     port, data = free_port(), tmp_path / "server-data"
-    server = _start(exe, data, port)
+    server = _start(data, port)
     try:
         store = fake_store("served", host="127.0.0.1", port=port)
         store.add_texts([t for t, _ in CORPUS], [m for _, m in CORPUS])
@@ -152,7 +138,7 @@ def test_server_stopped_mid_query_then_restarted(tmp_path):
         assert all(o in {"ok", "typed"} for o in outcomes), [o for o in outcomes if o not in {"ok", "typed"}][:3]
         with pytest.raises(StoreError, match="not reachable"):
             store.search("capital of France", k=3)
-        server = _start(exe, data, port)
+        server = _start(data, port)
         assert [p.id for p, _ in store.search("capital of France", k=3)] == want  # the same store object
         assert fake_store("served", host="127.0.0.1", port=port).count() == store.count()
     finally:

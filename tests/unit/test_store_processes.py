@@ -4,9 +4,7 @@ real ``chroma run`` server on loopback."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,8 +12,6 @@ from pathlib import Path
 
 import pytest
 from integration_fakes import CORPUS, fake_store
-
-from conftest import free_port
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
@@ -76,51 +72,20 @@ def test_killed_indexing_resumes_without_gaps_or_duplicates(tmp_path):
     assert sorted(ids) == sorted(report.ids)
 
 
-@pytest.fixture(scope="module")
-def chroma_server(tmp_path_factory):
-    exe = Path(sys.executable).parent / "chroma"
-    exe = str(exe) if exe.exists() else shutil.which("chroma")
-    if not exe:
-        pytest.skip("the `chroma` server binary is not installed")
-    port = free_port()
-    log = tmp_path_factory.mktemp("chroma-log") / "server.log"
-    with log.open("w") as fh:
-        proc = subprocess.Popen([exe, "run", "--path", str(tmp_path_factory.mktemp("chroma-data")),
-                                 "--host", "127.0.0.1", "--port", str(port)], stdout=fh, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"chroma run exited: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("chroma run did not start listening within 60 s")
-    yield port
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def test_server_mode_end_to_end(chroma_server):
     import numpy as np
 
-    store = fake_store("served-docs", host="127.0.0.1", port=chroma_server)
+    store = fake_store("served-docs", url=chroma_server.url)
     report = store.add_texts([t for t, _ in CORPUS], [m for _, m in CORPUS], batch_size=2)
     assert report.added == store.count() > 0
     (p, score), = store.search("Eiffel Tower Paris", k=1)
     assert "Paris" in p.text or "Eiffel" in p.text
     assert p.token_ids == store.tokenizer(p.text, add_special_tokens=False)["input_ids"]
     assert p.chunk_embeddings.dtype == np.float16
-    again = fake_store("served-docs", host="127.0.0.1", port=chroma_server)
+    again = fake_store("served-docs", url=chroma_server.url)
     assert again.add_texts([t for t, _ in CORPUS], [m for _, m in CORPUS]).added == 0
     with pytest.raises(Exception, match="k: stored 4"):
-        fake_store("served-docs", host="127.0.0.1", port=chroma_server, k=8).count()
+        fake_store("served-docs", url=chroma_server.url, k=8).count()
     retriever = store.as_retriever(k=2)
     docs = retriever.invoke("capital of Germany Berlin")
     assert len(docs) == 2 and retriever.passages(docs)[0].chunk_embeddings is not None
