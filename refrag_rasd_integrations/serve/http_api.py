@@ -23,13 +23,14 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from refrag_rasd_core.errors import InvalidInputError, RefragRasdError
+from refrag_rasd_core.errors import InvalidInputError
 
 from ..errors import CollectionNotFoundError, StoreError
 from ..generation import run_in_thread
@@ -45,8 +46,6 @@ def status_of(exc: BaseException) -> tuple[int, str]:
         return 400, "invalid_request_error"
     if isinstance(exc, StoreError):
         return 503, "service_unavailable"
-    if isinstance(exc, RefragRasdError):
-        return 500, "server_error"
     return 500, "server_error"
 
 
@@ -103,8 +102,6 @@ def make_api(service: ChatService) -> FastAPI:
 
 async def _in_thread(fn: Any) -> Any:
     """Run a blocking call off the event loop (the engine holds the thread while it decodes)."""
-    import asyncio
-
     return await asyncio.get_running_loop().run_in_executor(None, fn)
 
 
