@@ -123,7 +123,8 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                    help="questions per category (default: decode 2, prefill 2, rag 3: the three suites take "
                         "~13 min together on a 2-core CPU)")
     p.add_argument("--methods", default="vanilla,hf,hf-pld,hf-assisted,pld,rest,draft,rasd",
-                   help="decode suite: comma-separated; vanilla is always run; hf-assisted needs --draft-model")
+                   help="decode suite: comma-separated; vanilla is always run; hf-assisted needs --draft-model; "
+                        "llamacpp and llamacpp-pld (llama.cpp on the default model's GGUF) need llama-cpp-python")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 (qa suite: 32)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--include-train", action="store_true",
@@ -143,6 +144,8 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("rag suite")
     g.add_argument("--store-dir", default=None, help="Chroma folder for the suite's index (default: the cache)")
     g.add_argument("--top-k", type=int, default=5, help="passages retrieved per question")
+    g.add_argument("--peers", default="", help="llama.cpp peers run as plain RAG end to end: llamacpp,llamacpp-pld "
+                   "(need llama-cpp-python)")
     g = p.add_argument_group("qa suite")
     g.add_argument("--corpus", default=None,
                    help="file whose distinct passages are indexed (default: the --data file, all lines)")
@@ -180,8 +183,9 @@ def _bench_rag(args: argparse.Namespace) -> dict:
     rows = load_rag_rows(args.data)
     store = RefragChromaStore("bench-rag", path=args.store_dir or chroma_dir() / "bench", engine=engine)
     index_rows(store, rows)
+    peers = _without_missing_llamacpp([m.strip() for m in args.peers.split(",") if m.strip()])
     res = run_rag_suite(engine, rows, store, limit=args.limit or 3, k=args.top_k,
-                        max_new_tokens=args.max_new_tokens or 64, repeats=args.repeats)
+                        max_new_tokens=args.max_new_tokens or 64, repeats=args.repeats, peers=peers)
     print(format_table(res))
     return res
 
@@ -216,6 +220,16 @@ def _bench_qa(args: argparse.Namespace) -> dict:
     return res
 
 
+def _without_missing_llamacpp(methods: list[str]) -> list[str]:
+    """``methods`` without the llama.cpp peers when llama-cpp-python is not installed (saying so)."""
+    from .bench.llamacpp import INSTALL_HINT, LLAMACPP_METHODS, llama_cpp_available
+
+    missing = [m for m in methods if m in LLAMACPP_METHODS] if not llama_cpp_available() else []
+    if missing:
+        print(f"{', '.join(missing)} skipped: {INSTALL_HINT}", file=sys.stderr)
+    return [m for m in methods if m not in missing]
+
+
 @command("bench", "benchmark decoding methods side by side (Spec-Bench style)", _setup_bench)
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.data import load_questions, training_question_ids
@@ -248,6 +262,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("hf-assisted skipped: no --draft-model given (no separate model shares the default target's "
               "tokenizer offline)", file=sys.stderr)
         methods.remove("hf-assisted")
+    methods = _without_missing_llamacpp(methods)
     res = run_decode_suite(engine, questions, methods, max_new_tokens=args.max_new_tokens or 64,
                            temperature=args.temperature, repeats=args.repeats, spec=spec,
                            calibrate=not args.no_calibrate, assistant=assistant)

@@ -29,10 +29,11 @@ from refrag_rasd_core.engine import Engine, GenerationConfig
 from refrag_rasd_core.errors import InvalidInputError
 
 from .data import BenchQuestion
+from .llamacpp import LLAMACPP_METHODS, LlamaCppPeer
 from .machine import machine_info
 
 HF_METHODS = ("hf", "hf-pld", "hf-assisted")
-ALL_METHODS = (*ENGINE_METHODS, *HF_METHODS)
+ALL_METHODS = (*ENGINE_METHODS, *HF_METHODS, *LLAMACPP_METHODS)
 
 
 @dataclass
@@ -47,7 +48,8 @@ class MethodRun:
 def make_method(name: str, engine: Engine, max_new_tokens: int, temperature: float = 0.0,
                 spec: dict[str, Any] | None = None, assistant: Any = None) -> Callable[[BenchQuestion], MethodRun]:
     """The function that runs method ``name`` on one question (``hf-assisted`` needs ``assistant``, a
-    :class:`~refrag_rasd_core.models.LoadedModel` sharing the target's tokenizer)."""
+    :class:`~refrag_rasd_core.models.LoadedModel` sharing the target's tokenizer; ``llamacpp`` /
+    ``llamacpp-pld`` need llama-cpp-python, see :mod:`~refrag_rasd_integrations.bench.llamacpp`)."""
     if name in ENGINE_METHODS:
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, method=name,
                                seed=0, spec=dict(spec or {}))
@@ -91,6 +93,16 @@ def make_method(name: str, engine: Engine, max_new_tokens: int, temperature: flo
             return MethodRun(out[0, ids.shape[1]:].tolist(), dt)
 
         return run_hf
+    if name in LLAMACPP_METHODS:
+        if temperature > 0:
+            raise InvalidInputError("the llama.cpp peers run greedy decoding only (temperature 0)")
+        peer = LlamaCppPeer(pld=name == "llamacpp-pld")
+
+        def run_llamacpp(q: BenchQuestion) -> MethodRun:
+            ids, dt, ttft = peer.generate(engine.encode_prompt(q.messages), max_new_tokens)
+            return MethodRun(ids, dt, ttft)
+
+        return run_llamacpp
     raise InvalidInputError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
 
 

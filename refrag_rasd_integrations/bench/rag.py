@@ -120,6 +120,22 @@ def run_query_engine(query_engine: Any, question: str, on_text: Any = None) -> d
     return _measured("".join(text), t0, first, raw, raw.get("usage") or {})
 
 
+def run_peer(peer: Any, engine: Engine, store: Any, question: str, *, k: int, max_new_tokens: int) -> dict[str, Any]:
+    """Plain RAG end to end on a llama.cpp peer (:class:`~refrag_rasd_integrations.bench.llamacpp.LlamaCppPeer`):
+    the same retrieval, the passages laid out as the engine lays them out for ``context="text"``, greedy
+    decoding; timed like :func:`run_chain` (retrieval included)."""
+    from .llamacpp import plain_rag_ids
+
+    t0 = time.perf_counter()
+    passages = [p for p, _ in store.search(question, k=k)]
+    ids = plain_rag_ids(engine, question, passages)
+    t_gen = time.perf_counter()
+    out, _, ttft = peer.generate(ids, max_new_tokens)
+    first = None if ttft is None else t_gen - t0 + ttft
+    answer = engine.tokenizer.decode(out, skip_special_tokens=True)
+    return _measured(answer, t0, first, {}, {"output_tokens": len(out), "input_tokens": len(ids)})
+
+
 def _measured(answer: str, t0: float, first: float | None, meta: dict[str, Any],
               usage: dict[str, Any]) -> dict[str, Any]:
     total = time.perf_counter() - t0
@@ -133,16 +149,25 @@ def _measured(answer: str, t0: float, first: float | None, meta: dict[str, Any],
 
 
 def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *, limit: int = 3, k: int = 5,
-                  max_new_tokens: int = 64, repeats: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Run both pipelines on the first ``limit`` held-out questions; returns the results dict."""
+                  max_new_tokens: int = 64, repeats: int = 1, progress: bool = True,
+                  peers: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the pipelines on the first ``limit`` held-out questions; returns the results dict. ``peers``:
+    llama.cpp peers (``llamacpp``, ``llamacpp-pld``) run as plain RAG end to end beside them."""
     questions = [r for r in rows if r.get("held_out", True)][:limit]
     if not questions:
         raise InvalidInputError("no held-out rag questions to run")
-    chains = {name: make_chain(store, engine, k=k, max_new_tokens=max_new_tokens, **kw)
-              for name, kw in PIPELINES.items()}
+    chains: dict[str, Any] = {name: make_chain(store, engine, k=k, max_new_tokens=max_new_tokens, **kw)
+                              for name, kw in PIPELINES.items()}
+    runs: dict[str, Any] = {name: (lambda q, c=chain: run_chain(c, q)) for name, chain in chains.items()}
+    if peers:
+        from .llamacpp import LlamaCppPeer
+
+        for name in peers:
+            peer = LlamaCppPeer(pld=name == "llamacpp-pld")
+            runs[name] = lambda q, p=peer: run_peer(p, engine, store, q, k=k, max_new_tokens=max_new_tokens)
     warm = [r for r in rows if not r.get("held_out", True)][:1] or questions[:1]
-    for chain in chains.values():  # warm-up (and the speculation budget's first calibration)
-        run_chain(chain, warm[0]["question"])
+    for run in runs.values():  # warm-up (and the speculation budget's first calibration)
+        run(warm[0]["question"])
     per_q = []
     it: Any = questions
     if progress:
@@ -150,10 +175,10 @@ def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *,
 
         it = tqdm(questions, desc="rag suite", unit="q")
     for r in it:
-        cells: dict[str, list[dict[str, Any]]] = {n: [] for n in chains}
+        cells: dict[str, list[dict[str, Any]]] = {n: [] for n in runs}
         for _ in range(max(1, repeats)):
-            for name, chain in chains.items():
-                cells[name].append(run_chain(chain, r["question"]))
+            for name, run in runs.items():
+                cells[name].append(run(r["question"]))
         row = {"question_id": r["question_id"], "methods": {}}  # the id, not the text: the data set stays outside
         for name, runs in cells.items():
             cell = dict(runs[0])
@@ -167,10 +192,11 @@ def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *,
         "machine": machine_info(engine.runner.device),
         "settings": {"model": engine.target.name, "dtype": str(engine.model.dtype).replace("torch.", ""),
                      "n_questions": len(questions), "k": k, "max_new_tokens": max_new_tokens,
-                     "repeats": repeats, "pipelines": PIPELINES, "store_passages": store.count(),
+                     "repeats": repeats, "pipelines": PIPELINES, "peers": list(peers),
+                     "store_passages": store.count(),
                      "refrag": None if engine.refrag is None else {"k": engine.refrag.k,
                                                                     "encoder": engine.refrag.encoder_id}},
-        "methods": summarize(per_q, list(chains)),
+        "methods": summarize(per_q, list(runs)),
         "per_question": per_q,
     }
 
