@@ -27,8 +27,10 @@ import torch
 
 from .components import check_drafter_vocab, default_drafter, load_refrag
 from .errors import ContextTooLongError, InvalidInputError
+from .forward import make_runner, runner_kind
 from .generation_config import METHODS, GenerationConfig, Prompt, merge_config
 from .generation_stream import GenerationStream, ModelLock
+from .lean import LeanRunner
 from .models import LoadedModel, load_target
 from .sampling import SamplingParams, choose_token, make_generator
 from .stats import GenerationResult, GenerationStats
@@ -47,7 +49,7 @@ class Engine:
     """
 
     def __init__(self, target: LoadedModel, *, drafter: Any = "auto", datastore: Any = None,
-                 refrag: Any = "auto", refrag_encoder: Any = None) -> None:
+                 refrag: Any = "auto", refrag_encoder: Any = None, forward: str = "auto") -> None:
         """``drafter``: a :class:`~refrag_rasd_core.rasd.draft_tree.Drafter` (an EAGLE head, a
         :class:`~refrag_rasd_core.rasd.draft_tree.CausalLMDrafter`), ``None`` for retrieval-only speculation,
         or ``"auto"``: the shipped EAGLE head when the target is the default model. ``datastore``: a shared
@@ -59,16 +61,19 @@ class Engine:
         shared, built on the first compressed request); every other request runs the stock target, so its
         output is the stock model's. ``refrag_encoder``: the
         :class:`~refrag_rasd_core.refrag.ChunkEncoder` for passages that come without chunk embeddings
-        (default: the checkpoint's encoder, loaded on first need)."""
+        (default: the checkpoint's encoder, loaded on first need). ``forward``: what runs the target
+        (:mod:`~refrag_rasd_core.forward`): ``"auto"`` (the lean forward for LLaMA / Qwen2 / Mistral on CPU
+        and CUDA, transformers' otherwise), ``"lean"`` or ``"hf"``; greedy outputs are the same either way."""
         self.target = target
         self.model = target.model
         self.tokenizer = target.tokenizer
-        self.runner = TargetRunner(target.model)
+        self.runner: TargetRunner | LeanRunner = make_runner(target.model, forward)
+        self.forward = runner_kind(self.runner)  # "lean" or "hf": what ``forward="auto"`` resolved to
         self.drafter = default_drafter(target) if isinstance(drafter, str) and drafter == "auto" else drafter
         check_drafter_vocab(self.drafter, target)
         self.datastore = datastore
         self.refrag = load_refrag(target, refrag)
-        self._adapted_runner: TargetRunner | None = None
+        self._adapted_runner: TargetRunner | LeanRunner | None = None
         self._refrag_encoder: Any = refrag_encoder
         self._lock = ModelLock()
         self._budgets: dict[str, Any] = {}  # method -> its TreeBudget (calibrated across requests)
@@ -175,16 +180,17 @@ class Engine:
             return {"context": "text"}
         return {"context": "compressed", **{k: point[k] for k in ("expand", "expand_tokens", "policy") if k in point}}
 
-    def runner_for(self, compressed: bool) -> TargetRunner:
+    def runner_for(self, compressed: bool) -> TargetRunner | LeanRunner:
         """The decoder a request runs on: the REFRAG-adapted weight set for a compressed request when the
-        checkpoint has decoder adapters (built once, on first need), else the stock target."""
+        checkpoint has decoder adapters (built once, on first need, with the same kind of forward as the
+        stock target), else the stock target."""
         rm = self.refrag
         if not compressed or rm is None or not rm.lora:
             return self.runner
         if self._adapted_runner is None:
             from .refrag.lora import adapted_copy
 
-            self._adapted_runner = TargetRunner(adapted_copy(self.model, rm.lora, rm.lora_scaling))
+            self._adapted_runner = self.runner.sibling(adapted_copy(self.model, rm.lora, rm.lora_scaling))
         return self._adapted_runner
 
     def _require_refrag(self) -> Any:
@@ -327,7 +333,7 @@ class Engine:
         return prompt_ids, mixed.length - len(prompt_ids), mixed  # compressed positions: cached, not tokens
 
     @staticmethod
-    def _prefill_forward(runner: TargetRunner, prompt_ids: list[int], mixed: Any,
+    def _prefill_forward(runner: TargetRunner | LeanRunner, prompt_ids: list[int], mixed: Any,
                          want_hidden: bool) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
         """One forward over the prompt into a new KV cache: (cache, last logits, hidden of raw tokens)."""
         cache = runner.new_cache()
@@ -384,7 +390,7 @@ class Engine:
             lps.extend(lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:], device=lp.device)])
         return float(-torch.stack([x.to(lps[0].device) for x in lps]).mean())
 
-    def _speculate(self, runner: TargetRunner, proposer: Any, cache: Any, committed: list[int],
+    def _speculate(self, runner: TargetRunner | LeanRunner, proposer: Any, cache: Any, committed: list[int],
                    hidden: torch.Tensor | None, params: SamplingParams, gen: torch.Generator | None,
                    stats: GenerationStats, emit: Any, shift: int = 0) -> Iterator[str]:
         """Speculative steps (:func:`~refrag_rasd_core.rasd.step.speculative_step`) until ``emit`` says done."""
@@ -486,10 +492,12 @@ class Prefill:
     logits: torch.Tensor
     positions: int
     stats: GenerationStats
-    runner: TargetRunner | None = None
+    runner: TargetRunner | LeanRunner | None = None
 
     def kv_bytes(self) -> int:
         """Bytes the KV cache holds (keys and values of every layer)."""
+        if hasattr(self.cache, "kv_bytes"):  # a LeanCache: its valid positions, not its spare capacity
+            return int(self.cache.kv_bytes())
         return sum(t.numel() * t.element_size() for layer in self.cache.layers
                    for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
 

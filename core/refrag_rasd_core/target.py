@@ -22,6 +22,7 @@ import torch
 from transformers import DynamicCache
 
 from .attention import use_gqa_sdpa
+from .lean.cache import LeanCache
 
 
 class TargetRunner:
@@ -48,6 +49,14 @@ class TargetRunner:
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.config)
+
+    def sibling(self, model: Any) -> TargetRunner:
+        """A runner of the same kind over another weight set (the REFRAG-adapted copy)."""
+        return TargetRunner(model)
+
+    def describe(self) -> str:
+        """One line: what runs the forward."""
+        return f"transformers forward ({self.config._attn_implementation} attention)"
 
     @torch.inference_mode()
     def forward(
@@ -95,13 +104,17 @@ class TargetRunner:
 
 
 @torch.inference_mode()
-def keep_cache_path(cache: DynamicCache, context_len: int, keep: torch.Tensor) -> None:
+def keep_cache_path(cache: DynamicCache | LeanCache, context_len: int, keep: torch.Tensor) -> None:
     """Keep the cache's first ``context_len`` positions plus the tree nodes ``keep`` (offsets from
     ``context_len``, ascending), dropping the rest: the KV compaction after a tree verify.
 
     A path that is already contiguous (``keep == 0..L``) is a crop; otherwise only the kept nodes are
-    moved into place (``O(L)`` copies, not ``O(context)``).
+    moved into place (``O(L)`` copies, not ``O(context)``). A :class:`~refrag_rasd_core.lean.LeanCache`
+    does it itself.
     """
+    if isinstance(cache, LeanCache):
+        cache.keep_path(context_len, keep)
+        return
     n_keep = int(keep.numel())
     contiguous = bool((keep == torch.arange(n_keep, device=keep.device)).all()) if n_keep else True
     if not contiguous:
@@ -112,8 +125,11 @@ def keep_cache_path(cache: DynamicCache, context_len: int, keep: torch.Tensor) -
     truncate_cache(cache, context_len + n_keep)
 
 
-def truncate_cache(cache: DynamicCache, length: int) -> None:
+def truncate_cache(cache: DynamicCache | LeanCache, length: int) -> None:
     """Drop every cached position from ``length`` on (works on every layer, whatever the cache version)."""
+    if isinstance(cache, LeanCache):
+        cache.truncate(length)
+        return
     for layer in cache.layers:
         if getattr(layer, "keys", None) is not None and layer.keys.numel() and layer.keys.shape[-2] > length:
             layer.keys = layer.keys[..., :length, :]

@@ -1,0 +1,53 @@
+"""Which forward runs the target: the lean one (:mod:`refrag_rasd_core.lean`) or transformers' own.
+
+``forward="auto"`` (the default) picks the lean forward for the architectures it supports (LLaMA, Qwen2,
+Mistral without a sliding window) on CPU and CUDA, and transformers' forward
+(:class:`~refrag_rasd_core.target.TargetRunner`) otherwise; ``"lean"`` insists on the lean forward (an
+error names why a model cannot have it); ``"hf"`` always runs transformers' forward. Both runners have the
+same interface, so the engine and the speculative step do not care which one they hold.
+
+Example:
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                   num_attention_heads=4, num_key_value_heads=2)
+    >>> model = LlamaForCausalLM(cfg).eval()
+    >>> type(make_runner(model, "auto")).__name__, type(make_runner(model, "hf")).__name__
+    ('LeanRunner', 'TargetRunner')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import InvalidInputError
+from .lean import LeanRunner, unsupported_reason
+from .target import TargetRunner
+
+__all__ = ["FORWARDS", "make_runner", "runner_kind"]
+
+FORWARDS = ("auto", "lean", "hf")
+_LEAN_DEVICES = ("cpu", "cuda")
+
+
+def make_runner(model: Any, forward: str = "auto", **lean_options: Any) -> TargetRunner | LeanRunner:
+    """The runner for ``model`` under the ``forward`` setting (see the module docstring); ``lean_options`` go
+    to :class:`~refrag_rasd_core.lean.LeanRunner` (``prepack=False`` turns MKL prepacking off)."""
+    if forward not in FORWARDS:
+        raise InvalidInputError(f"forward must be one of {FORWARDS}, got {forward!r}")
+    if forward == "hf":
+        return TargetRunner(model)
+    reason = unsupported_reason(model)
+    device = next(model.parameters()).device
+    if forward == "lean":
+        if reason is not None:
+            raise InvalidInputError(f"forward='lean' cannot run this model ({reason}): use forward='auto' or 'hf'")
+        return LeanRunner(model, **lean_options)
+    if reason is None and device.type in _LEAN_DEVICES:
+        return LeanRunner(model, **lean_options)
+    return TargetRunner(model)
+
+
+def runner_kind(runner: Any) -> str:
+    """``"lean"`` or ``"hf"``: which forward a runner is."""
+    return "lean" if isinstance(runner, LeanRunner) else "hf"

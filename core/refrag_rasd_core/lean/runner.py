@@ -1,0 +1,181 @@
+"""The lean forward: a LLaMA-family decoder in plain tensor code over a preallocated KV cache.
+
+:class:`LeanRunner` has :class:`~refrag_rasd_core.target.TargetRunner`'s interface (``forward``,
+``new_cache``, ``device``, ``model``, ``max_positions``), so the engine, the speculative step and the
+budget calibration run it unchanged; the cache helpers of :mod:`refrag_rasd_core.target`
+(``keep_cache_path``, ``truncate_cache``) dispatch to :class:`~refrag_rasd_core.lean.cache.LeanCache`.
+Per layer (as in gpt-fast): RMSNorm, one fused QKV matmul, rotary from the position ids, the new keys and
+values written in place into the cache, grouped-query SDPA under the caller's tree mask (or causal), the
+output projection, RMSNorm, one fused gate/up matmul, SwiGLU, the down projection. Logits are computed only
+at the requested positions; hidden states (after the final norm) only when asked. On CPU the linears run
+MKL-prepacked or oneDNN copies for the row counts where that measured faster at load (:mod:`.linear`).
+
+Example:
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+    ...                   num_attention_heads=4, num_key_value_heads=2)
+    >>> runner = LeanRunner(LlamaForCausalLM(cfg).eval(), prepack=False)
+    >>> cache = runner.new_cache()
+    >>> logits, hidden = runner.forward(torch.tensor([[1, 2, 3]]), cache, logits_at=-1, want_hidden=True)
+    >>> tuple(logits.shape), tuple(hidden.shape), cache.length
+    ((1, 32), (3, 16), 3)
+    >>> runner = LeanRunner(engine.model)                                             # doctest: +REAL_MODEL
+    >>> logits, _ = runner.forward(torch.tensor([[1, 2, 3]]), runner.new_cache())      # doctest: +REAL_MODEL
+    >>> tuple(logits.shape)                                                           # doctest: +REAL_MODEL
+    (1, 49152)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .cache import LeanCache
+from .linear import NO_PACKING, PackPlan, measure_pack_plans
+from .weights import lean_weights, linear_groups
+
+__all__ = ["LeanRunner", "pack_plans"]
+
+_PLANS: dict[tuple[Any, ...], dict[str, PackPlan]] = {}  # measured plans, per weight shapes and threads
+
+
+def pack_plans(model: Any) -> dict[str, PackPlan]:
+    """The packed-weight plans for ``model`` on this machine: measured on its own weights the first time a
+    model of these shapes is seen in this process (threads and dtype included), then reused."""
+    groups = linear_groups(model)
+    first = groups["decoder"][0]
+    head = groups["head"][0]
+    groups["head"] = [head[:max(1, (16 << 20) // max(1, head.shape[1] * head.element_size()))]]  # ~16 MB of rows
+    if first.device.type != "cpu" or first.dtype != torch.float32:
+        return {"decoder": NO_PACKING, "head": NO_PACKING}
+    key = (tuple(tuple(w.shape) for g in groups.values() for w in g), first.dtype, torch.get_num_threads())
+    if key not in _PLANS:
+        _PLANS[key] = measure_pack_plans(groups, long=("decoder",), sample_bytes=40 << 20)
+    return _PLANS[key]
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm: normalise in float32, cast back, then scale."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LeanRunner:
+    """A LLaMA-family target's forward in plain tensor code (see the module docstring)."""
+
+    def __init__(self, model: Any, *, prepack: bool | None = None, plans: dict[str, PackPlan] | None = None,
+                 shared: dict[Any, Any] | None = None) -> None:
+        """``prepack``: use prepared weights (MKL-packed, oneDNN) where measured faster (``None``: on CPU
+        when available; ``False``: never, plain ``F.linear``). ``plans``: given plans instead of measuring; ``shared``: linears to reuse (see
+        :meth:`sibling`)."""
+        self.model = model
+        self.config = model.config
+        self.device = next(model.parameters()).device
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        if plans is None:
+            plans = pack_plans(model) if prepack is not False else {"decoder": NO_PACKING, "head": NO_PACKING}
+        self.plans = plans
+        self._shared: dict[Any, Any] = shared if shared is not None else {}
+        self.weights = lean_weights(model, plans, self._shared)
+
+    def sibling(self, model: Any) -> LeanRunner:
+        """A runner over another weight set of the same architecture (the REFRAG-adapted copy): the same
+        pack plans, and the linears it does not change shared, not packed twice."""
+        return LeanRunner(model, plans=self.plans, shared=self._shared)
+
+    def describe(self) -> str:
+        """One line: what runs the linears."""
+        return f"lean forward; decoder: {self.plans['decoder'].describe()}; head: {self.plans['head'].describe()}"
+
+    def new_cache(self, capacity: int = 0) -> LeanCache:
+        w = self.weights
+        return LeanCache(layers=len(w.layers), kv_heads=w.kv_heads, head_dim=w.head_dim, dtype=w.embed.dtype,
+                         device=self.device, capacity=capacity)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        cache: LeanCache,
+        *,
+        logits_at: int | torch.Tensor | None = -1,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        want_hidden: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One forward of ``input_ids`` ``[1, n]`` (or ``inputs_embeds`` ``[1, n, H]``) appended to ``cache``.
+
+        ``attention_mask``: an additive float mask ``[1, 1, n, cached + n]`` (a token tree's); none means
+        causal. ``position_ids`` ``[1, n]``: default ``cached .. cached + n - 1``. ``logits_at``: ``-1`` for
+        the last position only, ``None`` for all, an index tensor for some. Returns
+        ``(logits [m, V] float, hidden [n, H] after the final norm, or None)``.
+        """
+        w = self.weights
+        x = inputs_embeds[0] if inputs_embeds is not None else F.embedding(input_ids[0], w.embed)
+        n = x.shape[0]
+        start = cache.length
+        total = start + n
+        cache.reserve(total)
+        if position_ids is None:
+            position_ids = torch.arange(start, total, device=x.device)[None]
+        cos, sin = w.rotary(x, position_ids)
+        cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # [n, 1, head_dim]: broadcast over heads
+        mask, causal = self._mask(attention_mask, n, start, x.dtype, x.device)
+        heads, kv, hd = w.heads, w.kv_heads, w.head_dim
+        qk_width, inter = (heads + kv) * hd, w.intermediate
+        keys, values = cache.keys, cache.values
+        for i, layer in enumerate(w.layers):
+            qkv = layer.qkv(_rms_norm(x, layer.attn_norm, w.eps))
+            qk = qkv[:, :qk_width].view(n, heads + kv, hd)
+            qk = qk * cos + _rotate_half(qk) * sin
+            keys[i, :, start:total] = qk[:, heads:].transpose(0, 1)
+            values[i, :, start:total] = qkv[:, qk_width:].view(n, kv, hd).transpose(0, 1)
+            att = F.scaled_dot_product_attention(
+                qk[:, :heads].transpose(0, 1)[None], keys[i, :, :total][None], values[i, :, :total][None],
+                attn_mask=mask, is_causal=causal, scale=w.scaling, enable_gqa=heads != kv)
+            x = x + layer.o(att[0].transpose(0, 1).reshape(n, heads * hd))
+            gu = layer.gate_up(_rms_norm(x, layer.mlp_norm, w.eps))
+            x = x + layer.down(F.silu(gu[:, :inter]) * gu[:, inter:])
+        cache.length = total
+        if want_hidden:
+            hidden = _rms_norm(x, w.norm, w.eps)
+            sel = hidden if logits_at is None else hidden[self._rows(logits_at, n)]
+        else:
+            hidden = None
+            sel = _rms_norm(x if logits_at is None else x[self._rows(logits_at, n)], w.norm, w.eps)
+        return w.head(sel).float(), hidden
+
+    @staticmethod
+    def _rows(logits_at: int | torch.Tensor, n: int) -> slice | torch.Tensor:
+        if isinstance(logits_at, int):
+            i = logits_at % n if -n <= logits_at < n else logits_at
+            return slice(i, i + 1)
+        return logits_at
+
+    @staticmethod
+    def _mask(attention_mask: torch.Tensor | None, n: int, start: int, dtype: torch.dtype,
+              device: torch.device) -> tuple[torch.Tensor | None, bool]:
+        """(the SDPA mask, is_causal) for ``n`` new positions after ``start`` cached ones."""
+        if attention_mask is not None:
+            if attention_mask.dim() != 4 or attention_mask.shape[-1] != start + n or attention_mask.shape[-2] != n:
+                raise ValueError(f"attention_mask must be [1, 1, {n}, {start + n}] (new x cached + new positions),"
+                                 f" got {tuple(attention_mask.shape)}")
+            if attention_mask.dtype != torch.bool and attention_mask.dtype != dtype:
+                attention_mask = attention_mask.to(dtype)
+            return attention_mask, False
+        if n == 1:
+            return None, False
+        if start == 0:
+            return None, True
+        allowed = torch.ones(n, start + n, dtype=torch.bool, device=device).tril(start)
+        return allowed, False

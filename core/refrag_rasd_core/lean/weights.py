@@ -1,0 +1,197 @@
+"""The weights of a LLaMA-family decoder, laid out for the lean forward: fused QKV and gate/up matrices.
+
+Supported: ``LlamaForCausalLM`` (SmolLM2, Llama), ``Qwen2ForCausalLM`` (biases on q/k/v) and
+``MistralForCausalLM`` when no sliding window is in use: the same math (RMSNorm, rotary, grouped-query
+attention, SwiGLU MLP). :func:`unsupported_reason` says why another model is not.
+
+Fusing costs no memory: the fused matrix is built once and the Hugging Face module's own ``q_proj`` /
+``k_proj`` / ``v_proj`` (``gate_proj`` / ``up_proj``) parameters become row views of it (same values), so
+the model and the lean forward share one copy. A model fused before is recognised and not copied again.
+
+Example:
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                   num_attention_heads=4, num_key_value_heads=2)
+    >>> model = LlamaForCausalLM(cfg).eval()
+    >>> unsupported_reason(model) is None
+    True
+    >>> w = lean_weights(model)
+    >>> tuple(w.layers[0].qkv.weight.shape), tuple(w.layers[0].gate_up.weight.shape)   # (4 + 2 * 2) heads of 4
+    ((32, 16), (64, 16))
+    >>> w.layers[0].qkv.weight.untyped_storage().data_ptr() == model.model.layers[0].self_attn.k_proj.weight.untyped_storage().data_ptr()
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .linear import NO_PACKING, PackedLinear, PackPlan
+
+__all__ = ["LeanLayer", "LeanWeights", "SUPPORTED", "lean_weights", "linear_groups", "unsupported_reason"]
+
+SUPPORTED = ("llama", "qwen2", "mistral")
+"""``config.model_type`` values the lean forward runs."""
+
+
+@dataclass
+class LeanLayer:
+    """One decoder layer: norms' weights and the four (fused) linears."""
+
+    attn_norm: torch.Tensor
+    qkv: PackedLinear          # [(heads + 2 * kv_heads) * head_dim, hidden]
+    o: PackedLinear
+    mlp_norm: torch.Tensor
+    gate_up: PackedLinear      # [2 * intermediate, hidden]: gate rows, then up rows
+    down: PackedLinear
+
+
+@dataclass
+class LeanWeights:
+    """The whole decoder: embeddings, layers, final norm, LM head, and the shapes the forward needs."""
+
+    embed: torch.Tensor
+    layers: list[LeanLayer]
+    norm: torch.Tensor
+    head: PackedLinear
+    rotary: Any                # the model's own rotary module: (x, position_ids) -> (cos, sin)
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    eps: float
+    scaling: float
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why the lean forward cannot run ``model`` (``None``: it can)."""
+    cfg = getattr(model, "config", None)
+    kind = getattr(cfg, "model_type", None)
+    if kind not in SUPPORTED:
+        return f"model_type {kind!r} is not one of {SUPPORTED}"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act {cfg.hidden_act!r} (the lean MLP is SwiGLU)"
+    if any(getattr(cfg, a, None) for a in ("final_logit_softcapping", "logit_scale", "attn_logit_softcapping")):
+        return "logit soft-capping or scaling"
+    layer_types = getattr(cfg, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types):
+        return "sliding-window attention layers"
+    window = getattr(cfg, "sliding_window", None)
+    if kind == "mistral" and window is not None and window < int(getattr(cfg, "max_position_embeddings", 0) or 0):
+        return f"a sliding window of {window} positions"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return "not the usual CausalLM layout (model.model.layers, model.model.rotary_emb)"
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        return "the LM head is not a plain linear layer"
+    for layer in inner.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        mods = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        mods += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+        if not all(type(m) is torch.nn.Linear for m in mods):
+            return "a projection is not a plain nn.Linear (quantized or adapted)"
+        if any(hasattr(attn, n) for n in ("q_norm", "k_norm")):
+            return "per-head q/k norms"
+    if not torch.is_floating_point(head.weight):
+        return "non-float weights"
+    return None
+
+
+def _fused(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """The row-concatenation of ``params`` as one tensor; afterwards each parameter is a row view of it."""
+    first = params[0]
+    rows = sum(p.shape[0] for p in params)
+    tail = params[-1]
+    consecutive = all(p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr() for p in params) and all(
+        b.data_ptr() == a.data_ptr() + a.numel() * a.element_size() for a, b in zip(params, params[1:], strict=False))
+    if consecutive and all(p.is_contiguous() for p in params):
+        view = first.detach().new_empty(0)
+        view.set_(first.untyped_storage(), first.storage_offset(), (rows, *first.shape[1:]), first.stride())
+        if view[-tail.shape[0]:].data_ptr() == tail.data_ptr():
+            return view
+    fused = torch.cat([p.detach() for p in params])
+    start = 0
+    for p in params:
+        n = p.shape[0]
+        if p.untyped_storage().nbytes() == p.numel() * p.element_size():  # owns its storage: share instead
+            p.data = fused[start:start + n]
+        start += n
+    return fused
+
+
+def _fused_bias(mods: list[torch.nn.Linear]) -> torch.Tensor | None:
+    if all(m.bias is None for m in mods):
+        return None
+    return torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.weight.shape[0])
+                      for m in mods])
+
+
+def _bias(mod: torch.nn.Linear) -> torch.Tensor | None:
+    return None if mod.bias is None else mod.bias.detach()
+
+
+def linear_groups(model: Any) -> dict[str, list[torch.Tensor]]:
+    """The weight matrices a forward reads, in order, grouped as the pack plans are: ``decoder`` (each
+    layer's q, k, v, o, gate, up, down) and ``head`` (the LM head)."""
+    dec = []
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        dec += [x.weight.detach() for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj,
+                                            m.down_proj)]
+    return {"decoder": dec, "head": [model.get_output_embeddings().weight.detach()]}
+
+
+@torch.no_grad()
+def lean_weights(model: Any, plans: dict[str, PackPlan] | None = None,
+                 shared: dict[Any, PackedLinear] | None = None) -> LeanWeights:
+    """Lay out ``model`` (supported: see :func:`unsupported_reason`) for the lean forward, packing each linear
+    as ``plans["decoder"]`` / ``plans["head"]`` say. ``shared``: linears built before (keyed by where their
+    weight lives), reused instead of packed again: the REFRAG-adapted copy shares every weight it does not
+    adapt (its head, usually) with the stock model."""
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise ValueError(f"the lean forward does not support this model: {reason}")
+    plans = plans or {}
+    dec_plan, head_plan = plans.get("decoder", NO_PACKING), plans.get("head", NO_PACKING)
+    shared = shared if shared is not None else {}
+    cfg = model.config
+    inner = model.model
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+
+    def linear(weight: torch.Tensor, bias: torch.Tensor | None, plan: PackPlan) -> PackedLinear:
+        key = (weight.data_ptr(), tuple(weight.shape), weight.dtype, id(plan))
+        if bias is None and key in shared:
+            return shared[key]
+        out = PackedLinear(weight, bias, plan)
+        if bias is None:
+            shared[key] = out
+        return out
+
+    layers = []
+    for layer in inner.layers:
+        a, m = layer.self_attn, layer.mlp
+        qkv = _fused([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        gate_up = _fused([m.gate_proj.weight, m.up_proj.weight])
+        layers.append(LeanLayer(
+            attn_norm=layer.input_layernorm.weight.detach(),
+            qkv=linear(qkv, _fused_bias([a.q_proj, a.k_proj, a.v_proj]), dec_plan),
+            o=linear(a.o_proj.weight.detach(), _bias(a.o_proj), dec_plan),
+            mlp_norm=layer.post_attention_layernorm.weight.detach(),
+            gate_up=linear(gate_up, _fused_bias([m.gate_proj, m.up_proj]), dec_plan),
+            down=linear(m.down_proj.weight.detach(), _bias(m.down_proj), dec_plan),
+        ))
+    head = model.get_output_embeddings()
+    first = inner.layers[0]
+    return LeanWeights(
+        embed=model.get_input_embeddings().weight.detach(), layers=layers, norm=inner.norm.weight.detach(),
+        head=linear(head.weight.detach(), _bias(head), head_plan), rotary=inner.rotary_emb,
+        heads=heads, kv_heads=kv_heads, head_dim=head_dim, intermediate=int(first.mlp.gate_proj.weight.shape[0]),
+        eps=float(first.input_layernorm.variance_epsilon),
+        scaling=float(getattr(first.self_attn, "scaling", head_dim ** -0.5)))
