@@ -13,6 +13,8 @@ count and time.
 3. With ``--kill``: on the largest replica count, kills one replica (``ray.kill``) once a few answers are in;
    records what became of the requests in flight, how long Serve took to replace the replica, and that every
    request sent after the replacement is answered.
+4. With ``--overload N``: one replica with a queue of N requests per proxy and more clients than it holds; the
+   surplus must be refused (503) and nothing lost.
 
     .venv/bin/python benchmarks/serve_load.py --replicas 1,2 --clients 4 --questions 16 --kill \\
         --out benchmarks/results/serve-load-x86_64-2cpu.json
@@ -126,6 +128,8 @@ def main() -> int:
     ap.add_argument("--max-queued", type=int, default=64)
     ap.add_argument("--no-one-process", action="store_true", help="skip the one-process baseline (no Ray)")
     ap.add_argument("--kill", action="store_true", help="kill a replica mid-load on the largest replica count")
+    ap.add_argument("--overload", type=int, default=0,
+                    help="then 1 replica with this queue length per proxy and more clients than it holds (503s)")
     ap.add_argument("--time-limit", type=float, default=600, help="seconds of sending per phase")
     ap.add_argument("--chroma-url", default=None, help="use this Chroma server (default: start one on loopback)")
     ap.add_argument("--port", type=int, default=None, help="HTTP port (default: a free one)")
@@ -180,6 +184,8 @@ def main() -> int:
             results["runs"].append(s)
         if args.kill:
             results["kill"] = kill_phase(url, cfg, args)
+        if args.overload:
+            results["overload"] = overload_phase(url, base, args)
     finally:
         shutdown()
         if chroma is not None:
@@ -228,6 +234,18 @@ def kill_phase(url: str, cfg: ServeConfig, args: argparse.Namespace) -> dict:
     return out
 
 
+def overload_phase(url: str, base: dict, args: argparse.Namespace) -> dict:
+    """One replica with a short queue (``--overload`` requests per proxy) and twice as many clients as the
+    replica and its queue hold: the surplus must be refused with a clear status, nothing lost."""
+    cfg = ServeConfig(**{**base, "replicas": 1, "max_queued_requests": args.overload})
+    deploy(cfg)
+    clients = 2 * (args.overload + cfg.max_ongoing_requests)
+    s = phase(url, 2 * clients, clients, args.max_tokens, args.k, "over", args.time_limit)
+    s.update(replicas=1, max_queued_requests=args.overload, clients=clients)
+    log_summary(f"overload (queue {args.overload}, {clients} clients)", s)
+    return s
+
+
 def format_table(results: dict) -> str:
     rows = ["| replicas | answered / sent | refused | failed | lost | dup | answers/s | tokens/s | p50 latency | "
             "p95 latency | p50 TTFT | p95 TTFT | answer recall |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -242,6 +260,12 @@ def format_table(results: dict) -> str:
                     f"failed ({', '.join(f'{e} x{n}' for e, n in d['errors']) or 'none'}), {d['refused']} refused, "
                     f"lost {d['lost']}, duplicated {d['duplicated']}; Serve replaced it within "
                     f"{kill['replaced_within_s']} s; afterwards {a['answered']} / {a['sent']} answered")
+    over = results.get("overload")
+    if over:
+        rows.append(f"\noverload (1 replica, queue {over['max_queued_requests']}, {over['clients']} clients): "
+                    f"{over['answered']} answered, {over['refused']} refused "
+                    f"({', '.join(f'{e} x{n}' for e, n in over['errors']) or 'none'}), {over['failed']} failed, "
+                    f"lost {over['lost']}, duplicated {over['duplicated']}")
     return "\n".join(rows)
 
 
