@@ -1,0 +1,157 @@
+"""What one target forward costs, transformers' against the lean forward, and what that does to decoding.
+
+1. One forward of M new positions (M = 1, 2, 4, 8, 16, 32: a plain step and tree verifies with a bushy
+   tree's mask and positions) over a KV cache of ~700 positions (a real RAG prompt), for
+   :class:`~refrag_rasd_core.target.TargetRunner` (transformers' forward) and
+   :class:`~refrag_rasd_core.lean.LeanRunner`, interleaved in one process; median of the repeats.
+2. Vanilla greedy decoding of 128 tokens on a few RAG prompts: ``Engine(forward="hf")``,
+   ``Engine(forward="lean")`` and transformers' ``model.generate``, interleaved per prompt; decode
+   tokens/s (after the first token) and whether the three outputs are equal.
+
+Usage (from the repository root, ~3 minutes on a 2-core CPU):
+    HF_HUB_OFFLINE=1 PYTHONPATH=core:. python benchmarks/forward_cost.py [--prompts 3] [--repeats 9]
+Writes benchmarks/results/forward-cost-<date>-<machine>.json and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from refrag_rasd_core.engine import Engine
+from refrag_rasd_core.lean import LeanRunner
+from refrag_rasd_core.models import load_target
+from refrag_rasd_core.rasd.token_tree import TokenTree
+from refrag_rasd_core.target import TargetRunner, truncate_cache
+from refrag_rasd_integrations.bench.machine import machine_info, machine_slug
+
+SIZES = (1, 2, 4, 8, 16, 32)
+ROOT = Path(__file__).resolve().parent
+SHARED_DEV = ROOT.parents[1] / "shared" / "data" / "spec_bench_dev.jsonl"
+
+
+def rag_prompts(n: int) -> list[list[dict]]:
+    """Chat messages of ``n`` RAG questions: Spec-Bench's dev file when it is there, else the demo corpus."""
+    from refrag_rasd_integrations.bench.data import BenchQuestion, load_questions
+
+    if SHARED_DEV.exists():
+        return [q.messages for q in load_questions(SHARED_DEV, "rag", limit=n)]
+    from refrag_rasd_integrations.demo_corpus import demo_rows
+
+    rows = [r for r in demo_rows(4) if r["held_out"]][:n]
+    return [BenchQuestion(r["question_id"], "rag", "\n".join([*r["passages"], r["question"]]), []).messages
+            for r in rows]
+
+
+def bushy_tree(n: int) -> TokenTree:
+    tree = TokenTree(1)
+    for i in range(n - 1):
+        tree.add(0 if i % 2 == 0 else len(tree) - 1, 2 + i, 0.5, 1)
+    return tree
+
+
+def forward_costs(model, ctx_ids: list[int], repeats: int) -> dict:
+    """Median ms of one forward at each M, both runners, over the same cached context."""
+    runners = {"hf": TargetRunner(model), "lean": LeanRunner(model)}
+    ctx = len(ctx_ids)
+    caches = {}
+    for name, r in runners.items():
+        caches[name] = r.new_cache()
+        r.forward(torch.tensor([ctx_ids]), caches[name])
+    times: dict[str, dict[int, list[float]]] = {name: {m: [] for m in SIZES} for name in runners}
+    for rep in range(repeats + 1):  # round-robin, so a burst of load hits both alike; round 0 warms up
+        for m in SIZES:
+            tree = bushy_tree(m)
+            kw = {"logits_at": None, "position_ids": tree.position_ids(ctx),
+                  "attention_mask": tree.attention_mask(ctx, model.dtype) if m > 1 else None}
+            for name, r in runners.items():
+                t0 = time.perf_counter()
+                r.forward(torch.tensor([tree.tokens]), caches[name], **kw)
+                dt = time.perf_counter() - t0
+                truncate_cache(caches[name], ctx)
+                if rep:
+                    times[name][m].append(dt)
+    med = {name: {m: round(1e3 * statistics.median(v), 2) for m, v in t.items()} for name, t in times.items()}
+    return {"context": ctx, "repeats": repeats, "ms": med,
+            "relative_to_m1": {name: {m: round(v[m] / v[1], 3) for m in SIZES} for name, v in med.items()},
+            "lean_speedup": {m: round(med["hf"][m] / med["lean"][m], 3) for m in SIZES},
+            "lean_plan": runners["lean"].describe(),
+            "lean_plan_timings": {g: p.timings for g, p in runners["lean"].plans.items()}}
+
+
+def decode_rates(target, prompts: list[list[dict]], max_new: int) -> dict:
+    """Vanilla decoding with the engine (both forwards) and with ``model.generate``: decode tokens/s."""
+    t0 = time.perf_counter()
+    engines = {"hf": Engine(target, drafter=None, refrag=None, forward="hf")}
+    t1 = time.perf_counter()
+    engines["lean"] = Engine(target, drafter=None, refrag=None, forward="lean")
+    t2 = time.perf_counter()
+    rows = []
+    for messages in prompts:
+        row: dict = {}
+        ids = engines["hf"].encode_prompt(messages)
+        row["prompt_tokens"] = len(ids)
+        tokens = {}
+        for name, engine in engines.items():
+            res = engine.generate_ids(ids, max_new_tokens=max_new)
+            s = res.stats
+            row[name] = {"new_tokens": s.new_tokens, "ttft_s": round(s.ttft_s, 3),
+                         "decode_tok_s": round((s.new_tokens - 1) / max(s.total_s - s.ttft_s, 1e-9), 2)}
+            tokens[name] = res.token_ids
+        x = torch.tensor([ids])
+        kw = {"attention_mask": torch.ones_like(x), "do_sample": False}
+        a = time.perf_counter()
+        target.model.generate(x, max_new_tokens=1, **kw)
+        b = time.perf_counter()
+        out = target.model.generate(x, max_new_tokens=max_new, **kw)[0, len(ids):].tolist()
+        c = time.perf_counter()
+        row["generate"] = {"new_tokens": len(out), "ttft_s": round(b - a, 3),
+                           "decode_tok_s": round((len(out) - 1) / max((c - b) - (b - a), 1e-9), 2)}
+        tokens["generate"] = out
+        row["equal_outputs"] = tokens["hf"] == tokens["lean"] == tokens["generate"]
+        rows.append(row)
+        print(json.dumps(row))
+    mean = {name: round(statistics.mean(r[name]["decode_tok_s"] for r in rows), 2)
+            for name in ("hf", "lean", "generate")}
+    return {"max_new_tokens": max_new, "prompts": rows, "mean_decode_tok_s": mean,
+            "lean_vs_generate": round(mean["lean"] / mean["generate"], 3),
+            "lean_vs_hf": round(mean["lean"] / mean["hf"], 3),
+            "engine_build_s": {"hf": round(t1 - t0, 2), "lean": round(t2 - t1, 2)}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--context", type=int, default=700)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    target = load_target(device="cpu")
+    prompts = rag_prompts(args.prompts)
+    tok = target.tokenizer
+    ctx_ids = (tok.apply_chat_template(prompts[0], add_generation_prompt=True, tokenize=True, return_dict=False)
+               * 4)[:args.context]
+    costs = forward_costs(target.model, list(ctx_ids), args.repeats)
+    print("forward ms at M:", json.dumps(costs["ms"]), "\nlean plan:", costs["lean_plan"])
+    decode = decode_rates(target, prompts, args.max_new_tokens)
+    print("decode tok/s:", json.dumps(decode["mean_decode_tok_s"]))
+    info = machine_info("cpu")
+    out = {"what": "one target forward at M new positions over a ~700-position cache (transformers' forward vs "
+                   "the lean forward), and vanilla greedy decode tokens/s (Engine hf / lean, model.generate)",
+           "machine": info, "model": target.name, "dtype": str(target.dtype).replace("torch.", ""),
+           "forward_cost": costs, "vanilla_decode": decode}
+    date = datetime.date.today().strftime("%Y%m%d")
+    path = Path(args.out) if args.out else ROOT / "results" / f"forward-cost-{date}-{machine_slug(info)}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
