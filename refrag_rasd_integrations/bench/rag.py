@@ -158,15 +158,15 @@ def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *,
         raise InvalidInputError("no held-out rag questions to run")
     chains: dict[str, Any] = {name: make_chain(store, engine, k=k, max_new_tokens=max_new_tokens, **kw)
                               for name, kw in PIPELINES.items()}
-    runs: dict[str, Any] = {name: (lambda q, c=chain: run_chain(c, q)) for name, chain in chains.items()}
+    runners: dict[str, Any] = {name: (lambda q, c=chain: run_chain(c, q)) for name, chain in chains.items()}
     if peers:
         from .llamacpp import LlamaCppPeer
 
         for name in peers:
             peer = LlamaCppPeer(pld=name == "llamacpp-pld")
-            runs[name] = lambda q, p=peer: run_peer(p, engine, store, q, k=k, max_new_tokens=max_new_tokens)
+            runners[name] = lambda q, p=peer: run_peer(p, engine, store, q, k=k, max_new_tokens=max_new_tokens)
     warm = [r for r in rows if not r.get("held_out", True)][:1] or questions[:1]
-    for run in runs.values():  # warm-up (and the speculation budget's first calibration)
+    for run in runners.values():  # warm-up (and the speculation budget's first calibration)
         run(warm[0]["question"])
     per_q = []
     it: Any = questions
@@ -175,9 +175,9 @@ def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *,
 
         it = tqdm(questions, desc="rag suite", unit="q")
     for r in it:
-        cells: dict[str, list[dict[str, Any]]] = {n: [] for n in runs}
+        cells: dict[str, list[dict[str, Any]]] = {n: [] for n in runners}
         for _ in range(max(1, repeats)):
-            for name, run in runs.items():
+            for name, run in runners.items():
                 cells[name].append(run(r["question"]))
         row = {"question_id": r["question_id"], "methods": {}}  # the id, not the text: the data set stays outside
         for name, runs in cells.items():
@@ -196,7 +196,7 @@ def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *,
                      "store_passages": store.count(),
                      "refrag": None if engine.refrag is None else {"k": engine.refrag.k,
                                                                     "encoder": engine.refrag.encoder_id}},
-        "methods": summarize(per_q, list(runs)),
+        "methods": summarize(per_q, list(runners)),
         "per_question": per_q,
     }
 

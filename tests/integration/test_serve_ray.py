@@ -13,7 +13,14 @@ pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
 
 from refrag_rasd_core.engine import Engine  # noqa: E402
-from refrag_rasd_integrations.serve import ServeConfig, kill_replica, replica_states, shutdown, start, wait_ready  # noqa: E402
+from refrag_rasd_integrations.serve import (  # noqa: E402
+    ServeConfig,
+    kill_replica,
+    replica_states,
+    shutdown,
+    start,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
 
