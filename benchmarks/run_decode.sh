@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The decode-suite runs reported in docs/benchmarks.md: every method, rag and summarization, held-out
-# questions, 128 greedy tokens, one process per category. Usage: bash benchmarks/run_decode.sh [LIMIT]
+# questions, 128 greedy tokens, one process per category; the llama.cpp peers when llama-cpp-python is
+# installed (skipped otherwise). Usage: bash benchmarks/run_decode.sh [LIMIT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
@@ -11,7 +12,7 @@ STAMP=$(date +%Y-%m-%d)
 MACHINE=${MACHINE:-cpu$(nproc)}
 for CAT in rag summarization; do
   .venv/bin/refrag-rasd bench --suite decode --data "$DATA" --category "$CAT" --limit "$LIMIT" \
-    --methods vanilla,hf,hf-pld,pld,rest,draft,rasd --max-new-tokens 128 \
+    --methods vanilla,hf,hf-pld,pld,rest,draft,rasd,llamacpp,llamacpp-pld --max-new-tokens 128 \
     --out "benchmarks/results/${STAMP}-${MACHINE}-decode-${CAT}.json"
 done
 .venv/bin/python benchmarks/report.py
