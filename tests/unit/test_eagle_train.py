@@ -116,3 +116,72 @@ def test_spec_bench_training_split_is_even_only(tmp_path: Path, monkeypatch) -> 
 def test_cli_parser_defaults() -> None:
     a = build_parser().parse_args(["--out", "o", "--corpus", "pydoc", "--steps", "5", "--no-resume"])
     assert a.corpus == ["pydoc"] and a.steps == 5 and a.resume is False and a.device == "cpu"
+
+
+def test_fine_tuning_starts_from_a_checkpoint_and_keeps_its_vocabulary(tmp_path: Path) -> None:
+    target = tiny_target(vocab=64, layers=2)
+    make_features(target, tmp_path / "train", n=8, seed=0)
+    torch.manual_seed(3)
+    start = DraftHead.for_target(target, vocab_ids=torch.tensor(sorted(random.Random(1).sample(range(64), 20))))
+    from refrag_rasd_core.eagle.checkpoint import save_draft_head
+
+    init = save_draft_head(start, tmp_path / "start.safetensors", target=target, dtype=torch.float32)
+    cfg = DraftTrainConfig(steps=0, seq_len=32, batch_size=2, draft_vocab_size=32, ckpt_every_s=60.0)
+    train_draft(target, [tmp_path / "train"], tmp_path / "zero", None, cfg, log=lambda m: None, init=init)
+    kept = load_draft_head(tmp_path / "zero" / "draft_head.safetensors", target)  # no step: the start's weights
+    assert torch.equal(kept.vocab_ids, start.vocab_ids)  # the checkpoint's 20 ids, not a new choice of 32
+    for (name, a), (_, b) in zip(start.state_dict().items(), kept.state_dict().items(), strict=True):
+        torch.testing.assert_close(b.float(), a.float(), atol=2e-3, rtol=1e-3, msg=name)  # stored as fp16
+    cfg3 = DraftTrainConfig(**{**cfg.__dict__, "steps": 3, "lr": 1e-3, "warmup": 1})
+    train_draft(target, [tmp_path / "train"], tmp_path / "three", None, cfg3, log=lambda m: None, init=init)
+    moved = load_draft_head(tmp_path / "three" / "draft_head.safetensors", target)
+    assert not torch.allclose(moved.fc.weight.float(), start.fc.weight.float(), atol=1e-4)
+    # a run folder holding another vocabulary is refused, not silently mixed
+    cfg_new = DraftTrainConfig(**{**cfg.__dict__, "steps": 1})
+    train_draft(target, [tmp_path / "train"], tmp_path / "other", None, cfg_new, log=lambda m: None)
+    with pytest.raises(InvalidInputError, match="another draft vocabulary"):
+        train_draft(target, [tmp_path / "train"], tmp_path / "other", None, cfg_new, log=lambda m: None, init=init)
+
+
+def test_self_distillation_takes_prompts_as_token_ids(tmp_path: Path) -> None:
+    from refrag_rasd_core.eagle.features import generate_self_distill, read_generations
+    from tiny import tiny_loaded
+
+    lm = tiny_loaded(0)
+    ids = lm.tokenizer("<|user|>hello there\n<|assistant|>", add_special_tokens=False)["input_ids"]
+    n = generate_self_distill(lm.model, lm.tokenizer, [ids, "<|user|>hi\n<|assistant|>"], tmp_path / "g.jsonl",
+                              max_new_tokens=4, batch_size=2)
+    (seq_a, start_a), (seq_b, start_b) = read_generations(tmp_path / "g.jsonl")
+    assert n == 2 and seq_a[:start_a] == ids and len(seq_a) - start_a == 4
+    with torch.no_grad():  # the answer is the target's own greedy continuation of exactly those ids
+        ref = lm.model.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False)[0, len(ids):].tolist()
+    assert seq_a[start_a:] == ref
+    assert seq_b[:start_b] == lm.tokenizer("<|user|>hi\n<|assistant|>", add_special_tokens=False)["input_ids"]
+
+
+def test_rag_training_prompts_are_engine_requests_over_retrieved_training_passages(tmp_path: Path) -> None:
+    from refrag_rasd_core.eagle.rag_prompts import rag_training_prompts, rag_training_record
+    from refrag_rasd_core.refrag.context import layout_prompt
+    from tiny import tiny_chunk_encoder, tiny_loaded
+
+    facts = [(f"Where is item {i}?", f"Item {i} lies in room {i}.") for i in range(6)]
+    f = tmp_path / "qa.jsonl"
+    f.write_text("\n".join(json.dumps({"id": f"q{i}", "question": q, "answers": [f"room {i}"], "passage": p})
+                           for i, (q, p) in enumerate(facts)))
+    lm = tiny_loaded(0)
+    enc = tiny_chunk_encoder(lm.tokenizer)
+    prompts = rag_training_prompts(lm.tokenizer, [f], enc, holdout=2, top_k=2, limit=3)
+    assert len(prompts) == 3  # questions 2, 3, 4: the first two held out, the limit stops before 5
+    tok = lm.tokenizer
+    text = [tok.decode(p) for p in prompts]
+    for i, t in zip((2, 3, 4), text, strict=True):
+        assert facts[i][0] in t  # the question, after its passages
+        assert "Item 0 lies" not in t and "Item 1 lies" not in t  # held-out gold passages are never retrieved
+        assert sum(f"Item {j} lies" in t for j in range(6)) == 2  # top_k passages
+    # exactly the engine's plain-RAG layout of that question over two training passages
+    passages = [tok(facts[j][1], add_special_tokens=False)["input_ids"] for j in range(2, 6) if facts[j][1] in text[0]]
+    assert len(passages) == 2
+    lay = layout_prompt(tok, facts[2][0], passages)
+    assert prompts[0] == lay.full_ids() or prompts[0] == layout_prompt(tok, facts[2][0], passages[::-1]).full_ids()
+    rec = rag_training_record([f], holdout=2, top_k=2, limit=3)[0]
+    assert rec["file"] == "qa.jsonl" and len(rec["sha256"]) == 64 and "Item" not in json.dumps(rec)

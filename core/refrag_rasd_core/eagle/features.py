@@ -25,6 +25,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator
+from collections.abc import Sequence as Seq
 from pathlib import Path
 
 import torch
@@ -170,14 +171,15 @@ def read_generations(path: str | os.PathLike) -> Iterator[Sequence]:
 def generate_self_distill(
     model,
     tokenizer,
-    prompts: list[str],
+    prompts: Seq[str | Seq[int]],
     out_path: str | os.PathLike,
     max_new_tokens: int = 160,
     batch_size: int = 8,
     max_prompt_tokens: int = 1024,
     deadline: float | None = None,
 ) -> int:
-    """Greedy-generate the target's own answers to ``prompts`` (chat-formatted strings), batched.
+    """Greedy-generate the target's own answers to ``prompts`` (chat-formatted strings, or token ids laid out
+    already, e.g. :func:`~refrag_rasd_core.eagle.rag_prompts.rag_training_prompts`), batched.
 
     Appends one json line per prompt (``prompt_ids``, ``answer_ids``) to ``out_path``; resumes after
     the lines already there. Returns the number of prompts done.
@@ -185,7 +187,8 @@ def generate_self_distill(
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = len(out.read_text(encoding="utf-8").splitlines()) if out.exists() else 0
-    enc = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
+    enc = [(tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p))[-max_prompt_tokens:]
+           for p in prompts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
     i = done

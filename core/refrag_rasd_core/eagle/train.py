@@ -277,6 +277,15 @@ def _load_state(path: Path, head: DraftHead, opt: torch.optim.Optimizer) -> dict
 
 
 # ---------------------------------------------------------------------------------------------- train
+def _initial_head(target, init: str | os.PathLike) -> DraftHead:
+    """The head to fine-tune from: ``"default"`` (the shipped checkpoint) or a checkpoint path, on CPU, fp32."""
+    from .checkpoint import load_default_draft_head, load_draft_head
+
+    head = load_default_draft_head(target, device="cpu") if str(init) == "default" else load_draft_head(
+        init, target, device="cpu")
+    return head.float()
+
+
 def train_draft(
     target,
     feature_dirs: list[str | os.PathLike],
@@ -286,10 +295,12 @@ def train_draft(
     recipe: dict | None = None,
     resume: bool = True,
     log: Callable[[str], None] = print,
+    init: str | os.PathLike | None = None,
 ) -> dict:
     """Train a draft head for ``target`` on stored features; returns the final metrics.
 
-    Writes ``out_dir/draft_head.safetensors`` (+ .json: config, sha256, recipe, metrics) at every
+    ``init``: start from a draft-head checkpoint for the same target (``"default"``: the shipped one) instead of
+    random weights; its draft vocabulary is kept (fine-tuning on new data). Writes ``out_dir/draft_head.safetensors`` (+ .json: config, sha256, recipe, metrics) at every
     checkpoint interval and at the end, and ``out_dir/train_state.safetensors`` (+ .json) to resume.
     """
     cfg = cfg or DraftTrainConfig()
@@ -305,14 +316,23 @@ def train_draft(
     log(f"data: {len(data.seqs)} sequences, {data.n_tokens} tokens; eval: {len(eval_seqs)} sequences")
     state_path = out / "train_state.safetensors"
     vocab_path = out / "vocab_ids.json"
+    start = _initial_head(target, init) if init is not None else None
     if resume and vocab_path.exists():
         vocab_ids = torch.tensor(json.loads(vocab_path.read_text()))
+    elif start is not None:
+        vocab_ids = start.vocab_ids.detach().cpu().long()
+        vocab_path.write_text(json.dumps(vocab_ids.tolist()))
     else:
         always = [i for i in (getattr(target.config, "eos_token_id", None),) if isinstance(i, int)]
         vocab_ids = choose_vocab(data, target.config.vocab_size, cfg.draft_vocab_size, cfg.gen_weight, always)
         vocab_path.write_text(json.dumps(vocab_ids.tolist()))
     dev = torch.device(cfg.device)
     head = DraftHead.for_target(target, vocab_ids=vocab_ids).to(dev)
+    if start is not None:
+        if not torch.equal(start.vocab_ids.cpu(), vocab_ids):
+            raise InvalidInputError(f"{out} holds a run with another draft vocabulary than {init}: use a new --out")
+        head.load_state_dict(start.state_dict())
+        log(f"initialised from {init}")
     head.attach_target(target)
     log(f"head: {param_count(head) / 1e6:.2f} M params, draft vocab {vocab_ids.numel()}")
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -401,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", default=None,
                    help="spec_bench_dev.jsonl: its odd-index questions (held apart) give the eval features")
     p.add_argument("--eval-prompts", type=int, default=10)
+    p.add_argument("--rag-qa", nargs="*", default=[], metavar="FILE",
+                   help="NQ-open / SQuAD style files: self-distil the target's answers to their training questions "
+                        "asked as plain-RAG requests over retrieved passages (read at run time)")
+    p.add_argument("--rag-holdout", type=int, default=300, help="first questions of each --rag-qa file held out")
+    p.add_argument("--rag-limit", type=int, default=None, help="training questions per --rag-qa file")
+    p.add_argument("--rag-top-k", type=int, default=4, help="passages retrieved per --rag-qa question")
+    p.add_argument("--init", default=None,
+                   help="fine-tune from a draft-head checkpoint ('default': the shipped one) instead of random weights")
     p.add_argument("--out", required=True, help="output folder (features, state, draft_head.safetensors)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--device", default="cpu")
@@ -453,6 +481,21 @@ def prepare_features(model, tok, args, work: Path, log: Callable[[str], None] = 
         d = work / f"feat_gen_{Path(name).stem}"
         extract_features(model, read_generations(gpath), d, desc=f"gen {name}")
         train_dirs.append(d)
+    if args.rag_qa:
+        from ..refrag.encoder import ChunkEncoder
+        from .rag_prompts import rag_training_prompts
+
+        encoder = ChunkEncoder.load(None, tokenizer=tok, device=args.device)
+        prompts = sorted(rag_training_prompts(tok, args.rag_qa, encoder, holdout=args.rag_holdout,
+                                              top_k=args.rag_top_k, limit=args.rag_limit), key=len)
+        del encoder
+        gpath = work / "gen_rag_qa.jsonl"
+        n = generate_self_distill(model, tok, prompts, gpath, max_new_tokens=args.max_new_tokens, batch_size=8,
+                                  deadline=deadline)
+        log(f"self-distillation rag-qa: {n}/{len(prompts)} requests answered")
+        d = work / "feat_gen_rag_qa"
+        extract_features(model, read_generations(gpath), d, deadline=deadline, desc="gen rag-qa")
+        train_dirs.append(d)
     for name in args.corpus:
         if name in (args.self_distill or []):
             continue
@@ -490,8 +533,15 @@ def main(argv: list[str] | None = None) -> int:
               "eval_data": args.eval_data, "command": "refrag-rasd train-draft " + " ".join(argv or sys.argv[1:])}
     if trained_on is not None:
         recipe["trained_on"] = trained_on
+    if args.rag_qa:
+        from .rag_prompts import rag_training_record
+
+        recipe["rag_qa_trained_on"] = rag_training_record(args.rag_qa, holdout=args.rag_holdout,
+                                                          top_k=args.rag_top_k, limit=args.rag_limit)
+    if args.init:
+        recipe["init"] = args.init
     train_draft(model.to(args.device), [str(d) for d in train_dirs], out, [str(d) for d in eval_dirs], cfg,
-                recipe=recipe, resume=args.resume, log=log)
+                recipe=recipe, resume=args.resume, log=log, init=args.init)
     return 0
 
 

@@ -39,7 +39,7 @@ from ..chunking import chunk_texts, chunk_token_ids
 from ..context import layout_prompt
 from .batches import Row
 
-__all__ = ["QAExample", "answer_chunks", "build_qa_examples", "load_qa_split", "rag_row"]
+__all__ = ["QAExample", "answer_chunks", "build_qa_examples", "load_qa_split", "rag_row", "retrieve_top_k"]
 
 RETRIEVAL_MAX_LENGTH = 256  # encoder tokens read per passage for retrieval (all-MiniLM-L6-v2's own limit)
 
@@ -122,6 +122,16 @@ def _vectors(encoder: Any, texts: Sequence[str], *, batch: int = 32, **kw: Any) 
     return torch.cat(out, 0) if out else torch.empty(0, encoder.dim)
 
 
+def retrieve_top_k(encoder: Any, questions: Sequence[str], corpus: Sequence[str], top_k: int) -> list[list[int]]:
+    """Per question, the indices of its ``top_k`` passages of ``corpus`` in rank order: cosine similarity of
+    mean-pooled encoder vectors (what the store's retriever does)."""
+    pvec = torch.nn.functional.normalize(
+        _vectors(encoder, corpus, pooling="mean", max_length=RETRIEVAL_MAX_LENGTH), dim=-1)
+    qvec = torch.nn.functional.normalize(
+        _vectors(encoder, questions, pooling="mean", max_length=RETRIEVAL_MAX_LENGTH), dim=-1)
+    return (qvec @ pvec.T).topk(min(top_k, len(corpus)), dim=-1).indices.tolist()
+
+
 def build_qa_examples(splits: Sequence[tuple[list[QAItem], list[QAItem], list[str]]], tokenizer: Any,
                       encoder: Any, cache_dir: str | Path, *, top_k: int = 5, limit: int | None = None,
                       log: Callable[[str], None] = print) -> list[QAExample]:
@@ -141,13 +151,9 @@ def build_qa_examples(splits: Sequence[tuple[list[QAItem], list[QAItem], list[st
         for f, (train, _, corpus) in enumerate(splits):
             train = train[:limit]
             log(f"qa file {f}: {len(train)} training questions, retrieval over {len(corpus)} passages")
-            pvec = torch.nn.functional.normalize(
-                _vectors(encoder, corpus, pooling="mean", max_length=RETRIEVAL_MAX_LENGTH), dim=-1)
             qtexts = [it.question for it in train]
-            qret = torch.nn.functional.normalize(
-                _vectors(encoder, qtexts, pooling="mean", max_length=RETRIEVAL_MAX_LENGTH), dim=-1)
+            top = retrieve_top_k(encoder, qtexts, corpus, top_k)
             qvecs.append(_vectors(encoder, qtexts))  # the chunk pooling: what the policy compares chunks with
-            top = (qret @ pvec.T).topk(min(top_k, len(corpus)), dim=-1).indices.tolist()
             used = sorted({i for t in top for i in t})
             ids = {i: tokenizer(corpus[i], add_special_tokens=False)["input_ids"] for i in used}
             vecs = encoder.encode_passages([ids[i] for i in used], progress=len(used) > 200)
