@@ -17,10 +17,15 @@ in the answers, with the target's true features up to the root:
   keeps the ``beam`` best nodes by cumulative log-prob among the children (top ``k`` each) of the previous
   depth; accepted = the longest path matching the target's greedy tokens.
 
-Usage (from the repository root, ~3-5 minutes on a 2-core CPU):
+A second held-out set, of the requests the engine serves most (``--rag-qa``): the target's greedy answers to
+plain-RAG requests for the first ``--rag-n`` questions of NQ-open / SQuAD files (inside the 300 that draft and
+REFRAG training hold out), each over its 4 retrieved passages. ``--compare CKPT`` measures a second head (e.g.
+the previous one) on the same sets.
+
+Usage (from the repository root, ~5-8 minutes on a 2-core CPU):
     PYTHONPATH=core python benchmarks/draft_head.py [--spec-bench PATH] [--checkpoint PATH] [--threads 2]
-        [--machine NAME]
-(``--spec-bench`` defaults to ``../shared/data/spec_bench_dev.jsonl`` when it exists.)
+        [--rag-qa NQ.jsonl SQUAD.jsonl] [--compare CKPT] [--machine NAME] [--out PATH]
+(``--spec-bench`` / ``--rag-qa`` default to ``../shared/data/`` files when they exist.)
 Writes benchmarks/results/draft-head-<machine>.json and prints a summary.
 """
 
@@ -238,6 +243,28 @@ def eval_features(model, tok, work: Path, indices: tuple[int, ...], path: str) -
     return list(FeatureStore(work / "feat").iter_sequences())
 
 
+def rag_eval_features(model, tok, work: Path, files: list[str], per_file: int) -> list:
+    """The target's greedy answers (128 tokens) to held-out plain-RAG requests: the first ``per_file`` questions
+    of each NQ-open / SQuAD file (inside the 300 that training holds out), each over its 4 passages retrieved
+    from the whole file, laid out as the engine lays out the request."""
+    from refrag_rasd_core.eagle.rag_prompts import rag_training_prompts
+    from refrag_rasd_core.refrag.encoder import ChunkEncoder
+
+    encoder = ChunkEncoder.load(None, tokenizer=tok)
+    prompts = sorted(rag_training_prompts(tok, files, encoder, holdout=0, top_k=4, limit=per_file), key=len)
+    generate_self_distill(model, tok, prompts, work / "gen_rag.jsonl", max_new_tokens=128, batch_size=8)
+    extract_features(model, read_generations(work / "gen_rag.jsonl"), work / "feat_rag", show_progress=False)
+    return list(FeatureStore(work / "feat_rag").iter_sequences())
+
+
+def acceptance(head, sets: dict[str, list]) -> dict:
+    """Teacher-forced acceptance and the package's tree builder at two budgets, per evaluation set."""
+    return {name: {"teacher_forced": evaluate(head, seqs, depth=5, tree_k=(1, 2, 4)),
+                   "build_draft_tree": [builder_tree(head, seqs, depth=5, top_k=4, total_tokens=16),
+                                        builder_tree(head, seqs, depth=6, top_k=8, total_tokens=32)]}
+            for name, seqs in sets.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default=None, help="draft head (default: the shipped one)")
@@ -248,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--indices", default="5,7", help="odd indices within each category to evaluate on")
     ap.add_argument("--eval-features", default=None, help="reuse a feature folder instead of generating")
     ap.add_argument("--e2e", type=int, default=3, help="prompts decoded end to end with a chain draft")
+    ap.add_argument("--rag-qa", nargs="*", default=None,
+                    help="NQ-open / SQuAD files for a held-out plain-RAG evaluation set (default: the shared "
+                         "nq_open_dev.jsonl and squad_dev.jsonl when they exist; none given: skipped)")
+    ap.add_argument("--rag-n", type=int, default=16, help="held-out RAG questions per --rag-qa file")
+    ap.add_argument("--compare", default=None,
+                    help="a second draft head (e.g. the previous one) measured on the same evaluation sets")
     ap.add_argument("--machine", default=f"{platform.machine()}-{os.cpu_count()}cpu")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -267,6 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory() as d:
             seqs = eval_features(model, tok, Path(d), indices, args.spec_bench)
+    rag_files = args.rag_qa
+    if rag_files is None:
+        from refrag_rasd_core.shared_data import default_data_path
+
+        rag_files = [str(p) for p in (default_data_path(n) for n in ("nq_open_dev.jsonl", "squad_dev.jsonl")) if p]
+    rag_seqs: list = []
+    if rag_files:
+        with tempfile.TemporaryDirectory() as d:
+            rag_seqs = rag_eval_features(model, tok, Path(d), rag_files, args.rag_n)
+    sets = {"spec_bench_odd": seqs, **({"rag_qa_heldout": rag_seqs} if rag_seqs else {})}
     gen_s = time.time() - t0
     ctx = torch.cat([s[0] for s in seqs])[:512]
     costs = time_costs(model, head, ctx)
@@ -294,7 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         "acceptance_teacher_forced": acc,
         "acceptance_dynamic_tree": trees,
         "end_to_end_chain_depth4": e2e,
+        "by_eval_set": acceptance(head, sets),
+        "eval_sets": {name: {"sequences": len(v), "answer_tokens": int(sum(int(x[2].sum()) for x in v))}
+                      for name, v in sets.items()},
     }
+    if rag_files:
+        res["eval_sets"]["rag_qa_heldout"]["files"] = [Path(f).name for f in rag_files]
+    if args.compare:
+        other = load_draft_head(args.compare, model) if args.compare != "default" else load_default_draft_head(model)
+        res["compare"] = {"checkpoint": args.compare, "by_eval_set": acceptance(other, sets)}
     out = Path(args.out or Path(__file__).parent / "results" / f"draft-head-{args.machine}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
@@ -309,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     for e in e2e:
         print(f"e2e {e['category']}: {e['tokens_per_verify']:.2f} tokens/verify, equal {e['equal_to_greedy']}, "
               f"spec {e['spec_s']} s vs generate {e['plain_generate_s']} s")
+    for who, by in [("head", res["by_eval_set"])] + ([("compare", res["compare"]["by_eval_set"])] if args.compare
+                                                     else []):
+        for name, r in by.items():
+            tf, bt = r["teacher_forced"], r["build_draft_tree"]
+            print(f"{who} on {name}: top-1 {tf['top1_agreement']:.3f}, chain(5) {tf['mean_accepted_chain']:.2f}, "
+                  f"tree 16 nodes {bt[0]['tokens_per_step']:.2f} / 32 nodes {bt[1]['tokens_per_step']:.2f} tokens per step")
     print(f"wrote {out}")
     return 0
 

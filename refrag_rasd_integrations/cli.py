@@ -46,6 +46,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32 / float16 / bfloat16 (default: fp32 on CPU, bf16 on GPU)")
 
 
+def _weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default="exact", choices=("exact", "int4"),
+                   help="int4 (opt-in): run 4-bit weights (the default model's Q4_1 linears) with the int4 kernel "
+                        "and bf16 activations on CPU: faster decoding, outputs may differ slightly from the exact "
+                        "model's (transformers' peers in the benchmarks stay exact)")
+
+
 def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -85,12 +92,13 @@ def _setup_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw", action="store_true", help="send the prompt as plain text, without the chat template")
     p.add_argument("--system", default=None, help="an optional system message")
     _model_args(p)
+    _weights_arg(p)
     _generation_args(p)
 
 
 @command("generate", "stream an answer from the model and print the statistics", _setup_generate)
 def cmd_generate(args: argparse.Namespace) -> int:
-    engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
     if args.raw:
         prompt: str | list[dict[str, str]] = args.prompt
     else:
@@ -135,6 +143,7 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="write the results JSON here")
     p.add_argument("--draft-model", default=None,
                    help="a separate draft model sharing the target's tokenizer, for the hf-assisted peer")
+    _weights_arg(p)
     g = p.add_argument_group("prefill suite")
     g.add_argument("--k", type=int, default=16, help="chunk size the REFRAG checkpoint must have")
     g.add_argument("--expand", default="0,0.1,0.25", help="expansion fractions p")
@@ -158,7 +167,8 @@ def _bench_prefill(args: argparse.Namespace, questions: list, exclude: set) -> d
     from .bench.data import load_questions
     from .bench.prefill import format_table, run_prefill_suite
 
-    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, refrag=args.refrag or "auto")
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
+                         refrag=args.refrag or "auto")
     if engine.refrag is None:
         raise RefragRasdError("no REFRAG checkpoint for this model: pass --refrag PATH (see train-refrag)")
     if engine.refrag.k != args.k:
@@ -177,7 +187,8 @@ def _bench_rag(args: argparse.Namespace) -> dict:
     from .bench.rag import format_table, index_rows, load_rag_rows, run_rag_suite
     from .store import RefragChromaStore, chroma_dir
 
-    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, refrag=args.refrag or "auto")
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
+                         refrag=args.refrag or "auto")
     if not args.no_calibrate:
         engine.calibrate_verify_costs()
     rows = load_rag_rows(args.data)
@@ -207,7 +218,8 @@ def _bench_qa(args: argparse.Namespace) -> dict:
     items, passages = load_qa_file(args.data)
     if args.corpus:
         passages = corpus_passages(args.corpus)
-    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, refrag=args.refrag or "auto")
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
+                         refrag=args.refrag or "auto")
     if not args.no_calibrate:
         engine.calibrate_verify_costs()
     store = RefragChromaStore(collection_name(passages), path=args.store_dir or chroma_dir() / "bench",
@@ -244,13 +256,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             res = _bench_qa(args)
         else:
             res = _bench_rag(args)
-        res["settings"].update(data=str(args.data), held_out_only=not args.include_train)
+        res["settings"].update(data=str(args.data), held_out_only=not args.include_train, weights=args.weights)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(res, indent=1))
         return 0
     questions = load_questions(args.data, args.category, args.limit or 2, exclude_ids=exclude)
-    engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     spec = json.loads(args.spec) if args.spec else None
     assistant = None
@@ -266,7 +278,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     res = run_decode_suite(engine, questions, methods, max_new_tokens=args.max_new_tokens or 64,
                            temperature=args.temperature, repeats=args.repeats, spec=spec,
                            calibrate=not args.no_calibrate, assistant=assistant)
-    res["settings"].update(data=str(args.data), held_out_only=not args.include_train)
+    res["settings"].update(data=str(args.data), held_out_only=not args.include_train, weights=args.weights)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1))

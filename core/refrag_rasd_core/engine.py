@@ -42,6 +42,10 @@ __all__ = ["METHODS", "Engine", "GenerationConfig", "GenerationResult", "Generat
            "Prefill", "Prompt"]
 
 
+WEIGHTS = ("exact", "int4")
+"""How the target's linears run: as loaded, or (opt-in) 4-bit weights through the int4 kernel."""
+
+
 class Engine:
     """Generation over one target model, with every decoding method behind one loop.
 
@@ -49,7 +53,8 @@ class Engine:
     """
 
     def __init__(self, target: LoadedModel, *, drafter: Any = "auto", datastore: Any = None,
-                 refrag: Any = "auto", refrag_encoder: Any = None, forward: str = "auto") -> None:
+                 refrag: Any = "auto", refrag_encoder: Any = None, forward: str = "auto",
+                 weights: str = "exact") -> None:
         """``drafter``: a :class:`~refrag_rasd_core.rasd.draft_tree.Drafter` (an EAGLE head, a
         :class:`~refrag_rasd_core.rasd.draft_tree.CausalLMDrafter`), ``None`` for retrieval-only speculation,
         or ``"auto"``: the shipped EAGLE head when the target is the default model. ``datastore``: a shared
@@ -63,11 +68,20 @@ class Engine:
         :class:`~refrag_rasd_core.refrag.ChunkEncoder` for passages that come without chunk embeddings
         (default: the checkpoint's encoder, loaded on first need). ``forward``: what runs the target
         (:mod:`~refrag_rasd_core.forward`): ``"auto"`` (the lean forward for LLaMA / Qwen2 / Mistral on CPU
-        and CUDA, transformers' otherwise), ``"lean"`` or ``"hf"``; greedy outputs are the same either way."""
+        and CUDA, transformers' otherwise), ``"lean"`` or ``"hf"``; greedy outputs are the same either way.
+        ``weights``: ``"exact"`` (default: the weights as loaded, in their dtype) or ``"int4"`` (opt-in, lean
+        forward on CPU: linears whose weights lie on a 4-bit grid, as the default model's Q4_1 ones do, run
+        with the int4 kernel and bf16 activations; faster decoding, outputs may differ slightly from the
+        exact model's, speculative decoding stays lossless against this engine's own plain decoding;
+        :mod:`refrag_rasd_core.lean.int4`)."""
+        if weights not in WEIGHTS:
+            raise InvalidInputError(f"weights must be one of {WEIGHTS}, got {weights!r}")
         self.target = target
         self.model = target.model
         self.tokenizer = target.tokenizer
-        self.runner: TargetRunner | LeanRunner = make_runner(target.model, forward)
+        self.weights = weights
+        self.runner: TargetRunner | LeanRunner = make_runner(
+            target.model, forward, **({"int4": True} if weights == "int4" else {}))
         self.forward = runner_kind(self.runner)  # "lean" or "hf": what ``forward="auto"`` resolved to
         self.drafter = default_drafter(target) if isinstance(drafter, str) and drafter == "auto" else drafter
         check_drafter_vocab(self.drafter, target)

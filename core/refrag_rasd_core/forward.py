@@ -32,9 +32,21 @@ _LEAN_DEVICES = ("cpu", "cuda")
 
 def make_runner(model: Any, forward: str = "auto", **lean_options: Any) -> TargetRunner | LeanRunner:
     """The runner for ``model`` under the ``forward`` setting (see the module docstring); ``lean_options`` go
-    to :class:`~refrag_rasd_core.lean.LeanRunner` (``prepack=False`` turns MKL prepacking off)."""
+    to :class:`~refrag_rasd_core.lean.LeanRunner` (``prepack=False`` turns MKL prepacking off, ``int4=True``
+    runs 4-bit weights with the int4 kernel: it needs the lean forward on CPU)."""
     if forward not in FORWARDS:
         raise InvalidInputError(f"forward must be one of {FORWARDS}, got {forward!r}")
+    if lean_options.get("int4"):
+        from .lean.int4 import int4_available
+
+        reason = unsupported_reason(model)
+        device = next(model.parameters()).device
+        problem = ("forward='hf' was asked" if forward == "hf" else reason if reason is not None
+                   else f"the model is on {device.type}" if device.type != "cpu"
+                   else "this torch build lacks the CPU int4 kernels" if not int4_available() else None)
+        if problem is not None:
+            raise InvalidInputError(f"weights='int4' runs on the lean forward on CPU only ({problem})")
+        return LeanRunner(model, **lean_options)
     if forward == "hf":
         return TargetRunner(model)
     reason = unsupported_reason(model)

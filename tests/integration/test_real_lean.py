@@ -98,3 +98,34 @@ def test_engine_greedy_lean_equals_hf_on_the_real_model(real_engine, hf_engine, 
     assert margin < TIE_MARGIN, f"lean and hf differ at token {i} with a clear logit margin {margin:.4g}"
     warnings.warn(f"lean vs hf ({method}, {context}): diverge at token {i} at a float32 near-tie "
                   f"(margin {margin:.2e})", stacklevel=1)
+
+
+# ---- opt-in int4 weights on the real model ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def int4_engine(real_engine):
+    from refrag_rasd_core.lean.int4 import int4_available
+
+    if not int4_available():
+        pytest.skip("this torch build has no CPU int4 kernels")
+    return Engine(real_engine.target, weights="int4")
+
+
+def test_int4_runs_every_q4_linear_and_stays_close(real_engine, int4_engine, question):
+    """The default model's 120 Q4_1 decoder linears run int4 (its Q8_0 LM head stays fp32); logits stay within
+    bf16 tolerance of the exact forward."""
+    assert int4_engine.runner.int4_linears == (120, 121)
+    ids = torch.tensor([real_engine.encode_prompt(question.messages)])
+    exact, _ = real_engine.runner.forward(ids, real_engine.runner.new_cache(), logits_at=None)
+    fast, _ = int4_engine.runner.forward(ids, int4_engine.runner.new_cache(), logits_at=None)
+    rel = float((fast - exact).abs().max() / exact.abs().max())
+    agree = float((fast.argmax(-1) == exact.argmax(-1)).float().mean())
+    assert rel < 0.1 and agree > 0.9, (rel, agree)
+
+
+@pytest.mark.parametrize("method", ["pld", "rasd"])
+def test_int4_speculation_equals_int4_plain_decoding(int4_engine, question, method):
+    prompt = question.messages[-1]["content"].splitlines()[-1]
+    kw = {"passages": question.passages, "context": "text", "max_new_tokens": 48}
+    base = int4_engine.generate(prompt, **kw)
+    out = int4_engine.generate(prompt, method=method, **kw)
+    assert out.token_ids == base.token_ids

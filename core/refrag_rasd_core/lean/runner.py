@@ -73,10 +73,11 @@ class LeanRunner:
     """A LLaMA-family target's forward in plain tensor code (see the module docstring)."""
 
     def __init__(self, model: Any, *, prepack: bool | None = None, plans: dict[str, PackPlan] | None = None,
-                 shared: dict[Any, Any] | None = None) -> None:
+                 shared: dict[Any, Any] | None = None, int4: bool = False) -> None:
         """``prepack``: use prepared weights (MKL-packed, oneDNN) where measured faster (``None``: on CPU
-        when available; ``False``: never, plain ``F.linear``). ``plans``: given plans instead of measuring; ``shared``: linears to reuse (see
-        :meth:`sibling`)."""
+        when available; ``False``: never, plain ``F.linear``). ``plans``: given plans instead of measuring;
+        ``shared``: linears to reuse (see :meth:`sibling`). ``int4``: run the linears whose weights lie on a
+        4-bit grid with the int4 kernel (opt-in; :mod:`refrag_rasd_core.lean.int4` says what it changes)."""
         self.model = model
         self.config = model.config
         self.device = next(model.parameters()).device
@@ -85,16 +86,30 @@ class LeanRunner:
             plans = pack_plans(model) if prepack is not False else {"decoder": NO_PACKING, "head": NO_PACKING}
         self.plans = plans
         self._shared: dict[Any, Any] = shared if shared is not None else {}
-        self.weights = lean_weights(model, plans, self._shared)
+        self.int4 = bool(int4)
+        self.weights = lean_weights(model, plans, self._shared, int4=self.int4)
 
     def sibling(self, model: Any) -> LeanRunner:
         """A runner over another weight set of the same architecture (the REFRAG-adapted copy): the same
-        pack plans, and the linears it does not change shared, not packed twice."""
-        return LeanRunner(model, plans=self.plans, shared=self._shared)
+        pack plans (and int4 setting), and the linears it does not change shared, not packed twice."""
+        return LeanRunner(model, plans=self.plans, shared=self._shared, int4=self.int4)
+
+    @property
+    def int4_linears(self) -> tuple[int, int]:
+        """``(linears running int4, all linears)`` of this runner's layers and LM head."""
+        from .int4 import Int4Linear
+
+        lins = [lin for layer in self.weights.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        lins.append(self.weights.head)
+        return sum(isinstance(lin, Int4Linear) for lin in lins), len(lins)
 
     def describe(self) -> str:
         """One line: what runs the linears."""
-        return f"lean forward; decoder: {self.plans['decoder'].describe()}; head: {self.plans['head'].describe()}"
+        text = f"lean forward; decoder: {self.plans['decoder'].describe()}; head: {self.plans['head'].describe()}"
+        if self.int4:
+            n, total = self.int4_linears
+            text += f"; int4 kernel (bf16 activations) on {n} of {total} linears, the rest as planned"
+        return text
 
     def new_cache(self, capacity: int = 0) -> LeanCache:
         w = self.weights

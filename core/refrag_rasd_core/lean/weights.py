@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .int4 import Int4Linear
 from .linear import NO_PACKING, PackedLinear, PackPlan
 
 __all__ = ["LeanLayer", "LeanWeights", "SUPPORTED", "lean_weights", "linear_groups", "unsupported_reason"]
@@ -148,11 +149,12 @@ def linear_groups(model: Any) -> dict[str, list[torch.Tensor]]:
 
 @torch.no_grad()
 def lean_weights(model: Any, plans: dict[str, PackPlan] | None = None,
-                 shared: dict[Any, PackedLinear] | None = None) -> LeanWeights:
+                 shared: dict[Any, Any] | None = None, int4: bool = False) -> LeanWeights:
     """Lay out ``model`` (supported: see :func:`unsupported_reason`) for the lean forward, packing each linear
     as ``plans["decoder"]`` / ``plans["head"]`` say. ``shared``: linears built before (keyed by where their
     weight lives), reused instead of packed again: the REFRAG-adapted copy shares every weight it does not
-    adapt (its head, usually) with the stock model."""
+    adapt (its head, usually) with the stock model. ``int4``: matrices whose values lie on a 4-bit grid run as
+    :class:`~refrag_rasd_core.lean.int4.Int4Linear` (opt-in: bf16 activations; see that module)."""
     reason = unsupported_reason(model)
     if reason is not None:
         raise ValueError(f"the lean forward does not support this model: {reason}")
@@ -165,11 +167,11 @@ def lean_weights(model: Any, plans: dict[str, PackPlan] | None = None,
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
 
-    def linear(weight: torch.Tensor, bias: torch.Tensor | None, plan: PackPlan) -> PackedLinear:
-        key = (weight.data_ptr(), tuple(weight.shape), weight.dtype, id(plan))
+    def linear(weight: torch.Tensor, bias: torch.Tensor | None, plan: PackPlan) -> Any:
+        key = (weight.data_ptr(), tuple(weight.shape), weight.dtype, id(plan), int4)
         if bias is None and key in shared:
             return shared[key]
-        out = PackedLinear(weight, bias, plan)
+        out = (Int4Linear.from_weight(weight, bias) if int4 else None) or PackedLinear(weight, bias, plan)
         if bias is None:
             shared[key] = out
         return out
