@@ -2,11 +2,13 @@
 
 1. One forward of M new positions (M = 1, 2, 4, 8, 16, 32: a plain step and tree verifies with a bushy
    tree's mask and positions) over a KV cache of ~700 positions (a real RAG prompt), for
-   :class:`~refrag_rasd_core.target.TargetRunner` (transformers' forward) and
-   :class:`~refrag_rasd_core.lean.LeanRunner`, interleaved in one process; median of the repeats.
+   :class:`~refrag_rasd_core.target.TargetRunner` (transformers' forward),
+   :class:`~refrag_rasd_core.lean.LeanRunner` and, when the torch build has the kernels, the lean forward with
+   the opt-in int4 weights (``lean_int4``), interleaved in one process; median of the repeats.
 2. Vanilla greedy decoding of 128 tokens on a few RAG prompts: ``Engine(forward="hf")``,
    ``Engine(forward="lean")`` and transformers' ``model.generate``, interleaved per prompt; decode
-   tokens/s (after the first token) and whether the three outputs are equal.
+   tokens/s (after the first token) and whether the three outputs are equal (and ``Engine(weights="int4")``:
+   its rate and whether its output equals the exact model's).
 
 Usage (from the repository root, ~3 minutes on a 2-core CPU):
     HF_HUB_OFFLINE=1 PYTHONPATH=core:. python benchmarks/forward_cost.py [--prompts 3] [--repeats 9]
@@ -56,9 +58,11 @@ def bushy_tree(n: int) -> TokenTree:
     return tree
 
 
-def forward_costs(model, ctx_ids: list[int], repeats: int) -> dict:
-    """Median ms of one forward at each M, both runners, over the same cached context."""
+def forward_costs(model, ctx_ids: list[int], repeats: int, int4: bool = False) -> dict:
+    """Median ms of one forward at each M, every runner, over the same cached context."""
     runners = {"hf": TargetRunner(model), "lean": LeanRunner(model)}
+    if int4:
+        runners["lean_int4"] = LeanRunner(model, int4=True)
     ctx = len(ctx_ids)
     caches = {}
     for name, r in runners.items():
@@ -81,17 +85,23 @@ def forward_costs(model, ctx_ids: list[int], repeats: int) -> dict:
     return {"context": ctx, "repeats": repeats, "ms": med,
             "relative_to_m1": {name: {m: round(v[m] / v[1], 3) for m in SIZES} for name, v in med.items()},
             "lean_speedup": {m: round(med["hf"][m] / med["lean"][m], 3) for m in SIZES},
+            **({"lean_int4_speedup": {m: round(med["hf"][m] / med["lean_int4"][m], 3) for m in SIZES},
+                "lean_int4_plan": runners["lean_int4"].describe()} if int4 else {}),
             "lean_plan": runners["lean"].describe(),
             "lean_plan_timings": {g: p.timings for g, p in runners["lean"].plans.items()}}
 
 
-def decode_rates(target, prompts: list[list[dict]], max_new: int) -> dict:
-    """Vanilla decoding with the engine (both forwards) and with ``model.generate``: decode tokens/s."""
+def decode_rates(target, prompts: list[list[dict]], max_new: int, int4: bool = False) -> dict:
+    """Vanilla decoding with the engine (both forwards, and int4 weights when asked) and with
+    ``model.generate``: decode tokens/s; int4's output is compared with the exact one (first divergence)."""
     t0 = time.perf_counter()
     engines = {"hf": Engine(target, drafter=None, refrag=None, forward="hf")}
     t1 = time.perf_counter()
     engines["lean"] = Engine(target, drafter=None, refrag=None, forward="lean")
     t2 = time.perf_counter()
+    if int4:
+        engines["lean_int4"] = Engine(target, drafter=None, refrag=None, forward="lean", weights="int4")
+    t3 = time.perf_counter()
     rows = []
     for messages in prompts:
         row: dict = {}
@@ -115,14 +125,24 @@ def decode_rates(target, prompts: list[list[dict]], max_new: int) -> dict:
                            "decode_tok_s": round((len(out) - 1) / max((c - b) - (b - a), 1e-9), 2)}
         tokens["generate"] = out
         row["equal_outputs"] = tokens["hf"] == tokens["lean"] == tokens["generate"]
+        if int4:
+            a, b = tokens["lean_int4"], tokens["generate"]
+            row["int4_equal_to_exact"] = a == b
+            row["int4_first_difference"] = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                                                None if len(a) == len(b) else min(len(a), len(b)))
         rows.append(row)
         print(json.dumps(row))
     mean = {name: round(statistics.mean(r[name]["decode_tok_s"] for r in rows), 2)
-            for name in ("hf", "lean", "generate")}
-    return {"max_new_tokens": max_new, "prompts": rows, "mean_decode_tok_s": mean,
-            "lean_vs_generate": round(mean["lean"] / mean["generate"], 3),
-            "lean_vs_hf": round(mean["lean"] / mean["hf"], 3),
-            "engine_build_s": {"hf": round(t1 - t0, 2), "lean": round(t2 - t1, 2)}}
+            for name in (*engines, "generate")}
+    out = {"max_new_tokens": max_new, "prompts": rows, "mean_decode_tok_s": mean,
+           "lean_vs_generate": round(mean["lean"] / mean["generate"], 3),
+           "lean_vs_hf": round(mean["lean"] / mean["hf"], 3),
+           "engine_build_s": {"hf": round(t1 - t0, 2), "lean": round(t2 - t1, 2)}}
+    if int4:
+        out.update(lean_int4_vs_generate=round(mean["lean_int4"] / mean["generate"], 3),
+                   int4_equal_to_exact=sum(r["int4_equal_to_exact"] for r in rows) / len(rows))
+        out["engine_build_s"]["lean_int4"] = round(t3 - t2, 2)
+    return out
 
 
 def main() -> None:
@@ -132,15 +152,19 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--context", type=int, default=700)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-int4", action="store_true", help="skip the opt-in int4 weights (Engine(weights='int4'))")
     args = ap.parse_args()
+    from refrag_rasd_core.lean.int4 import int4_available
+
+    int4 = int4_available() and not args.no_int4
     target = load_target(device="cpu")
     prompts = rag_prompts(args.prompts)
     tok = target.tokenizer
     ctx_ids = (tok.apply_chat_template(prompts[0], add_generation_prompt=True, tokenize=True, return_dict=False)
                * 4)[:args.context]
-    costs = forward_costs(target.model, list(ctx_ids), args.repeats)
+    costs = forward_costs(target.model, list(ctx_ids), args.repeats, int4=int4)
     print("forward ms at M:", json.dumps(costs["ms"]), "\nlean plan:", costs["lean_plan"])
-    decode = decode_rates(target, prompts, args.max_new_tokens)
+    decode = decode_rates(target, prompts, args.max_new_tokens, int4=int4)
     print("decode tok/s:", json.dumps(decode["mean_decode_tok_s"]))
     info = machine_info("cpu")
     out = {"what": "one target forward at M new positions over a ~700-position cache (transformers' forward vs "

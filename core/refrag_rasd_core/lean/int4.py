@@ -17,6 +17,7 @@ against the fp32 model. Matrices that are not on a 4-bit grid (the LM head, a RE
 Example:
     >>> import torch
     >>> q = torch.randint(0, 16, (64, 64)).float()
+    >>> q[:, 0::32], q[:, 1::32] = 0, 15                      # each block spans its 16 levels (as Q4_1's do)
     >>> w = q * 0.01 - 0.08                                   # a 4-bit grid: one scale and offset per 32 values
     >>> lin = Int4Linear.from_weight(w, None)
     >>> lin is not None and int4_grid(torch.randn(64, 64)) is None
@@ -46,7 +47,8 @@ def int4_available() -> bool:
 @torch.no_grad()
 def int4_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(q int32 [N, K] in 0..15, scales_and_zeros fp32 [K / 32, N, 2])`` when every block of 32 values of
-    ``weight`` (along the input dimension) is ``lo + step * q`` with ``q`` in 0..15, else ``None``."""
+    ``weight`` (along the input dimension) is ``lo + step * q`` with ``q`` in 0..15, ``lo`` its minimum and
+    ``lo + 15 step`` its maximum (how Q4_1 quantizers place the grid), else ``None``."""
     if weight.dim() != 2 or weight.shape[1] % GROUP or not torch.is_floating_point(weight):
         return None
     n, k = weight.shape
