@@ -94,7 +94,7 @@ class GenerationRequest:
             prompt, found = _recognize(prompt, reg)
             recognized = len(found)
         if context == "auto":
-            context = "none" if not found else _auto_context(engine, settings)
+            context = "none" if not found else _auto_context(engine, settings, found)
         if context != "none":
             settings["context"] = context
         return cls(engine=engine, prompt=prompt, passages=found, settings=settings,
@@ -140,11 +140,16 @@ def iter_pieces(req: GenerationRequest) -> Iterator[tuple[str, Any]]:
     yield "", stream.stats
 
 
-def _auto_context(engine: Any, settings: dict[str, Any]) -> str:
+def _auto_context(engine: Any, settings: dict[str, Any], passages: Sequence[Any]) -> str:
     """Resolve ``context="auto"`` for a request with passages to the engine's measured operating point
     (:meth:`Engine.auto_context <refrag_rasd_core.engine.Engine.auto_context>`: plain RAG unless the REFRAG
-    checkpoint records a compressed setting that keeps plain RAG's answers); settings the caller gave win."""
-    point = engine.auto_context() if has_refrag(engine) else {"context": "text"}
+    checkpoint records a compressed setting that keeps plain RAG's answers, for all contexts or for ones as
+    long as these passages); settings the caller gave win."""
+    if has_refrag(engine):
+        n_tokens = sum(len(ids) for ids in engine.passage_token_ids(passages))
+        point = engine.auto_context(passage_tokens=n_tokens)
+    else:
+        point = {"context": "text"}
     for key, value in point.items():
         if key != "context":
             settings.setdefault(key, value)

@@ -72,7 +72,8 @@ class Engine:
         ``weights``: ``"exact"`` (default: the weights as loaded, in their dtype) or ``"int4"`` (opt-in, lean
         forward on CPU: linears whose weights lie on a 4-bit grid, as the default model's Q4_1 ones do, run
         with the int4 kernel and bf16 activations; faster decoding, outputs may differ slightly from the
-        exact model's, speculative decoding stays lossless against this engine's own plain decoding;
+        exact model's, and speculative output can differ from this engine's own plain decoding at near-ties
+        (a many-row verify and a one-row step round differently in bf16; sampling likewise up to that noise);
         :mod:`refrag_rasd_core.lean.int4`)."""
         if weights not in WEIGHTS:
             raise InvalidInputError(f"weights must be one of {WEIGHTS}, got {weights!r}")
@@ -179,17 +180,26 @@ class Engine:
         """What a store's chunk embeddings must match to be read by this engine (encoder, k, tokenizer...)."""
         return self._require_refrag().signature(self.tokenizer)
 
-    def auto_context(self) -> dict[str, Any]:
+    def auto_context(self, passage_tokens: int | None = None) -> dict[str, Any]:
         """The settings ``context="auto"`` stands for when passages come with a request: the operating point
         recorded in the REFRAG checkpoint (its sidecar's ``"auto"``: chosen on the qa suite as the fastest
         setting that keeps at least 95% of plain RAG's right answers), else plain RAG, ``{"context": "text"}``.
-        So by default an answer is never worse than plain RAG; compression is there when asked for.
+        A point may carry a ``"long"`` one, measured on long retrieved contexts, that applies when the
+        request's passages hold at least its ``min_passage_tokens`` tokens (``passage_tokens``): a small
+        decoder reads compressed passages better than thousands of raw tokens. So by default an answer is
+        never worse than plain RAG on the dev questions; compression is there when asked for.
 
         Example:
             >>> engine.auto_context()                    # doctest: +REAL_MODEL
             {'context': 'text'}
+            >>> engine.auto_context(passage_tokens=3000)["context"]    # doctest: +REAL_MODEL
+            'compressed'
         """
         point = dict((self.refrag.meta.get("auto") or {}) if self.refrag is not None else {})
+        long = point.get("long") or {}
+        if (passage_tokens is not None and long.get("context") == "compressed"
+                and passage_tokens >= int(long.get("min_passage_tokens", 0))):
+            point = long
         if point.get("context") != "compressed":
             return {"context": "text"}
         return {"context": "compressed", **{k: point[k] for k in ("expand", "expand_tokens", "policy") if k in point}}

@@ -251,6 +251,15 @@ def test_auto_context_is_the_checkpoints_measured_point(parts, store):
     meta = run(half, engine_kwargs={"expand": 0.0})  # the caller's setting wins over the point's
     assert meta["context"] == "compressed" and meta["stats"]["expanded_chunks"] == 0
 
+    # a "long" point applies only to requests whose passages hold at least its min_passage_tokens
+    for threshold, expected in ((1, "compressed"), (10**6, "text")):
+        long = {"context": "text", "long": {**point, "min_passage_tokens": threshold}}
+        eng = Engine(loaded, drafter=None, refrag=tiny_refrag(loaded, enc, auto=long), refrag_encoder=enc)
+        assert eng.auto_context()["context"] == "text"  # no length given: the base point
+        assert eng.auto_context(passage_tokens=threshold) == point
+        assert eng.auto_context(passage_tokens=threshold - 1)["context"] == "text"
+        assert run(eng)["context"] == expected, threshold
+
 
 @pytest.mark.parametrize("cls", ["chat", "llm", "llama"])
 @pytest.mark.parametrize("bad", [{"method": "fast"}, {"context": "maybe"}, {"max_tokens": 0}, {"top_p": 0.0},
