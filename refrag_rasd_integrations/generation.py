@@ -16,7 +16,8 @@ How passages reach the engine:
 
 With passages, ``context="auto"`` means the operating point measured for the engine's REFRAG checkpoint
 (``Engine.auto_context()``): plain RAG (``"text"``) unless the checkpoint records a compressed setting that
-keeps at least 95% of plain RAG's right answers on the qa suite; ``"compressed"`` (REFRAG: stored chunk
+keeps at least 95% of plain RAG's right answers on the qa suite, for every request or (its ``"long"`` point) for
+requests whose passages hold at least so many tokens; ``"compressed"`` (REFRAG: stored chunk
 vectors, no encoder at query time) is there when asked for. Without passages the prompt is used as it is and
 RASD looks up continuations in the prompt itself.
 

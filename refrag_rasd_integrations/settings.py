@@ -73,7 +73,8 @@ class ModelSettings(BaseModel):
     """Decoding: ``rasd`` (default), ``pld``, ``rest``, ``draft`` or ``vanilla``."""
     context: str = "auto"
     """``auto`` (the engine's measured operating point when passages are handed over: plain RAG unless the
-    REFRAG checkpoint records a compressed setting that keeps its answers), ``compressed`` (REFRAG),
+    REFRAG checkpoint records a compressed setting that keeps its answers, for all requests or for long
+    contexts), ``compressed`` (REFRAG),
     ``text`` (plain RAG) or ``none`` (passages feed RASD's datastore only)."""
     max_tokens: int = 256
     temperature: float = 0.0
