@@ -126,25 +126,40 @@ def _shipped_or_not(settings: dict) -> str:
     return " (the shipped one)" if json.loads(side.read_text()).get("sha256") == sha else " (an earlier checkpoint)"
 
 
+SHIPPED_REFRAG = ROOT / "core" / "refrag_rasd_core" / "checkpoints" / "smollm2-135m-instruct-refrag-k16.json"
+
+
 def plot_frontier(files: list[Path], out: Path) -> bool:
-    """TTFT speedup over plain RAG against the share of plain RAG's right answers kept, one series per file."""
+    """TTFT speedup over plain RAG against the share of plain RAG's right answers kept: the runs measured with
+    the shipped REFRAG checkpoint (all runs when none was), colour by question set, marker by passages."""
     plt = _plt()
     if plt is None or not files:
         return False
+    runs = [(p, json.loads(p.read_text())) for p in files]
+    sha = json.loads(SHIPPED_REFRAG.read_text()).get("sha256") if SHIPPED_REFRAG.exists() else None
+    shipped = [(p, r) for p, r in runs if (r["settings"].get("refrag") or {}).get("sha256") == sha]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for p in files:
-        res = json.loads(p.read_text())
+    colours, markers = {}, {5: "o", 9: "s", 14: "^"}
+    for p, res in shipped or runs:
+        data = Path(str(res["settings"].get("data", p.stem))).stem
+        k = res["settings"].get("k")
+        colour = colours.setdefault(data, f"C{len(colours)}")
         pts = [(v["keeps_text_hits"], v["ttft_speedup_vs_text"], n) for n, v in res["methods"].items()
-               if v.get("keeps_text_hits") is not None]
-        sc = ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], label=p.stem)
+               if v.get("keeps_text_hits") is not None and n not in ("text", "default")]
+        ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], color=colour, marker=markers.get(k, "D"),
+                   label=f"{data}, top {k}")
         for x, y, n in pts:
-            ax.annotate(n, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=sc.get_facecolor()[0])
+            ax.annotate(n.removeprefix("compressed:"), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points",
+                        color=colour)
     ax.axvline(0.95, color="black", lw=0.8, ls="--")
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_xlabel("share of plain RAG's right answers kept")
     ax.set_ylabel("time-to-first-token speedup vs plain RAG")
-    ax.set_xlim(-0.02, 1.05)
-    ax.legend(fontsize=7)
+    ax.set_title("compressed settings (P:policy) of the shipped REFRAG checkpoint", fontsize=9)
+    ax.set_xlim(-0.02, 1.1)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=7)
     return _save(plt, fig, out)
 
 
