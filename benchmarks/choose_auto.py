@@ -69,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.long:
         long_results = [loaded[f] for f in args.long]
         lpoint, lworst = combined_point(long_results, args.keep)
-        if lpoint["context"] == "compressed":
-            shortest = min(r["methods"]["text"]["prefill_positions"] for r in long_results)
-            meta["auto"]["long"] = {**describe_point(lpoint, lworst, args.long, long_results, args.keep),
-                                    "min_passage_tokens": int(shortest)}
+        shortest = min(r["methods"]["text"]["prefill_positions"] for r in long_results)
+        meta["auto"]["long"] = {**describe_point(lpoint, lworst, args.long, long_results, args.keep),
+                                "min_passage_tokens": int(shortest)}  # a plain-RAG "long" point changes nothing
     sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     print(json.dumps(meta["auto"], indent=1))
     return 0

@@ -152,8 +152,7 @@ NB02 = [
 `RefragChromaStore.as_query_engine()` builds a LlamaIndex `RetrieverQueryEngine` whose synthesizer hands the
 retrieved **nodes themselves** (with their stored token ids and REFRAG chunk vectors) to the engine, instead
 of flattening them into a text prompt as LlamaIndex's default synthesizers do. The engine then lays out the
-context (`context="auto"`: the REFRAG checkpoint's measured operating point, for the shipped one plain RAG
-below 1,702 passage tokens and compressed above;
+context (`context="auto"`: the REFRAG checkpoint's measured operating point, plain RAG for the shipped one;
 `context="compressed"` for REFRAG's chunk vectors) and decodes with RASD.
 '''),
     SETUP,

@@ -6,8 +6,8 @@
    token ids and REFRAG chunk embeddings (resumable: a second run finds it indexed);
 3. answers the corpus's questions (written for it, with reference answers) through a LangChain chain
    ``retriever | PassagePrompt | ChatRefragRasd`` (or a LlamaIndex query engine with ``--llamaindex``) with the
-   default settings (``context="auto"``: the REFRAG checkpoint's measured operating point, for the shipped one
-   plain RAG below 1,702 passage tokens and compressed above; RASD decoding), streamed; then the same question with plain RAG (text context, vanilla
+   default settings (``context="auto"``: the REFRAG checkpoint's measured operating point, plain RAG for the
+   shipped one; RASD decoding), streamed; then the same question with plain RAG (text context, vanilla
    decoding) and with REFRAG's compressed context (+ RASD), same process;
 4. prints the side-by-side table: time to first token, tokens/s, accepted tokens per forward, whether the
    reference answer is in the answer, the answer.
@@ -115,8 +115,7 @@ def print_table(results: list[dict[str, Any]], out: TextIO = sys.stdout) -> None
               f"{tot:.2f}x faster; {right}/{len(fast)} answers hold the reference "
               f"(plain RAG: {sum(r.get('answer_recall') == 1.0 for r in plain)}/{len(plain)}).", file=out)
     print("ref? = the answer contains the question's reference answer. `default` is what ChatRefragRasd() does "
-          "unset: context='auto' is the operating point measured for the REFRAG checkpoint (for the shipped one "
-          "plain RAG at these lengths, where its compressed answers lose too many of plain RAG's, and compressed "
-          "from 1,702 passage tokens on: docs/engine.md), and RASD decoding "
+          "unset: context='auto' is the operating point measured for the REFRAG checkpoint (plain RAG for the "
+          "shipped one, whose compressed answers lose too many of plain RAG's: docs/engine.md), and RASD decoding "
           "is lossless (the same tokens as plain decoding). `refrag-rasd` is REFRAG's compressed context, "
           "shown for its speed and its answers.", file=out)
