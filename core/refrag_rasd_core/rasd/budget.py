@@ -186,17 +186,27 @@ def measure_verify_costs(forward: Callable[[int], None], sizes: tuple[int, ...] 
 class DraftGate:
     """Whether running the draft model pays this step (RASD with a weak or costly draft).
 
-    Tracks, as exponential averages, the tokens that only the draft proposed and the target accepted per
-    step, the seconds drafting takes per step, and the seconds of a whole decoding step. The draft runs
-    when ``gain * step_s >= cost_s`` (its tokens save more target steps than it costs), and every
-    ``explore_every`` steps regardless, so the estimates stay current.
+    Keeps, as exponential averages, the tokens committed per step and the seconds per step (drafting, verifying
+    the bigger fused tree, committing), separately for steps that drafted and steps that did not, and drafts
+    when drafting steps have committed tokens at least as fast per second. A draft token the target accepts
+    saves only a fraction of a step when retrieval already proposes well, while the draft's forwards and its
+    extra tree nodes cost on every step: comparing the two throughputs counts both. Every ``explore_every``
+    steps the gate takes the other choice, so both estimates stay current.
 
     Example:
         >>> gate = DraftGate()
-        >>> gate.should_draft()          # optimistic until measured
+        >>> gate.should_draft()                               # measure drafting first
         True
+        >>> gate.record(drafted=True, tokens=3, step_s=0.12)
+        >>> gate.should_draft()                               # then not drafting
+        False
         >>> for _ in range(20):
-        ...     gate.record(draft_s=0.02, draft_tokens=0, step_s=0.1)
+        ...     gate.record(drafted=True, tokens=3, step_s=0.12)   # 25 tokens/s with the draft
+        ...     gate.record(drafted=False, tokens=2, step_s=0.1)   # 20 tokens/s without
+        >>> gate.should_draft()
+        True
+        >>> for _ in range(40):
+        ...     gate.record(drafted=True, tokens=2, step_s=0.12)   # the draft stopped helping
         >>> gate.should_draft()
         False
     """
@@ -204,24 +214,27 @@ class DraftGate:
     def __init__(self, explore_every: int = 16, decay: float = 0.9) -> None:
         self.explore_every = explore_every
         self.decay = decay
-        self.gain = 1.0
-        self.cost_s = 0.0
-        self.step_s = 0.0
+        self._avg: dict[bool, tuple[float, float] | None] = {True: None, False: None}  # (tokens, seconds)
         self._n = 0
+
+    def rate(self, drafted: bool) -> float | None:
+        """Committed tokens per second of the steps that drafted (``True``) or did not; ``None`` unmeasured."""
+        avg = self._avg[drafted]
+        return None if avg is None or avg[1] <= 0 else avg[0] / avg[1]
 
     def should_draft(self) -> bool:
         self._n += 1
-        if self._n % self.explore_every == 0 or self.step_s == 0.0:
-            return True
-        return self.gain * self.step_s >= self.cost_s
+        with_draft, without = self.rate(True), self.rate(False)
+        if with_draft is None or without is None:
+            return with_draft is None  # measure each choice once before comparing
+        choice = with_draft >= without
+        return (not choice) if self._n % self.explore_every == 0 else choice
 
-    def record(self, *, draft_s: float | None, draft_tokens: int | None, step_s: float) -> None:
-        """One step: its drafting time and draft-only accepted tokens (``None`` if it did not draft)."""
-        g = self.decay
-        self.step_s = step_s if self.step_s == 0.0 else g * self.step_s + (1 - g) * step_s
-        if draft_s is not None and draft_tokens is not None:
-            self.gain = g * self.gain + (1 - g) * draft_tokens
-            self.cost_s = draft_s if self.cost_s == 0.0 else g * self.cost_s + (1 - g) * draft_s
+    def record(self, *, drafted: bool, tokens: int, step_s: float) -> None:
+        """One step: whether it drafted, the tokens it committed and its seconds."""
+        avg, g = self._avg[drafted], self.decay
+        self._avg[drafted] = (float(tokens), step_s) if avg is None else (
+            g * avg[0] + (1 - g) * tokens, g * avg[1] + (1 - g) * step_s)
 
 
 def runner_verify_costs(runner: Any, *, context_len: int = 512, repeats: int = 3) -> dict[int, float]:

@@ -34,7 +34,7 @@ from ..errors import InvalidInputError
 from .budget import DraftGate, TreeBudget
 from .datastore import PromptLookup, RestDatastore, merge_retrievals
 from .draft_tree import Drafter, build_draft_tree, draft_probe
-from .token_tree import SOURCE_DRAFT, TokenTree
+from .token_tree import TokenTree
 
 __all__ = ["SpecOptions", "Proposer", "make_proposer"]
 
@@ -222,8 +222,9 @@ class RasdProposer(RestProposer):
     """RASD: PLD + REST retrieval trie, pruned by the draft's confidence, fused with the draft tree.
 
     A :class:`~refrag_rasd_core.rasd.budget.DraftGate` (the engine's, shared across requests) skips the
-    draft on steps where its accepted tokens have not been paying for its cost; such a step uses the
-    retrieval trie alone, unpruned. Without a ``drafter`` it is PLD + REST.
+    draft while steps that draft have committed fewer tokens per second than steps that do not (the draft's
+    forwards and its extra tree nodes against the tokens it adds); such a step uses the retrieval trie
+    alone, unpruned. Without a ``drafter`` it is PLD + REST.
     """
 
     use_prompt = True
@@ -264,8 +265,7 @@ class RasdProposer(RestProposer):
     def feedback(self, tree: TokenTree | None, path: list[int], bucket: int) -> None:
         super().feedback(tree, path, bucket)
         if self.gate is not None and self._step_t0 is not None:
-            draft_only = 0 if tree is None else sum(1 for i in path[1:] if tree.sources[i] == SOURCE_DRAFT)
-            self.gate.record(draft_s=self._drafted_s, draft_tokens=draft_only if self._drafted_s else None,
+            self.gate.record(drafted=self._drafted_s is not None, tokens=max(1, len(path)),
                              step_s=time.perf_counter() - self._step_t0)
 
 
