@@ -221,3 +221,41 @@ def test_time_breakdown_is_reported(tiny):
     s = engine.generate(PROMPT, max_new_tokens=32, method="rasd", passages=[base.token_ids]).stats
     assert s.retrieval_s > 0 and s.verify_s > 0 and s.draft_s >= 0
     assert s.retrieval_s + s.draft_s + s.verify_s <= s.total_s
+
+
+class _ScriptedGate:
+    """A draft gate that drafts on a fixed pattern, so the draft skips steps and then has to catch up."""
+
+    def __init__(self, pattern: list[bool]) -> None:
+        self.pattern, self.calls, self.drafted = pattern, 0, 0
+
+    def should_draft(self) -> bool:
+        d = self.pattern[self.calls % len(self.pattern)]
+        self.calls += 1
+        self.drafted += d
+        return d
+
+    def record(self, **_: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("drafter", ["eagle", "causal"])
+def test_rasd_draft_catches_up_after_gated_steps(tiny, drafter):
+    """Steps the gate skips do not sync the draft; the next drafting step feeds it every missed position at
+    once (EAGLE: the target's features of all of them). Output stays vanilla's; the draft really drafts."""
+    from refrag_rasd_core.eagle.head import DraftHead
+
+    if drafter == "eagle":
+        torch.manual_seed(1)
+        d = DraftHead.for_target(tiny.model, draft_vocab_size=64).eval()
+    else:
+        d = CausalLMDrafter(tiny.model, tokenizer=tiny.tokenizer, target_tokenizer=tiny.tokenizer)
+    engine = Engine(tiny, drafter=d)
+    gate = _ScriptedGate([True, False, False, True, False, True, True, False, False, False])
+    engine._draft_gate = gate
+    base = engine.generate(PROMPT, max_new_tokens=48)
+    passages = [base.token_ids[5:30], [7, 8, 9]]
+    res = engine.generate(PROMPT, max_new_tokens=48, method="rasd", passages=passages)
+    assert res.token_ids == base.token_ids
+    assert gate.calls > 4 and 0 < gate.drafted < gate.calls
+    assert res.stats.draft_s > 0

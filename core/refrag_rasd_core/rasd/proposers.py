@@ -238,11 +238,25 @@ class RasdProposer(RestProposer):
         self.gate = gate if opts.adaptive else None
         self._drafted_s: float | None = None
         self._step_t0: float | None = None
+        self._unsynced: list[torch.Tensor] | None = None  # target features the draft has not seen yet
 
     def _on_commit(self, new: list[int], committed: list[int], hidden: torch.Tensor | None) -> None:
         super()._on_commit(new, committed, hidden)
-        if self.draft is not None:
-            self.draft._on_commit(new, committed, hidden)
+        if self.draft is None:
+            return
+        # the draft catches up only when it drafts: steps the gate skips cost it nothing (EAGLE's sync takes
+        # every committed position's features, so they wait here and go in as one batch)
+        if self._unsynced is None:
+            self._unsynced = []
+        if hidden is not None and self.draft.uses_target_hidden:
+            self._unsynced.append(hidden[0] if hidden.dim() == 3 else hidden)
+
+    def _sync_draft(self, committed: list[int]) -> None:
+        if self._unsynced is None or self.draft is None:
+            return
+        hidden = torch.cat(self._unsynced) if self._unsynced else None
+        self._unsynced = None
+        self.draft._on_commit([], committed, hidden)
 
     def candidates(self, committed: list[int]) -> tuple[TokenTree | None, int]:
         t0 = time.perf_counter()
@@ -251,6 +265,7 @@ class RasdProposer(RestProposer):
         self._drafted_s = None
         if self.draft is None or (self.gate is not None and not self.gate.should_draft()):
             return retrieved, bucket
+        self._sync_draft(committed)
         o = self.opts
         if retrieved is None or len(retrieved) <= 1:
             tree = self.draft.draft_tree(committed[-1])
