@@ -1,7 +1,13 @@
 """Describe the machine a benchmark ran on, for the results file.
 
+The CPU's marketing name is not enough to compare files: two VMs both reporting "AMD EPYC" with 2 cores have
+been seen here 3-5x apart on the same decoder (different CPU generations, different memory bandwidth). So the
+description carries the CPU family / model numbers, the vector ISA torch dispatches to, and a ~0.3 s probe of
+what bounds a decoding step: memory read bandwidth and fp32 matmul throughput.
+
 Example:
-    >>> "cpu" in machine_info("cpu")
+    >>> info = machine_info("cpu")
+    >>> "cpu" in info and info["probe"]["read_gb_s"] > 0 and info["probe"]["matmul_gflops"] > 0
     True
 """
 
@@ -10,6 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import time
 from typing import Any
 
 import torch
@@ -26,14 +33,56 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_ids() -> str | None:
+    """``"family F model M"`` from ``/proc/cpuinfo`` (tells CPU generations apart), or ``None``."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip():
+                    break
+    except OSError:
+        return None
+    if len(fields) < 2:
+        return None
+    return f"family {fields['cpu family']} model {fields['model']}"
+
+
+@torch.inference_mode()
+def speed_probe(seconds: float = 0.3) -> dict[str, float]:
+    """What this machine does now, in about ``seconds``: memory read bandwidth (GB/s, summing a 64 MB tensor)
+    and fp32 matmul throughput (GFLOP/s, 512 x 512); best of the repeats."""
+    big = torch.ones(16 << 20)
+    a = torch.ones(512, 512)
+    read, flops = 0.0, 0.0
+    end = time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        big.sum()
+        t1 = time.perf_counter()
+        a @ a
+        t2 = time.perf_counter()
+        read = max(read, big.numel() * 4 / max(t1 - t0, 1e-9) / 1e9)
+        flops = max(flops, 2 * 512 ** 3 / max(t2 - t1, 1e-9) / 1e9)
+        if t2 > end:
+            return {"read_gb_s": round(read, 1), "matmul_gflops": round(flops, 1)}
+
+
 def machine_info(device: str | torch.device) -> dict[str, Any]:
-    """CPU model, cores, library versions and the device the models ran on."""
+    """CPU model (name, family / model numbers, the ISA torch uses), cores, a speed probe
+    (:func:`speed_probe`), library versions and the device the models ran on."""
     import transformers
 
     dev = torch.device(device)
     info: dict[str, Any] = {
         "name": socket.gethostname(),
         "cpu": cpu_model(),
+        "cpu_ids": cpu_ids(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -41,6 +90,7 @@ def machine_info(device: str | torch.device) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "device": str(dev),
     }
+    info["probe"] = speed_probe()
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
     return info

@@ -12,7 +12,7 @@ import torch
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.lean import LeanRunner
-from refrag_rasd_core.lean.int4 import GROUP, Int4Linear, int4_available, int4_grid
+from refrag_rasd_core.lean.int4 import DECODE_ROWS, GROUP, Int4Linear, int4_available, int4_grid, measure_prefill
 from refrag_rasd_core.models import LoadedModel
 from refrag_rasd_core.rasd import CausalLMDrafter
 
@@ -84,6 +84,49 @@ def test_lean_runner_int4_runs_grid_linears_and_keeps_the_rest():
     from tiny import tiny_loaded
 
     assert LeanRunner(tiny_loaded(1).model, prepack=False, int4=True).int4_linears[0] == 0
+
+
+def test_long_forwards_take_the_fp32_weights_only_past_the_decode_rows():
+    torch.manual_seed(3)
+    w = snap_to_grid(torch.randn(64, 128))
+    lin = Int4Linear.from_weight(w, None)
+    lin.long = lambda x: x @ w.T
+    for rows in (1, DECODE_ROWS):  # steps and verifies: always the kernel (bf16-rounded, not fp32-exact)
+        x = torch.randn(rows, 128)
+        assert not torch.equal(lin(x), x @ w.T)
+        torch.testing.assert_close(lin(x), lin.int4(x), rtol=0, atol=0)
+    x = torch.randn(DECODE_ROWS + 1, 128)
+    torch.testing.assert_close(lin(x), x @ w.T, rtol=0, atol=0)
+    timed = measure_prefill([(lin, lambda x: x @ w.T)], rows=16, repeats=1)
+    assert timed["long"] in ("int4", "fp32") and timed["int4_ms"] > 0 and timed["fp32_ms"] > 0
+
+
+@pytest.mark.parametrize("choice", ["fp32", "int4"])
+def test_lean_runner_prefill_runs_what_was_measured_faster(monkeypatch, choice):
+    """The load-time choice for long forwards is applied: with "fp32" a prefill reads the exact weights (equal to
+    the exact runner's logits), with "int4" the kernel; short forwards are int4 either way."""
+    from refrag_rasd_core.lean import weights
+
+    monkeypatch.setattr(weights, "_PREFILL", {})
+    monkeypatch.setattr(weights, "measure_prefill", lambda pairs: {"rows": 256, "int4_ms": 2.0, "fp32_ms": 1.0,
+                                                                   "long": choice})
+    loaded = four_bit_tiny()
+    exact = LeanRunner(loaded.model, prepack=False)
+    fast = LeanRunner(loaded.model, prepack=False, int4=True)
+    assert f"on {'the fp32 weights' if choice == 'fp32' else 'int4'}" in fast.describe()
+    ids = torch.randint(3, 60, (1, DECODE_ROWS + 6))
+    ce, cf = exact.new_cache(), fast.new_cache()
+    a, _ = exact.forward(ids, ce, logits_at=None)
+    b, _ = fast.forward(ids, cf, logits_at=None)
+    if choice == "fp32":
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cf.keys[:, :, :cf.length], ce.keys[:, :, :ce.length], rtol=1e-5, atol=1e-5)
+    else:
+        assert 0 < float((a - b).abs().max() / a.abs().max()) < 0.05
+    step = torch.tensor([[7]])
+    a, _ = exact.forward(step, ce)
+    b, _ = fast.forward(step, cf)
+    assert 0 < float((a - b).abs().max() / a.abs().max()) < 0.05  # a step: the int4 kernel
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,13 @@ other token can win (measured on the default model: 128-token answers equal to p
 of prompts; every divergence at a top-2 margin under 0.15). With the default exact weights speculation is
 lossless. Matrices that are not on a 4-bit grid (the LM head, a REFRAG-adapted copy) keep fp32.
 
+The kernel pays off where reading the weights bounds the matmul (a step, a tree verify); with hundreds of rows
+(a prefill) it is compute-bound and, on an AVX2 CPU without bf16 instructions, about 2x slower than the fp32
+copy of the same weights (measured on a 2-core AMD EPYC: 56 ms against 27 ms for one 3072 x 576 matrix at 770
+rows). So forwards of up to :data:`DECODE_ROWS` rows always run int4 (a verify and a plain step read the same
+weights), and longer ones run whichever of the two :func:`measure_prefill` found faster at load on the
+machine at hand; both hold the same values, the fp32 path only skips the bf16 rounding.
+
 Example:
     >>> import torch
     >>> q = torch.randint(0, 16, (64, 64)).float()
@@ -33,12 +40,21 @@ Example:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 
-__all__ = ["GROUP", "Int4Linear", "int4_available", "int4_grid"]
+__all__ = ["DECODE_ROWS", "GROUP", "PREFILL_ROWS", "Int4Linear", "int4_available", "int4_grid", "measure_prefill"]
 
 GROUP = 32
 """Values per block (GGUF's Q4_0 / Q4_1 block size; one of the kernel's group sizes)."""
+DECODE_ROWS = 64
+"""Forwards of up to this many rows (a plain step; a verify: token trees hold at most 64 nodes) always run
+the int4 kernel."""
+PREFILL_ROWS = 256
+"""Row count at which :func:`measure_prefill` times the int4 kernel against the fp32 weights."""
 _REL_TOL = 1e-4  # a value is on the grid if within this fraction of its block's step
 
 
@@ -78,6 +94,9 @@ class Int4Linear:
         self.bias = bias
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
         self.scales_and_zeros = scales_and_zeros.to(torch.bfloat16)
+        self.long: Callable[[torch.Tensor], torch.Tensor] | None = None
+        """What runs forwards of more than :data:`DECODE_ROWS` rows instead of the kernel (the fp32 weights'
+        linear, when :func:`measure_prefill` found it faster), or ``None``."""
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> Int4Linear | None:
@@ -93,6 +112,41 @@ class Int4Linear:
             return None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.long is not None and x.shape[0] > DECODE_ROWS:
+            return self.long(x)
+        return self.int4(x)
+
+    def int4(self, x: torch.Tensor) -> torch.Tensor:
+        """The int4 kernel at any row count."""
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), self.packed, GROUP,
                                                       self.scales_and_zeros).to(x.dtype)
         return y if self.bias is None else y + self.bias
+
+
+@torch.inference_mode()
+def measure_prefill(pairs: Sequence[tuple[Int4Linear, Callable[[torch.Tensor], torch.Tensor]]], *,
+                    rows: int = PREFILL_ROWS, repeats: int = 2) -> dict[str, Any]:
+    """Time ``rows``-row forwards through a sample of a model's linears, each as the int4 kernel and as its fp32
+    alternative (``pairs``: ``(int4 linear, fp32 linear)``, a few layers' worth); the faster of each repeat's
+    pass is kept. Returns ``{"rows", "int4_ms", "fp32_ms", "long": "fp32" | "int4"}`` (the choice for
+    forwards longer than :data:`DECODE_ROWS` rows).
+
+    Example:
+        >>> q = torch.randint(0, 16, (64, 64)).float()
+        >>> q[:, 0::32], q[:, 1::32] = 0, 15
+        >>> w = q * 0.01 - 0.08
+        >>> lin = Int4Linear.from_weight(w, None)
+        >>> measure_prefill([(lin, lambda x: x @ w.T)], rows=8, repeats=1)["long"] in ("fp32", "int4")
+        True
+    """
+    best = {"int4": float("inf"), "fp32": float("inf")}
+    xs = [torch.randn(rows, lin.weight.shape[1]) for lin, _ in pairs]
+    for rep in range(max(1, repeats) + 1):  # the first round warms up
+        for name in best:
+            t0 = time.perf_counter()
+            for (lin, fp32), x in zip(pairs, xs, strict=True):
+                lin.int4(x) if name == "int4" else fp32(x)
+            if rep:
+                best[name] = min(best[name], time.perf_counter() - t0)
+    return {"rows": rows, "int4_ms": round(best["int4"] * 1e3, 3), "fp32_ms": round(best["fp32"] * 1e3, 3),
+            "long": "fp32" if best["fp32"] < best["int4"] else "int4"}

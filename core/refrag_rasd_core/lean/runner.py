@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import LeanCache
+from .int4 import DECODE_ROWS
 from .linear import NO_PACKING, PackPlan, measure_pack_plans
 from .weights import lean_weights, linear_groups
 
@@ -109,6 +110,10 @@ class LeanRunner:
         if self.int4:
             n, total = self.int4_linears
             text += f"; int4 kernel (bf16 activations) on {n} of {total} linears, the rest as planned"
+            pre = self.weights.int4_prefill
+            if pre:
+                text += (f"; forwards over {DECODE_ROWS} rows on {'the fp32 weights' if pre['long'] == 'fp32' else 'int4'}"
+                         f" (at {pre['rows']} rows: int4 {pre['int4_ms']} ms, fp32 {pre['fp32_ms']} ms)")
         return text
 
     def new_cache(self, capacity: int = 0) -> LeanCache:

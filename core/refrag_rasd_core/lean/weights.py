@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .int4 import Int4Linear
+from .int4 import Int4Linear, measure_prefill
 from .linear import NO_PACKING, PackedLinear, PackPlan
 
 __all__ = ["LeanLayer", "LeanWeights", "SUPPORTED", "lean_weights", "linear_groups", "unsupported_reason"]
@@ -66,6 +66,7 @@ class LeanWeights:
     intermediate: int
     eps: float
     scaling: float
+    int4_prefill: dict[str, Any] | None = None  # measure_prefill's result when int4 linears are in use
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -191,9 +192,37 @@ def lean_weights(model: Any, plans: dict[str, PackPlan] | None = None,
         ))
     head = model.get_output_embeddings()
     first = inner.layers[0]
+    prefill = _int4_prefill(layers, dec_plan) if int4 else None
     return LeanWeights(
         embed=model.get_input_embeddings().weight.detach(), layers=layers, norm=inner.norm.weight.detach(),
         head=linear(head.weight.detach(), _bias(head), head_plan), rotary=inner.rotary_emb,
         heads=heads, kv_heads=kv_heads, head_dim=head_dim, intermediate=int(first.mlp.gate_proj.weight.shape[0]),
         eps=float(first.input_layernorm.variance_epsilon),
-        scaling=float(getattr(first.self_attn, "scaling", head_dim ** -0.5)))
+        scaling=float(getattr(first.self_attn, "scaling", head_dim ** -0.5)), int4_prefill=prefill)
+
+
+_PREFILL: dict[tuple[Any, ...], dict[str, Any]] = {}  # measure_prefill's results, per shapes and threads
+_PREFILL_SAMPLE_LAYERS = 2
+
+
+def _int4_prefill(layers: list[LeanLayer], plan: PackPlan) -> dict[str, Any] | None:
+    """Measure (once per process for these shapes) whether long forwards run faster on the fp32 weights than
+    on the int4 kernel; if so, give every :class:`Int4Linear` of ``layers`` its fp32 linear for them."""
+    lins = [lin for layer in layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)
+            if isinstance(lin, Int4Linear)]
+    if not lins:
+        return None
+    long_plan = PackPlan(long=plan.long)  # only forwards past the buckets reach it
+
+    def fp32(lin: Int4Linear) -> PackedLinear:
+        return PackedLinear(lin.weight, lin.bias, long_plan)
+
+    key = (tuple(tuple(lin.weight.shape) for lin in lins), plan.long, torch.get_num_threads())
+    if key not in _PREFILL:
+        sample = [(lin, fp32(lin)) for lin in lins[:4 * _PREFILL_SAMPLE_LAYERS]]
+        _PREFILL[key] = measure_prefill(sample)
+    result = _PREFILL[key]
+    if result["long"] == "fp32":
+        for lin in lins:
+            lin.long = lin.long or fp32(lin)
+    return result
