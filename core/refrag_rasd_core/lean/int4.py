@@ -86,7 +86,9 @@ def int4_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 class Int4Linear:
     """``y = x @ W.T + bias`` with ``W`` held as groupwise int4 (see the module docstring); a drop-in for
-    :class:`~refrag_rasd_core.lean.linear.PackedLinear` (same call, fp32 in and out)."""
+    :class:`~refrag_rasd_core.lean.linear.PackedLinear` in the lean forward: fp32 (or bf16) in; out, the
+    kernel's bf16 (fp32 with a bias, or from the fp32 weights), which the forward's float arithmetic promotes,
+    so the MLP's activations pass from gate/up to down without two conversions."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, q: torch.Tensor,
                  scales_and_zeros: torch.Tensor) -> None:
@@ -119,7 +121,7 @@ class Int4Linear:
     def int4(self, x: torch.Tensor) -> torch.Tensor:
         """The int4 kernel at any row count."""
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), self.packed, GROUP,
-                                                      self.scales_and_zeros).to(x.dtype)
+                                                      self.scales_and_zeros)
         return y if self.bias is None else y + self.bias
 
 
