@@ -200,10 +200,13 @@ def _bars(groups: list[str], series: dict[str, list[float]], ylabel: str, out: P
 
 
 def plot_speedups(files: list[Path], out: Path) -> bool:
-    """Speedup per method and category, over every decode results file (newest file wins a category)."""
+    """Speedup per method and category, over the decode results files with the default (exact) weights (the
+    newest run, by the date its name starts with, wins a category)."""
     per_cat: dict[str, dict[str, float]] = {}
-    for p in sorted(files):  # oldest first: newer runs overwrite
+    for p in sorted(files, key=lambda f: (f.name[:10], f.stat().st_mtime)):  # oldest first: newer runs overwrite
         res = json.loads(p.read_text())
+        if res["settings"].get("weights", "exact") != "exact":
+            continue
         cats = res.get("by_category") or {",".join(res["settings"]["categories"]): res["methods"]}
         for cat, summ in cats.items():
             per_cat[cat] = {m: v["speedup_vs_vanilla"] for m, v in summ.items() if v.get("speedup_vs_vanilla")}

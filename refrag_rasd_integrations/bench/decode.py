@@ -154,7 +154,7 @@ def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods
         rows.append(row)
     return {
         "suite": "decode",
-        "machine": machine_info(engine.runner.device),
+        "machine": machine_info(engine.runner.device, engine.runner),
         "settings": {"model": engine.target.name, "dtype": str(engine.runner.model.dtype).replace("torch.", ""),
                      "max_new_tokens": max_new_tokens, "temperature": temperature, "repeats": repeats,
                      "methods": methods, "n_questions": len(questions),

@@ -72,9 +72,10 @@ def speed_probe(seconds: float = 0.3) -> dict[str, float]:
             return {"read_gb_s": round(read, 1), "matmul_gflops": round(flops, 1)}
 
 
-def machine_info(device: str | torch.device) -> dict[str, Any]:
+def machine_info(device: str | torch.device, runner: Any = None) -> dict[str, Any]:
     """CPU model (name, family / model numbers, the ISA torch uses), cores, a speed probe
-    (:func:`speed_probe`), library versions and the device the models ran on."""
+    (:func:`speed_probe`), library versions and the device the models ran on; with ``runner`` (the engine's),
+    also what its forward measured and chose at load on this machine (``runner.describe()``)."""
     import transformers
 
     dev = torch.device(device)
@@ -91,6 +92,8 @@ def machine_info(device: str | torch.device) -> dict[str, Any]:
         "device": str(dev),
     }
     info["probe"] = speed_probe()
+    if runner is not None and hasattr(runner, "describe"):
+        info["forward"] = runner.describe()
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
     return info

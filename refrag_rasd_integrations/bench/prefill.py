@@ -131,7 +131,7 @@ def run_prefill_suite(engine: Engine, questions: Sequence[BenchQuestion], pool: 
     rm = engine.refrag
     return {
         "suite": "prefill",
-        "machine": machine_info(engine.runner.device),
+        "machine": machine_info(engine.runner.device, engine.runner),
         "settings": {"model": engine.target.name, "dtype": str(engine.model.dtype).replace("torch.", ""),
                      "k": rm.k, "encoder": rm.encoder_id, "checkpoint": rm.meta.get("sha256", "")[:16],
                      "contexts": list(contexts), "expand": list(expands), "policies": list(policies),

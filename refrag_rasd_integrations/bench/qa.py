@@ -159,7 +159,7 @@ def run_qa_suite(engine: Engine, items: Sequence[QAItem], store: Any, settings: 
     methods = summarize_qa(rows, list(chains))
     return {
         "suite": "qa",
-        "machine": machine_info(engine.runner.device),
+        "machine": machine_info(engine.runner.device, engine.runner),
         "settings": {"model": engine.target.name, "dtype": str(engine.model.dtype).replace("torch.", ""),
                      "n_questions": len(rows), "k": k, "max_new_tokens": max_new_tokens,
                      "settings": {s.name: s.model_kwargs() for s in settings},

@@ -189,7 +189,7 @@ def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *,
         per_q.append(row)
     return {
         "suite": "rag",
-        "machine": machine_info(engine.runner.device),
+        "machine": machine_info(engine.runner.device, engine.runner),
         "settings": {"model": engine.target.name, "dtype": str(engine.model.dtype).replace("torch.", ""),
                      "n_questions": len(questions), "k": k, "max_new_tokens": max_new_tokens,
                      "repeats": repeats, "pipelines": PIPELINES, "peers": list(peers),

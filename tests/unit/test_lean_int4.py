@@ -12,7 +12,14 @@ import torch
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.lean import LeanRunner
-from refrag_rasd_core.lean.int4 import DECODE_ROWS, GROUP, Int4Linear, int4_available, int4_grid, measure_prefill
+from refrag_rasd_core.lean.int4 import (
+    DECODE_ROWS,
+    GROUP,
+    Int4Linear,
+    int4_available,
+    int4_grid,
+    measure_prefill,
+)
 from refrag_rasd_core.models import LoadedModel
 from refrag_rasd_core.rasd import CausalLMDrafter
 
