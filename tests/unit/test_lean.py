@@ -185,6 +185,21 @@ def test_lean_shares_the_weights_it_fuses():
     assert again.weights.layers[0].qkv.weight.data_ptr() == qkv.data_ptr()
 
 
+def test_pack_plans_time_the_matrices_the_forward_multiplies():
+    from refrag_rasd_core.lean.weights import linear_groups
+    from tiny import tiny_llama
+
+    model = tiny_llama(5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    groups = linear_groups(model)  # fused q/k/v and gate/up, as the forward runs them
+    lean = LeanRunner(model, prepack=False)
+    ran = [lin.weight for layer in lean.weights.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    assert [tuple(w.shape) for w in groups["decoder"]] == [tuple(w.shape) for w in ran]
+    assert [w.data_ptr() for w in groups["decoder"]] == [w.data_ptr() for w in ran]  # the same memory
+    assert groups["head"][0].data_ptr() == lean.weights.head.weight.data_ptr()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 # ---- the engine: greedy outputs equal with either forward ----------------------------------------------
 PROMPT = [{"role": "user", "content": "abc abc abc abc, the cat sat on the mat; the cat sat"}]
 
