@@ -222,7 +222,9 @@ def _bench_qa(args: argparse.Namespace) -> dict:
                          refrag=args.refrag or "auto")
     if not args.no_calibrate:
         engine.calibrate_verify_costs()
-    store = RefragChromaStore(collection_name(passages), path=args.store_dir or chroma_dir() / "bench",
+    from .engines import signature_of
+
+    store = RefragChromaStore(collection_name(passages, signature_of(engine)), path=args.store_dir or chroma_dir() / "bench",
                               engine=engine)
     index_corpus(store, passages)
     res = run_qa_suite(engine, items[:args.limit] if args.limit else items, store, settings, k=args.top_k,

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,10 +95,20 @@ def parse_settings(spec: str) -> list[Setting]:
     return settings
 
 
-def collection_name(passages: Sequence[str]) -> str:
-    """A collection name that changes with the corpus (so a different corpus is never mixed in)."""
+def collection_name(passages: Sequence[str], signature: dict[str, Any] | None = None) -> str:
+    """A collection name that changes with the corpus and with the chunk-embedding configuration
+    (``signature``: the encoder, pooling, k... a store must match), so a different corpus is never mixed in
+    and a checkpoint of another k gets its own collection instead of a mismatch error.
+
+    Example:
+        >>> collection_name(["a"]) != collection_name(["a"], {"k": 8})
+        True
+    """
     digest = hashlib.sha256("\0".join(passages).encode()).hexdigest()[:12]
-    return f"qa-{digest}"
+    if not signature:
+        return f"qa-{digest}"
+    sig = hashlib.sha256(json.dumps(signature, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"qa-{digest}-{sig}"
 
 
 def index_corpus(store: Any, passages: Sequence[str], progress: bool = True) -> Any:

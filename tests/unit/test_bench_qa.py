@@ -70,6 +70,7 @@ def test_qa_file_formats(tmp_path):
     with pytest.raises(InvalidInputError, match="bad.jsonl:1"):
         load_qa_file(tmp_path / "bad.jsonl")
     assert collection_name(["a"]) != collection_name(["b"])
+    assert collection_name(["a"], {"k": 8}) not in (collection_name(["a"]), collection_name(["a"], {"k": 16}))
 
 
 def test_answer_f1_on_the_first_sentence():

@@ -39,14 +39,14 @@ def qa_file(tmp: Path) -> Path:
     return f
 
 
-def setup(tmp: Path, holdout: int = 2, **cfg_kw):
+def setup(tmp: Path, holdout: int = 2, k: int = K, **cfg_kw):
     lm = tiny_loaded(0)
-    enc = tiny_chunk_encoder(lm.tokenizer, k=K)
+    enc = tiny_chunk_encoder(lm.tokenizer, k=k)
     splits = load_qa_split([qa_file(tmp)], holdout)
-    examples = build_qa_examples(splits, lm.tokenizer, enc, tmp / "cache", top_k=2, log=lambda m: None)
-    corpus = ChunkCorpus.build([Document(p, "qa_train") for _, _, c in splits for p in c], lm.tokenizer, K,
+    examples = build_qa_examples(splits, lm.tokenizer, enc, tmp / f"cache-k{k}", top_k=2, log=lambda m: None)
+    corpus = ChunkCorpus.build([Document(p, "qa_train") for _, _, c in splits for p in c], lm.tokenizer, k,
                                encoder=enc)
-    base = {"k": K, "lora_rank": 4, "lora_alpha": 8.0, "warmup": 2, "ckpt_every": 50, "policy_width": 16,
+    base = {"k": k, "lora_rank": 4, "lora_alpha": 8.0, "warmup": 2, "ckpt_every": 50, "policy_width": 16,
             "policy_max_chunks": 64, "sft_answer_tokens": 5, "sft_batch": 2, "policy_query": "question",
             "select_batch": 4, "policy_contexts": 2, "policy_group": 3, "entropy_coef": 0.01}
     base.update(cfg_kw)
@@ -211,6 +211,15 @@ def test_init_from_a_checkpoint(tmp_path: Path) -> None:
     c = trainer(tmp_path, out="c", phases=["sft"], steps_sft=1, lora_rank=2, lora_alpha=4.0)
     with pytest.raises(InvalidInputError, match="LoRA"):
         c.init_from(path)
+    # another chunk size: the projector and the adapters are k-agnostic, so they carry over (and it is logged)
+    said: list[str] = []
+    d = trainer(tmp_path, out="d", phases=["sft"], steps_sft=1, policy_query="decoder", k=K // 2)
+    d.log = said.append
+    d.init_from(path)
+    assert any(f"k = {K}" in m and f"k = {K // 2}" in m for m in said)
+    for (n, x), (_, y) in zip(a.named_trainables().items(), d.named_trainables().items(), strict=True):
+        if n.startswith(("projector.", "peft.")):
+            assert torch.equal(x, y), n
 
 
 def test_selection_evaluation_scores_every_policy(tmp_path: Path) -> None:

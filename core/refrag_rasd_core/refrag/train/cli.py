@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qa-limit", type=int, default=None, help="training questions per QA file (default all)")
     p.add_argument("--qa-top-k", type=int, default=5, help="passages retrieved per training question")
     p.add_argument("--init", default=None,
-                   help="start from a REFRAG checkpoint's projector and decoder LoRA (same encoder, pooling, k)")
+                   help="start from a REFRAG checkpoint's projector and decoder LoRA (same encoder and "
+                        "pooling; another k is allowed: both parts are k-agnostic)")
     p.add_argument("--k", type=int, default=d.k)
     for ph in PHASES:
         p.add_argument(f"--steps-{ph}", type=int, default=d.steps_for(ph))

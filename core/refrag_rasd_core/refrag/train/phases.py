@@ -255,16 +255,22 @@ class RefragTrainer:
         return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
     def init_from(self, path: str | os.PathLike) -> None:
-        """Start from a REFRAG checkpoint's projector and decoder LoRA (its encoder, pooling, k, LoRA rank and
-        scaling must be this run's); the policy starts fresh when its shape differs."""
+        """Start from a REFRAG checkpoint's projector and decoder LoRA (its encoder, pooling, LoRA rank and
+        scaling must be this run's); the policy starts fresh when its shape differs.
+
+        The checkpoint may have another chunk size k: the projector (encoder vector -> decoder embedding) and the
+        adapters do not depend on k, so a k = 16 checkpoint is a warm start for a k = 8 run (logged).
+        """
         from ..checkpoint import load_refrag_checkpoint
         from ..lora import PREFIX
 
         rm = load_refrag_checkpoint(path, self.lm, self.tokenizer, device=self.device)
-        want = (self.encoder.name, self.encoder.pooling, self.cfg.k)
-        have = (rm.encoder_name, rm.pooling, rm.k)
+        want = (self.encoder.name, self.encoder.pooling)
+        have = (rm.encoder_name, rm.pooling)
         if have != want:
-            raise InvalidInputError(f"--init {path}: made for (encoder, pooling, k) = {have}, this run is {want}")
+            raise InvalidInputError(f"--init {path}: made for (encoder, pooling) = {have}, this run is {want}")
+        if rm.k != self.cfg.k:
+            self.log(f"--init {path}: made for k = {rm.k}; its projector and LoRA start this k = {self.cfg.k} run")
         with torch.no_grad():
             self.projector.load_state_dict(rm.projector.state_dict())
             if rm.policy is not None and rm.policy.config == self.policy.config:
