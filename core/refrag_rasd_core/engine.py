@@ -89,6 +89,7 @@ class Engine:
         self.datastore = datastore
         self.refrag = load_refrag(target, refrag)
         self._adapted_runner: TargetRunner | LeanRunner | None = None
+        self._row_lora: Any = None
         self._refrag_encoder: Any = refrag_encoder
         self._lock = ModelLock()
         self._budgets: dict[str, Any] = {}  # method -> its TreeBudget (calibrated across requests)
@@ -207,16 +208,29 @@ class Engine:
 
     def runner_for(self, compressed: bool) -> TargetRunner | LeanRunner:
         """The decoder a request runs on: the REFRAG-adapted weight set for a compressed request when the
-        checkpoint has decoder adapters (built once, on first need, with the same kind of forward as the
-        stock target), else the stock target."""
+        checkpoint has decoder adapters for every position (``lora.scope: "all"``; built once, on first need,
+        with the same kind of forward as the stock target), else the stock target (a checkpoint whose adapters
+        act on the chunk positions only adds them in the prefill: :meth:`prefill_adapter`)."""
         rm = self.refrag
-        if not compressed or rm is None or not rm.lora:
+        if not compressed or rm is None or not rm.lora or rm.lora_scope == "chunks":
             return self.runner
         if self._adapted_runner is None:
             from .refrag.lora import adapted_copy
 
             self._adapted_runner = self.runner.sibling(adapted_copy(self.model, rm.lora, rm.lora_scaling))
         return self._adapted_runner
+
+    def prefill_adapter(self, compressed: bool) -> Any:
+        """The row-scoped decoder adapters a compressed request's prefill adds at its chunk positions
+        (:class:`~refrag_rasd_core.refrag.scoped_lora.RowScopedLora`), or ``None`` (no such checkpoint)."""
+        rm = self.refrag
+        if not compressed or rm is None or not rm.lora or rm.lora_scope != "chunks":
+            return None
+        if self._row_lora is None:
+            from .refrag.scoped_lora import RowScopedLora
+
+            self._row_lora = RowScopedLora(rm.lora, rm.lora_scaling)
+        return self._row_lora
 
     def _require_refrag(self) -> Any:
         if self.refrag is None:
@@ -295,7 +309,8 @@ class Engine:
         if limit is not None:
             max_new = min(max_new, limit - stats.prefill_positions)
         committed = list(prompt_ids)
-        cache, logits, hidden = self._prefill_forward(runner, prompt_ids, mixed, want_hidden)
+        cache, logits, hidden = self._prefill_forward(runner, prompt_ids, mixed, want_hidden,
+                                                      self.prefill_adapter(mixed is not None))
         token = choose_token(logits[0], params, gen)
         _sync_device(device)
         stats.ttft_s = time.perf_counter() - t0
@@ -359,15 +374,20 @@ class Engine:
 
     @staticmethod
     def _prefill_forward(runner: TargetRunner | LeanRunner, prompt_ids: list[int], mixed: Any,
-                         want_hidden: bool) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
-        """One forward over the prompt into a new KV cache: (cache, last logits, hidden of raw tokens)."""
+                         want_hidden: bool, adapter: Any = None) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+        """One forward over the prompt into a new KV cache: (cache, last logits, hidden of raw tokens).
+        ``adapter``: row-scoped decoder adapters added at the compressed chunks' positions."""
         cache = runner.new_cache()
         if mixed is None:
             ids = torch.tensor([prompt_ids], device=runner.device)
             logits, hidden = runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden)
             return cache, logits, hidden
+        rows = None
+        if adapter is not None:
+            rows = torch.tensor([i for i, t in enumerate(mixed.token_ids) if t is None], dtype=torch.long)
+            adapter = adapter if len(rows) else None
         logits, hidden = runner.forward(None, cache, logits_at=-1, want_hidden=want_hidden,
-                                        inputs_embeds=mixed.inputs_embeds)
+                                        inputs_embeds=mixed.inputs_embeds, adapter=adapter, adapter_rows=rows)
         if hidden is not None:  # the draft head sees the raw-token positions only
             raw = [i for i, t in enumerate(mixed.token_ids) if t is not None]
             hidden = hidden.index_select(0, torch.tensor(raw, device=hidden.device))
@@ -392,7 +412,8 @@ class Engine:
             runner = self.runner_for(request.layout is not None)
             t0 = time.perf_counter()
             prompt_ids, _, mixed = self._prefill_input(request, cfg, stats, limit)
-            cache, logits, _ = self._prefill_forward(runner, prompt_ids, mixed, False)
+            cache, logits, _ = self._prefill_forward(runner, prompt_ids, mixed, False,
+                                                     self.prefill_adapter(mixed is not None))
             int(logits[0].argmax())
             _sync_device(runner.device)
             stats.ttft_s = time.perf_counter() - t0

@@ -69,12 +69,20 @@ class TargetRunner:
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         want_hidden: bool = False,
+        adapter: Any = None,
+        adapter_rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One forward of ``input_ids`` ``[1, n]`` (or ``inputs_embeds``) appended to ``cache``.
 
         ``logits_at``: ``-1`` for the last position only, ``None`` for all, an index tensor for some.
-        Returns ``(logits [m, V] float, hidden [n, H] or None)``.
+        ``adapter`` (a :class:`~refrag_rasd_core.refrag.scoped_lora.RowScopedLora`): its deltas are added at
+        the new positions ``adapter_rows`` only. Returns ``(logits [m, V] float, hidden [n, H] or None)``.
         """
+        if adapter is not None and adapter_rows is not None:
+            with adapter.hooks(self.model, adapter_rows):
+                return self.forward(input_ids, cache, logits_at=logits_at, attention_mask=attention_mask,
+                                    position_ids=position_ids, inputs_embeds=inputs_embeds,
+                                    want_hidden=want_hidden)
         kwargs: dict[str, Any] = {self._cache_kw: cache, "use_cache": True}
         if inputs_embeds is not None:
             kwargs["inputs_embeds"] = inputs_embeds

@@ -5,6 +5,7 @@ question-aware policy in the engine, and starting a run from a checkpoint."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,23 @@ def test_selection_evaluation_scores_every_policy(tmp_path: Path) -> None:
     # the content-only policies choose the same chunks whatever their order: the shuffled answers map right
     for pol in ("similarity", "question"):
         assert res["hit_rate_shuffled"][f"{pol}@0.25"] == res["hit_rate"][f"{pol}@0.25"]
+
+
+def test_chunk_scoped_adapters_leave_raw_tokens_to_the_stock_decoder(tmp_path: Path) -> None:
+    tr = trainer(tmp_path, phases=["sft"], steps_sft=2, lr_lora=5e-2, lora_scope="chunks", policy_query="decoder")
+    tr.run()
+    assert any(float(p.abs().max()) > 0 for n, p in tr.lora_params.items() if "lora_B" in n)  # they trained
+    row, _ = tr.sft_rows()[0]
+    raw = replace(row, expanded=list(range(row.n_chunks)))  # every chunk as tokens: no compressed position
+    vecs = tr.projector(torch.randn(row.n_chunks, tr.encoder.dim))
+    with torch.no_grad():
+        on_raw, _, _ = tr.row_nll([raw], vecs)
+        on_mixed, _, _ = tr.row_nll([row], vecs)
+        with tr.decoder.disable_adapter():
+            off_raw, _, _ = tr.row_nll([raw], vecs)
+            off_mixed, _, _ = tr.row_nll([row], vecs)
+    torch.testing.assert_close(on_raw, off_raw)           # raw tokens: the stock decoder, exactly
+    assert float((on_mixed - off_mixed).abs().max()) > 1e-4  # compressed positions: adapted
+    assert tr.refrag_model().lora_scope == "chunks"
+    with pytest.raises(InvalidInputError, match="lora_scope"):
+        trainer(tmp_path, out="bad", lora_scope="tokens")

@@ -92,6 +92,11 @@ def _rotations(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return torch.diag_embed(cos) + turn * sin[:, None, :]
 
 
+def _adapted(y: torch.Tensor, x: torch.Tensor, delta: Any, rows: torch.Tensor | None) -> torch.Tensor:
+    """``y`` (a linear's output on ``x``) with a row-scoped adapter's delta added at ``rows``, if any."""
+    return y if delta is None or rows is None else delta.add_(x, y, rows)
+
+
 class LeanRunner:
     """A LLaMA-family target's forward in plain tensor code (see the module docstring)."""
 
@@ -154,15 +159,21 @@ class LeanRunner:
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         want_hidden: bool = False,
+        adapter: Any = None,
+        adapter_rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One forward of ``input_ids`` ``[1, n]`` (or ``inputs_embeds`` ``[1, n, H]``) appended to ``cache``.
 
         ``attention_mask``: an additive float mask ``[1, 1, n, cached + n]`` (a token tree's); none means
         causal. ``position_ids`` ``[1, n]``: default ``cached .. cached + n - 1``. ``logits_at``: ``-1`` for
-        the last position only, ``None`` for all, an index tensor for some. Returns
+        the last position only, ``None`` for all, an index tensor for some. ``adapter`` (a
+        :class:`~refrag_rasd_core.refrag.scoped_lora.RowScopedLora`): its deltas are added at the new
+        positions ``adapter_rows`` only (a compressed prefill's chunk positions). Returns
         ``(logits [m, V] float, hidden [n, H] after the final norm, or None)``.
         """
         w = self.weights
+        deltas = adapter.lean_layers(self.model, self.device) if adapter is not None else None
+        rows = adapter_rows.to(self.device) if deltas is not None and adapter_rows is not None else None
         x = inputs_embeds[0] if inputs_embeds is not None else F.embedding(input_ids[0], w.embed)
         n = x.shape[0]
         start = cache.length
@@ -178,7 +189,9 @@ class LeanRunner:
         qk_width, inter = (heads + kv) * hd, w.intermediate
         keys, values = cache.keys, cache.values
         for i, layer in enumerate(w.layers):
-            qkv = layer.qkv(_rms_norm(x, layer.attn_norm, w.eps)).to(x.dtype)
+            d = deltas[i] if rows is not None else None
+            h = _rms_norm(x, layer.attn_norm, w.eps)
+            qkv = _adapted(layer.qkv(h).to(x.dtype), h, d and d.qkv, rows)
             qk = qkv[:, :qk_width].view(n, heads + kv, hd)
             qk = torch.bmm(qk, rot) if rot is not None else qk * cos + _rotate_half(qk) * sin
             keys[i, :, start:total] = qk[:, heads:].transpose(0, 1)
@@ -186,9 +199,12 @@ class LeanRunner:
             att = F.scaled_dot_product_attention(
                 qk[:, :heads].transpose(0, 1)[None], keys[i, :, :total][None], values[i, :, :total][None],
                 attn_mask=mask, is_causal=causal, scale=w.scaling, enable_gqa=heads != kv)
-            x = x + layer.o(att[0].transpose(0, 1).reshape(n, heads * hd))
-            gu = layer.gate_up(_rms_norm(x, layer.mlp_norm, w.eps))
-            x = x + layer.down(F.silu(gu[:, :inter]) * gu[:, inter:])
+            a = att[0].transpose(0, 1).reshape(n, heads * hd)
+            x = x + _adapted(layer.o(a), a, d and d.o, rows)
+            h = _rms_norm(x, layer.mlp_norm, w.eps)
+            gu = _adapted(layer.gate_up(h), h, d and d.gate_up, rows)
+            m = F.silu(gu[:, :inter]) * gu[:, inter:]
+            x = x + _adapted(layer.down(m), m, d and d.down, rows)
         cache.length = total
         if want_hidden:
             hidden = _rms_norm(x, w.norm, w.eps)

@@ -68,7 +68,8 @@ def save_refrag_checkpoint(model: RefragModel, path: str | os.PathLike, *, decod
                     "tag": model.encoder_tag, "fine_tuned": bool(model.encoder_state)},
         "projector": {"encoder_dim": model.projector.encoder_dim, "decoder_dim": model.projector.decoder_dim},
         "policy": model.policy.config if model.policy is not None else None,
-        "lora": {"scaling": model.lora_scaling, "modules": len(model.lora) // 2} if model.lora else None,
+        "lora": ({"scaling": model.lora_scaling, "modules": len(model.lora) // 2, "scope": model.lora_scope}
+                 if model.lora else None),
         "decoder": decoder_info, "recipe": recipe or {}, "metrics": metrics or {},
     }
     return write_checkpoint(state, path, meta)
@@ -123,6 +124,7 @@ def load_refrag_checkpoint(path: str | os.PathLike, decoder: Any = None, tokeniz
         model = RefragModel(projector, k=int(meta["k"]), encoder=enc["name"], encoder_dim=int(enc["dim"]),
                             pooling=enc.get("pooling", "mean"), policy=policy, lora=groups["lora"],
                             lora_scaling=float((meta.get("lora") or {}).get("scaling", 1.0)),
+                            lora_scope=str((meta.get("lora") or {}).get("scope", "all")),
                             encoder_state={k: v.float() for k, v in groups["encoder"].items()},
                             encoder_tag=enc.get("tag"), meta=meta)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # RuntimeError: load_state_dict shapes

@@ -20,7 +20,9 @@ from .encoder import LAYOUT_VERSION, STORE_DTYPE, ChunkEncoder, tokenizer_finger
 from .policy import ExpansionPolicy
 from .projector import ChunkProjector
 
-__all__ = ["RefragModel"]
+__all__ = ["LORA_SCOPES", "RefragModel"]
+
+LORA_SCOPES = ("all", "chunks")
 
 
 class RefragModel(nn.Module):
@@ -29,6 +31,7 @@ class RefragModel(nn.Module):
     def __init__(self, projector: ChunkProjector, *, k: int, encoder: str, encoder_dim: int,
                  pooling: str = "mean", policy: ExpansionPolicy | None = None,
                  lora: dict[str, torch.Tensor] | None = None, lora_scaling: float = 1.0,
+                 lora_scope: str = "all",
                  encoder_state: dict[str, torch.Tensor] | None = None, encoder_tag: str | None = None,
                  meta: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -40,6 +43,11 @@ class RefragModel(nn.Module):
         self.pooling = pooling
         self.lora = lora or {}
         self.lora_scaling = float(lora_scaling)
+        if lora_scope not in LORA_SCOPES:
+            raise ValueError(f"lora_scope must be one of {LORA_SCOPES}, got {lora_scope!r}")
+        # "all": the adapters change every position of a compressed request (a second weight set decodes it);
+        # "chunks": only the compressed chunks' positions, in the prefill; raw tokens and decoding stay stock
+        self.lora_scope = lora_scope
         self.encoder_state = encoder_state or {}
         self.encoder_tag = encoder_tag  # set when the encoder was fine-tuned: part of the store signature
         self.meta = dict(meta or {})

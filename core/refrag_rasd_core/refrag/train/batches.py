@@ -94,7 +94,8 @@ class Batch:
 
 
 def assemble(rows: Sequence[Row], projected: torch.Tensor, embed: Any, k: int) -> dict[str, torch.Tensor]:
-    """Decoder input of ``rows``: ``inputs_embeds`` ``[B, L, H]`` (right-padded), ``attention_mask``, and the
+    """Decoder input of ``rows``: ``inputs_embeds`` ``[B, L, H]`` (right-padded), ``attention_mask``,
+    ``vector_mask`` (``[B, L]``, True at compressed-chunk positions), and the
     (row, position) that PREDICTS each target token with the token ids (``pred_rows``, ``pred_pos``, ``labels``).
 
     ``projected``: the rows' chunk vectors in decoder space ``[sum n_chunks, H]`` (rows in order)."""
@@ -126,7 +127,7 @@ def assemble(rows: Sequence[Row], projected: torch.Tensor, embed: Any, k: int) -
         pred_pos.extend(range(t0 - 1, t0 - 1 + n))
         labels.extend(r.target)
     dev = weight.device
-    return {"inputs_embeds": tok_emb, "attention_mask": mask,
+    return {"inputs_embeds": tok_emb, "attention_mask": mask, "vector_mask": is_vec,
             "pred_rows": torch.tensor(pred_rows, dtype=torch.long, device=dev),
             "pred_pos": torch.tensor(pred_pos, dtype=torch.long, device=dev),
             "labels": torch.tensor(labels, dtype=torch.long, device=dev)}

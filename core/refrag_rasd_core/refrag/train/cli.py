@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continuation", type=int, default=d.continuation)
     p.add_argument("--mixed-fraction", type=float, default=d.mixed_fraction)
     p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0 = no decoder LoRA")
+    p.add_argument("--lora-scope", choices=["all", "chunks"], default=d.lora_scope,
+                   help="where the decoder adapters act: every position of a compressed request (all), or only "
+                        "the compressed chunks' positions (chunks: raw tokens and decoding run the stock decoder)")
     p.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
     p.add_argument("--lr-recon", type=float, default=d.lr_recon)
     p.add_argument("--lr-projector", type=float, default=d.lr_projector)
@@ -123,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> RefragTrainConfig:
     return RefragTrainConfig(phases=phases, k=args.k, batch_tokens=args.batch_tokens, recon_max_chunks=args.recon_max_chunks,
                        cpt_max_chunks=args.cpt_max_chunks, continuation=args.continuation,
                        mixed_fraction=args.mixed_fraction, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                       lora_scope=args.lora_scope,
                        lr_recon=args.lr_recon, lr_projector=args.lr_projector, lr_lora=args.lr_lora,
                        lr_policy=args.lr_policy, policy_group=args.policy_group, lr_select=args.lr_select,
                        policy_query=args.policy_query or ("question" if args.qa_data else "decoder"),

@@ -50,7 +50,7 @@ from ..checkpoint import decoder_info, save_refrag_checkpoint
 from ..encoder import DEFAULT_POOLING
 from ..policy import ExpansionPolicy
 from ..projector import ChunkProjector
-from ..refrag_model import RefragModel
+from ..refrag_model import LORA_SCOPES, RefragModel
 from .batches import Batch, Row, WindowSampler, assemble, curriculum_chunks, expansion_sample
 from .corpus import ChunkCorpus
 from .lora_export import peft_lora_state, unwrap_peft
@@ -92,6 +92,7 @@ class RefragTrainConfig:
     grad_clip: float = 1.0
     lora_rank: int = 8
     lora_alpha: float = 16.0
+    lora_scope: str = "all"          # "chunks": the adapters act on compressed-chunk positions only
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                              "up_proj", "down_proj"])
     train_encoder: bool = False
@@ -183,6 +184,15 @@ class RefragTrainer:
                                       ).to(self.device)
         self.encoder.to(self.device).eval()
         self.lora_params = {n: p for n, p in self.decoder.named_parameters() if "lora_" in n}
+        if cfg.lora_scope not in LORA_SCOPES:
+            raise InvalidInputError(f"lora_scope must be one of {LORA_SCOPES}, got {cfg.lora_scope!r}")
+        self.policy_from_init = False
+        self._scope_mask: torch.Tensor | None = None  # [B, L, 1] during a forward when lora_scope == "chunks"
+        if cfg.lora_scope == "chunks" and self.lora_params:
+            for mod in self.decoder.modules():
+                lora_b = getattr(mod, "lora_B", None)
+                if isinstance(lora_b, torch.nn.ModuleDict) and "default" in lora_b:
+                    lora_b["default"].register_forward_hook(self._scope_hook)
         for p in self.lora_params.values():
             p.requires_grad_(False)
         self.start_ids = [t for t in (tokenizer.bos_token_id if tokenizer.bos_token_id is not None
@@ -275,6 +285,7 @@ class RefragTrainer:
             self.projector.load_state_dict(rm.projector.state_dict())
             if rm.policy is not None and rm.policy.config == self.policy.config:
                 self.policy.load_state_dict(rm.policy.state_dict())
+                self.policy_from_init = True  # exported even when this run trains no policy phase
             if rm.lora:
                 if not self.lora_params:
                     raise InvalidInputError(f"--init {path} has decoder LoRA; this run has --lora-rank 0")
@@ -308,7 +319,8 @@ class RefragTrainer:
         tmp = path.with_suffix(".tmp")
         save_file(tensors, str(tmp))
         meta = {"phase_index": self.phase_index, "phase": self._phase_name(), "step": self.step,
-                "config": asdict(self.cfg), "history": self.history, "recipe": self.recipe}
+                "config": asdict(self.cfg), "history": self.history, "recipe": self.recipe,
+                "policy_from_init": self.policy_from_init}
         jtmp = path.with_suffix(".json.tmp")
         jtmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, path)
@@ -329,6 +341,7 @@ class RefragTrainer:
                     p.copy_(tensors[n].to(p.device, p.dtype))
         self.phase_index, self.step = int(meta["phase_index"]), int(meta["step"])
         self.history = meta.get("history", {})
+        self.policy_from_init = bool(meta.get("policy_from_init", False))
         self._pending_opt = {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}
         return True
 
@@ -359,10 +372,12 @@ class RefragTrainer:
         import copy
 
         trained = {p: self.history.get(p, {}).get("steps", 0) for p in self.cfg.phases}
-        policy = copy.deepcopy(self.policy).cpu().eval() if trained.get("policy") or trained.get("select") else None
+        has_policy = trained.get("policy") or trained.get("select") or self.policy_from_init
+        policy = copy.deepcopy(self.policy).cpu().eval() if has_policy else None
         return RefragModel(copy.deepcopy(self.projector).cpu().eval(), k=self.cfg.k, encoder=self.encoder.name,
                            encoder_dim=self.encoder.dim, pooling=self.encoder.pooling, policy=policy,
-                           lora=lora, lora_scaling=scaling, encoder_state=enc_state, encoder_tag=tag)
+                           lora=lora, lora_scaling=scaling, lora_scope=self.cfg.lora_scope,
+                           encoder_state=enc_state, encoder_tag=tag)
 
     def export(self, path: str | os.PathLike | None = None, *, metrics: dict | None = None,
                dtype: torch.dtype = torch.float16) -> Path:
@@ -372,6 +387,10 @@ class RefragTrainer:
                                       decoder_info=self.base_info, recipe=recipe, metrics=metrics or {}, dtype=dtype)
 
     # ------------------------------------------------------------------ the decoder on rows
+    def _scope_hook(self, module: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+        """``lora_scope == "chunks"``: a LoRA branch's output counts at compressed-chunk positions only."""
+        return out if self._scope_mask is None else out * self._scope_mask.to(out.dtype)
+
     def chunk_vectors(self, batch: Batch, grad: bool = False) -> torch.Tensor:
         """Encoder-space vectors of a batch's chunks (recomputed by the encoder when it trains)."""
         if self.cfg.train_encoder and batch.texts:
@@ -386,9 +405,14 @@ class RefragTrainer:
         attn = None if bool(mask.all()) else mask
         ctx = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                else torch.autocast(self.device.type, enabled=False))
-        with ctx:
-            h = self.body(inputs_embeds=inp["inputs_embeds"], attention_mask=attn).last_hidden_state
-            logits = self.head(h[inp["pred_rows"], inp["pred_pos"]])
+        if self.cfg.lora_scope == "chunks":
+            self._scope_mask = inp["vector_mask"][..., None]
+        try:
+            with ctx:
+                h = self.body(inputs_embeds=inp["inputs_embeds"], attention_mask=attn).last_hidden_state
+                logits = self.head(h[inp["pred_rows"], inp["pred_pos"]])
+        finally:
+            self._scope_mask = None
         logits = logits.float()
         nll = F.cross_entropy(logits, inp["labels"], reduction="none")
         return nll, inp["pred_rows"], (logits.argmax(-1) == inp["labels"])
