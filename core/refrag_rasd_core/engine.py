@@ -62,9 +62,11 @@ class Engine:
         request's passages. ``refrag``: the REFRAG parts for ``context="compressed"``: a checkpoint path, a
         :class:`~refrag_rasd_core.refrag.RefragModel`, ``None``, or ``"auto"`` (the shipped checkpoint when
         the target is the default model). A checkpoint's decoder LoRA adapters apply to compressed requests
-        only: those run on a second weight set (the adapted linears merged into copies, everything else
-        shared, built on the first compressed request); every other request runs the stock target, so its
-        output is the stock model's. ``refrag_encoder``: the
+        only. Scoped to the chunk positions (``lora.scope: "chunks"``), they are added at those rows of the
+        prefill and decoding runs the stock target; scoped to all positions (older checkpoints), a compressed
+        request runs on a second weight set (the adapted linears merged into copies, everything else shared,
+        built on the first compressed request). Every other request runs the stock target, so its output is
+        the stock model's. ``refrag_encoder``: the
         :class:`~refrag_rasd_core.refrag.ChunkEncoder` for passages that come without chunk embeddings
         (default: the checkpoint's encoder, loaded on first need). ``forward``: what runs the target
         (:mod:`~refrag_rasd_core.forward`): ``"auto"`` (the lean forward for LLaMA / Qwen2 / Mistral on CPU
