@@ -15,7 +15,10 @@ process:
 Per setting: ``answer_recall`` (a gold answer contained in the output), ``answer_f1`` (token F1 of the best
 gold answer against the output's first sentence), ``keeps_text_hits`` (the share of the questions ``text``
 answers right that this setting answers right too), ``ttft_s`` (from the caller's side, retrieval included),
-``ttft_speedup_vs_text`` and ``prefill_positions``.
+``ttft_speedup_vs_text`` and ``prefill_positions``. For the compressed settings, what limits them:
+``answer_chunk_expanded`` (of the questions whose retrieved chunks hold a gold answer, the share where the
+policy expanded one of those chunks) and ``lost_with_answer_expanded`` (how many of plain RAG's right answers
+were lost although an answer chunk was expanded: the compression, not the policy, lost those).
 
 Data files: NQ-open / SQuAD style lines ``{"question", "answers", "passage", "title"?}``, or Spec-Bench lines
 whose ``rag`` prompts carry their passages (every line but the last).
@@ -37,6 +40,7 @@ from typing import Any
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.qa_file import QAItem
+from refrag_rasd_core.refrag import answer_chunks, chunk_texts
 
 from .decode import table_cell
 from .machine import machine_info
@@ -133,6 +137,16 @@ def make_setting_chain(setting: Setting, store: Any, engine: Engine, *, k: int, 
     return {"context": store.as_retriever(k=k), "question": RunnablePassthrough()} | PassagePrompt() | llm
 
 
+def retrieved_answer_chunks(engine: Engine, passages: Sequence[str], answers: Sequence[str]) -> list[int] | None:
+    """Indices (prompt order, as a compressed request cuts them) of the retrieved passages' chunks that hold a
+    gold answer; ``None`` when the engine has no REFRAG checkpoint."""
+    if engine.refrag is None:
+        return None
+    k = engine.refrag.k
+    texts = [t for ids in engine.passage_token_ids(list(passages)) for t in chunk_texts(engine.tokenizer, ids, k)]
+    return answer_chunks(texts, answers)
+
+
 def run_qa_suite(engine: Engine, items: Sequence[QAItem], store: Any, settings: Sequence[Setting], *,
                  k: int = 5, max_new_tokens: int = 32, progress: bool = True) -> dict[str, Any]:
     """Answer every question with every setting (interleaved, after one warm-up question); returns the
@@ -156,7 +170,9 @@ def run_qa_suite(engine: Engine, items: Sequence[QAItem], store: Any, settings: 
         # ids and measurements only: question, passage and answer text stay in the data file (a results file
         # may be committed; benchmark data from other repositories must not be copied into it)
         row: dict[str, Any] = {"id": item.qid, "gold_retrieved": (any(g in got for g in gold) if gold else None),
-                               "sources": [d.metadata.get("source") for d in docs], "methods": {}}
+                               "sources": [d.metadata.get("source") for d in docs], "methods": {},
+                               "answer_chunks": retrieved_answer_chunks(engine, [d.page_content for d in docs],
+                                                                        item.answers)}
         for name, chain in chains.items():
             m = run_chain(chain, item.question)
             row["methods"][name] = {
@@ -165,6 +181,8 @@ def run_qa_suite(engine: Engine, items: Sequence[QAItem], store: Any, settings: 
                 "prefill_s": m["prefill_s"], "prefill_positions": m["prefill_positions"],
                 "total_s": round(m["total_s"], 4), "new_tokens": m["new_tokens"],
             }
+            if m.get("expanded") is not None:  # a compressed request: which chunks stayed raw
+                row["methods"][name]["expanded"] = m["expanded"]
         rows.append(row)
     found = [r["gold_retrieved"] for r in rows if r["gold_retrieved"] is not None]
     methods = summarize_qa(rows, list(chains))
@@ -187,9 +205,10 @@ def run_qa_suite(engine: Engine, items: Sequence[QAItem], store: Any, settings: 
 
 def summarize_qa(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
     """Per setting: answer recall / F1, the share of ``text``'s right answers kept, time to first token and
-    its speedup over ``text`` (median of per-question ratios), prefill positions."""
+    its speedup over ``text`` (median of per-question ratios), prefill positions; for compressed settings the
+    answer-chunk diagnostics (:func:`answer_chunk_diagnostics`)."""
     text_hits = [r for r in rows if r["methods"]["text"]["answer_recall"] == 1.0]
-    out = {}
+    out: dict[str, Any] = {}
     for n in names:
         cells = [r["methods"][n] for r in rows]
         rec = [c["answer_recall"] for c in cells if c["answer_recall"] is not None]
@@ -205,8 +224,32 @@ def summarize_qa(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[s
                                                             for r in rows), 3),
             "prefill_positions": round(statistics.fmean(pos), 1) if pos else None,
             "n": len(cells),
+            **answer_chunk_diagnostics(rows, n),
         }
     return out
+
+
+def answer_chunk_diagnostics(rows: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
+    """For a setting whose rows record ``expanded`` chunks and the questions' ``answer_chunks``: the share of
+    answer-bearing questions whose expanded chunks include an answer chunk, and how many of plain RAG's right
+    answers it lost with an answer chunk expanded (the compressed rest changed the answer) or without one
+    (the policy missed it). Empty for settings that compress nothing.
+
+    Example:
+        >>> def row(text, got, expanded, answer):
+        ...     return {"answer_chunks": answer, "methods": {"text": {"answer_recall": text},
+        ...             "c": {"answer_recall": got, "expanded": expanded}}}
+        >>> answer_chunk_diagnostics([row(1.0, 0.0, [2], [2]), row(1.0, 0.0, [0], [3]), row(0.0, 1.0, [1], [])], "c")
+        {'answer_chunk_expanded': 0.5, 'lost_with_answer_expanded': 1, 'lost_without_answer_expanded': 1}
+    """
+    cells = [(r, r["methods"][name]) for r in rows
+             if r["methods"][name].get("expanded") is not None and r.get("answer_chunks") is not None]
+    if not cells:
+        return {}
+    has = [(r, c, bool(set(c["expanded"]) & set(r["answer_chunks"]))) for r, c in cells if r["answer_chunks"]]
+    lost = [hit for r, c, hit in has if r["methods"]["text"]["answer_recall"] == 1.0 and c["answer_recall"] != 1.0]
+    return {"answer_chunk_expanded": round(statistics.fmean(h for _, _, h in has), 4) if has else None,
+            "lost_with_answer_expanded": sum(lost), "lost_without_answer_expanded": len(lost) - sum(lost)}
 
 
 def operating_point(methods: dict[str, Any], keep: float = 0.95) -> dict[str, Any]:

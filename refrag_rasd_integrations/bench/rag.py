@@ -145,7 +145,8 @@ def _measured(answer: str, t0: float, first: float | None, meta: dict[str, Any],
     return {"answer": answer, "ttft_s": first, "total_s": total, "new_tokens": n,
             "decode_tokens_per_s": (n - 1) / (total - first) if n > 1 and total > first else 0.0,
             "prefill_s": stats.get("ttft_s"), "accepted_per_forward": meta.get("accepted_per_forward"),
-            "prefill_positions": stats.get("prefill_positions"), "prompt_tokens": usage.get("input_tokens")}
+            "prefill_positions": stats.get("prefill_positions"), "prompt_tokens": usage.get("input_tokens"),
+            "expanded": stats.get("expanded") if stats.get("chunks") else None}
 
 
 def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *, limit: int = 3, k: int = 5,

@@ -115,6 +115,13 @@ def test_qa_suite_end_to_end(tmp_path):
         assert m["none"]["prefill_positions"] < m["compressed:0"]["prefill_positions"] < m["text"]["prefill_positions"]
         assert m["compressed:0"]["prefill_positions"] < m["compressed:0.5:similarity"]["prefill_positions"]
         assert all(c["answer_recall"] in (0.0, 1.0) for c in m.values())
+        assert m["compressed:0"]["expanded"] == [] and len(m["compressed:0.5:similarity"]["expanded"]) >= 1
+        assert "expanded" not in m["text"] and "expanded" not in m["none"]
+        assert isinstance(row["answer_chunks"], list)
+    assert res["per_question"][0]["answer_chunks"]  # "Paris" stands in the first question's retrieved passages
+    assert res["methods"]["compressed:0"]["answer_chunk_expanded"] == 0.0
+    assert 0.0 <= res["methods"]["compressed:0.5:similarity"]["answer_chunk_expanded"] <= 1.0
+    assert "answer_chunk_expanded" not in res["methods"]["text"]
     assert res["methods"]["text"]["ttft_speedup_vs_text"] == 1.0 and res["methods"]["text"]["n"] == 3
     table = format_qa_table(res)
     assert "compressed:0.5:similarity" in table and "recall@k 1.00" in table

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import DEFAULT_REFRAG_CHECKPOINT, load_refrag_checkpoint, save_refrag_checkpoint
-from .chunking import chunk_texts, chunk_token_ids, num_chunks
+from .chunking import answer_chunks, chunk_texts, chunk_token_ids, num_chunks
 from .context import CONTEXT_MODES, CompressedInput, ContextLayout, build_compressed_input, layout_prompt
 from .encoder import ChunkEncoder, tokenizer_fingerprint
 from .policy import POLICIES, ExpansionPolicy, choose_expansions, expansion_count
@@ -47,7 +47,7 @@ class Passage:
 __all__ = [
     "CONTEXT_MODES", "DEFAULT_REFRAG_CHECKPOINT", "POLICIES",
     "ChunkEncoder", "ChunkProjector", "CompressedInput", "ContextLayout", "ExpansionPolicy", "Passage",
-    "RefragModel", "build_compressed_input", "choose_expansions", "chunk_texts", "chunk_token_ids",
+    "RefragModel", "answer_chunks", "build_compressed_input", "choose_expansions", "chunk_texts", "chunk_token_ids",
     "expansion_count", "layout_prompt", "load_refrag_checkpoint", "num_chunks", "save_refrag_checkpoint",
     "tokenizer_fingerprint",
 ]

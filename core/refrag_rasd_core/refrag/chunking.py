@@ -10,6 +10,10 @@ Example:
     [[1, 2], [3, 4], [5]]
     >>> num_chunks(0, 16), num_chunks(17, 16)
     (0, 2)
+    >>> answer_chunks(["The first prize went to ", "Wilhelm Röntgen of", " Germany."], ["röntgen"])
+    [1]
+    >>> answer_chunks(["went to Wil", "helm Röntgen"], ["Wilhelm"])
+    [0, 1]
 """
 
 from __future__ import annotations
@@ -44,3 +48,26 @@ def chunk_token_ids(token_ids: Sequence[int], k: int) -> list[list[int]]:
 def chunk_texts(tokenizer: Any, token_ids: Sequence[int], k: int) -> list[str]:
     """The text of each chunk, decoded separately (what the encoder reads)."""
     return [tokenizer.decode(c, skip_special_tokens=True) for c in chunk_token_ids(token_ids, k)]
+
+
+def answer_chunks(texts: Sequence[str], answers: Sequence[str]) -> list[int]:
+    """Indices of the chunk ``texts`` (consecutive pieces of one text) that hold any of ``answers``
+    (case-insensitive; an answer across a chunk boundary marks every chunk it touches)."""
+    joined = "".join(texts).lower()
+    ends, pos = [], 0
+    for t in texts:
+        pos += len(t)
+        ends.append(pos)
+    hit: set[int] = set()
+    for a in answers:
+        a = str(a).strip().lower()
+        if not a:
+            continue
+        start = joined.find(a)
+        while start >= 0:
+            stop = start + len(a)
+            first = next(i for i, e in enumerate(ends) if e > start)
+            last = next(i for i, e in enumerate(ends) if e >= stop)
+            hit.update(range(first, last + 1))
+            start = joined.find(a, start + 1)
+    return sorted(hit)

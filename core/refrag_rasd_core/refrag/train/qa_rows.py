@@ -12,14 +12,8 @@ retriever does), in rank order, as the engine would receive them.
 Per example: the passages' decoder tokens, their chunk vectors (the checkpoint's encoder and pooling, what
 a store keeps), the question's vector from the same encoder (what a question-aware policy reads), and the
 global indices of the chunks holding a gold answer (case-insensitive match in the chunks' decoded text; an
-answer across a chunk boundary marks both chunks). Everything is computed once per run and cached in the
-run folder (safetensors + json, no pickle).
-
-Example:
-    >>> answer_chunks(["The first prize went to ", "Wilhelm Röntgen of", " Germany."], ["röntgen"])
-    [1]
-    >>> answer_chunks(["went to Wil", "helm Röntgen"], ["Wilhelm"])
-    [0, 1]
+answer across a chunk boundary marks both chunks: :func:`~refrag_rasd_core.refrag.chunking.answer_chunks`).
+Everything is computed once per run and cached in the run folder (safetensors + json, no pickle).
 """
 
 from __future__ import annotations
@@ -35,7 +29,7 @@ import torch
 
 from ...errors import InvalidInputError
 from ...qa_file import QAItem, load_qa_file
-from ..chunking import chunk_texts, chunk_token_ids
+from ..chunking import answer_chunks, chunk_texts, chunk_token_ids
 from ..context import layout_prompt
 from .batches import Row
 
@@ -60,28 +54,6 @@ class QAExample:
     @property
     def n_chunks(self) -> int:
         return int(self.vectors.shape[0])
-
-
-def answer_chunks(texts: Sequence[str], answers: Sequence[str]) -> list[int]:
-    """Indices of the chunk ``texts`` (consecutive pieces of one text) that hold any of ``answers``."""
-    joined = "".join(texts).lower()
-    ends, pos = [], 0
-    for t in texts:
-        pos += len(t)
-        ends.append(pos)
-    hit: set[int] = set()
-    for a in answers:
-        a = str(a).strip().lower()
-        if not a:
-            continue
-        start = joined.find(a)
-        while start >= 0:
-            stop = start + len(a)
-            first = next(i for i, e in enumerate(ends) if e > start)
-            last = next(i for i, e in enumerate(ends) if e >= stop)
-            hit.update(range(first, last + 1))
-            start = joined.find(a, start + 1)
-    return sorted(hit)
 
 
 def load_qa_split(paths: Sequence[str | Path], holdout: int) -> list[tuple[list[QAItem], list[QAItem], list[str]]]:
