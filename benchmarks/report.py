@@ -107,10 +107,18 @@ def qa_table(res: dict) -> str:
              f"{_shipped_or_not(s)}.", "",
              "| setting | answer recall | answer F1 | keeps plain RAG's right answers | TTFT s | TTFT speedup vs text "
              "| prefill positions |", "|---|---:|---:|---:|---:|---:|---:|"]
+    diag = any("answer_chunk_expanded" in v for v in res["methods"].values())
+    if diag:  # which chunks the policy expanded: lost answers split into policy misses and compression losses
+        lines[-2] += " answer chunk expanded | lost hits: answer chunk expanded / not |"
+        lines[-1] += "---:|---:|"
     for name, v in res["methods"].items():
-        lines.append(f"| {name} | {_f(v['answer_recall'], '.2f')} | {_f(v['answer_f1'], '.2f')} | "
-                     f"{_f(v['keeps_text_hits'], '.2f')} | {_f(v['ttft_s'], '.2f')} | "
-                     f"{_f(v['ttft_speedup_vs_text'], '.2f')}x | {_f(v['prefill_positions'], '.0f')} |")
+        row = (f"| {name} | {_f(v['answer_recall'], '.2f')} | {_f(v['answer_f1'], '.2f')} | "
+               f"{_f(v['keeps_text_hits'], '.2f')} | {_f(v['ttft_s'], '.2f')} | "
+               f"{_f(v['ttft_speedup_vs_text'], '.2f')}x | {_f(v['prefill_positions'], '.0f')} |")
+        if diag:
+            row += (f" {_f(v.get('answer_chunk_expanded'), '.2f')} | {v.get('lost_with_answer_expanded', '')} / "
+                    f"{v.get('lost_without_answer_expanded', '')} |" if "answer_chunk_expanded" in v else " | |")
+        lines.append(row)
     point = res.get("operating_point") or {}
     lines += ["", f"Fastest setting that keeps at least 95% of plain RAG's right answers: "
                   f"**{point.get('setting', '?')}**."]
