@@ -131,7 +131,7 @@ def _shipped_or_not(settings: dict) -> str:
     side = ROOT / "core" / "refrag_rasd_core" / "checkpoints" / "smollm2-135m-instruct-refrag-k16.json"
     if not sha or not side.exists():
         return ""
-    return " (the shipped one)" if json.loads(side.read_text()).get("sha256") == sha else " (an earlier checkpoint)"
+    return " (the shipped one)" if json.loads(side.read_text()).get("sha256") == sha else " (not the shipped one)"
 
 
 SHIPPED_REFRAG = ROOT / "core" / "refrag_rasd_core" / "checkpoints" / "smollm2-135m-instruct-refrag-k16.json"
