@@ -154,8 +154,13 @@ def plot_frontier(files: list[Path], out: Path) -> bool:
         colour = colours.setdefault(data, f"C{len(colours)}")
         pts = [(v["keeps_text_hits"], v["ttft_speedup_vs_text"], n) for n, v in res["methods"].items()
                if v.get("keeps_text_hits") is not None and n not in ("text", "default")]
-        ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], color=colour, marker=markers.get(k, "D"),
+        fewer = [(x, y) for x, y, n in pts if n.startswith("text:")]  # plain RAG over fewer passages: hollow
+        pts_c = [(x, y) for x, y, n in pts if not n.startswith("text:")]
+        ax.scatter([x for x, _ in pts_c], [y for _, y in pts_c], color=colour, marker=markers.get(k, "D"),
                    label=f"{data}, top {k}")
+        if fewer:
+            ax.scatter([x for x, _ in fewer], [y for _, y in fewer], edgecolors=colour, facecolors="none",
+                       marker=markers.get(k, "D"))
         for x, y, n in pts:
             ax.annotate(n.removeprefix("compressed:"), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points",
                         color=colour)
@@ -163,7 +168,8 @@ def plot_frontier(files: list[Path], out: Path) -> bool:
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_xlabel("share of plain RAG's right answers kept")
     ax.set_ylabel("time-to-first-token speedup vs plain RAG")
-    ax.set_title("compressed settings (P:policy) of the shipped REFRAG checkpoint", fontsize=9)
+    ax.set_title("compressed settings (P:policy) of the shipped REFRAG checkpoint;\n"
+                 "hollow: plain RAG over the best K passages only (text:K)", fontsize=9)
     ax.set_xlim(-0.02, 1.1)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))

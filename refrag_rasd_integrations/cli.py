@@ -159,7 +159,8 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     g.add_argument("--corpus", default=None,
                    help="file whose distinct passages are indexed (default: the --data file, all lines)")
     g.add_argument("--settings", default=None,
-                   help="comma-separated: none, text, compressed:P[:POLICY], default (text is always run)")
+                   help="comma-separated: none, text, text:K (plain RAG over the best K < top-k passages), "
+                        "compressed:P[:POLICY], default (text is always run)")
     _model_args(p)
 
 
@@ -214,7 +215,7 @@ def _bench_qa(args: argparse.Namespace) -> dict:
     )
     from .store import RefragChromaStore, chroma_dir
 
-    settings = parse_settings(args.settings or DEFAULT_SETTINGS)
+    settings = parse_settings(args.settings or DEFAULT_SETTINGS, k=args.top_k)
     items, passages = load_qa_file(args.data)
     if args.corpus:
         passages = corpus_passages(args.corpus)

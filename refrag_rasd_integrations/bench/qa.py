@@ -8,6 +8,8 @@ process:
 
 * ``none``                     the question alone (no passages): the floor;
 * ``text``                     plain RAG: the retrieved passages as tokens (the baseline);
+* ``text:K``                   plain RAG over the best ``K`` (< top-k) retrieved passages only: the usual way to a
+                               sooner first token without REFRAG, measured against the full plain RAG;
 * ``compressed:P[:POLICY]``    REFRAG: stored chunk vectors, a share ``P`` of the chunks expanded as tokens by
                                ``POLICY`` (``rl``, ``rank``, ``similarity``, ``random``, ``perplexity``; default ``auto``);
 * ``default``                  whatever ``ChatRefragRasd()`` does when the user sets nothing.
@@ -59,12 +61,23 @@ class Setting:
     context: str | None = None  # None: the chat model's default
     expand: float | None = None
     policy: str | None = None
+    passages: int | None = None  # text:K: the best K retrieved passages only
 
     @classmethod
     def parse(cls, name: str) -> Setting:
+        """A setting from its name.
+
+        Example:
+            >>> Setting.parse("text:2")
+            Setting(name='text:2', context='text', expand=None, policy=None, passages=2)
+        """
         parts = name.strip().split(":")
         if parts[0] in ("none", "text", "default") and len(parts) == 1:
             return cls(name=parts[0], context=None if parts[0] == "default" else parts[0])
+        if parts[0] == "text" and len(parts) == 2:
+            if not parts[1].isdigit() or int(parts[1]) < 1:
+                raise InvalidInputError(f"bad setting {name!r}: text:K takes a passage count K >= 1")
+            return cls(name=f"text:{int(parts[1])}", context="text", passages=int(parts[1]))
         if parts[0] == "compressed" and len(parts) in (2, 3):
             try:
                 p = float(parts[1])
@@ -75,7 +88,7 @@ class Setting:
                 raise InvalidInputError(f"bad setting {name!r}: compressed:P[:POLICY] takes 0 <= P <= 1 and a "
                                         f"policy of {', '.join(POLICIES)}")
             return cls(name=name.strip(), context="compressed", expand=p, policy=policy)
-        raise InvalidInputError(f"unknown setting {name!r}: use none, text, compressed:P[:POLICY] or default")
+        raise InvalidInputError(f"unknown setting {name!r}: use none, text, text:K, compressed:P[:POLICY] or default")
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`ChatRefragRasd` for this setting (greedy, vanilla decoding, except
@@ -88,9 +101,14 @@ class Setting:
         return kw
 
 
-def parse_settings(spec: str) -> list[Setting]:
-    """``"none,text,compressed:0.25:rl"`` -> settings; ``text`` is always run (the baseline)."""
+def parse_settings(spec: str, k: int | None = None) -> list[Setting]:
+    """``"none,text,compressed:0.25:rl"`` -> settings; ``text`` is always run (the baseline). With the run's
+    top-k ``k``, a ``text:K`` must retrieve fewer passages than plain RAG does."""
     settings = [Setting.parse(s) for s in spec.split(",") if s.strip()]
+    for s in settings:
+        if k is not None and s.passages is not None and s.passages >= k:
+            raise InvalidInputError(f"setting {s.name!r}: K must be below the run's top-k ({k}); plain RAG "
+                                    f"over all {k} passages is 'text'")
     if not any(s.name == "text" for s in settings):
         settings.insert(0, Setting("text", "text"))
     names = [s.name for s in settings]
@@ -126,7 +144,8 @@ def _norm_ws(text: str) -> str:
 
 def make_setting_chain(setting: Setting, store: Any, engine: Engine, *, k: int, max_new_tokens: int) -> Any:
     """The LCEL chain of one setting: ``none`` asks the chat model the bare question; the others are
-    ``{"context": retriever, "question": passthrough} | PassagePrompt() | ChatRefragRasd(...)``."""
+    ``{"context": retriever, "question": passthrough} | PassagePrompt() | ChatRefragRasd(...)``, the retriever
+    returning ``k`` passages (``text:K``: ``K``)."""
     from langchain_core.runnables import RunnablePassthrough
 
     from ..langchain import ChatRefragRasd, PassagePrompt
@@ -134,7 +153,8 @@ def make_setting_chain(setting: Setting, store: Any, engine: Engine, *, k: int, 
     llm = ChatRefragRasd(engine=engine, max_tokens=max_new_tokens, seed=0, **setting.model_kwargs())
     if setting.context == "none":
         return llm
-    return {"context": store.as_retriever(k=k), "question": RunnablePassthrough()} | PassagePrompt() | llm
+    retriever = store.as_retriever(k=setting.passages or k)
+    return {"context": retriever, "question": RunnablePassthrough()} | PassagePrompt() | llm
 
 
 def retrieved_answer_chunks(engine: Engine, passages: Sequence[str], answers: Sequence[str]) -> list[int] | None:

@@ -47,11 +47,19 @@ def test_settings_parse_and_reject():
     assert s[2].model_kwargs()["engine_kwargs"] == {"expand": 0.25, "policy": "rl"}
     assert s[3].policy == "auto" and s[4].model_kwargs() == {}
     assert s[0].model_kwargs() == {"context": "text", "method": "vanilla", "recognize_passages": False}
-    for bad in ("compressed", "compressed:2", "compressed:0.1:magic", "fast", "text:1"):
+    for bad in ("compressed", "compressed:2", "compressed:0.1:magic", "fast", "text:0", "text:x", "text:1:2",
+                "none:1"):
         with pytest.raises(InvalidInputError, match="setting"):
             Setting.parse(bad)
     with pytest.raises(InvalidInputError, match="twice"):
         parse_settings("text,none,none")
+    with pytest.raises(InvalidInputError, match="twice"):  # named by the count: text:02 is text:2
+        parse_settings("text:2,text:02", k=5)
+    assert [x.name for x in parse_settings("text:1,text:3", k=5)] == ["text", "text:1", "text:3"]
+    two = Setting.parse("text:2")
+    assert (two.passages, two.model_kwargs()) == (2, s[0].model_kwargs())  # plain RAG's request, fewer passages
+    with pytest.raises(InvalidInputError, match="below the run's top-k"):
+        parse_settings("text:5", k=5)
 
 
 def test_qa_file_formats(tmp_path):
@@ -104,15 +112,17 @@ def test_qa_suite_end_to_end(tmp_path):
     assert index_corpus(store, passages, progress=False).added == 0  # reused
     calls = {"n": 0}
     hook = enc.model.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
-    settings = parse_settings("none,text,compressed:0,compressed:0.5:similarity,default")
+    settings = parse_settings("none,text,text:1,compressed:0,compressed:0.5:similarity,default", k=2)
     res = run_qa_suite(engine, items[:3], store, settings, k=2, max_new_tokens=4, progress=False)
     hook.remove()
     assert calls["n"] == 0  # stored chunk embeddings reach the engine: no encoder at query time
     assert res["retrieval_recall_at_k"] == 1.0  # each question's own passage is in its top 2
-    assert set(res["methods"]) == {"none", "text", "compressed:0", "compressed:0.5:similarity", "default"}
+    assert set(res["methods"]) == {"none", "text", "text:1", "compressed:0", "compressed:0.5:similarity", "default"}
     for row in res["per_question"]:
         m = row["methods"]
         assert m["none"]["prefill_positions"] < m["compressed:0"]["prefill_positions"] < m["text"]["prefill_positions"]
+        assert m["none"]["prefill_positions"] < m["text:1"]["prefill_positions"] < m["text"]["prefill_positions"]
+        assert "expanded" not in m["text:1"]
         assert m["compressed:0"]["prefill_positions"] < m["compressed:0.5:similarity"]["prefill_positions"]
         assert all(c["answer_recall"] in (0.0, 1.0) for c in m.values())
         assert m["compressed:0"]["expanded"] == [] and len(m["compressed:0.5:similarity"]["expanded"]) >= 1
