@@ -24,7 +24,7 @@ the previous one) on the same sets.
 
 Usage (from the repository root, ~5-8 minutes on a 2-core CPU):
     PYTHONPATH=core python benchmarks/draft_head.py [--spec-bench PATH] [--checkpoint PATH] [--threads 2]
-        [--rag-qa NQ.jsonl SQUAD.jsonl] [--compare CKPT] [--machine NAME] [--out PATH]
+        [--rag-qa NQ.jsonl SQUAD.jsonl] [--compare CKPT] [--vocab-sizes 8192,16384] [--machine NAME] [--out PATH]
 (``--spec-bench`` / ``--rag-qa`` default to ``../shared/data/`` files when they exist.)
 Writes benchmarks/results/draft-head-<machine>.json and prints a summary.
 """
@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rag-n", type=int, default=16, help="held-out RAG questions per --rag-qa file")
     ap.add_argument("--compare", default=None,
                     help="a second draft head (e.g. the previous one) measured on the same evaluation sets")
+    ap.add_argument("--vocab-sizes", default="",
+                    help="comma-separated draft vocabulary sizes to measure the same head with, extended without "
+                         "retraining (DraftHead.with_vocab_size): cost per expand and acceptance per size")
     ap.add_argument("--machine", default=f"{platform.machine()}-{os.cpu_count()}cpu")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -346,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         other = load_draft_head(args.compare, model) if args.compare != "default" else load_default_draft_head(model)
         res["compare"] = {"checkpoint": args.compare, "by_eval_set": acceptance(other, sets)}
+    if args.vocab_sizes:
+        res["vocab_sizes"] = {}
+        for n in (int(x) for x in args.vocab_sizes.split(",")):
+            twin = head.with_vocab_size(n)
+            res["vocab_sizes"][str(n)] = {"cost": time_costs(model, twin, ctx), "by_eval_set": acceptance(twin, sets)}
     out = Path(args.out or Path(__file__).parent / "results" / f"draft-head-{args.machine}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
@@ -366,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
             tf, bt = r["teacher_forced"], r["build_draft_tree"]
             print(f"{who} on {name}: top-1 {tf['top1_agreement']:.3f}, chain(5) {tf['mean_accepted_chain']:.2f}, "
                   f"tree 16 nodes {bt[0]['tokens_per_step']:.2f} / 32 nodes {bt[1]['tokens_per_step']:.2f} tokens per step")
+    for n, r in res.get("vocab_sizes", {}).items():
+        for name, e in r["by_eval_set"].items():
+            tf, bt = e["teacher_forced"], e["build_draft_tree"]
+            print(f"vocab {n} on {name}: top-1 {tf['top1_agreement']:.3f}, in vocab {tf['greedy_in_draft_vocab']:.3f}, "
+                  f"tree 16 nodes {bt[0]['tokens_per_step']:.2f} tokens per step; expand 16 nodes "
+                  f"{r['cost']['head_expand_16_nodes_ms']} ms")
     print(f"wrote {out}")
     return 0
 

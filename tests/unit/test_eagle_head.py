@@ -169,3 +169,30 @@ def test_is_a_drafter_for_the_tree_builder() -> None:
     tree = draft_tree.build_draft_tree(head, int(tokens[-1]), depth=4, top_k=3, total_tokens=12)
     assert len(tree) == 12 and tree.max_depth <= 4
     assert all(0 <= t < 96 for t in tree.tokens)
+
+
+@torch.no_grad()
+def test_with_vocab_size_keeps_the_prediction_and_adds_ids() -> None:
+    target = tiny_target()  # vocabulary 96, hidden 32
+    head = make_head(target, draft_vocab=32)
+    big = head.with_vocab_size(96)
+    assert big.config.draft_vocab_size == 96 and torch.equal(big.vocab_ids[:32], head.vocab_ids)
+    assert sorted(big.vocab_ids.tolist()) == list(range(96))  # every target id once
+    tokens = torch.randint(0, 96, (10,))
+    feats = torch.randn(9, 32)
+    head.sync(tokens, feats)
+    big.sync(tokens, feats)
+    lp, ids = head.expand_root(5)
+    lp_big, ids_big = big.expand_root(96)
+    h = reference_hidden(head, tokens, feats, [])
+    # the same predicted feature: the old columns' logits are unchanged, the new ones are the target's LM head
+    full = h @ target.get_output_embeddings().weight.T
+    logits_big = big.draft_logits(h)
+    assert torch.allclose(logits_big, full[big.vocab_ids], atol=ATOL)
+    assert torch.allclose(logits_big[:32], head.draft_logits(h), atol=ATOL)
+    assert int(ids_big[0]) == int(full.argmax())  # the full vocabulary drafts the LM head's own top token
+    assert set(ids.tolist()) <= set(head.vocab_ids.tolist())
+    with pytest.raises(InvalidInputError, match="between"):
+        head.with_vocab_size(8)
+    with pytest.raises(InvalidInputError, match="between"):
+        head.with_vocab_size(97)

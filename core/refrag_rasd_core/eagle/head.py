@@ -34,7 +34,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -243,6 +243,42 @@ class DraftHead(nn.Module):
         self._lm_full = lm_w.detach()  # the full LM head (a reference, for evaluation)
         self._lm_w = lm_w.detach()[self.vocab_ids.to(lm_w.device)].to(dev, dt).contiguous()
         return self
+
+    def with_vocab_size(self, size: int) -> DraftHead:
+        """A copy of this head that drafts over ``size`` target ids: its own ``vocab_ids`` first, then the lowest
+        target ids it lacks (BPE ids roughly follow merge order, so low ids are frequent ones). Nothing is
+        retrained: the head predicts a feature and borrows the target's LM head, so more ids only add LM-head
+        rows (a larger read per ``expand``) and raise the share of target tokens the draft can propose.
+
+        Example:
+            >>> import torch
+            >>> from transformers import LlamaConfig, LlamaForCausalLM
+            >>> target = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+            ...     num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2))
+            >>> head = DraftHead.for_target(target, draft_vocab_size=16)
+            >>> big = head.with_vocab_size(48)
+            >>> big.config.draft_vocab_size, bool(torch.equal(big.vocab_ids[:16], head.vocab_ids))
+            (48, True)
+        """
+        if self._embed is None:
+            raise InvalidInputError("draft head has no target attached: call attach_target(model)")
+        n_target = self._lm_full.shape[0]
+        if not int(self.vocab_ids.numel()) <= size <= n_target:
+            raise InvalidInputError(f"vocabulary size {size} must be between the head's {self.vocab_ids.numel()} "
+                                    f"and the target's {n_target}")
+        have = torch.zeros(n_target, dtype=torch.bool)
+        have[self.vocab_ids.cpu()] = True
+        extra = torch.nonzero(~have).flatten()[: size - int(self.vocab_ids.numel())]
+        ids = torch.cat((self.vocab_ids.cpu(), extra))
+        cfg = replace(self.config, draft_vocab_size=size)
+        twin = DraftHead(cfg, ids)
+        twin.load_state_dict({k: v for k, v in self.state_dict().items() if k != "vocab_ids"}, strict=False)
+        ref = self.fc.weight
+        twin.to(ref.device, ref.dtype)
+        twin._embed = self._embed
+        twin._lm_full = self._lm_full
+        twin._lm_w = self._lm_full[ids.to(self._lm_full.device)].to(ref.device, ref.dtype).contiguous()
+        return twin
 
     def _apply(self, fn, *args, **kwargs):  # keep borrowed tensors on the head's device / dtype
         out = super()._apply(fn, *args, **kwargs)
