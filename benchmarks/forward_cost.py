@@ -5,6 +5,8 @@
    :class:`~refrag_rasd_core.target.TargetRunner` (transformers' forward),
    :class:`~refrag_rasd_core.lean.LeanRunner` and, when the torch build has the kernels, the lean forward with
    the opt-in int4 weights (``lean_int4``), interleaved in one process; median of the repeats.
+   Where the lean forward's time goes at M = 1 and 16 (``lean_profile``: ``torch.profiler`` self CPU time per
+   forward, grouped into the linears, attention and everything else: norms, rotary, cache writes, Python).
 2. Vanilla greedy decoding of 128 tokens on a few RAG prompts: ``Engine(forward="hf")``,
    ``Engine(forward="lean")`` and transformers' ``model.generate``, interleaved per prompt; decode
    tokens/s (after the first token) and whether the three outputs are equal (and ``Engine(weights="int4")``:
@@ -58,6 +60,14 @@ def bushy_tree(n: int) -> TokenTree:
     return tree
 
 
+def verify_inputs(m: int, ctx: int, dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
+    """The ids and forward keywords of an ``m``-node bushy tree verified after ``ctx`` cached positions (a plain
+    step when ``m == 1``)."""
+    tree = bushy_tree(m)
+    return torch.tensor([tree.tokens]), {"logits_at": None, "position_ids": tree.position_ids(ctx),
+                                         "attention_mask": tree.attention_mask(ctx, dtype) if m > 1 else None}
+
+
 def forward_costs(model, ctx_ids: list[int], repeats: int, int4: bool = False) -> dict:
     """Median ms of one forward at each M, every runner, over the same cached context."""
     runners = {"hf": TargetRunner(model), "lean": LeanRunner(model)}
@@ -71,12 +81,10 @@ def forward_costs(model, ctx_ids: list[int], repeats: int, int4: bool = False) -
     times: dict[str, dict[int, list[float]]] = {name: {m: [] for m in SIZES} for name in runners}
     for rep in range(repeats + 1):  # round-robin, so a burst of load hits both alike; round 0 warms up
         for m in SIZES:
-            tree = bushy_tree(m)
-            kw = {"logits_at": None, "position_ids": tree.position_ids(ctx),
-                  "attention_mask": tree.attention_mask(ctx, model.dtype) if m > 1 else None}
+            ids, kw = verify_inputs(m, ctx, model.dtype)
             for name, r in runners.items():
                 t0 = time.perf_counter()
-                r.forward(torch.tensor([tree.tokens]), caches[name], **kw)
+                r.forward(ids, caches[name], **kw)
                 dt = time.perf_counter() - t0
                 truncate_cache(caches[name], ctx)
                 if rep:
@@ -89,6 +97,41 @@ def forward_costs(model, ctx_ids: list[int], repeats: int, int4: bool = False) -
                 "lean_int4_plan": runners["lean_int4"].describe()} if int4 else {}),
             "lean_plan": runners["lean"].describe(),
             "lean_plan_timings": {g: p.timings for g, p in runners["lean"].plans.items()}}
+
+
+LINEAR_OPS = ("mkldnn::_linear_pointwise", "mkl::_mkl_linear", "aten::addmm", "aten::mm", "aten::linear",
+              "aten::_weight_int4pack_mm_for_cpu", "aten::_weight_int4pack_mm")
+ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
+                 "aten::scaled_dot_product_attention")
+
+
+def profile_breakdown(model, ctx_ids: list[int], sizes: tuple[int, ...] = (1, 16), repeats: int = 10) -> dict:
+    """Self CPU ms per lean forward at each M, grouped: the linears (decoder + LM head), attention, the rest.
+    The profiler adds its own overhead, so ``total_ms`` runs above the timed medians of :func:`forward_costs`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner = LeanRunner(model)
+    cache = runner.new_cache()
+    ctx = len(ctx_ids)
+    runner.forward(torch.tensor([ctx_ids]), cache)
+    out = {}
+    for m in sizes:
+        ids, kw = verify_inputs(m, ctx, model.dtype)
+        for rep in range(3 + repeats):  # 3 warm-up forwards, then the profiled ones
+            if rep == 3:
+                prof = profile(activities=[ProfilerActivity.CPU])
+                prof.start()
+            runner.forward(ids, cache, **kw)
+            truncate_cache(cache, ctx)
+        prof.stop()
+        groups = {"linears": 0.0, "attention": 0.0, "other": 0.0}
+        for ev in prof.key_averages():
+            key = "linears" if ev.key in LINEAR_OPS else "attention" if ev.key in ATTENTION_OPS else "other"
+            groups[key] += ev.self_cpu_time_total / 1e3 / repeats
+        total = sum(groups.values())
+        out[m] = {**{k: round(v, 2) for k, v in groups.items()}, "total_ms": round(total, 2),
+                  "linear_share": round(groups["linears"] / total, 3)}
+    return out
 
 
 def decode_rates(target, prompts: list[list[dict]], max_new: int, int4: bool = False) -> dict:
@@ -164,6 +207,8 @@ def main() -> None:
                * 4)[:args.context]
     costs = forward_costs(target.model, list(ctx_ids), args.repeats, int4=int4)
     print("forward ms at M:", json.dumps(costs["ms"]), "\nlean plan:", costs["lean_plan"])
+    costs["lean_profile"] = profile_breakdown(target.model, list(ctx_ids))
+    print("lean forward, self CPU ms per forward:", json.dumps(costs["lean_profile"]))
     decode = decode_rates(target, prompts, args.max_new_tokens, int4=int4)
     print("decode tok/s:", json.dumps(decode["mean_decode_tok_s"]))
     info = machine_info("cpu")
