@@ -185,3 +185,23 @@ def test_rag_training_prompts_are_engine_requests_over_retrieved_training_passag
     assert prompts[0] == lay.full_ids() or prompts[0] == layout_prompt(tok, facts[2][0], passages[::-1]).full_ids()
     rec = rag_training_record([f], holdout=2, top_k=2, limit=3)[0]
     assert rec["file"] == "qa.jsonl" and len(rec["sha256"]) == 64 and "Item" not in json.dumps(rec)
+
+
+def test_generate_minutes_bounds_the_answers_not_the_extraction(tmp_path: Path) -> None:
+    from refrag_rasd_core.eagle.train import prepare_features
+    from tiny import tiny_loaded
+
+    lm = tiny_loaded(0)
+    corpus = tmp_path / "prompts.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"question number {i}?"}) for i in range(3)))
+    base = ["--out", str(tmp_path / "o"), "--corpus", "pydoc", "--self-distill", str(corpus), "--max-new-tokens", "3"]
+    args = build_parser().parse_args([*base, "--generate-minutes", "0"])
+    args.corpus = []  # only the self-distilled prompts
+    train_dirs, _ = prepare_features(lm.model, lm.tokenizer, args, tmp_path / "work", log=lambda m: None)
+    gen = tmp_path / "work" / "gen_prompts.jsonl"
+    assert not gen.exists() or gen.read_text().strip() == ""  # no time for answers: none made
+    args = build_parser().parse_args(base)  # default: the answers share --extract-minutes
+    args.corpus = []
+    train_dirs, _ = prepare_features(lm.model, lm.tokenizer, args, tmp_path / "work", log=lambda m: None)
+    assert len(gen.read_text().splitlines()) == 3
+    assert FeatureStore(train_dirs[0]).chunk_files()  # and their features were extracted

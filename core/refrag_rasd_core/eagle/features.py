@@ -160,7 +160,10 @@ def texts_to_sequences(texts: Iterable[str], tokenizer) -> Iterator[Sequence]:
 
 
 def read_generations(path: str | os.PathLike) -> Iterator[Sequence]:
-    """Read a self-distillation jsonl written by :func:`generate_self_distill` as sequences."""
+    """Read a self-distillation jsonl written by :func:`generate_self_distill` as sequences (none when no
+    answer was made yet, e.g. a zero ``--generate-minutes``)."""
+    if not Path(path).exists():
+        return
     with open(path, encoding="utf-8") as f:
         for line in f:
             rec = json.loads(line)

@@ -434,7 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--extract-minutes", type=float, default=20.0, help="time budget of feature extraction")
+    p.add_argument("--extract-minutes", type=float, default=20.0,
+                   help="time budget of self-distillation + feature extraction")
+    p.add_argument("--generate-minutes", type=float, default=None,
+                   help="time budget of the self-distilled answers alone (default: all of --extract-minutes); "
+                        "the answers made so far are kept and a later run with the same command goes on")
     p.add_argument("--train-minutes", type=float, default=None, help="time budget of training")
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--draft-vocab", type=int, default=8192)
@@ -456,11 +460,13 @@ def _load_target(name: str, device: str):
 
 
 def prepare_features(model, tok, args, work: Path, log: Callable[[str], None] = print) -> tuple[list[Path], list[Path]]:
-    """Self-distillation answers + feature extraction (resumable), within ``--extract-minutes``."""
+    """Self-distillation answers + feature extraction (resumable), within ``--extract-minutes``; the answers
+    alone within ``--generate-minutes`` when given, so extraction keeps the rest of the budget."""
     from .corpus import format_prompt, iter_corpus, spec_bench_prompts
     from .features import extract_features, generate_self_distill, read_generations, texts_to_sequences
 
     deadline = time.time() + args.extract_minutes * 60
+    gen_deadline = deadline if args.generate_minutes is None else min(deadline, time.time() + args.generate_minutes * 60)
     train_dirs: list[Path] = []
     eval_dirs: list[Path] = []
     if args.eval_data:
@@ -476,7 +482,7 @@ def prepare_features(model, tok, args, work: Path, log: Callable[[str], None] = 
         prompts = sorted(iter_corpus(name, tok, spec_bench=args.spec_bench), key=len)
         gpath = work / f"gen_{Path(name).stem}.jsonl"
         n = generate_self_distill(model, tok, prompts, gpath, max_new_tokens=args.max_new_tokens, batch_size=10,
-                                  deadline=deadline)
+                                  deadline=gen_deadline)
         log(f"self-distillation {name}: {n}/{len(prompts)} prompts answered")
         d = work / f"feat_gen_{Path(name).stem}"
         extract_features(model, read_generations(gpath), d, desc=f"gen {name}")
@@ -491,7 +497,7 @@ def prepare_features(model, tok, args, work: Path, log: Callable[[str], None] = 
         del encoder
         gpath = work / "gen_rag_qa.jsonl"
         n = generate_self_distill(model, tok, prompts, gpath, max_new_tokens=args.max_new_tokens, batch_size=8,
-                                  deadline=deadline)
+                                  deadline=gen_deadline)
         log(f"self-distillation rag-qa: {n}/{len(prompts)} requests answered")
         d = work / "feat_gen_rag_qa"
         extract_features(model, read_generations(gpath), d, deadline=deadline, desc="gen rag-qa")
