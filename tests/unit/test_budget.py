@@ -64,21 +64,3 @@ def test_calibrate_verify_costs_on_tiny_model(tiny):
     assert costs[1] == 1.0 and set(costs) == {1, 2, 4, 8, 16, 32, 64}
     assert all(v >= 1.0 for v in costs.values())
     assert engine.tree_budget("pld").cost(1) == 1.0
-
-
-def test_draft_gate_judges_each_bucket_apart():
-    """Drafting pays where retrieval matched nothing (bucket 0) and not beside a long match (bucket 3): the gate
-    drafts in the first and skips in the second, exploring the other choice every ``explore_every`` steps."""
-    from refrag_rasd_core.rasd.budget import DraftGate
-
-    gate = DraftGate(explore_every=8)
-    for _ in range(30):
-        gate.record(drafted=True, tokens=3, step_s=0.10, context=0)   # 30 tokens/s with the draft
-        gate.record(drafted=False, tokens=1, step_s=0.05, context=0)  # 20 without
-        gate.record(drafted=True, tokens=4, step_s=0.10, context=3)   # 40 with
-        gate.record(drafted=False, tokens=4, step_s=0.06, context=3)  # 67 without
-    assert gate.rate(True, 0) > gate.rate(False, 0) and gate.rate(True, 3) < gate.rate(False, 3)
-    zero = [gate.should_draft(0) for _ in range(16)]
-    three = [gate.should_draft(3) for _ in range(16)]
-    assert zero.count(True) == 14 and three.count(False) == 14  # 2 explorations each
-    assert gate.should_draft(1)  # an unmeasured bucket drafts first

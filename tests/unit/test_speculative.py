@@ -229,7 +229,7 @@ class _ScriptedGate:
     def __init__(self, pattern: list[bool]) -> None:
         self.pattern, self.calls, self.drafted = pattern, 0, 0
 
-    def should_draft(self, context: int = 0) -> bool:
+    def should_draft(self) -> bool:
         d = self.pattern[self.calls % len(self.pattern)]
         self.calls += 1
         self.drafted += d

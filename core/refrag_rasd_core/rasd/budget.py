@@ -193,9 +193,6 @@ class DraftGate:
     extra tree nodes cost on every step: comparing the two throughputs counts both. Every ``explore_every``
     steps the gate takes the other choice, so both estimates stay current.
 
-    The averages are kept per ``context``: the proposer passes the step's bucket (how long a suffix the
-    retrieval matched), since a draft that pays where retrieval found nothing may not pay beside a long match.
-
     Example:
         >>> gate = DraftGate()
         >>> gate.should_draft()                               # measure drafting first
@@ -212,34 +209,31 @@ class DraftGate:
         ...     gate.record(drafted=True, tokens=2, step_s=0.12)   # the draft stopped helping
         >>> gate.should_draft()
         False
-        >>> gate.should_draft(context=3)                      # a context of its own is measured afresh
-        True
     """
 
     def __init__(self, explore_every: int = 16, decay: float = 0.9) -> None:
         self.explore_every = explore_every
         self.decay = decay
-        self._avg: dict[tuple[int, bool], tuple[float, float]] = {}  # (context, drafted) -> (tokens, seconds)
-        self._n: dict[int, int] = {}
+        self._avg: dict[bool, tuple[float, float] | None] = {True: None, False: None}  # (tokens, seconds)
+        self._n = 0
 
-    def rate(self, drafted: bool, context: int = 0) -> float | None:
-        """Committed tokens per second of the steps in ``context`` that drafted (``True``) or did not;
-        ``None`` unmeasured."""
-        avg = self._avg.get((context, drafted))
+    def rate(self, drafted: bool) -> float | None:
+        """Committed tokens per second of the steps that drafted (``True``) or did not; ``None`` unmeasured."""
+        avg = self._avg[drafted]
         return None if avg is None or avg[1] <= 0 else avg[0] / avg[1]
 
-    def should_draft(self, context: int = 0) -> bool:
-        n = self._n[context] = self._n.get(context, 0) + 1
-        with_draft, without = self.rate(True, context), self.rate(False, context)
+    def should_draft(self) -> bool:
+        self._n += 1
+        with_draft, without = self.rate(True), self.rate(False)
         if with_draft is None or without is None:
             return with_draft is None  # measure each choice once before comparing
         choice = with_draft >= without
-        return (not choice) if n % self.explore_every == 0 else choice
+        return (not choice) if self._n % self.explore_every == 0 else choice
 
-    def record(self, *, drafted: bool, tokens: int, step_s: float, context: int = 0) -> None:
-        """One step: whether it drafted, the tokens it committed, its seconds, and its context."""
-        avg, g = self._avg.get((context, drafted)), self.decay
-        self._avg[context, drafted] = (float(tokens), step_s) if avg is None else (
+    def record(self, *, drafted: bool, tokens: int, step_s: float) -> None:
+        """One step: whether it drafted, the tokens it committed and its seconds."""
+        avg, g = self._avg[drafted], self.decay
+        self._avg[drafted] = (float(tokens), step_s) if avg is None else (
             g * avg[0] + (1 - g) * tokens, g * avg[1] + (1 - g) * step_s)
 
 

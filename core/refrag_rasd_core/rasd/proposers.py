@@ -223,9 +223,8 @@ class RasdProposer(RestProposer):
 
     A :class:`~refrag_rasd_core.rasd.budget.DraftGate` (the engine's, shared across requests) skips the
     draft while steps that draft have committed fewer tokens per second than steps that do not (the draft's
-    forwards and its extra tree nodes against the tokens it adds), judged per bucket (the retrieval's
-    matched suffix length); such a step uses the retrieval trie alone, unpruned. Without a ``drafter`` it is
-    PLD + REST.
+    forwards and its extra tree nodes against the tokens it adds); such a step uses the retrieval trie
+    alone, unpruned. Without a ``drafter`` it is PLD + REST.
     """
 
     use_prompt = True
@@ -239,7 +238,6 @@ class RasdProposer(RestProposer):
         self.gate = gate if opts.adaptive else None
         self._drafted_s: float | None = None
         self._step_t0: float | None = None
-        self._bucket = 0  # the step's retrieval bucket: the gate's context
         self._unsynced: list[torch.Tensor] | None = None  # target features the draft has not seen yet
 
     def _on_commit(self, new: list[int], committed: list[int], hidden: torch.Tensor | None) -> None:
@@ -264,9 +262,8 @@ class RasdProposer(RestProposer):
         t0 = time.perf_counter()
         self._step_t0 = t0
         retrieved, bucket = super().candidates(committed)
-        self._bucket = bucket
         self._drafted_s = None
-        if self.draft is None or (self.gate is not None and not self.gate.should_draft(bucket)):
+        if self.draft is None or (self.gate is not None and not self.gate.should_draft()):
             return retrieved, bucket
         self._sync_draft(committed)
         o = self.opts
@@ -284,7 +281,7 @@ class RasdProposer(RestProposer):
         super().feedback(tree, path, bucket)
         if self.gate is not None and self._step_t0 is not None:
             self.gate.record(drafted=self._drafted_s is not None, tokens=max(1, len(path)),
-                             step_s=time.perf_counter() - self._step_t0, context=self._bucket)
+                             step_s=time.perf_counter() - self._step_t0)
 
 
 def make_proposer(method: str, *, options: dict[str, Any] | None = None, budget: TreeBudget | None = None,
