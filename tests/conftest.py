@@ -84,10 +84,10 @@ def mark_async_tests(cls):
 
 
 def demo_rag_questions(limit: int | None = None, n_passages: int = 4) -> list:
-    """The demo corpus's questions (text every machine has; see refrag_rasd_integrations.demo_corpus) as
+    """The demo corpus's questions (text every machine has; see refrag_rasd_integrations.cli.demo_corpus) as
     Spec-Bench-style ``rag`` questions: their passages, one per line, then the question."""
-    from refrag_rasd_integrations.bench.data import BenchQuestion
-    from refrag_rasd_integrations.demo_corpus import demo_rows
+    from refrag_rasd_integrations.cli.bench.data import BenchQuestion
+    from refrag_rasd_integrations.cli.demo_corpus import demo_rows
 
     rows = [r for r in demo_rows(n_passages) if r["held_out"]][:limit]
     return [BenchQuestion(r["question_id"], "rag", "\n".join([*r["passages"], r["question"]]), list(r["reference"]))

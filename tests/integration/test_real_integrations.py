@@ -31,7 +31,7 @@ def _shared_engine(real_engine):
 
 def _corpus(limit: int = 3) -> list[tuple[str, dict]]:
     """One document per demo question: the passages around its answer, with the question's source."""
-    from refrag_rasd_integrations.demo_corpus import demo_rows
+    from refrag_rasd_integrations.cli.demo_corpus import demo_rows
 
     rows = [r for r in demo_rows() if r["held_out"]][:limit]
     return [("\n".join(r["passages"]), {"source": r["source"], "question": r["question"]}) for r in rows]

@@ -9,7 +9,7 @@ import warnings
 import pytest
 
 from refrag_rasd_core.refrag import DEFAULT_REFRAG_CHECKPOINT, Passage
-from refrag_rasd_integrations.demo_corpus import demo_rows
+from refrag_rasd_integrations.cli.demo_corpus import demo_rows
 
 pytestmark = pytest.mark.integration
 TIE_MARGIN = 1e-3  # as in test_real_speculative: below this top-2 logit margin a divergence is a float32 tie

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from refrag_rasd_integrations.bench.data import load_questions
+from refrag_rasd_integrations.cli.bench.data import load_questions
 
 pytestmark = pytest.mark.integration
 TIE_MARGIN = 1e-3

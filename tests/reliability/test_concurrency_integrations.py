@@ -24,7 +24,7 @@ TIMEOUT_S = 120.0
 
 @pytest.fixture(scope="module")
 def rag(real_engine):
-    from refrag_rasd_integrations.demo_corpus import demo_rows
+    from refrag_rasd_integrations.cli.demo_corpus import demo_rows
 
     for device in ("auto", "cpu"):
         engines.register_engine(real_engine, None, device=device)

@@ -9,9 +9,9 @@ import pytest
 
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
-from refrag_rasd_integrations.bench.data import load_questions
-from refrag_rasd_integrations.bench.decode import MethodRun, format_table, run_decode_suite
 from refrag_rasd_integrations.cli import main
+from refrag_rasd_integrations.cli.bench.data import load_questions
+from refrag_rasd_integrations.cli.bench.decode import MethodRun, format_table, run_decode_suite
 
 QUESTIONS = [
     {"question_id": 1, "category": "rag", "turns": ["first passage here\nsecond passage\nWhat is it?"],
@@ -30,7 +30,7 @@ def data_file(tmp_path):
 
 def test_shipped_checkpoints_record_their_training_questions():
     from refrag_rasd_core.shared_data import SPEC_BENCH_DEV, default_data_path
-    from refrag_rasd_integrations.bench.data import training_question_ids
+    from refrag_rasd_integrations.cli.bench.data import training_question_ids
 
     ids = training_question_ids()  # from the checkpoints' json sidecars (ids and the file's sha256, no text)
     assert len(ids) == 100 and all(isinstance(i, int) for i in ids)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from refrag_rasd_core import Engine
-from refrag_rasd_integrations.bench.data import BenchQuestion
-from refrag_rasd_integrations.bench.metrics import answer_recall
-from refrag_rasd_integrations.bench.prefill import format_table, run_prefill_suite
+from refrag_rasd_integrations.cli.bench.data import BenchQuestion
+from refrag_rasd_integrations.cli.bench.metrics import answer_recall
+from refrag_rasd_integrations.cli.bench.prefill import format_table, run_prefill_suite
 from tiny import tiny_chunk_encoder, tiny_loaded, tiny_refrag
 
 PASSAGES = ["Paris is the capital of France.", "Berlin is the capital of Germany.", "Rome is in Italy."]

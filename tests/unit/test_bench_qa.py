@@ -10,8 +10,8 @@ from integration_fakes import BagOfWordsEmbedder
 from refrag_rasd_core import Engine
 from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.qa_file import load_qa_file
-from refrag_rasd_integrations.bench.metrics import answer_f1, first_sentence
-from refrag_rasd_integrations.bench.qa import (
+from refrag_rasd_integrations.cli.bench.metrics import answer_f1, first_sentence
+from refrag_rasd_integrations.cli.bench.qa import (
     Setting,
     collection_name,
     format_qa_table,

@@ -9,7 +9,7 @@ from integration_fakes import BagOfWordsEmbedder
 
 from refrag_rasd_core import Engine
 from refrag_rasd_core.errors import InvalidInputError
-from refrag_rasd_integrations.bench.rag import format_table, index_rows, load_rag_rows, run_rag_suite
+from refrag_rasd_integrations.cli.bench.rag import format_table, index_rows, load_rag_rows, run_rag_suite
 from refrag_rasd_integrations.store import RefragChromaStore
 from tiny import tiny_chunk_encoder, tiny_loaded, tiny_refrag
 

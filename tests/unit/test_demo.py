@@ -10,8 +10,8 @@ import pytest
 from integration_fakes import BagOfWordsEmbedder
 
 from refrag_rasd_core import Engine
-from refrag_rasd_integrations.demo import run_demo
-from refrag_rasd_integrations.demo_corpus import demo_passages, demo_questions
+from refrag_rasd_integrations.cli.demo import run_demo
+from refrag_rasd_integrations.cli.demo_corpus import demo_passages, demo_questions
 from refrag_rasd_integrations.store import RefragChromaStore
 from tiny import tiny_chunk_encoder, tiny_loaded, tiny_refrag
 
@@ -43,7 +43,7 @@ def test_demo_runs(setup, framework):
 
 
 def test_reindexing_prunes_what_left_the_corpus(setup):
-    from refrag_rasd_integrations.demo_corpus import index_demo_corpus
+    from refrag_rasd_integrations.cli.demo_corpus import index_demo_corpus
 
     _, store = setup
     index_demo_corpus(store, progress=False)  # already there after the demo runs above

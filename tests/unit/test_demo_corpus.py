@@ -4,8 +4,8 @@ the docs are not there."""
 
 from __future__ import annotations
 
-from refrag_rasd_integrations.bench.metrics import answer_recall
-from refrag_rasd_integrations.demo_corpus import (
+from refrag_rasd_integrations.cli.bench.metrics import answer_recall
+from refrag_rasd_integrations.cli.demo_corpus import (
     DEMO_QUESTIONS,
     MAX_WORDS,
     MIN_WORDS,

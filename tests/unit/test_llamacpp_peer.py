@@ -8,7 +8,7 @@ import pytest
 
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
-from refrag_rasd_integrations.bench import llamacpp
+from refrag_rasd_integrations.cli.bench import llamacpp
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,8 @@ def engine():
 
 
 def test_missing_llama_cpp_is_a_clear_error_and_a_skip(monkeypatch, engine, capsys):
-    from refrag_rasd_integrations.bench.decode import make_method
-    from refrag_rasd_integrations.cli import _without_missing_llamacpp
+    from refrag_rasd_integrations.cli.bench.decode import make_method
+    from refrag_rasd_integrations.cli.bench_command import _without_missing_llamacpp
 
     monkeypatch.setattr(llamacpp, "llama_cpp_available", lambda: False)
     with pytest.raises(InvalidInputError, match=r"pip install -e \"\.\[llamacpp\]\""):
@@ -32,7 +32,7 @@ def test_missing_llama_cpp_is_a_clear_error_and_a_skip(monkeypatch, engine, caps
 
 
 def test_peers_refuse_sampling(monkeypatch, engine):
-    from refrag_rasd_integrations.bench.decode import make_method
+    from refrag_rasd_integrations.cli.bench.decode import make_method
 
     with pytest.raises(InvalidInputError, match="greedy"):
         make_method("llamacpp", engine, 8, temperature=0.7)

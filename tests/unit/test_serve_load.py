@@ -1,4 +1,4 @@
-"""The load test's client (refrag_rasd_integrations.bench.load) against a real HTTP server (uvicorn) over the
+"""The load test's client (refrag_rasd_integrations.cli.bench.load) against a real HTTP server (uvicorn) over the
 tiny engine: every request ends as exactly one outcome, answered or refused with a clear status; none lost or
 duplicated; a stream cut short is a failure, not an answer."""
 
@@ -14,7 +14,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from conftest import free_port  # noqa: E402
 from refrag_rasd_core.engine import Engine  # noqa: E402
-from refrag_rasd_integrations.bench.load import Outcome, run_load, stream_one, summarize  # noqa: E402
+from refrag_rasd_integrations.cli.bench.load import Outcome, run_load, stream_one, summarize  # noqa: E402
 from refrag_rasd_integrations.serve.chat_service import ChatService, ServeConfig  # noqa: E402
 from refrag_rasd_integrations.serve.http_api import make_api  # noqa: E402
 

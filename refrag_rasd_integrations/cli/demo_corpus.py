@@ -9,11 +9,11 @@ Two sources, split into passages of about 100 words (80 to 150), each with a tit
 
 :data:`DEMO_QUESTIONS` are questions written for this corpus, each with short reference answers that stand
 verbatim in one of its passages (:func:`demo_questions` keeps those whose answer is in the corpus at hand).
-:func:`demo_rows` gives them in the shape of :func:`refrag_rasd_integrations.bench.rag.load_rag_rows`
+:func:`demo_rows` gives them in the shape of :func:`refrag_rasd_integrations.cli.bench.rag.load_rag_rows`
 (question, a few passages, reference answers), for notebooks and tests.
 
 Example:
-    >>> from refrag_rasd_integrations.demo_corpus import demo_passages, demo_questions
+    >>> from refrag_rasd_integrations.cli.demo_corpus import demo_passages, demo_questions
     >>> ps = demo_passages(docs_dir=None)              # the Python reference topics only
     >>> ps[0].source.startswith("pydoc:") and 1 <= len(ps[0].text.split()) <= 260
     True
@@ -33,7 +33,7 @@ __all__ = ["DEMO_DOCS", "DEMO_QUESTIONS", "DEMO_TOPICS", "DOCS_DIR", "WARM_UP_QU
            "DemoPassage", "DemoQuestion", "demo_passages", "demo_questions", "demo_rows", "docs_passages",
            "index_demo_corpus", "pydoc_passages", "split_passage_text"]
 
-DOCS_DIR = Path(__file__).resolve().parents[1] / "docs"
+DOCS_DIR = Path(__file__).resolve().parents[2] / "docs"
 MIN_WORDS, MAX_WORDS = 80, 150  # ~100-250 decoder tokens: most passages fit the store's 256 without a cut
 # The corpus the demo indexes: the statements and basic objects of the Python reference, and the user guide
 # part of the docs (~150 passages, indexed in a few minutes on a small CPU). ``None`` takes them all.

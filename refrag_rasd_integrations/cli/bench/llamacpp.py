@@ -11,7 +11,7 @@ as plain RAG) and decode greedily. The GGUF's weights are quantized, so its gree
 fp32 engine's: the suites report the share that do.
 
 Example:
-    >>> from refrag_rasd_integrations.bench.llamacpp import LlamaCppPeer, llama_cpp_available
+    >>> from refrag_rasd_integrations.cli.bench.llamacpp import LlamaCppPeer, llama_cpp_available
     >>> peer = LlamaCppPeer(pld=False) if llama_cpp_available() else None          # doctest: +SKIP
     >>> ids, seconds, ttft = peer.generate([1, 2, 3], max_new_tokens=8)           # doctest: +SKIP
 """

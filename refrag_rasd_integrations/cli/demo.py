@@ -1,7 +1,7 @@
 """The demo behind ``make demo`` / ``refrag-rasd demo``: a real RAG pipeline, the defaults vs plain RAG vs REFRAG.
 
 1. loads the default model (converted once, cached) and opens an embedded Chroma collection;
-2. indexes the demo corpus (:mod:`refrag_rasd_integrations.demo_corpus`: passages of Python's reference
+2. indexes the demo corpus (:mod:`refrag_rasd_integrations.cli.demo_corpus`: passages of Python's reference
    documentation, which ships with CPython, and of the project's own docs) with their retrieval vectors,
    token ids and REFRAG chunk embeddings (resumable: a second run finds it indexed);
 3. answers the corpus's questions (written for it, with reference answers) through a LangChain chain
@@ -36,8 +36,8 @@ DEMO_COLLECTION = "refrag-rasd-demo"
 def _runner(framework: str, store: Any, engine: Engine, pipeline: str, max_new_tokens: int, k: int) -> Any:
     settings = PIPELINES[pipeline]
     if framework == "llamaindex":
-        from .llama_index import RefragRasdLLM
-        from .llama_index.query_engine import RefragQueryEngine
+        from ..llama_index import RefragRasdLLM
+        from ..llama_index.query_engine import RefragQueryEngine
 
         llm = RefragRasdLLM(engine=engine, store=store, max_tokens=max_new_tokens, seed=0, **settings)
         qe = RefragQueryEngine.from_store(store, llm=llm, similarity_top_k=k, streaming=True)

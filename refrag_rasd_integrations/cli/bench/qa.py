@@ -148,7 +148,7 @@ def make_setting_chain(setting: Setting, store: Any, engine: Engine, *, k: int, 
     returning ``k`` passages (``text:K``: ``K``)."""
     from langchain_core.runnables import RunnablePassthrough
 
-    from ..langchain import ChatRefragRasd, PassagePrompt
+    from ...langchain import ChatRefragRasd, PassagePrompt
 
     llm = ChatRefragRasd(engine=engine, max_tokens=max_new_tokens, seed=0, **setting.model_kwargs())
     if setting.context == "none":

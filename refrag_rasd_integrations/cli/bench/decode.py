@@ -8,7 +8,7 @@ against vanilla's tokens/s), ``mean_accepted`` (tokens emitted per target decodi
 ``ttft_s`` (median), ``equal_to_vanilla`` (share of questions whose token ids equal vanilla's) and ``n``.
 
 Example (needs a question file and minutes of model time, so the test suite does not run it):
-    >>> from refrag_rasd_integrations.bench.decode import run_decode_suite      # doctest: +SKIP
+    >>> from refrag_rasd_integrations.cli.bench.decode import run_decode_suite      # doctest: +SKIP
     >>> res = run_decode_suite(engine, questions, methods=["vanilla", "hf"])   # doctest: +SKIP
     >>> res["methods"]["hf"]["equal_to_vanilla"]                               # doctest: +SKIP
     1.0
@@ -49,7 +49,7 @@ def make_method(name: str, engine: Engine, max_new_tokens: int, temperature: flo
                 spec: dict[str, Any] | None = None, assistant: Any = None) -> Callable[[BenchQuestion], MethodRun]:
     """The function that runs method ``name`` on one question (``hf-assisted`` needs ``assistant``, a
     :class:`~refrag_rasd_core.models.LoadedModel` sharing the target's tokenizer; ``llamacpp`` /
-    ``llamacpp-pld`` need llama-cpp-python, see :mod:`~refrag_rasd_integrations.bench.llamacpp`)."""
+    ``llamacpp-pld`` need llama-cpp-python, see :mod:`~refrag_rasd_integrations.cli.bench.llamacpp`)."""
     if name in ENGINE_METHODS:
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, method=name,
                                seed=0, spec=dict(spec or {}))

@@ -13,7 +13,7 @@ included), ``total_s``, ``decode_tokens_per_s`` (after the first token), plus th
 ``prefill_s`` and ``accepted_per_forward``, and ``answer_recall`` (a reference answer in the output).
 
 Example (needs a question file and minutes of model time, so the test suite does not run it):
-    >>> from refrag_rasd_integrations.bench.rag import run_rag_suite          # doctest: +SKIP
+    >>> from refrag_rasd_integrations.cli.bench.rag import run_rag_suite          # doctest: +SKIP
     >>> res = run_rag_suite(engine, rows, store)                             # doctest: +SKIP
     >>> res["methods"]["refrag-rasd"]["speedup_total_vs_plain"]              # doctest: +SKIP
     1.9
@@ -45,7 +45,7 @@ def load_rag_rows(path: str | Path | None = None) -> list[dict[str, Any]]:
     ``.jsonl`` (its ``rag`` lines; odd index = held out): ``path``, or ``../shared/data/spec_bench_dev.jsonl``
     when it exists. The package ships no Spec-Bench data: without the file this raises an error that says what
     to pass (for questions over a corpus every machine has, see
-    :func:`refrag_rasd_integrations.demo_corpus.demo_rows`)."""
+    :func:`refrag_rasd_integrations.cli.demo_corpus.demo_rows`)."""
     from refrag_rasd_core.shared_data import SHARED_DATA, SPEC_BENCH_DEV, default_data_path
 
     from .data import load_questions
@@ -56,7 +56,7 @@ def load_rag_rows(path: str | Path | None = None) -> list[dict[str, Any]]:
             raise InvalidInputError(
                 f"no RAG questions file: pass the path of a Spec-Bench .jsonl (--data), e.g. "
                 f"{SHARED_DATA / SPEC_BENCH_DEV}, which is not on this machine. The package ships no Spec-Bench "
-                "data; refrag_rasd_integrations.demo_corpus.demo_rows() gives questions over a corpus every "
+                "data; refrag_rasd_integrations.cli.demo_corpus.demo_rows() gives questions over a corpus every "
                 "machine has.")
     rows = []
     for i, q in enumerate(load_questions(path, "rag")):
@@ -76,7 +76,7 @@ def make_chain(store: Any, engine: Engine, *, k: int, max_new_tokens: int, **mod
     """The LCEL chain a user writes: retriever -> documents-aware prompt -> chat model."""
     from langchain_core.runnables import RunnablePassthrough
 
-    from ..langchain import ChatRefragRasd, PassagePrompt
+    from ...langchain import ChatRefragRasd, PassagePrompt
 
     llm = ChatRefragRasd(engine=engine, max_tokens=max_new_tokens, seed=0, **model_kwargs)
     return {"context": store.as_retriever(k=k), "question": RunnablePassthrough()} | PassagePrompt() | llm
@@ -104,7 +104,7 @@ def run_chain(chain: Any, question: str, on_text: Any = None) -> dict[str, Any]:
 
 def run_query_engine(query_engine: Any, question: str, on_text: Any = None) -> dict[str, Any]:
     """The same as :func:`run_chain` through a streaming LlamaIndex query engine."""
-    from ..llama_index.query_engine import STATS_KEY
+    from ...llama_index.query_engine import STATS_KEY
 
     t0 = time.perf_counter()
     first: float | None = None
@@ -121,7 +121,7 @@ def run_query_engine(query_engine: Any, question: str, on_text: Any = None) -> d
 
 
 def run_peer(peer: Any, engine: Engine, store: Any, question: str, *, k: int, max_new_tokens: int) -> dict[str, Any]:
-    """Plain RAG end to end on a llama.cpp peer (:class:`~refrag_rasd_integrations.bench.llamacpp.LlamaCppPeer`):
+    """Plain RAG end to end on a llama.cpp peer (:class:`~refrag_rasd_integrations.cli.bench.llamacpp.LlamaCppPeer`):
     the same retrieval, the passages laid out as the engine lays them out for ``context="text"``, greedy
     decoding; timed like :func:`run_chain` (retrieval included)."""
     from .llamacpp import plain_rag_ids

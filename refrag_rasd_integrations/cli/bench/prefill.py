@@ -15,7 +15,7 @@ log_ppl; ``None`` where the full context helps by less than 0.1 nats, e.g. long 
 ``answer_recall`` (share of questions whose greedy answer contains a reference answer).
 
 Example (needs a question file and minutes of model time, so the test suite does not run it):
-    >>> from refrag_rasd_integrations.bench.prefill import run_prefill_suite       # doctest: +SKIP
+    >>> from refrag_rasd_integrations.cli.bench.prefill import run_prefill_suite       # doctest: +SKIP
     >>> res = run_prefill_suite(engine, questions, pool, contexts=[512])         # doctest: +SKIP
     >>> res["methods"]["compressed@512"]["ttft_speedup_vs_full"]                # doctest: +SKIP
     4.1

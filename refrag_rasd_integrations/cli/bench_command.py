@@ -1,0 +1,186 @@
+"""``refrag-rasd bench``: the benchmark suites (decode, prefill, rag, qa) from one command.
+
+Example:
+    $ refrag-rasd bench --suite decode --data questions.jsonl --category rag --limit 5 \\
+        --methods vanilla,hf,hf-pld --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from refrag_rasd_core.engine import Engine
+from refrag_rasd_core.errors import RefragRasdError
+
+from .registry import command, model_args, weights_arg
+
+
+def _setup_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", default="decode", choices=["decode", "prefill", "rag", "qa"])
+    p.add_argument("--data", required=True,
+                   help="Spec-Bench style .jsonl file (qa suite: NQ-open / SQuAD style lines, or Spec-Bench)")
+    p.add_argument("--category", default=None,
+                   help="category, comma-separated for several (default: decode all, prefill/rag: rag)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="questions per category (default: decode 2, prefill 2, rag 3: the three suites take "
+                        "~13 min together on a 2-core CPU)")
+    p.add_argument("--methods", default="vanilla,hf,hf-pld,hf-assisted,pld,rest,draft,rasd",
+                   help="decode suite: comma-separated; vanilla is always run; hf-assisted needs --draft-model; "
+                        "llamacpp and llamacpp-pld (llama.cpp on the default model's GGUF) need llama-cpp-python")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 (qa suite: 32)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--include-train", action="store_true",
+                   help="also run the questions the shipped checkpoints were trained on (skipped by default)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per question and method (median)")
+    p.add_argument("--no-calibrate", action="store_true", help="use the default verify-cost table")
+    p.add_argument("--spec", default=None, help="JSON object of speculation options for the engine methods")
+    p.add_argument("--out", default=None, help="write the results JSON here")
+    p.add_argument("--draft-model", default=None,
+                   help="a separate draft model sharing the target's tokenizer, for the hf-assisted peer")
+    weights_arg(p)
+    g = p.add_argument_group("prefill suite")
+    g.add_argument("--k", type=int, default=16, help="chunk size the REFRAG checkpoint must have")
+    g.add_argument("--expand", default="0,0.1,0.25", help="expansion fractions p")
+    g.add_argument("--policy", default="random,similarity,perplexity,rl", help="expansion policies (p > 0)")
+    g.add_argument("--contexts", default="512,2048,7000", help="context lengths in passage tokens")
+    g.add_argument("--refrag", default=None, help="REFRAG checkpoint (default: the shipped one)")
+    g = p.add_argument_group("rag suite")
+    g.add_argument("--store-dir", default=None, help="Chroma folder for the suite's index (default: the cache)")
+    g.add_argument("--top-k", type=int, default=5, help="passages retrieved per question")
+    g.add_argument("--peers", default="", help="llama.cpp peers run as plain RAG end to end: llamacpp,llamacpp-pld "
+                   "(need llama-cpp-python)")
+    g = p.add_argument_group("qa suite")
+    g.add_argument("--corpus", default=None,
+                   help="file whose distinct passages are indexed (default: the --data file, all lines)")
+    g.add_argument("--settings", default=None,
+                   help="comma-separated: none, text, text:K (plain RAG over the best K < top-k passages), "
+                        "compressed:P[:POLICY], default (text is always run)")
+    model_args(p)
+
+
+def _bench_prefill(args: argparse.Namespace, questions: list, exclude: set) -> dict:
+    from .bench.data import load_questions
+    from .bench.prefill import format_table, run_prefill_suite
+
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
+                         refrag=args.refrag or "auto")
+    if engine.refrag is None:
+        raise RefragRasdError("no REFRAG checkpoint for this model: pass --refrag PATH (see train-refrag)")
+    if engine.refrag.k != args.k:
+        raise RefragRasdError(f"the REFRAG checkpoint has k={engine.refrag.k}, --k {args.k} was asked")
+    pool = [p for q in load_questions(args.data, "rag") if q.question_id not in exclude for p in q.passages]
+    res = run_prefill_suite(engine, questions, pool,
+                            contexts=[int(c) for c in args.contexts.split(",") if c.strip()],
+                            expands=[float(x) for x in args.expand.split(",") if x.strip()],
+                            policies=[x.strip() for x in args.policy.split(",") if x.strip()],
+                            repeats=args.repeats)
+    print(format_table(res))
+    return res
+
+
+def _bench_rag(args: argparse.Namespace) -> dict:
+    from ..store import RefragChromaStore, chroma_dir
+    from .bench.rag import format_table, index_rows, load_rag_rows, run_rag_suite
+
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
+                         refrag=args.refrag or "auto")
+    if not args.no_calibrate:
+        engine.calibrate_verify_costs()
+    rows = load_rag_rows(args.data)
+    store = RefragChromaStore("bench-rag", path=args.store_dir or chroma_dir() / "bench", engine=engine)
+    index_rows(store, rows)
+    peers = _without_missing_llamacpp([m.strip() for m in args.peers.split(",") if m.strip()])
+    res = run_rag_suite(engine, rows, store, limit=args.limit or 3, k=args.top_k,
+                        max_new_tokens=args.max_new_tokens or 64, repeats=args.repeats, peers=peers)
+    print(format_table(res))
+    return res
+
+
+def _bench_qa(args: argparse.Namespace) -> dict:
+    from refrag_rasd_core.qa_file import corpus_passages, load_qa_file
+
+    from ..store import RefragChromaStore, chroma_dir
+    from .bench.qa import (
+        DEFAULT_SETTINGS,
+        collection_name,
+        format_qa_table,
+        index_corpus,
+        parse_settings,
+        run_qa_suite,
+    )
+
+    settings = parse_settings(args.settings or DEFAULT_SETTINGS, k=args.top_k)
+    items, passages = load_qa_file(args.data)
+    if args.corpus:
+        passages = corpus_passages(args.corpus)
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
+                         refrag=args.refrag or "auto")
+    if not args.no_calibrate:
+        engine.calibrate_verify_costs()
+    from ..engines import signature_of
+
+    store = RefragChromaStore(collection_name(passages, signature_of(engine)), path=args.store_dir or chroma_dir() / "bench",
+                              engine=engine)
+    index_corpus(store, passages)
+    res = run_qa_suite(engine, items[:args.limit] if args.limit else items, store, settings, k=args.top_k,
+                       max_new_tokens=args.max_new_tokens or 32)
+    res["settings"]["corpus"] = str(args.corpus or args.data)
+    print(format_qa_table(res))
+    return res
+
+
+def _without_missing_llamacpp(methods: list[str]) -> list[str]:
+    """``methods`` without the llama.cpp peers when llama-cpp-python is not installed (saying so)."""
+    from .bench.llamacpp import INSTALL_HINT, LLAMACPP_METHODS, llama_cpp_available
+
+    missing = [m for m in methods if m in LLAMACPP_METHODS] if not llama_cpp_available() else []
+    if missing:
+        print(f"{', '.join(missing)} skipped: {INSTALL_HINT}", file=sys.stderr)
+    return [m for m in methods if m not in missing]
+
+
+@command("bench", "benchmark decoding methods side by side (Spec-Bench style)", _setup_bench)
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.data import load_questions, training_question_ids
+    from .bench.decode import format_table, run_decode_suite
+
+    exclude = set() if args.include_train else training_question_ids()
+    if args.suite in ("prefill", "rag", "qa"):
+        if args.suite == "prefill":
+            questions = load_questions(args.data, args.category or "rag", args.limit or 2, exclude_ids=exclude)
+            res = _bench_prefill(args, questions, exclude)
+        elif args.suite == "qa":
+            res = _bench_qa(args)
+        else:
+            res = _bench_rag(args)
+        res["settings"].update(data=str(args.data), held_out_only=not args.include_train, weights=args.weights)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        return 0
+    questions = load_questions(args.data, args.category, args.limit or 2, exclude_ids=exclude)
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    spec = json.loads(args.spec) if args.spec else None
+    assistant = None
+    if args.draft_model:
+        from refrag_rasd_core.models import load_target
+
+        assistant = load_target(args.draft_model, device=args.device, dtype=args.dtype)
+    elif "hf-assisted" in methods:
+        print("hf-assisted skipped: no --draft-model given (no separate model shares the default target's "
+              "tokenizer offline)", file=sys.stderr)
+        methods.remove("hf-assisted")
+    methods = _without_missing_llamacpp(methods)
+    res = run_decode_suite(engine, questions, methods, max_new_tokens=args.max_new_tokens or 64,
+                           temperature=args.temperature, repeats=args.repeats, spec=spec,
+                           calibrate=not args.no_calibrate, assistant=assistant)
+    res["settings"].update(data=str(args.data), held_out_only=not args.include_train, weights=args.weights)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    print(format_table(res))
+    return 0

@@ -1,0 +1,231 @@
+"""The ``refrag-rasd`` subcommands that use the model: ``models``, ``generate``, ``index``, ``ask``, ``demo``
+and ``serve`` (``bench`` is in :mod:`.bench_command`).
+
+Example:
+    $ refrag-rasd models
+    $ refrag-rasd generate "Why is the sky blue?" --max-new-tokens 64 --method pld
+    $ refrag-rasd index docs/ --collection mydocs
+    $ refrag-rasd ask "How do I install it?" --collection mydocs --compare
+    $ refrag-rasd serve --replicas 2 --collection mydocs --chroma-url http://127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from refrag_rasd_core.engine import METHODS, Engine, GenerationConfig
+
+from ..settings import CONTEXTS
+from .registry import command, generation_args, model_args, open_store, print_stats, store_args, weights_arg
+
+
+def _setup_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+@command("models", "show which default models are installed and cached", _setup_models)
+def cmd_models(args: argparse.Namespace) -> int:
+    from refrag_rasd_core.models import cache_dir, installed_defaults
+
+    info = installed_defaults()
+    if args.json:
+        print(json.dumps({"cache_dir": str(cache_dir()), **info}, indent=1))
+        return 0
+    print(f"cache folder: {cache_dir()}")
+    for role, d in info.items():
+        state = "installed" if d["installed"] else "MISSING"
+        extra = ""
+        if role == "target" and d["installed"]:
+            extra = ", converted to safetensors" if d["cached"] else ", not converted yet (first load takes ~30 s)"
+        print(f"{role:<8} {d['name']:<24} {state}{extra}")
+        if not d["installed"]:
+            print(f"         {d['error']}")
+    return 0
+
+
+def _setup_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="the user message (sent through the chat template)")
+    p.add_argument("--raw", action="store_true", help="send the prompt as plain text, without the chat template")
+    p.add_argument("--system", default=None, help="an optional system message")
+    model_args(p)
+    weights_arg(p)
+    generation_args(p)
+
+
+@command("generate", "stream an answer from the model and print the statistics", _setup_generate)
+def cmd_generate(args: argparse.Namespace) -> int:
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
+    if args.raw:
+        prompt: str | list[dict[str, str]] = args.prompt
+    else:
+        prompt = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}]
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           top_k=args.top_k, stop=tuple(args.stop), seed=args.seed, method=args.method)
+    stream = engine.stream(prompt, config=cfg)
+    for piece in stream:
+        print(piece, end="", flush=True)
+    print()
+    print_stats(stream.stats, file=sys.stderr)
+    return 0
+
+
+
+def _setup_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--questions", type=int, default=3, help="how many of the demo corpus's questions to ask")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--llamaindex", action="store_true", help="run through LlamaIndex instead of LangChain")
+    p.add_argument("--collection", default="refrag-rasd-demo", help="Chroma collection for the demo corpus")
+    p.add_argument("--chroma-dir", default=None,
+                   help="embedded database folder (default: $REFRAG_RASD_CHROMA_DIR or <cache>/chroma)")
+    model_args(p)
+
+
+@command("demo", "index a corpus, answer RAG questions with the defaults (streamed), compare with plain RAG and REFRAG",
+         _setup_demo)
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..store import RefragChromaStore
+    from .demo import run_demo
+
+    print("refrag-rasd demo: loading the model (the first run converts it once, ~30 s)...", file=sys.stderr)
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
+    store = RefragChromaStore(args.collection, path=args.chroma_dir, engine=engine)
+    run_demo(engine, store, args.questions, args.max_new_tokens,
+             framework="llamaindex" if args.llamaindex else "langchain")
+    return 0
+
+
+
+def _setup_index(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", help="text files or folders (.txt .md .rst .jsonl)")
+    store_args(p)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--passage-tokens", type=int, default=256, help="longest passage, in decoder tokens")
+    p.add_argument("--no-progress", action="store_true")
+    model_args(p)
+
+
+@command("index", "index files into a Chroma collection (passages, token ids, REFRAG chunk embeddings)",
+         _setup_index)
+def cmd_index(args: argparse.Namespace) -> int:
+    from ..engines import get_engine
+
+    engine = get_engine(args.model, device=args.device, dtype=args.dtype)
+    store = open_store(args, engine)
+    report = store.add_files(args.paths, batch_size=args.batch_size, progress=not args.no_progress)
+    print(f"{args.collection}: {report.passages} passages ({report.added} added, {report.skipped} already "
+          f"there) in {report.seconds:.1f} s ({report.passages_per_s:.1f} passages/s); "
+          f"{store.count()} in the collection", file=sys.stderr)
+    return 0
+
+
+def _setup_ask(p: argparse.ArgumentParser) -> None:
+    p.add_argument("question")
+    store_args(p)
+    p.add_argument("-k", "--top-k-passages", dest="k", type=int, default=4, help="passages to retrieve")
+    p.add_argument("--filter", default=None, help='Chroma where filter as JSON, e.g. \'{"source": "a.txt"}\'')
+    p.add_argument("--context", default="auto", choices=CONTEXTS)
+    p.add_argument("--compare", action="store_true",
+                   help="also answer with plain RAG (full text context, vanilla decoding) and compare")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    model_args(p)
+    generation_args(p)
+    p.set_defaults(method="rasd")
+
+
+@command("ask", "answer a question from a collection: streams the answer, prints sources and statistics", _setup_ask)
+def cmd_ask(args: argparse.Namespace) -> int:
+    from ..engines import get_engine
+    from ..generation import GenerationRequest
+
+    engine = get_engine(args.model, device=args.device, dtype=args.dtype)
+    store = open_store(args, engine)
+    hits = store.search(args.question, k=args.k, filter=json.loads(args.filter) if args.filter else None)
+    passages = [p for p, _ in hits]
+    settings = {"method": args.method, "context": args.context, "max_tokens": args.max_new_tokens,
+                "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed,
+                "stop": args.stop, "recognize_passages": False}
+    runs = [("refrag-rasd", settings)]
+    if args.compare:
+        runs.append(("plain-rag", {**settings, "method": "vanilla", "context": "text"}))
+    results = {}
+    for label, cfg in runs:
+        req = GenerationRequest.build(cfg, args.question, passages=passages, engine=engine)
+        if args.compare:
+            print(f"--- {label} (method {req.settings.get('method')}, context {req.context})", file=sys.stderr)
+        stream = req.stream()
+        for piece in stream:
+            print(piece, end="", flush=True)
+        print()
+        results[label] = req.metadata(stream.stats)
+        print_stats(stream.stats, file=sys.stderr)
+    print("sources:", file=sys.stderr)
+    for p, score in hits:
+        src = p.metadata.get("source", p.id)
+        print(f"  {score:.3f}  {src}  {p.text[:70].replace(chr(10), ' ')}...", file=sys.stderr)
+    if args.compare:
+        a, b = results["refrag-rasd"], results["plain-rag"]
+        ttft = (b["time_to_first_token_s"] or 0) / max(a["time_to_first_token_s"] or 1e-9, 1e-9)
+        tps = (a["decode_tokens_per_s"] or 0) / max(b["decode_tokens_per_s"] or 1e-9, 1e-9)
+        print(f"refrag-rasd vs plain RAG: time to first token {ttft:.2f}x faster, decoding {tps:.2f}x "
+              "tokens/s", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+def _setup_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--replicas", type=int, default=1, help="engine replicas (each loads the model once)")
+    p.add_argument("--collection", default=None, help="Chroma collection every request retrieves from "
+                   "(a request may name another, or send k=0)")
+    p.add_argument("-k", "--top-k-passages", dest="k", type=int, default=4, help="passages per question")
+    p.add_argument("--chroma-url", default=None,
+                   help="the `chroma run` server every replica reads (default: $REFRAG_RASD_CHROMA_URL; unset: "
+                        "the embedded database, one machine)")
+    p.add_argument("--chroma-dir", default=None, help="embedded database folder (without a Chroma server)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0 to listen on every interface)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto) instead of starting one")
+    p.add_argument("--method", default="rasd", choices=METHODS)
+    p.add_argument("--context", default="auto", choices=CONTEXTS)
+    p.add_argument("--max-tokens", type=int, default=256, help="default answer length")
+    p.add_argument("--max-ongoing", type=int, default=1, help="requests one replica works on at once")
+    p.add_argument("--max-queued", type=int, default=64, help="requests queued before 503 (-1: no limit)")
+    p.add_argument("--no-calibrate", action="store_true", help="skip measuring the verify-cost curve at load")
+    p.add_argument("--refrag", default="auto", help="REFRAG checkpoint (default: the shipped one)")
+    model_args(p)
+
+
+@command("serve", "serve the model over HTTP (OpenAI-compatible) on Ray Serve replicas", _setup_serve)
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from ..serve import ServeConfig, shutdown, start
+
+    cfg = ServeConfig(model=args.model, device=args.device, dtype=args.dtype, refrag=args.refrag,
+                      method=args.method, context=args.context, max_tokens=args.max_tokens,
+                      collection=args.collection, k=args.k, chroma_url=args.chroma_url, chroma_dir=args.chroma_dir,
+                      calibrate=not args.no_calibrate, replicas=args.replicas, max_ongoing_requests=args.max_ongoing,
+                      max_queued_requests=args.max_queued, host=args.host, port=args.port)
+    if cfg.replicas > 1 and not cfg.resolved_chroma_url():
+        print("refrag-rasd serve: the replicas read the embedded Chroma folder (fine on one machine, read-only); "
+              "use a `chroma run` server (--chroma-url) to index while serving or to serve from several machines",
+              file=sys.stderr)
+    print(f"refrag-rasd serve: starting {cfg.replicas} replica(s) on Ray Serve...", file=sys.stderr)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        url = start(cfg, address=args.address)
+        print(f"{url}/v1  (OpenAI base URL; model 'refrag-rasd')", flush=True)
+        print(f"try: curl {url}/v1/chat/completions -H 'content-type: application/json' "
+              "-d '{\"messages\": [{\"role\": \"user\", \"content\": \"How do I install it?\"}]}'",
+              file=sys.stderr, flush=True)
+        stop.wait()
+    finally:
+        print("refrag-rasd serve: shutting down", file=sys.stderr)
+        shutdown()
+    return 0
