@@ -109,6 +109,38 @@ class Engine:
         """Load a target (``None`` = the offline default) and wrap it in an engine."""
         return cls(load_target(model, device=device, dtype=dtype), **kwargs)
 
+    # ---- what it is --------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The device the target runs on."""
+        return self.runner.device
+
+    def describe(self) -> dict[str, Any]:
+        """What this engine runs, for results files and reports: the target's name and dtype, the device,
+        the forward and weights chosen at load (``forward_choices``: what the lean forward measured here),
+        the drafter and the REFRAG checkpoint (chunk size, encoder, sha256, whether it has a trained policy,
+        its measured ``auto`` operating point), or ``None`` without one.
+
+        Example:
+            >>> info = engine.describe()                                        # doctest: +REAL_MODEL
+            >>> info["refrag"]["k"], info["weights"]                            # doctest: +REAL_MODEL
+            (16, 'exact')
+        """
+        rm = self.refrag
+        return {
+            "model": self.target.name,
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "forward": self.forward,
+            "weights": self.weights,
+            "forward_choices": self.runner.describe(),
+            "drafter": type(self.drafter).__name__ if self.drafter is not None else None,
+            "refrag": None if rm is None else {
+                "k": rm.k, "encoder": rm.encoder_id, "sha256": rm.meta.get("sha256"),
+                "policy": rm.policy is not None, "auto": dict(rm.meta.get("auto") or {}),
+            },
+        }
+
     # ---- prompts ---------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt: chat messages go through the chat template (with the generation prompt);
