@@ -1,6 +1,10 @@
-"""What every adapter (LangChain chat / string LLM, LlamaIndex LLM, the CLI) does between a framework call and
-:meth:`Engine.stream <refrag_rasd_core.engine.Engine.stream>`: pick the shared engine, find the passages
-(handed over explicitly, or recognised in the prompt), choose the context mode, merge the settings.
+"""What every adapter (LangChain chat / string LLM, LlamaIndex LLM, the server, the CLI) does between a
+framework call and :meth:`Engine.stream <refrag_rasd_core.engine.Engine.stream>`: pick the engine, find the
+passages (handed over explicitly, or recognised in the prompt) and build the call's
+:class:`~refrag_rasd_core.generation_config.GenerationConfig` from the model's settings and the call's
+keywords. Settings are checked and defaulted by that config alone, and ``context="auto"`` is resolved by the
+engine (its measured operating point: plain RAG unless the REFRAG checkpoint records a compressed setting that
+keeps plain RAG's answers).
 
 How passages reach the engine:
 
@@ -14,18 +18,13 @@ How passages reach the engine:
    arrays; what is left of the prompt is the question. So a plain ``retriever | format_docs | prompt | model``
    chain still feeds REFRAG the stored chunk embeddings.
 
-With passages, ``context="auto"`` means the operating point measured for the engine's REFRAG checkpoint
-(``Engine.auto_context()``): plain RAG (``"text"``) unless the checkpoint records a compressed setting that
-keeps at least 95% of plain RAG's right answers on the qa suite, for every request or (its ``"long"`` point) for
-requests whose passages hold at least so many tokens; ``"compressed"`` (REFRAG: stored chunk
-vectors, no encoder at query time) is there when asked for. Without passages the prompt is used as it is and
-RASD looks up continuations in the prompt itself.
-
 Example:
     >>> from refrag_rasd_integrations.generation import GenerationRequest
-    >>> req = GenerationRequest.build({"method": "vanilla", "max_tokens": 4}, "Hi!", engine=engine)  # doctest: +REAL_MODEL
-    >>> req.context, req.settings["max_tokens"], "".join(req.stream()) != ""                     # doctest: +REAL_MODEL
-    ('none', 4, True)
+    >>> from refrag_rasd_integrations.settings import ModelSettings
+    >>> req = GenerationRequest.build(ModelSettings(method="vanilla", max_tokens=4, engine=engine), "Hi!")  # doctest: +REAL_MODEL
+    >>> stream = req.stream()                                                  # doctest: +REAL_MODEL
+    >>> "".join(stream) != "", stream.stats.context, req.config.max_tokens     # doctest: +REAL_MODEL
+    (True, 'none', 4)
 """
 
 from __future__ import annotations
@@ -37,84 +36,64 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from refrag_rasd_core.engine import Engine, GenerationStream
 from refrag_rasd_core.errors import InvalidInputError
+from refrag_rasd_core.generation_config import GenerationConfig
+from refrag_rasd_core.stats import GenerationStats
 
-from .engines import get_engine, has_refrag, model_label
+from .engines import model_label
 from .passages import PASSAGES, Passage, PassageRegistry, resolve
-from .settings import ENGINE_SETTINGS, check_settings
+from .settings import ModelSettings
 
-_ALIASES = {"max_new_tokens": "max_tokens"}
-SETTING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "method", "spec", "stop")
 Messages = list[dict[str, str]]
-
 
 @dataclass
 class GenerationRequest:
-    """One resolved call: the engine, the prompt, the passages and the engine settings."""
+    """One resolved call: the engine, the prompt, the passages and the generation config."""
 
-    engine: Any
+    engine: Engine
     prompt: str | Messages
     passages: list[Passage]
-    settings: dict[str, Any]
+    config: GenerationConfig
     model_name: str
-    context: str
     recognized: int = 0
 
     @classmethod
-    def build(cls, params: dict[str, Any], prompt: str | Messages, *, passages: Sequence[Any] | None = None,
-              handles: Sequence[str] = (), stop: Sequence[str] | None = None, engine: Any = None,
+    def build(cls, settings: ModelSettings, prompt: str | Messages, *, passages: Sequence[Any] | None = None,
+              handles: Sequence[str] = (), stop: Sequence[str] | None = None,
               registry: PassageRegistry | None = None, **overrides: Any) -> GenerationRequest:
-        """``params``: the model's settings (:meth:`ModelSettings.request_settings
-        <refrag_rasd_integrations.settings.ModelSettings.request_settings>`); ``overrides``: per-call keywords
-        (any setting, or an engine setting such as ``expand``), checked as the settings are."""
-        overrides = {_ALIASES.get(k, k): v for k, v in overrides.items() if not k.startswith("ls_")}
-        check_settings(params)
-        check_settings(overrides)
+        """``settings``: the model; ``overrides``: the call's keywords (``model``, ``store``, or any generation
+        setting such as ``expand``; LangChain's tracing keywords ``ls_*`` are dropped)."""
+        overrides = {k: v for k, v in overrides.items() if not k.startswith("ls_")}
         model = overrides.pop("model", None)
-        context = overrides.pop("context", None) or params.get("context") or "auto"
-        store = overrides.pop("store", None) or params.get("store")
-        if model is not None and model != params.get("model"):
-            engine = get_engine(model, device=params.get("device", "auto"), dtype=params.get("dtype"))
-        elif engine is None:
-            engine = get_engine(params.get("model"), device=params.get("device", "auto"), dtype=params.get("dtype"))
-        settings: dict[str, Any] = {k: params[k] for k in SETTING_KEYS if params.get(k) is not None}
-        settings.update(params.get("engine_kwargs") or {})
-        for k, v in overrides.items():
-            if k not in ENGINE_SETTINGS:
-                raise InvalidInputError(f"unknown generation setting {k!r}")
-            settings[k] = v
-        stops = list(settings.get("stop") or []) + list(stop or [])
-        settings["stop"] = tuple(dict.fromkeys(stops))
-        if settings.get("spec") is None:
-            settings.pop("spec", None)
-
+        store = overrides.pop("store", None) or settings.store
+        config = settings.generation_config().merge(overrides)
+        if stop:
+            config = config.merge(stop=(*config.stop, *stop))
+        engine = settings.resolve_engine(model)
         reg = registry or PASSAGES
         found = resolve(list(passages or []) + list(handles), store=store, registry=reg)
         recognized = 0
-        if not found and params.get("recognize_passages", True) and len(reg):
+        if not found and settings.recognize_passages and len(reg):
             prompt, found = _recognize(prompt, reg)
             recognized = len(found)
-        if context == "auto":
-            context = "none" if not found else _auto_context(engine, settings, found)
-        if context != "none":
-            settings["context"] = context
-        return cls(engine=engine, prompt=prompt, passages=found, settings=settings,
-                   model_name=model_label(engine, model or params.get("model")), context=context,
-                   recognized=recognized)
+        return cls(engine=engine, prompt=prompt, passages=found, config=config,
+                   model_name=model_label(engine, model or settings.model), recognized=recognized)
 
-    def stream(self) -> Any:
+    def stream(self) -> GenerationStream:
         """The engine's :class:`~refrag_rasd_core.engine.GenerationStream` for this request."""
-        return self.engine.stream(self.prompt, passages=self.passages or None, **self.settings)
+        return self.engine.stream(self.prompt, passages=self.passages or None, config=self.config)
 
-    def metadata(self, stats: Any) -> dict[str, Any]:
-        """``response_metadata`` for LangChain / ``raw`` for LlamaIndex: the model, why it stopped and the speed
-        statistics (time to first token, accepted tokens per forward, tokens/s)."""
+    def metadata(self, stats: GenerationStats) -> dict[str, Any]:
+        """``response_metadata`` for LangChain / ``raw`` for LlamaIndex: the model, why it stopped, how the
+        passages were read (``context``, as the engine resolved it) and the speed statistics (time to first
+        token, accepted tokens per forward, tokens/s)."""
         d = stats.to_dict()
         return {
             "model_name": self.model_name,
             "finish_reason": stats.finish_reason or "stop",
             "method": d.get("method"),
-            "context": self.context,
+            "context": stats.context,
             "passages": len(self.passages),
             "passages_recognized": self.recognized,
             "time_to_first_token_s": d.get("ttft_s"),
@@ -124,40 +103,7 @@ class GenerationRequest:
         }
 
 
-def request_for(settings: Any, prompt: str | Messages, *, passages: Sequence[Any] | None = None,
-                handles: Sequence[str] = (), stop: Sequence[str] | None = None, **overrides: Any
-                ) -> GenerationRequest:
-    """A framework call as a :class:`GenerationRequest`: ``settings`` is the model (a
-    :class:`~refrag_rasd_integrations.settings.ModelSettings`), ``overrides`` the call's keywords."""
-    return GenerationRequest.build(settings.request_settings(), prompt, passages=passages, handles=handles,
-                                   stop=stop, engine=settings.engine, **overrides)
-
-
-def iter_pieces(req: GenerationRequest) -> Iterator[tuple[str, Any]]:
-    """``(piece, None)`` for every text piece of the answer, then ``("", stats)`` once it is complete."""
-    stream = req.stream()
-    for piece in stream:
-        yield piece, None
-    yield "", stream.stats
-
-
-def _auto_context(engine: Any, settings: dict[str, Any], passages: Sequence[Any]) -> str:
-    """Resolve ``context="auto"`` for a request with passages to the engine's measured operating point
-    (:meth:`Engine.auto_context <refrag_rasd_core.engine.Engine.auto_context>`: plain RAG unless the REFRAG
-    checkpoint records a compressed setting that keeps plain RAG's answers, for all contexts or for ones as
-    long as these passages); settings the caller gave win."""
-    if has_refrag(engine):
-        n_tokens = sum(len(ids) for ids in engine.passage_token_ids(passages))
-        point = engine.auto_context(passage_tokens=n_tokens)
-    else:
-        point = {"context": "text"}
-    for key, value in point.items():
-        if key != "context":
-            settings.setdefault(key, value)
-    return point["context"]
-
-
-def usage(stats: Any) -> dict[str, int]:
+def usage(stats: GenerationStats) -> dict[str, int]:
     """LangChain ``usage_metadata`` / LlamaIndex ``raw["usage"]`` of a call."""
     return {"input_tokens": int(stats.prompt_tokens), "output_tokens": int(stats.new_tokens),
             "total_tokens": int(stats.prompt_tokens + stats.new_tokens)}
@@ -247,4 +193,4 @@ def run_in_thread(make_iter: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
     return agen()
 
 
-__all__ = ["GenerationRequest", "iter_pieces", "request_for", "run_in_thread", "usage"]
+__all__ = ["GenerationRequest", "content_text", "run_in_thread", "usage"]

@@ -20,26 +20,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .components import check_drafter_vocab, default_drafter, load_refrag
 from .errors import ContextTooLongError, InvalidInputError
-from .forward import make_runner, runner_kind
-from .generation_config import METHODS, GenerationConfig, Prompt, merge_config
+from .forward import Runner, make_runner, runner_kind
+from .generation_config import METHODS, GenerationConfig, Prompt
 from .generation_stream import GenerationStream, ModelLock
-from .lean import LeanRunner
 from .models import LoadedModel, load_target
+from .request import EngineRequest, RequestBuilder
 from .sampling import SamplingParams, choose_token, make_generator
 from .stats import GenerationResult, GenerationStats
-from .target import TargetRunner
 from .text_stream import TextAssembler
 
 # the engine's public names; the settings and the stream live in their own modules
 __all__ = ["METHODS", "Engine", "GenerationConfig", "GenerationResult", "GenerationStats", "GenerationStream",
-           "Prefill", "Prompt"]
+           "Prefill", "Prompt", "Runner"]
 
 
 WEIGHTS = ("exact", "int4")
@@ -83,17 +82,18 @@ class Engine:
         self.model = target.model
         self.tokenizer = target.tokenizer
         self.weights = weights
-        self.runner: TargetRunner | LeanRunner = make_runner(
+        self.runner: Runner = make_runner(
             target.model, forward, **({"int4": True} if weights == "int4" else {}))
         self.forward = runner_kind(self.runner)  # "lean" or "hf": what ``forward="auto"`` resolved to
         self.drafter = default_drafter(target) if isinstance(drafter, str) and drafter == "auto" else drafter
         check_drafter_vocab(self.drafter, target)
         self.datastore = datastore
         self.refrag = load_refrag(target, refrag)
-        self._adapted_runner: TargetRunner | LeanRunner | None = None
+        self._adapted_runner: Runner | None = None
         self._row_lora: Any = None
         self._refrag_encoder: Any = refrag_encoder
         self._lock = ModelLock()
+        self._requests = RequestBuilder(self.tokenizer, int(self.model.get_input_embeddings().weight.shape[0]))
         self._budgets: dict[str, Any] = {}  # method -> its TreeBudget (calibrated across requests)
         self._draft_gate: Any = None
         self.verify_costs: dict[int, float] | None = None  # None: the defaults for the device type
@@ -114,6 +114,11 @@ class Engine:
     def device(self) -> torch.device:
         """The device the target runs on."""
         return self.runner.device
+
+    @property
+    def max_positions(self) -> int | None:
+        """The target's window in positions (``None``: unbounded)."""
+        return self.runner.max_positions
 
     def describe(self) -> dict[str, Any]:
         """What this engine runs, for results files and reports: the target's name and dtype, the device,
@@ -145,58 +150,40 @@ class Engine:
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt: chat messages go through the chat template (with the generation prompt);
         a string is used as it is."""
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise InvalidInputError("the prompt is empty")
-            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        if not isinstance(prompt, Sequence) or not all(isinstance(m, dict) for m in prompt):
-            raise InvalidInputError(f"the prompt must be a string or a list of chat messages "
-                                    f"({{'role': ..., 'content': ...}} dicts), got {type(prompt).__name__}")
-        messages = list(prompt)
-        if not messages or not any(str(m.get("content", "")).strip() for m in messages):
-            raise InvalidInputError("the prompt has no messages with content")
-        if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                     return_dict=False)
-            return list(ids)
-        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        return self.tokenizer(text)["input_ids"]
+        return self._requests.encode_prompt(prompt)
 
     # ---- public API ------------------------------------------------------------------------------------
     def stream(self, prompt: Prompt, *, passages: Sequence[Any] | None = None,
-               config: GenerationConfig | None = None, **overrides: Any) -> GenerationStream:
-        """Stream the answer as text pieces. Keyword overrides are :class:`GenerationConfig` fields.
+               config: GenerationConfig | None = None, **settings: Any) -> GenerationStream:
+        """Stream the answer as text pieces. ``config`` and keyword ``settings`` (any
+        :class:`GenerationConfig` field, the keywords winning) say how.
 
-        With ``context="text"`` or ``"compressed"`` the prompt is the question (a string, or chat messages
-        whose last user message is the question) and the engine lays the passages out around it."""
-        cfg = merge_config(config, overrides)
-        request = self._request(prompt, passages, cfg)
-        limit = self._check_fits(request)  # here, not in the loop: a server can refuse before streaming
-        stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context)
-        token_ids: list[int] = []
-        return GenerationStream(self._run(request, passages, cfg, stats, token_ids, limit), stats, token_ids)
+        With passages, ``context`` (default ``auto``: this engine's measured operating point, plain RAG by
+        default) says how they enter the decoder; with ``text`` or ``compressed`` the prompt is the question
+        (a string, or chat messages whose last user message is the question) and the engine lays the
+        passages out around it."""
+        request = self._request(prompt, passages, _config(config, settings))
+        return self._open(request)
 
     def generate(self, prompt: Prompt, *, passages: Sequence[Any] | None = None,
-                 config: GenerationConfig | None = None, **overrides: Any) -> GenerationResult:
+                 config: GenerationConfig | None = None, **settings: Any) -> GenerationResult:
         """Generate the whole answer at once."""
-        return self.stream(prompt, passages=passages, config=config, **overrides).result()
+        return self.stream(prompt, passages=passages, config=config, **settings).result()
 
     def generate_ids(self, prompt_ids: Sequence[int], *, passages: Sequence[Any] | None = None,
-                     config: GenerationConfig | None = None, **overrides: Any) -> GenerationResult:
-        """Like :meth:`generate` from already tokenized prompt ids (``context`` must be ``"none"``)."""
-        cfg = merge_config(config, overrides)
-        if cfg.context != "none":
-            raise InvalidInputError("generate_ids takes a finished prompt: use context='none', or generate()")
-        ids = [int(t) for t in prompt_ids]
-        if not ids:
-            raise InvalidInputError("the prompt is empty")
-        self._check_token_ids(ids, "the prompt")
-        stats = GenerationStats(method=cfg.method, prompt_tokens=len(ids))
+                     config: GenerationConfig | None = None, **settings: Any) -> GenerationResult:
+        """Like :meth:`generate` from already tokenized prompt ids (``context`` ``none`` or ``auto``: the
+        passages feed the speculative datastore only)."""
+        request = self._requests.from_ids(prompt_ids, passages, _config(config, settings))
+        return self._open(request).result()
+
+    def _open(self, request: EngineRequest) -> GenerationStream:
+        limit = self.runner.max_positions
+        request.check_fits(limit)  # here, not in the loop: a server can refuse before streaming
+        cfg = request.config
+        stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context)
         token_ids: list[int] = []
-        request = _Request(prompt_ids=ids, prompt_tokens=len(ids))
-        limit = self._check_fits(request)
-        return GenerationStream(self._run(request, passages, cfg, stats, token_ids, limit), stats,
-                                token_ids).result()
+        return GenerationStream(self._run(request, stats, token_ids, limit), stats, token_ids)
 
     # ---- REFRAG ----------------------------------------------------------------------------------------
     @property
@@ -240,7 +227,7 @@ class Engine:
             return {"context": "text"}
         return {"context": "compressed", **{k: point[k] for k in ("expand", "expand_tokens", "policy") if k in point}}
 
-    def runner_for(self, compressed: bool) -> TargetRunner | LeanRunner:
+    def runner_for(self, compressed: bool) -> Runner:
         """The decoder a request runs on: the REFRAG-adapted weight set for a compressed request when the
         checkpoint has decoder adapters for every position (``lora.scope: "all"``; built once, on first need,
         with the same kind of forward as the stock target), else the stock target (a checkpoint whose adapters
@@ -274,35 +261,22 @@ class Engine:
             )
         return self.refrag
 
-    def _request(self, prompt: Prompt, passages: Sequence[Any] | None, cfg: GenerationConfig) -> _Request:
-        """Tokenize the prompt (and lay out the passages) for one call; compression happens in the loop."""
-        if cfg.context == "none":
-            ids = self.encode_prompt(prompt)
-            return _Request(prompt_ids=ids, prompt_tokens=len(ids))
-        from .refrag.context import layout_prompt, question_text
+    def _request(self, prompt: Prompt, passages: Sequence[Any] | None, cfg: GenerationConfig) -> EngineRequest:
+        """Tokenize the prompt and the passages (once) and resolve ``context="auto"`` for one call;
+        compression happens in the loop."""
+        return self._requests.build(prompt, passages, cfg,
+                                    auto_point=lambda n: self.auto_context(passage_tokens=n),
+                                    require_refrag=self._require_refrag)
 
-        if cfg.context == "compressed":
-            self._require_refrag()
-        pids = self.passage_token_ids(passages)
-        layout = layout_prompt(self.tokenizer, prompt, pids)
-        if not layout.passages:  # nothing to lay out: the question alone
-            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-            ids = self.encode_prompt(messages)
-            return _Request(prompt_ids=ids, prompt_tokens=len(ids))
-        full = layout.full_ids()
-        if cfg.context == "text":
-            return _Request(prompt_ids=full, prompt_tokens=len(full), context_tokens=layout.context_tokens)
-        kept = [i for i, p in enumerate(pids) if p]  # layout_prompt drops empty passages
-        return _Request(layout=layout, prompt_tokens=len(full), context_tokens=layout.context_tokens,
-                        passages=[passages[i] for i in kept], question=question_text(prompt))
-
-    def _compress(self, request: _Request, cfg: GenerationConfig, stats: GenerationStats) -> Any:
+    def _compress(self, request: EngineRequest, stats: GenerationStats) -> Any:
         """Build the mixed (compressed + expanded) prefill input of a request
         (:func:`~refrag_rasd_core.refrag.compress.mixed_input`)."""
         from .refrag.compress import mixed_input
 
+        cfg = request.config
         mixed = mixed_input(self.refrag, self.model, request.layout, request.passages,
-                            expand=cfg.expand, expand_tokens=cfg.expand_tokens, policy=cfg.policy, seed=cfg.seed,
+                            expand=cfg.expand or 0.0, expand_tokens=cfg.expand_tokens, policy=cfg.policy,
+                            seed=cfg.seed,
                             encoder=self.refrag_encoder, question=request.question)
         stats.chunks = mixed.n_chunks
         stats.expanded_chunks = len(mixed.expanded)
@@ -310,36 +284,25 @@ class Engine:
         return mixed
 
     # ---- the loop --------------------------------------------------------------------------------------
-    def _check_fits(self, request: _Request) -> int | None:
-        """Raise :class:`ContextTooLongError` when a token prompt exceeds the model's window; returns the
-        window (``None``: unbounded). A compressed prompt is checked once it is built."""
-        limit = self.runner.max_positions
-        if limit is not None and request.prompt_ids is not None and len(request.prompt_ids) >= limit:
-            hint = " or use context='compressed' (REFRAG reads k tokens per position)" if request.context_tokens else ""
-            raise ContextTooLongError(
-                f"the prompt has {len(request.prompt_ids)} tokens but the model reads at most {limit}: shorten "
-                f"the prompt or pass fewer passages{hint}"
-            )
-        return limit
-
-    def _run(self, request: _Request, passages: Sequence[Any] | None, cfg: GenerationConfig,
-             stats: GenerationStats, out_ids: list[int], limit: int | None) -> Iterator[str]:
+    def _run(self, request: EngineRequest, stats: GenerationStats, out_ids: list[int],
+             limit: int | None) -> Iterator[str]:
         with self._lock:
-            yield from self._decode(request, passages, cfg, stats, out_ids, limit)
+            yield from self._decode(request, stats, out_ids, limit)
 
-    def _decode(self, request: _Request, passages: Sequence[Any] | None, cfg: GenerationConfig,
-                stats: GenerationStats, out_ids: list[int], limit: int | None) -> Iterator[str]:
-        runner = self.runner_for(request.layout is not None)
+    def _decode(self, request: EngineRequest, stats: GenerationStats, out_ids: list[int],
+                limit: int | None) -> Iterator[str]:
+        cfg = request.config
+        runner = self.runner_for(request.compressed)
         device = runner.device
         params = cfg.sampling
         gen = make_generator(cfg.seed, device)
         text = TextAssembler(self.tokenizer, cfg.stop)
 
         t0 = time.perf_counter()
-        prompt_ids, shift, mixed = self._prefill_input(request, cfg, stats, limit)
-        proposer = self._proposer(cfg, passages)
+        prompt_ids, shift, mixed = self._prefill_input(request, stats, limit)
+        proposer = self._proposer(request)
         want_hidden = bool(proposer is not None and proposer.uses_target_hidden)
-        max_new = cfg.max_new_tokens
+        max_new = cfg.max_tokens
         if limit is not None:
             max_new = min(max_new, limit - stats.prefill_positions)
         committed = list(prompt_ids)
@@ -389,10 +352,10 @@ class Engine:
         _sync_device(device)
         stats.total_s = time.perf_counter() - t0
 
-    def _prefill_input(self, request: _Request, cfg: GenerationConfig, stats: GenerationStats,
+    def _prefill_input(self, request: EngineRequest, stats: GenerationStats,
                        limit: int | None) -> tuple[list[int], int, Any]:
         """(raw prompt tokens, compressed positions, mixed input or None) of a request."""
-        mixed = self._compress(request, cfg, stats) if request.layout is not None else None
+        mixed = self._compress(request, stats) if request.compressed else None
         if mixed is None:
             stats.prefill_positions = len(request.prompt_ids)
             return request.prompt_ids, 0, None
@@ -407,7 +370,7 @@ class Engine:
         return prompt_ids, mixed.length - len(prompt_ids), mixed  # compressed positions: cached, not tokens
 
     @staticmethod
-    def _prefill_forward(runner: TargetRunner | LeanRunner, prompt_ids: list[int], mixed: Any,
+    def _prefill_forward(runner: Runner, prompt_ids: list[int], mixed: Any,
                          want_hidden: bool, adapter: Any = None) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
         """One forward over the prompt into a new KV cache: (cache, last logits, hidden of raw tokens).
         ``adapter``: row-scoped decoder adapters added at the compressed chunks' positions."""
@@ -438,14 +401,15 @@ class Engine:
             >>> pre.positions < pre.stats.prompt_tokens, engine.continuation_nll(pre, answer_ids) > 0  # doctest: +REAL_MODEL
             (True, True)
         """
-        cfg = merge_config(config, overrides)
-        request = self._request(prompt, passages, cfg)
+        request = self._request(prompt, passages, _config(config, overrides))
+        cfg = request.config
         stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context)
-        limit = self._check_fits(request)
+        limit = self.runner.max_positions
+        request.check_fits(limit)
         with self._lock:
-            runner = self.runner_for(request.layout is not None)
+            runner = self.runner_for(request.compressed)
             t0 = time.perf_counter()
-            prompt_ids, _, mixed = self._prefill_input(request, cfg, stats, limit)
+            prompt_ids, _, mixed = self._prefill_input(request, stats, limit)
             cache, logits, _ = self._prefill_forward(runner, prompt_ids, mixed, False,
                                                      self.prefill_adapter(mixed is not None))
             int(logits[0].argmax())
@@ -470,7 +434,7 @@ class Engine:
             lps.extend(lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:], device=lp.device)])
         return float(-torch.stack([x.to(lps[0].device) for x in lps]).mean())
 
-    def _speculate(self, runner: TargetRunner | LeanRunner, proposer: Any, cache: Any, committed: list[int],
+    def _speculate(self, runner: Runner, proposer: Any, cache: Any, committed: list[int],
                    hidden: torch.Tensor | None, params: SamplingParams, gen: torch.Generator | None,
                    stats: GenerationStats, emit: Any, shift: int = 0) -> Iterator[str]:
         """Speculative steps (:func:`~refrag_rasd_core.rasd.step.speculative_step`) until ``emit`` says done."""
@@ -494,19 +458,19 @@ class Engine:
                     break
             stats.accepted_hist[used] += 1
 
-    def _proposer(self, cfg: GenerationConfig, passages: Sequence[Any] | None) -> Any:
-        """The request's proposer, given what it uses: the engine's budget (and draft gate) for the method,
-        its shared datastore and drafter, and the passages' token ids."""
-        if cfg.method == "vanilla":
-            return None
-        from .rasd.proposers import make_proposer
+    def _proposer(self, request: EngineRequest) -> Any:
+        """The request's proposer (:data:`~refrag_rasd_core.rasd.proposers.PROPOSERS`; none for ``vanilla``),
+        given what its method uses: the engine's budget and draft gate for the method, its shared datastore
+        and drafter, and the passages' token ids."""
+        from .rasd.proposers import PROPOSERS
 
-        needs = cfg.method in ("rest", "rasd")
-        return make_proposer(cfg.method, options=cfg.spec, budget=self.tree_budget(cfg.method),
-                             gate=self.draft_gate() if cfg.method == "rasd" else None,
-                             datastore=self.datastore if needs else None,
-                             drafter=self.drafter if cfg.method in ("draft", "rasd") else None,
-                             passages=self.passage_token_ids(passages) if needs else ())
+        cfg = request.config
+        entry = PROPOSERS.get(cfg.method)
+        if entry is None:
+            return None
+        return entry.build(cfg.spec, self.tree_budget(cfg.method),
+                           gate=self.draft_gate() if entry.gate else None, datastore=self.datastore,
+                           drafter=self.drafter, passages=request.passage_ids)
 
     def calibrate_verify_costs(self, context_len: int = 512, repeats: int = 3) -> dict[int, float]:
         """Measure what a verify forward of n tree nodes costs here, relative to a plain step, and use it
@@ -541,26 +505,7 @@ class Engine:
 
     def passage_token_ids(self, passages: Sequence[Any] | None) -> list[list[int]]:
         """Token ids of passages given as strings, token-id lists or objects with ``token_ids`` / ``text``."""
-        out: list[list[int]] = []
-        for p in passages or []:
-            ids = getattr(p, "token_ids", None) if not isinstance(p, (str, list, tuple)) else None
-            if ids is None and isinstance(p, (list, tuple)):
-                ids = p
-            if ids is None:
-                txt = p if isinstance(p, str) else getattr(p, "text", None)
-                if txt is None:
-                    raise InvalidInputError(f"a passage must be text, token ids or have .text, got {type(p)!r}")
-                ids = self.tokenizer(txt, add_special_tokens=False)["input_ids"] if txt.strip() else []
-            out.append([int(t) for t in ids])
-            self._check_token_ids(out[-1], f"passage {len(out) - 1}")
-        return out
-
-    def _check_token_ids(self, ids: list[int], what: str) -> None:
-        n = int(self.model.get_input_embeddings().weight.shape[0])
-        bad = next((t for t in ids if not 0 <= t < n), None)
-        if bad is not None:
-            raise InvalidInputError(f"{what} has token id {bad}, outside this model's vocabulary [0, {n}): "
-                                    "token ids must come from the target's own tokenizer (or pass text)")
+        return self._requests.passage_token_ids(passages)
 
 
 @dataclass
@@ -572,7 +517,7 @@ class Prefill:
     logits: torch.Tensor
     positions: int
     stats: GenerationStats
-    runner: TargetRunner | LeanRunner | None = None
+    runner: Runner | None = None
 
     def kv_bytes(self) -> int:
         """Bytes the KV cache holds (keys and values of every layer)."""
@@ -582,16 +527,9 @@ class Prefill:
                    for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
 
 
-@dataclass
-class _Request:
-    """One call's prompt: finished token ids, or a layout whose passages are compressed in the loop."""
-
-    prompt_ids: list[int] | None = None
-    layout: Any = None
-    prompt_tokens: int = 0
-    context_tokens: int = 0
-    passages: list[Any] = field(default_factory=list)
-    question: str = ""
+def _config(config: GenerationConfig | None, settings: dict[str, Any]) -> GenerationConfig:
+    """A call's settings: ``config`` (default: the defaults) with its keyword ``settings`` over it."""
+    return (config or GenerationConfig()).merge(settings)
 
 
 def _sync_device(device: torch.device) -> None:

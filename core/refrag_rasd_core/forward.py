@@ -14,23 +14,61 @@ Example:
     >>> model = LlamaForCausalLM(cfg).eval()
     >>> type(make_runner(model, "auto")).__name__, type(make_runner(model, "hf")).__name__
     ('LeanRunner', 'TargetRunner')
+    >>> isinstance(make_runner(model, "hf"), Runner)
+    True
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+import torch
 
 from .errors import InvalidInputError
 from .lean import LeanRunner, unsupported_reason
 from .target import TargetRunner
 
-__all__ = ["FORWARDS", "make_runner", "runner_kind"]
+__all__ = ["FORWARDS", "Runner", "make_runner", "runner_kind"]
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """What runs the target for the engine and the speculative step: transformers' forward
+    (:class:`~refrag_rasd_core.target.TargetRunner`) or the lean one
+    (:class:`~refrag_rasd_core.lean.LeanRunner`). Anything with this interface can be handed to
+    :func:`~refrag_rasd_core.rasd.step.speculative_step` or
+    :func:`~refrag_rasd_core.rasd.budget.runner_verify_costs`.
+    """
+
+    model: Any
+    device: torch.device
+    max_positions: int | None
+    """The model's window (``None``: unbounded)."""
+
+    def new_cache(self) -> Any:
+        """An empty KV cache this runner's :meth:`forward` fills."""
+        ...
+
+    def sibling(self, model: Any) -> Runner:
+        """The same kind of runner over another weight set of the same architecture."""
+        ...
+
+    def describe(self) -> str:
+        """What this runner measured and chose at load (for results files)."""
+        ...
+
+    def forward(self, input_ids: torch.Tensor | None, cache: Any, *, logits_at: int | torch.Tensor | None = -1,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, want_hidden: bool = False, adapter: Any = None,
+                adapter_rows: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One forward appended to ``cache``: ``(logits, hidden or None)``."""
+        ...
 
 FORWARDS = ("auto", "lean", "hf")
 _LEAN_DEVICES = ("cpu", "cuda")
 
 
-def make_runner(model: Any, forward: str = "auto", **lean_options: Any) -> TargetRunner | LeanRunner:
+def make_runner(model: Any, forward: str = "auto", **lean_options: Any) -> Runner:
     """The runner for ``model`` under the ``forward`` setting (see the module docstring); ``lean_options`` go
     to :class:`~refrag_rasd_core.lean.LeanRunner` (``prepack=False`` turns MKL prepacking off, ``int4=True``
     runs 4-bit weights with the int4 kernel: it needs the lean forward on CPU)."""

@@ -1,9 +1,14 @@
-"""What one generation call asks for: :class:`GenerationConfig` (checked on construction) and the methods.
+"""What one generation call asks for: :class:`GenerationConfig`, the one place where every generation
+setting is defaulted and checked. The engine, the LangChain and LlamaIndex classes, the server and the CLI
+all build one (from keywords with :meth:`GenerationConfig.of`, or by overriding another with
+:meth:`GenerationConfig.merge`) and hand it over; nothing else validates a setting.
 
 Example:
-    >>> from refrag_rasd_core.generation_config import GenerationConfig, merge_config
-    >>> merge_config(None, {"max_tokens": 8, "method": "pld"}).max_new_tokens
-    8
+    >>> cfg = GenerationConfig.of(max_tokens=8, method="pld")
+    >>> cfg.max_tokens, cfg.method, cfg.context
+    (8, 'pld', 'auto')
+    >>> cfg.merge(max_new_tokens=4).max_tokens       # transformers' name for the same limit
+    4
     >>> GenerationConfig(method="fast")
     Traceback (most recent call last):
     ...
@@ -12,87 +17,164 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import InvalidInputError
+from .rasd.proposers import METHODS
+from .rasd.spec_options import SpecOptions
+from .refrag.policy import POLICIES
 from .sampling import SamplingParams
 
-__all__ = ["METHODS", "GenerationConfig", "Prompt", "merge_config"]
+__all__ = ["CONTEXTS", "METHODS", "POLICY_CHOICES", "GenerationConfig", "Prompt", "SpecOptions"]
 
 Prompt = str | Sequence[dict[str, str]]
 
-METHODS = ("vanilla", "pld", "rest", "draft", "rasd")
+CONTEXTS = ("auto", "none", "text", "compressed")
+"""How passages enter the decoder: ``auto`` (the engine's measured operating point), ``none`` (the prompt as
+given; passages feed RASD's datastore only), ``text`` (plain RAG) or ``compressed`` (REFRAG)."""
+
+POLICY_CHOICES = ("auto", *POLICIES)
+"""REFRAG expansion policies: ``auto`` = ``rl`` when the checkpoint has a trained policy, else ``similarity``."""
+
+ALIASES = {"max_new_tokens": "max_tokens"}
+"""Other names accepted for a setting (transformers calls the token limit ``max_new_tokens``)."""
+
+SEED_LIMIT = 2**63
+"""Seeds live in [0, 2**63): what torch's generator takes."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Generation settings. ``temperature`` 0 is greedy; ``stop`` strings end the answer (not included).
+    """Generation settings, each defaulted and checked here and nowhere else.
 
-    ``method`` is one of ``vanilla``, ``pld``, ``rest``, ``draft``, ``rasd`` (see :mod:`refrag_rasd_core.rasd`).
-
-    ``context`` says how the passages enter the decoder: ``"none"`` (the prompt is used as given; passages
-    only feed the speculative datastore), ``"text"`` (plain RAG: the engine lays the passages' tokens out
-    around the question) or ``"compressed"`` (REFRAG: one projected chunk vector per k tokens; a fraction
-    ``expand`` of the chunks, or ``expand_tokens`` raw tokens' worth, stays raw, chosen by ``policy``:
-    ``none``, ``random``, ``similarity``, ``perplexity``, ``rl`` or ``auto`` = ``rl`` when the checkpoint
-    has a trained policy, else ``similarity``).
+    * ``max_tokens``: the most tokens to generate (``max_new_tokens`` is accepted for it);
+    * ``temperature`` (0 = greedy), ``top_p`` in (0, 1], ``top_k`` (0 = off), ``seed``;
+    * ``stop``: strings that end the answer (not included);
+    * ``method``: ``vanilla`` (the plain loop) or a speculative method of
+      :data:`~refrag_rasd_core.rasd.proposers.PROPOSERS`: ``pld``, ``rest``, ``draft``, ``rasd`` (default;
+      greedy output is plain decoding's); ``spec``: the tree shape (:class:`SpecOptions`, or a dict of its
+      fields);
+    * ``context``: how passages enter the decoder, one of :data:`CONTEXTS`; ``auto`` (default) is ``none``
+      without passages and the engine's measured operating point with them
+      (:meth:`~refrag_rasd_core.engine.Engine.auto_context`: plain RAG unless the REFRAG checkpoint records
+      a compressed setting that keeps plain RAG's answers);
+    * ``expand`` (a fraction of the chunks) or ``expand_tokens`` (a budget of raw tokens): how much of a
+      compressed context stays raw, chosen by ``policy`` (:data:`POLICY_CHOICES`); ``None`` = the auto
+      operating point's, else nothing.
     """
 
-    max_new_tokens: int = 256
+    max_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    method: str = "vanilla"
-    spec: dict[str, Any] = field(default_factory=dict)
-    context: str = "none"
-    expand: float = 0.0
+    method: str = "rasd"
+    spec: SpecOptions = field(default_factory=SpecOptions)
+    context: str = "auto"
+    expand: float | None = None
     expand_tokens: int | None = None
     policy: str = "auto"
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
-            raise InvalidInputError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
-        if self.max_new_tokens < 1:
-            raise InvalidInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+            raise InvalidInputError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if not _is_number(self.temperature) or self.temperature < 0:
+            raise InvalidInputError(f"temperature must be a number >= 0 (0 = greedy), got {self.temperature!r}")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise InvalidInputError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise InvalidInputError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < SEED_LIMIT):
+            raise InvalidInputError(f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}")
+        object.__setattr__(self, "stop", _stop_tuple(self.stop))
         if self.method not in METHODS:
             raise InvalidInputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        from .refrag.context import CONTEXT_MODES
-        from .refrag.policy import POLICIES, expansion_count
+        object.__setattr__(self, "spec", SpecOptions.of(self.spec))
+        if self.context not in CONTEXTS:
+            raise InvalidInputError(f"unknown context {self.context!r}; choose one of {', '.join(CONTEXTS)}")
+        if self.expand is not None and (not _is_number(self.expand) or not 0 <= self.expand <= 1):
+            raise InvalidInputError(f"expand must be a fraction in [0, 1], got {self.expand!r}")
+        if self.expand_tokens is not None and (not _is_int(self.expand_tokens) or self.expand_tokens < 0):
+            raise InvalidInputError(f"expand_tokens must be an integer >= 0, got {self.expand_tokens!r}")
+        if self.policy not in POLICY_CHOICES:
+            raise InvalidInputError(f"unknown expansion policy {self.policy!r}; choose one of "
+                                    f"{', '.join(POLICY_CHOICES)}")
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "top_p", float(self.top_p))
 
-        if self.context not in CONTEXT_MODES:
-            raise InvalidInputError(f"unknown context mode {self.context!r}; choose one of {', '.join(CONTEXT_MODES)}")
-        if self.policy != "auto" and self.policy not in POLICIES:
-            raise InvalidInputError(f"unknown expansion policy {self.policy!r}; choose auto or one of {', '.join(POLICIES)}")
-        expansion_count(1, self.expand, expand_tokens=self.expand_tokens)  # validates the ranges
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        object.__setattr__(self, "stop", stop)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise InvalidInputError(f"seed must be an integer or None, got {self.seed!r}")
-        self.sampling  # validates temperature / top_p / top_k  # noqa: B018
+    # ---- building ------------------------------------------------------------------------------------------
+    @classmethod
+    def of(cls, settings: Mapping[str, Any] | None = None, /, **kwargs: Any) -> GenerationConfig:
+        """A config from settings by name (a mapping and / or keywords; ``None`` values mean "the default").
+        An unknown name is refused, naming the known ones."""
+        return cls().merge(settings, **kwargs)
 
+    def merge(self, settings: Mapping[str, Any] | GenerationConfig | None = None, /,
+              **kwargs: Any) -> GenerationConfig:
+        """This config with the given settings changed (``None`` values leave a setting as it is); another
+        config's settings that differ from the defaults win."""
+        if isinstance(settings, GenerationConfig):
+            settings = settings.changed()
+        given = {**dict(settings or {}), **kwargs}
+        changes: dict[str, Any] = {}
+        for key, value in given.items():
+            name = ALIASES.get(key, key)
+            if name not in FIELDS:
+                raise InvalidInputError(f"unknown generation setting {key!r}; known: {', '.join(FIELDS)}")
+            if value is not None:
+                changes[name] = value
+        return replace(self, **changes) if changes else self
+
+    def changed(self) -> dict[str, Any]:
+        """The settings that differ from the defaults."""
+        default = GenerationConfig()
+        return {f: getattr(self, f) for f in FIELDS if getattr(self, f) != getattr(default, f)}
+
+    def resolve_context(self, point: Mapping[str, Any] | None) -> GenerationConfig:
+        """``context="auto"`` resolved for one request: ``point`` is the engine's operating point for its
+        passages (``None``: it has none, so ``"none"``); the point's ``expand`` / ``expand_tokens`` /
+        ``policy`` fill what the caller left at its default."""
+        if self.context != "auto":
+            return self
+        if point is None:
+            return replace(self, context="none")
+        out = replace(self, context=str(point.get("context", "text")))
+        for key in ("expand", "expand_tokens", "policy"):
+            if key in point and getattr(self, key) == getattr(GenerationConfig, key, None):
+                out = replace(out, **{key: point[key]})
+        return out
+
+    # ---- reading -------------------------------------------------------------------------------------------
     @property
     def sampling(self) -> SamplingParams:
-        try:
-            t, p, k = float(self.temperature), float(self.top_p), self.top_k
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"temperature and top_p must be numbers (temperature 0 = greedy, top_p in "
-                                    f"(0, 1]), got {self.temperature!r} and {self.top_p!r}") from exc
-        return SamplingParams(temperature=t, top_p=p, top_k=k)
+        """The sampling parameters (temperature, top-p, top-k)."""
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+
+    @property
+    def max_new_tokens(self) -> int:
+        """``max_tokens`` under transformers' name."""
+        return self.max_tokens
 
 
-def merge_config(config: GenerationConfig | None, overrides: dict[str, Any]) -> GenerationConfig:
-    """``config`` (default: the defaults) with a call's keyword ``overrides`` (``max_tokens`` is accepted
-    for ``max_new_tokens``); an unknown setting raises :class:`~refrag_rasd_core.errors.InvalidInputError`."""
-    cfg = config or GenerationConfig()
-    if not overrides:
-        return cfg
-    if "max_tokens" in overrides:  # the name LangChain / OpenAI users know
-        overrides["max_new_tokens"] = overrides.pop("max_tokens")
-    unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
-    if unknown:
-        raise InvalidInputError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
-    return replace(cfg, **overrides)
+FIELDS = tuple(f.name for f in fields(GenerationConfig))
+"""Every generation setting's name."""
+
+
+def _stop_tuple(stop: Any) -> tuple[str, ...]:
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise InvalidInputError(f"stop must be a string or a list of strings, got {stop!r}")
+    return tuple(dict.fromkeys(s for s in stop if s))

@@ -26,17 +26,20 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
-from ..generation import iter_pieces, request_for, run_in_thread, usage
+from refrag_rasd_core.engine import GenerationStream
+
+from ..generation import GenerationRequest, run_in_thread, usage
 from ..settings import ModelSettings
-from ._common import messages_and_handles
+from ._common import LangChainFace, messages_and_handles
 
 
-class ChatRefragRasd(ModelSettings, BaseChatModel):
+class ChatRefragRasd(LangChainFace, ModelSettings, BaseChatModel):
     """Chat model on a local Hugging Face model, with REFRAG compressed passages and RASD speculative decoding.
 
-    Settings: ``model`` (``None`` = the offline default SmolLM2-135M-Instruct), ``method`` (``rasd``),
-    ``context`` (``auto``: REFRAG ``compressed`` when passages come along), ``max_tokens``, ``temperature``,
-    ``top_p``, ``top_k``, ``seed``, ``stop``, ``spec``. Weights load on the first call and are shared by all
+    Settings: ``model`` (``None`` = the offline default SmolLM2-135M-Instruct), ``method`` (default ``rasd``),
+    ``context`` (default ``auto``: the engine's measured operating point when passages come along, plain RAG
+    with the shipped checkpoint; ``compressed`` asks for REFRAG), ``max_tokens``, ``temperature``, ``top_p``,
+    ``top_k``, ``seed``, ``stop``, ``spec``; defaults are :class:`~refrag_rasd_core.generation_config.GenerationConfig`'s. Weights load on the first call and are shared by all
     instances with the same ``model`` / ``device`` / ``dtype``; calls from threads and asyncio tasks are safe.
 
     Passages reach the engine as handles (never as arrays, so traces stay small): from
@@ -58,96 +61,76 @@ class ChatRefragRasd(ModelSettings, BaseChatModel):
         return self.identifying()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-        params = super()._get_ls_params(stop=stop, **kwargs)
-        params.update(ls_provider="refrag-rasd", ls_model_name=self.target_name(kwargs.get("model")),
-                      ls_model_type="chat", ls_temperature=kwargs.get("temperature", self.temperature),
-                      ls_max_tokens=kwargs.get("max_tokens", self.max_tokens))
-        ls_stop = stop or kwargs.get("stop") or self.stop
-        if ls_stop:
-            params["ls_stop"] = list(ls_stop)
-        return params
+        return self._ls_params("chat", super()._get_ls_params(stop=stop, **kwargs), stop, kwargs)
 
-    def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` with the target's own tokenizer (never GPT-2 from the hub)."""
-        return list(self.target_tokenizer()(text, add_special_tokens=False)["input_ids"])
-
-    def _chunks(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-                ) -> tuple[Any, Iterator[tuple[str, Any]]]:
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+                 ) -> GenerationRequest:
         prompt, handles = messages_and_handles(messages)
-        req = request_for(self, prompt, stop=stop, handles=handles, **kwargs)
-        return req, iter_pieces(req)
+        return GenerationRequest.build(self, prompt, stop=stop, handles=handles, **kwargs)
 
-    def _with_request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-                      ) -> Iterator[Any]:
-        """The request first (built in the worker thread: it may load weights), then its pieces."""
-        req, pieces = self._chunks(messages, stop, kwargs)
-        yield req
-        yield from pieces
+    def _opened(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+                ) -> Iterator[Any]:
+        """The request and its open stream first (built in the worker thread: it may load weights), then the
+        stream's pieces."""
+        req = self._request(messages, stop, kwargs)
+        stream = req.stream()
+        yield req, stream
+        yield from stream
 
     @staticmethod
-    def _last_chunk(req: Any, stats: Any) -> ChatGenerationChunk:
+    def _last_chunk(req: GenerationRequest, stream: GenerationStream) -> ChatGenerationChunk:
         return ChatGenerationChunk(message=AIMessageChunk(
-            content="", usage_metadata=usage(stats), response_metadata=req.metadata(stats),
+            content="", usage_metadata=usage(stream.stats), response_metadata=req.metadata(stream.stats),
             chunk_position="last"))
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any
                 ) -> Iterator[ChatGenerationChunk]:
-        req, pieces = self._chunks(messages, stop, kwargs)
-        for piece, stats in pieces:
-            if stats is not None:
-                yield self._last_chunk(req, stats)
-                return
+        req = self._request(messages, stop, kwargs)
+        stream = req.stream()
+        for piece in stream:
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
+        yield self._last_chunk(req, stream)
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any
                        ) -> AsyncIterator[ChatGenerationChunk]:
-        items = run_in_thread(lambda: self._with_request(messages, stop, kwargs))
-        req = await anext(items)
-        async for piece, stats in items:
-            if stats is not None:
-                yield self._last_chunk(req, stats)
-                return
+        items = run_in_thread(lambda: self._opened(messages, stop, kwargs))
+        req, stream = await anext(items)
+        async for piece in items:
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 await run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
+        yield self._last_chunk(req, stream)
 
-    def _result(self, req: Any, text: str, stats: Any) -> ChatResult:
-        meta = req.metadata(stats)
-        msg = AIMessage(content=text, usage_metadata=usage(stats), response_metadata=meta)
+    def _result(self, req: GenerationRequest, stream: GenerationStream) -> ChatResult:
+        meta = req.metadata(stream.stats)
+        msg = AIMessage(content=stream.text, usage_metadata=usage(stream.stats), response_metadata=meta)
         return ChatResult(generations=[ChatGeneration(message=msg, generation_info={
                               "finish_reason": meta["finish_reason"]})],
-                          llm_output={"model_name": meta["model_name"], "token_usage": usage(stats)})
+                          llm_output={"model_name": meta["model_name"], "token_usage": usage(stream.stats)})
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        req, pieces = self._chunks(messages, stop, kwargs)
-        text = []
-        for piece, stats in pieces:
-            if stats is not None:
-                return self._result(req, "".join(text), stats)
-            text.append(piece)
+        req = self._request(messages, stop, kwargs)
+        stream = req.stream()
+        for piece in stream:
             if run_manager and piece:
                 run_manager.on_llm_new_token(piece)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._result(req, stream)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        items = run_in_thread(lambda: self._with_request(messages, stop, kwargs))
-        req = await anext(items)
-        text = []
-        async for piece, stats in items:
-            if stats is not None:
-                return self._result(req, "".join(text), stats)
-            text.append(piece)
+        items = run_in_thread(lambda: self._opened(messages, stop, kwargs))
+        req, stream = await anext(items)
+        async for piece in items:
             if run_manager and piece:
                 await run_manager.on_llm_new_token(piece)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._result(req, stream)
 
 
 __all__ = ["ChatRefragRasd"]

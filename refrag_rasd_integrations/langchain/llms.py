@@ -16,11 +16,14 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
-from ..generation import iter_pieces, request_for, run_in_thread, usage
+from refrag_rasd_core.engine import GenerationStream
+
+from ..generation import GenerationRequest, run_in_thread, usage
 from ..settings import CompletionSettings
+from ._common import LangChainFace
 
 
-class RefragRasdLLM(CompletionSettings, BaseLLM):
+class RefragRasdLLM(LangChainFace, CompletionSettings, BaseLLM):
     """String LLM over the refrag-rasd engine; same settings as
     :class:`~refrag_rasd_integrations.langchain.ChatRefragRasd`.
 
@@ -44,79 +47,68 @@ class RefragRasdLLM(CompletionSettings, BaseLLM):
         return {**self.identifying(), "chat_template": self.chat_template}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-        params = super()._get_ls_params(stop=stop, **kwargs)
-        params.update(ls_provider="refrag-rasd", ls_model_name=self.target_name(kwargs.get("model")),
-                      ls_model_type="llm", ls_temperature=kwargs.get("temperature", self.temperature),
-                      ls_max_tokens=kwargs.get("max_tokens", self.max_tokens))
-        return params
+        return self._ls_params("llm", super()._get_ls_params(stop=stop, **kwargs), stop, kwargs)
 
-    def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` with the target's own tokenizer (never GPT-2 from the hub)."""
-        return list(self.target_tokenizer()(text, add_special_tokens=False)["input_ids"])
-
-    def _prompt(self, prompt: str) -> Any:
+    def _prompt(self, prompt: str) -> str | list[dict[str, str]]:
         return [{"role": "user", "content": prompt}] if self.chat_template else prompt
 
-    def _with_request(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> Iterator[Any]:
-        req = request_for(self, self._prompt(prompt), stop=stop, **dict(kwargs))
-        yield req
-        yield from iter_pieces(req)
+    def _opened(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> Iterator[Any]:
+        """The request and its open stream first (built in the worker thread: it may load weights), then the
+        stream's pieces."""
+        req = GenerationRequest.build(self, self._prompt(prompt), stop=stop, **kwargs)
+        stream = req.stream()
+        yield req, stream
+        yield from stream
 
     @staticmethod
-    def _info(req: Any, stats: Any) -> dict[str, Any]:
-        return {**req.metadata(stats), "usage": usage(stats)}
+    def _info(req: GenerationRequest, stream: GenerationStream) -> dict[str, Any]:
+        return {**req.metadata(stream.stats), "usage": usage(stream.stats)}
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
-        items = self._with_request(prompt, stop, kwargs)
-        req = next(items)
-        for piece, stats in items:
-            if stats is not None:
-                yield GenerationChunk(text="", generation_info=self._info(req, stats))
-                return
+        items = self._opened(prompt, stop, kwargs)
+        req, stream = next(items)
+        for piece in items:
             chunk = GenerationChunk(text=piece)
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
+        yield GenerationChunk(text="", generation_info=self._info(req, stream))
 
     async def _astream(self, prompt: str, stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any
                        ) -> AsyncIterator[GenerationChunk]:
-        items = run_in_thread(lambda: self._with_request(prompt, stop, kwargs))
-        req = await anext(items)
-        async for piece, stats in items:
-            if stats is not None:
-                yield GenerationChunk(text="", generation_info=self._info(req, stats))
-                return
+        items = run_in_thread(lambda: self._opened(prompt, stop, kwargs))
+        req, stream = await anext(items)
+        async for piece in items:
             chunk = GenerationChunk(text=piece)
             if run_manager:
                 await run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
-
-    def _one(self, prompt: str, stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]) -> Generation:
-        text = []
-        for chunk in self._stream(prompt, stop=stop, run_manager=run_manager, **kwargs):
-            if chunk.generation_info:
-                return Generation(text="".join(text), generation_info=chunk.generation_info)
-            text.append(chunk.text)
-        raise AssertionError("unreachable")  # pragma: no cover
+        yield GenerationChunk(text="", generation_info=self._info(req, stream))
 
     def _generate(self, prompts: list[str], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
-        gens = [[self._one(p, stop, run_manager, kwargs)] for p in prompts]
+        gens = []
+        for p in prompts:
+            items = self._opened(p, stop, kwargs)
+            req, stream = next(items)
+            for piece in items:
+                if run_manager and piece:
+                    run_manager.on_llm_new_token(piece)
+            gens.append([Generation(text=stream.text, generation_info=self._info(req, stream))])
         return _result(gens)
 
     async def _agenerate(self, prompts: list[str], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
         gens = []
         for p in prompts:
-            text, info = [], None
-            async for chunk in self._astream(p, stop=stop, run_manager=run_manager, **kwargs):
-                if chunk.generation_info:
-                    info = chunk.generation_info
-                else:
-                    text.append(chunk.text)
-            gens.append([Generation(text="".join(text), generation_info=info)])
+            items = run_in_thread(lambda p=p: self._opened(p, stop, kwargs))
+            req, stream = await anext(items)
+            async for piece in items:
+                if run_manager and piece:
+                    await run_manager.on_llm_new_token(piece)
+            gens.append([Generation(text=stream.text, generation_info=self._info(req, stream))])
         return _result(gens)
 
 

@@ -29,7 +29,7 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 
-from ..generation import GenerationRequest, iter_pieces, request_for, run_in_thread, usage
+from ..generation import GenerationRequest, run_in_thread, usage
 from ..settings import CompletionSettings
 
 
@@ -74,39 +74,28 @@ class RefragRasdLLM(CompletionSettings, CustomLLM):
     def metadata(self) -> LLMMetadata:
         window = self.context_window
         if window is None:
-            window = getattr(getattr(self.engine, "runner", None), "max_positions", None) or 8192
-        return LLMMetadata(context_window=int(window), num_output=self.max_tokens, is_chat_model=True,
+            window = (self.engine.max_positions if self.engine is not None else None) or 8192
+        return LLMMetadata(context_window=int(window), num_output=self.generation_config().max_tokens,
+                           is_chat_model=True,
                            model_name=self.target_name())
 
     # ---- plumbing ------------------------------------------------------------------------------------------
-    def _request(self, prompt: Any, **kwargs: Any) -> GenerationRequest:
-        kwargs.pop("formatted", None)
-        return request_for(self, prompt, **kwargs)
-
-    def _prompt(self, prompt: str, formatted: bool) -> Any:
+    def _prompt(self, prompt: str, formatted: bool) -> str | list[dict[str, str]]:
         if not formatted and self.completion_to_prompt is not None and not self.chat_template:
             prompt = self.completion_to_prompt(prompt)
         return [{"role": "user", "content": prompt}] if self.chat_template else prompt
 
-    @staticmethod
-    def _raw(req: GenerationRequest, stats: Any) -> dict[str, Any]:
-        return {**req.metadata(stats), "usage": usage(stats)}
-
-    def _pieces(self, prompt: Any, kwargs: dict[str, Any]) -> Iterator[Any]:
-        req = self._request(prompt, **dict(kwargs))
-        yield req
-        yield from iter_pieces(req)
-
-    def _completions(self, prompt: Any, kwargs: dict[str, Any]) -> Iterator[CompletionResponse]:
-        items = self._pieces(prompt, kwargs)
-        req = next(items)
-        text = ""
-        for piece, stats in items:
-            text += piece
-            if stats is not None:
-                yield CompletionResponse(text=text, delta="", raw=self._raw(req, stats))
-            elif piece:
-                yield CompletionResponse(text=text, delta=piece)
+    def _completions(self, prompt: str | list[dict[str, str]], kwargs: dict[str, Any]
+                     ) -> Iterator[CompletionResponse]:
+        """The answer as it streams: one response per piece, then the last one with ``raw`` (usage, stats)."""
+        kwargs = {k: v for k, v in kwargs.items() if k != "formatted"}
+        req = GenerationRequest.build(self, prompt, **kwargs)
+        stream = req.stream()
+        for piece in stream:
+            if piece:
+                yield CompletionResponse(text=stream.text, delta=piece)
+        yield CompletionResponse(text=stream.text, delta="",
+                                 raw={**req.metadata(stream.stats), "usage": usage(stream.stats)})
 
     # ---- completion ----------------------------------------------------------------------------------------
     @llm_completion_callback()

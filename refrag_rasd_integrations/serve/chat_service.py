@@ -25,11 +25,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
+from refrag_rasd_core.generation_config import GenerationConfig
 
 from ..engines import get_engine, model_label
 from ..generation import GenerationRequest
-from ..settings import CONTEXTS, check_settings
+from ..settings import ModelSettings
 from .openai_api import (
     SSE_DONE,
     ChatCompletionRequest,
@@ -88,14 +90,16 @@ class ServeConfig:
     app_name: str = "refrag-rasd"
 
     def __post_init__(self) -> None:
-        check_settings({"method": self.method, "context": self.context, "max_tokens": self.max_tokens})
+        self.generation_config()  # checks method, context and max_tokens
         for name in ("replicas", "max_ongoing_requests", "max_tokens_limit"):
             if int(getattr(self, name)) < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.k < 0:
             raise InvalidInputError(f"k must be >= 0, got {self.k}")
-        if self.context not in CONTEXTS:  # pragma: no cover - check_settings covers it
-            raise InvalidInputError(f"unknown context {self.context!r}")
+
+    def generation_config(self) -> GenerationConfig:
+        """The server's default generation settings (a request's own win)."""
+        return GenerationConfig.of(method=self.method, context=self.context, max_tokens=self.max_tokens)
 
     @classmethod
     def from_dict(cls, args: dict[str, Any]) -> ServeConfig:
@@ -140,7 +144,7 @@ def _from_text(kind: str, value: Any) -> Any:
 class ChatService:
     """One replica's engine and stores, answering chat-completions requests."""
 
-    def __init__(self, config: ServeConfig, *, engine: Any = None, client: Any = None,
+    def __init__(self, config: ServeConfig, *, engine: Engine | None = None, client: Any = None,
                  stores: dict[str, Any] | None = None) -> None:
         """``engine``: an engine to serve instead of loading ``config.model``; ``client``: a chromadb client
         instead of ``config``'s; ``stores``: already opened stores by collection name."""
@@ -160,6 +164,8 @@ class ChatService:
             if config.calibrate:
                 engine.calibrate_verify_costs()
         self.engine = engine
+        self.settings = ModelSettings(engine=engine, method=config.method, context=config.context,
+                                      max_tokens=config.max_tokens, recognize_passages=False)
         self.model_name = model_label(engine, config.model)
         self._client = client
         self._stores: dict[str, Any] = dict(stores or {})
@@ -208,9 +214,8 @@ class ChatService:
     def prepare(self, req: ChatCompletionRequest) -> tuple[GenerationRequest, list[dict[str, Any]]]:
         """Retrieve and resolve: the engine request and the sources (id, source, score) it reads."""
         cfg = self.config
-        settings = req.settings({"method": cfg.method, "context": cfg.context, "max_tokens": cfg.max_tokens,
-                                 "recognize_passages": False})
-        if settings["max_tokens"] > cfg.max_tokens_limit:
+        settings = req.generation_settings()
+        if int(settings.get("max_tokens", 0)) > cfg.max_tokens_limit:
             raise InvalidInputError(f"max_tokens {settings['max_tokens']} is over this server's limit "
                                     f"({cfg.max_tokens_limit})")
         collection, k = req.retrieval(cfg.collection, cfg.k)
@@ -221,8 +226,7 @@ class ChatService:
             passages = [p for p, _ in hits]
             sources = [{"id": p.id, "source": p.metadata.get("source"), "score": round(float(s), 4)}
                        for p, s in hits]
-        gen = GenerationRequest.build(settings, req.engine_messages(), passages=passages or None,
-                                      engine=self.engine, **req.engine_overrides())
+        gen = GenerationRequest.build(self.settings, req.engine_messages(), passages=passages or None, **settings)
         return gen, sources
 
     def _extra(self, gen: GenerationRequest, stats: Any, sources: list[dict[str, Any]]) -> dict[str, Any]:

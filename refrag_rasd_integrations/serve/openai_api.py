@@ -11,7 +11,7 @@ Example:
     >>> req = ChatCompletionRequest.model_validate(
     ...     {"model": "refrag-rasd", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8,
     ...      "collection": "docs", "k": 3, "context": "compressed", "expand": 0.25})
-    >>> req.question(), req.retrieval(), req.engine_overrides()["expand"]
+    >>> req.question(), req.retrieval(), req.generation_settings()["expand"]
     ('Hi', ('docs', 3), 0.25)
     >>> sse({"a": 1}), SSE_DONE
     ('data: {"a":1}\\n\\n', 'data: [DONE]\\n\\n')
@@ -23,12 +23,11 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from refrag_rasd_core.errors import InvalidInputError
 
 from ..generation import content_text
-from ..settings import CONTEXTS, check_settings
 
 SSE_DONE = "data: [DONE]\n\n"
 
@@ -59,10 +58,10 @@ class ChatCompletionRequest(BaseModel):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
@@ -83,17 +82,10 @@ class ChatCompletionRequest(BaseModel):
     passages: list[str] | None = None
     """Passage texts given with the request (retrieval is skipped)."""
     context: str | None = None
-    expand: float | None = Field(default=None, ge=0, le=1)
+    expand: float | None = None
     policy: str | None = None
     method: str | None = None
-    top_k: int | None = Field(default=None, ge=0)
-
-    @field_validator("context")
-    @classmethod
-    def _context(cls, v: str | None) -> str | None:
-        if v is not None and v not in CONTEXTS:
-            raise ValueError(f"unknown context {v!r}; choose one of {', '.join(CONTEXTS)}")
-        return v
+    top_k: int | None = None
 
     def check_supported(self) -> None:
         """Refuse what this server cannot honour (raises :class:`InvalidInputError`)."""
@@ -110,7 +102,6 @@ class ChatCompletionRequest(BaseModel):
             raise InvalidInputError("only response_format {'type': 'text'} is supported")
         if not any(m.role == "user" for m in self.messages):
             raise InvalidInputError("the messages need at least one user message")
-        check_settings({"method": self.method})
 
     def engine_messages(self) -> list[dict[str, str]]:
         return [m.as_engine_message() for m in self.messages]
@@ -125,21 +116,15 @@ class ChatCompletionRequest(BaseModel):
         k = default_k if self.k is None else self.k
         return (collection, k) if collection and k > 0 and not self.passages else (None, 0)
 
-    def settings(self, defaults: dict[str, Any]) -> dict[str, Any]:
-        """The model settings of this request over the server's ``defaults``."""
-        out = dict(defaults)
+    def generation_settings(self) -> dict[str, Any]:
+        """The generation settings this request gives (unchecked: the engine's
+        :class:`~refrag_rasd_core.generation_config.GenerationConfig` checks them and fills the rest from the
+        server's defaults)."""
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
-        for key, value in (("max_tokens", self.max_completion_tokens or self.max_tokens),
-                           ("temperature", self.temperature), ("top_p", self.top_p), ("seed", self.seed),
-                           ("stop", stop), ("method", self.method), ("context", self.context),
-                           ("top_k", self.top_k)):
-            if value is not None:
-                out[key] = value
-        return out
-
-    def engine_overrides(self) -> dict[str, Any]:
-        """REFRAG settings passed through to the engine."""
-        return {k: v for k, v in (("expand", self.expand), ("policy", self.policy)) if v is not None}
+        given = {"max_tokens": self.max_completion_tokens or self.max_tokens, "temperature": self.temperature,
+                 "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed, "stop": stop, "method": self.method,
+                 "context": self.context, "expand": self.expand, "policy": self.policy}
+        return {k: v for k, v in given.items() if v is not None}
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)

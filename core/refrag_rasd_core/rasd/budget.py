@@ -28,9 +28,12 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .token_tree import SOURCE_DRAFT, SOURCE_RETRIEVAL, TokenTree
+
+if TYPE_CHECKING:
+    from ..forward import Runner
 
 __all__ = ["DraftGate", "TreeBudget", "measure_verify_costs", "CPU_COSTS", "GPU_COSTS"]
 
@@ -237,7 +240,7 @@ class DraftGate:
             g * avg[0] + (1 - g) * tokens, g * avg[1] + (1 - g) * step_s)
 
 
-def runner_verify_costs(runner: Any, *, context_len: int = 512, repeats: int = 3) -> dict[int, float]:
+def runner_verify_costs(runner: Runner, *, context_len: int = 512, repeats: int = 3) -> dict[int, float]:
     """:func:`measure_verify_costs` of a target (a :class:`~refrag_rasd_core.target.TargetRunner`): bushy
     trees of n nodes verified over a ``context_len``-token cache, which is cut back after each forward."""
     import torch

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,54 +34,10 @@ from ..errors import InvalidInputError
 from .budget import DraftGate, TreeBudget
 from .datastore import PromptLookup, RestDatastore, merge_retrievals
 from .draft_tree import Drafter, build_draft_tree, draft_probe
+from .spec_options import SpecOptions
 from .token_tree import TokenTree
 
-__all__ = ["SpecOptions", "Proposer", "make_proposer"]
-
-
-@dataclass
-class SpecOptions:
-    """Speculation settings (``GenerationConfig.spec``); defaults chosen by measurement on the 2-core CPU.
-
-    ``max_nodes`` bounds a tree before the budget trims it; ``retrieval_len`` is how far a retrieved
-    continuation reaches; ``draft_depth`` / ``draft_top_k`` / ``draft_nodes`` shape the EAGLE-2 draft tree, which stops growing
-    once no frontier path has a draft probability of ``draft_min_prob``;
-    ``prune_top_k`` / ``prune_min_prob`` are RASD's pruning rule (a retrieval branch survives when its first
-    token is in the draft's top-k with at least that probability), applied when the retrieval match is at
-    most ``prune_max_match`` tokens long (longer suffix matches are trusted over a small draft); ``adaptive`` turns the budget off
-    (verify the whole tree every step) when False.
-    """
-
-    max_nodes: int = 32
-    retrieval_len: int = 8
-    min_suffix: int = 1
-    max_occurrences: int = 64
-    draft_depth: int = 5
-    draft_top_k: int = 4
-    draft_nodes: int = 16
-    draft_min_prob: float = 0.1
-    prune_top_k: int = 8
-    prune_min_prob: float = 0.01
-    prune_max_match: int = 2
-    adaptive: bool = True
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> SpecOptions:
-        if d is not None and not isinstance(d, dict):
-            raise InvalidInputError(f"spec must be a dict of speculation options, got {type(d).__name__}")
-        d = dict(d or {})
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise InvalidInputError(f"unknown speculation option(s): {', '.join(sorted(unknown))}; "
-                                    f"known: {', '.join(sorted(names))}")
-        opts = cls(**d)
-        for name in ("max_nodes", "retrieval_len", "min_suffix", "max_occurrences", "draft_depth",
-                     "draft_top_k", "draft_nodes"):
-            value = getattr(opts, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInputError(f"speculation option {name} must be an integer >= 1, got {value!r}")
-        return opts
+__all__ = ["METHODS", "PROPOSERS", "Proposer", "ProposerEntry", "SpecOptions", "make_proposer"]
 
 
 class Proposer:
@@ -284,18 +240,51 @@ class RasdProposer(RestProposer):
                              step_s=time.perf_counter() - self._step_t0)
 
 
-def make_proposer(method: str, *, options: dict[str, Any] | None = None, budget: TreeBudget | None = None,
-                  gate: DraftGate | None = None, datastore: RestDatastore | None = None,
-                  drafter: Drafter | None = None, passages: Sequence[Sequence[int]] = ()) -> Proposer:
+@dataclass(frozen=True)
+class ProposerEntry:
+    """A speculative method in :data:`PROPOSERS`: its proposer class and what a request hands it besides the
+    options and the engine's budget: the request's passages and the shared datastore (``retrieval``), the
+    drafter (``drafter``), the engine's draft gate (``gate``)."""
+
+    proposer: type[Proposer]
+    retrieval: bool = False
+    drafter: bool = False
+    gate: bool = False
+
+    def build(self, options: SpecOptions | dict[str, Any] | None = None, budget: TreeBudget | None = None, *,
+              gate: DraftGate | None = None, datastore: RestDatastore | None = None,
+              drafter: Drafter | None = None, passages: Sequence[Sequence[int]] = ()) -> Proposer:
+        """A fresh proposer for one request, given only what this method uses."""
+        kwargs: dict[str, Any] = {}
+        if self.retrieval:
+            kwargs.update(passages=passages, datastore=datastore)
+        if self.drafter:
+            kwargs["drafter"] = drafter
+        if self.gate:
+            kwargs["gate"] = gate
+        return self.proposer(SpecOptions.of(options), budget, **kwargs)
+
+
+PROPOSERS: dict[str, ProposerEntry] = {
+    "pld": ProposerEntry(PldProposer),
+    "rest": ProposerEntry(RestProposer, retrieval=True),
+    "draft": ProposerEntry(DraftProposer, drafter=True),
+    "rasd": ProposerEntry(RasdProposer, retrieval=True, drafter=True, gate=True),
+}
+"""The speculative methods by name; a new method registers here and every layer (settings, engine, bench,
+server, CLI) offers it."""
+
+METHODS: tuple[str, ...] = ("vanilla", *PROPOSERS)
+"""Every decoding method: ``vanilla`` (the plain loop, no proposer) and the speculative ones."""
+
+
+def make_proposer(method: str, *, options: SpecOptions | dict[str, Any] | None = None,
+                  budget: TreeBudget | None = None, gate: DraftGate | None = None,
+                  datastore: RestDatastore | None = None, drafter: Drafter | None = None,
+                  passages: Sequence[Sequence[int]] = ()) -> Proposer:
     """The proposer of ``method`` for one request (fresh per request; ``budget`` and ``gate`` carry their
     calibration across requests, so the caller keeps them). ``passages``: the request's token-id lists."""
-    opts = SpecOptions.from_dict(options)
-    if method == "pld":
-        return PldProposer(opts, budget)
-    if method == "rest":
-        return RestProposer(opts, budget, passages=passages, datastore=datastore)
-    if method == "draft":
-        return DraftProposer(opts, budget, drafter=drafter)
-    if method == "rasd":
-        return RasdProposer(opts, budget, passages=passages, datastore=datastore, drafter=drafter, gate=gate)
-    raise InvalidInputError(f"unknown speculative method {method!r}")
+    entry = PROPOSERS.get(method)
+    if entry is None:
+        raise InvalidInputError(f"unknown speculative method {method!r}; choose one of {', '.join(PROPOSERS)}")
+    return entry.build(options, budget, gate=gate, datastore=datastore, drafter=drafter, passages=passages)

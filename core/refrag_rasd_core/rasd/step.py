@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,6 +41,9 @@ from ..sampling import SamplingParams, choose_token
 from ..target import keep_cache_path
 from .token_tree import TokenTree
 from .verify import accept_greedy, accept_sampled
+
+if TYPE_CHECKING:
+    from ..forward import Runner
 
 __all__ = ["StepResult", "speculative_step"]
 
@@ -58,7 +61,7 @@ class StepResult:
     path: list[int] = field(default_factory=lambda: [0])  # its accepted nodes, from the root
 
 
-def speculative_step(runner: Any, proposer: Any, cache: Any, committed: list[int], hidden: torch.Tensor | None,
+def speculative_step(runner: Runner, proposer: Any, cache: Any, committed: list[int], hidden: torch.Tensor | None,
                      params: SamplingParams, generator: torch.Generator | None = None, *,
                      shift: int = 0) -> StepResult:
     """One step of speculative decoding (see the module docstring). ``runner``: the target's

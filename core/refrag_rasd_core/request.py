@@ -1,0 +1,149 @@
+"""One call turned into what the decoding loop reads: :class:`RequestBuilder` tokenizes the prompt and the
+passages (once), resolves ``context="auto"`` and lays the passages out around the question;
+:class:`EngineRequest` is the result.
+
+Example:
+    >>> from transformers import AutoTokenizer                                  # doctest: +REAL_MODEL
+    >>> builder = RequestBuilder(engine.tokenizer, vocab_size=49152)            # doctest: +REAL_MODEL
+    >>> req = builder.build("Who wrote it?", ["Shakespeare wrote Hamlet."], GenerationConfig(context="text"))  # doctest: +REAL_MODEL
+    >>> req.config.context, req.context_tokens > 0, len(req.passage_ids)        # doctest: +REAL_MODEL
+    ('text', True, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ContextTooLongError, InvalidInputError
+from .generation_config import GenerationConfig, Prompt
+
+__all__ = ["EngineRequest", "RequestBuilder"]
+
+
+@dataclass
+class EngineRequest:
+    """One call ready for the loop: its settings (``context`` resolved), the finished prompt ids, or a layout
+    whose passages are compressed in the loop; the token ids of every passage (for the speculative
+    datastore and the layout, tokenized once)."""
+
+    config: GenerationConfig
+    prompt_ids: list[int] | None = None
+    layout: Any = None
+    prompt_tokens: int = 0
+    context_tokens: int = 0
+    passages: list[Any] = field(default_factory=list)
+    passage_ids: list[list[int]] = field(default_factory=list)
+    question: str = ""
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the prefill reads compressed chunks (REFRAG)."""
+        return self.layout is not None
+
+    def check_fits(self, limit: int | None) -> None:
+        """Raise :class:`ContextTooLongError` when the token prompt exceeds the model's window ``limit``
+        (a compressed prompt is checked once it is built)."""
+        if limit is not None and self.prompt_ids is not None and len(self.prompt_ids) >= limit:
+            hint = " or use context='compressed' (REFRAG reads k tokens per position)" if self.context_tokens else ""
+            raise ContextTooLongError(
+                f"the prompt has {len(self.prompt_ids)} tokens but the model reads at most {limit}: shorten "
+                f"the prompt or pass fewer passages{hint}"
+            )
+
+
+class RequestBuilder:
+    """Tokenizes prompts and passages for one target (its tokenizer and vocabulary size)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = int(vocab_size)
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: chat messages go through the chat template (with the generation prompt);
+        a string is used as it is."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise InvalidInputError("the prompt is empty")
+            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if not isinstance(prompt, Sequence) or not all(isinstance(m, dict) for m in prompt):
+            raise InvalidInputError(f"the prompt must be a string or a list of chat messages "
+                                    f"({{'role': ..., 'content': ...}} dicts), got {type(prompt).__name__}")
+        messages = list(prompt)
+        if not messages or not any(str(m.get("content", "")).strip() for m in messages):
+            raise InvalidInputError("the prompt has no messages with content")
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=False)
+            return list(ids)
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        return self.tokenizer(text)["input_ids"]
+
+    def passage_token_ids(self, passages: Sequence[Any] | None) -> list[list[int]]:
+        """Token ids of passages given as strings, token-id lists or objects with ``token_ids`` / ``text``."""
+        out: list[list[int]] = []
+        for p in passages or []:
+            ids = getattr(p, "token_ids", None) if not isinstance(p, (str, list, tuple)) else None
+            if ids is None and isinstance(p, (list, tuple)):
+                ids = p
+            if ids is None:
+                txt = p if isinstance(p, str) else getattr(p, "text", None)
+                if txt is None:
+                    raise InvalidInputError(f"a passage must be text, token ids or have .text, got {type(p)!r}")
+                ids = self.tokenizer(txt, add_special_tokens=False)["input_ids"] if txt.strip() else []
+            out.append([int(t) for t in ids])
+            self.check_token_ids(out[-1], f"passage {len(out) - 1}")
+        return out
+
+    def check_token_ids(self, ids: Sequence[int], what: str) -> None:
+        """Refuse token ids outside the target's vocabulary (they come from another tokenizer)."""
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise InvalidInputError(f"{what} has token id {bad}, outside this model's vocabulary "
+                                    f"[0, {self.vocab_size}): token ids must come from the target's own "
+                                    "tokenizer (or pass text)")
+
+    def build(self, prompt: Prompt, passages: Sequence[Any] | None, cfg: GenerationConfig, *,
+              auto_point: Callable[[int], dict[str, Any]] | None = None,
+              require_refrag: Callable[[], Any] | None = None) -> EngineRequest:
+        """The request of one call. ``auto_point(passage_tokens)`` gives the operating point ``context="auto"``
+        stands for when passages come along (default: plain RAG); ``require_refrag()`` raises when
+        compression cannot run."""
+        from .refrag.context import layout_prompt, question_text
+
+        pids = self.passage_token_ids(passages)
+        point = None
+        if cfg.context == "auto" and pids:
+            point = auto_point(sum(map(len, pids))) if auto_point is not None else {"context": "text"}
+        cfg = cfg.resolve_context(point)
+        if cfg.context == "none":
+            ids = self.encode_prompt(prompt)
+            return EngineRequest(cfg, prompt_ids=ids, prompt_tokens=len(ids), passage_ids=pids)
+        if cfg.context == "compressed" and require_refrag is not None:
+            require_refrag()
+        layout = layout_prompt(self.tokenizer, prompt, pids)
+        if not layout.passages:  # nothing to lay out: the question alone
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            ids = self.encode_prompt(messages)
+            return EngineRequest(cfg, prompt_ids=ids, prompt_tokens=len(ids), passage_ids=pids)
+        full = layout.full_ids()
+        if cfg.context == "text":
+            return EngineRequest(cfg, prompt_ids=full, prompt_tokens=len(full),
+                                 context_tokens=layout.context_tokens, passage_ids=pids)
+        kept = [p for p, ids in zip(passages or [], pids, strict=True) if ids]  # layout_prompt drops empty passages
+        return EngineRequest(cfg, layout=layout, prompt_tokens=len(full), context_tokens=layout.context_tokens,
+                             passages=kept, passage_ids=pids, question=question_text(prompt))
+
+    def from_ids(self, prompt_ids: Sequence[int], passages: Sequence[Any] | None,
+                 cfg: GenerationConfig) -> EngineRequest:
+        """The request of an already tokenized prompt (``context`` must be ``none`` or ``auto``; the passages
+        feed the speculative datastore only)."""
+        if cfg.context not in ("none", "auto"):
+            raise InvalidInputError("generate_ids takes a finished prompt: use context='none', or generate()")
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise InvalidInputError("the prompt is empty")
+        self.check_token_ids(ids, "the prompt")
+        return EngineRequest(cfg.resolve_context(None), prompt_ids=ids, prompt_tokens=len(ids),
+                             passage_ids=self.passage_token_ids(passages))
