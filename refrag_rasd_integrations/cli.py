@@ -466,13 +466,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _train_draft(argv: list[str]) -> int:
-    from refrag_rasd_core.eagle.train import main as train_main
+    from refrag_rasd_core.training.eagle import main as train_main
 
     return train_main(argv)
 
 
 def _train_refrag(argv: list[str]) -> int:
-    from refrag_rasd_core.refrag.train import main as train_main
+    from refrag_rasd_core.training.refrag import main as train_main
 
     return train_main(argv)
 
