@@ -128,7 +128,6 @@ class SftData:
         return Batch(rows=rows, vectors=torch.cat([v for _, v in picks], 0))
 
 
-
 class _null:
     def __enter__(self) -> None:
         return None
