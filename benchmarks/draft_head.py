@@ -44,14 +44,15 @@ from pathlib import Path
 import torch
 
 from refrag_rasd_core.eagle.checkpoint import load_default_draft_head, load_draft_head
-from refrag_rasd_core.eagle.corpus import format_prompt, spec_bench_path, spec_bench_prompts
-from refrag_rasd_core.eagle.features import (
+from refrag_rasd_core.training.eagle.corpus import format_prompt
+from refrag_rasd_core.training.eagle.features import (
     FeatureStore,
     extract_features,
     generate_self_distill,
     read_generations,
 )
-from refrag_rasd_core.eagle.train import evaluate
+from refrag_rasd_core.training.eagle.train import evaluate
+from refrag_rasd_core.training.spec_bench import spec_bench_path, spec_bench_prompts
 
 
 def _median_ms(xs: list[float]) -> float:
@@ -247,8 +248,8 @@ def rag_eval_features(model, tok, work: Path, files: list[str], per_file: int) -
     """The target's greedy answers (128 tokens) to held-out plain-RAG requests: the first ``per_file`` questions
     of each NQ-open / SQuAD file (inside the 300 that training holds out), each over its 4 passages retrieved
     from the whole file, laid out as the engine lays out the request."""
-    from refrag_rasd_core.eagle.rag_prompts import rag_training_prompts
     from refrag_rasd_core.refrag.encoder import ChunkEncoder
+    from refrag_rasd_core.training.eagle.rag_prompts import rag_training_prompts
 
     encoder = ChunkEncoder.load(None, tokenizer=tok)
     prompts = sorted(rag_training_prompts(tok, files, encoder, holdout=0, top_k=4, limit=per_file), key=len)

@@ -49,8 +49,8 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from refrag_rasd_core.eagle.features import extract_features
     from refrag_rasd_core.models import load_target
+    from refrag_rasd_core.training.eagle.features import extract_features
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,7 +8,7 @@
 # 250 steps, so a cut run resumes with the same command). Usage, from the repository root:
 #     bash benchmarks/gpu_train_refrag.sh                    # OUT=runs/refrag-gpu
 #     OUT=/tmp/r STEPS_SCALE=0.5 bash benchmarks/gpu_train_refrag.sh --pooling mean
-# Extra arguments go to `python -m refrag_rasd_core.refrag.train` (later flags win).
+# Extra arguments go to `python -m refrag_rasd_core.training.refrag` (later flags win).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -28,7 +28,7 @@ print("GPU:", torch.cuda.get_device_name(0), "bf16:", torch.cuda.is_bf16_support
 PY
 
 start=$(date +%s)
-timeout "$LIMIT_S" $PY -m refrag_rasd_core.refrag.train \
+timeout "$LIMIT_S" $PY -m refrag_rasd_core.training.refrag \
     --out "$OUT" --device cuda --dtype bfloat16 --threads 8 --no-progress \
     --spec-bench "$DATA" --heldout "$DATA" --pooling auto --pooling-steps "$(steps 150)" \
     --phases recon,cpt,mixed,sft,policy \

@@ -488,7 +488,7 @@ if engine.refrag is not None:
 else:
     import torch
 
-    from refrag_rasd_core.refrag.train.cli import main as train_refrag
+    from refrag_rasd_core.training.refrag import main as train_refrag
 
     work = Path(tempfile.mkdtemp())
     (work / "corpus.txt").write_text("\\n\\n\\n".join("\\n".join(r["passages"]) for r in rows[:4]))
@@ -646,9 +646,9 @@ NB05 = [
 
 Both trained parts of refrag-rasd come from commands you can point at your own documents:
 
-* `refrag-rasd train-draft` (`refrag_rasd_core.eagle.train.main`): an EAGLE-style draft head for RASD: one decoder
+* `refrag-rasd train-draft` (`refrag_rasd_core.training.eagle.main`): an EAGLE-style draft head for RASD: one decoder
   layer over the target's hidden states, trained to predict the target's next features and tokens;
-* `refrag-rasd train-refrag` (`python -m refrag_rasd_core.refrag.train`): REFRAG's projector (+ decoder LoRA and
+* `refrag-rasd train-refrag` (`python -m refrag_rasd_core.training.refrag`): REFRAG's projector (+ decoder LoRA and
   the expansion policy): reconstruction, continual pre-training with a curriculum, fine-tuning, RL.
 
 Here both run for a handful of steps on one short text, on the CPU, to show the mechanics and the loss going
@@ -711,7 +711,7 @@ import re
 
 import torch
 
-from refrag_rasd_core.eagle.train import main as train_draft
+from refrag_rasd_core.training.eagle import main as train_draft
 
 threads = str(torch.get_num_threads())       # the CPU threads torch uses here (ignored on a GPU)
 draft_out = work / "draft"
@@ -732,7 +732,7 @@ per-step losses go to `train_log.jsonl` in the run folder. (Flags: `--phases rec
 full recipe, `--lora-rank 0` keeps the decoder untouched, `--resume` continues a cut run.)
 '''),
     code('''
-from refrag_rasd_core.refrag.train.cli import main as train_refrag
+from refrag_rasd_core.training.refrag import main as train_refrag
 
 refrag_out = work / "refrag"
 train_refrag(["--out", str(refrag_out), "--corpus", str(my_text), "--phases", "recon,cpt",

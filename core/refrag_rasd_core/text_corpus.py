@@ -1,7 +1,7 @@
 """Offline training text every Python install has: the documentation topics and module docstrings.
 
-Shared by the EAGLE draft-head corpus (:mod:`refrag_rasd_core.eagle.corpus`) and the REFRAG training corpus
-(:mod:`refrag_rasd_core.refrag.train.corpus`). Importing modules to read their docstrings can run code, so
+Shared by the EAGLE draft-head corpus (:mod:`refrag_rasd_core.training.eagle.corpus`) and the REFRAG training corpus
+(:mod:`refrag_rasd_core.training.refrag.corpus`). Importing modules to read their docstrings can run code, so
 modules that start programs, open windows or exit on import are skipped, and any failure skips the module.
 
 Example:

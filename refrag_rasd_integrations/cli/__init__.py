@@ -22,13 +22,13 @@ from .registry import COMMANDS
 
 
 def _train_draft(argv: list[str]) -> int:
-    from refrag_rasd_core.eagle.train import main as train_main
+    from refrag_rasd_core.training.eagle import main as train_main
 
     return train_main(argv)
 
 
 def _train_refrag(argv: list[str]) -> int:
-    from refrag_rasd_core.refrag.train import main as train_main
+    from refrag_rasd_core.training.refrag import main as train_main
 
     return train_main(argv)
 

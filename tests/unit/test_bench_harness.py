@@ -36,7 +36,7 @@ def test_shipped_checkpoints_record_their_training_questions():
     assert len(ids) == 100 and all(isinstance(i, int) for i in ids)
     dev = default_data_path(SPEC_BENCH_DEV)
     if dev is not None:  # the even index within each category of the Spec-Bench dev file
-        from refrag_rasd_core.eagle.corpus import spec_bench_training_record
+        from refrag_rasd_core.training.spec_bench import spec_bench_training_record
 
         assert set(spec_bench_training_record(dev)["question_ids"]) == ids
 

@@ -10,18 +10,18 @@ import pytest
 import torch
 
 from refrag_rasd_core.eagle.checkpoint import load_draft_head
-from refrag_rasd_core.eagle.corpus import spec_bench_prompts, spec_bench_training_record
-from refrag_rasd_core.eagle.features import FeatureStore, extract_features
 from refrag_rasd_core.eagle.head import DraftHead
-from refrag_rasd_core.eagle.train import (
+from refrag_rasd_core.errors import InvalidInputError
+from refrag_rasd_core.training.eagle.cli import build_parser
+from refrag_rasd_core.training.eagle.features import FeatureStore, extract_features
+from refrag_rasd_core.training.eagle.train import (
     DraftTrainConfig,
     FeatureData,
-    build_parser,
     evaluate,
     head_loss,
     train_draft,
 )
-from refrag_rasd_core.errors import InvalidInputError
+from refrag_rasd_core.training.spec_bench import spec_bench_prompts, spec_bench_training_record
 from tiny import tiny_target
 
 
@@ -144,7 +144,7 @@ def test_fine_tuning_starts_from_a_checkpoint_and_keeps_its_vocabulary(tmp_path:
 
 
 def test_self_distillation_takes_prompts_as_token_ids(tmp_path: Path) -> None:
-    from refrag_rasd_core.eagle.features import generate_self_distill, read_generations
+    from refrag_rasd_core.training.eagle.features import generate_self_distill, read_generations
     from tiny import tiny_loaded
 
     lm = tiny_loaded(0)
@@ -160,8 +160,8 @@ def test_self_distillation_takes_prompts_as_token_ids(tmp_path: Path) -> None:
 
 
 def test_rag_training_prompts_are_engine_requests_over_retrieved_training_passages(tmp_path: Path) -> None:
-    from refrag_rasd_core.eagle.rag_prompts import rag_training_prompts, rag_training_record
     from refrag_rasd_core.refrag.context import layout_prompt
+    from refrag_rasd_core.training.eagle.rag_prompts import rag_training_prompts, rag_training_record
     from tiny import tiny_chunk_encoder, tiny_loaded
 
     facts = [(f"Where is item {i}?", f"Item {i} lies in room {i}.") for i in range(6)]
@@ -188,7 +188,7 @@ def test_rag_training_prompts_are_engine_requests_over_retrieved_training_passag
 
 
 def test_generate_minutes_bounds_the_answers_not_the_extraction(tmp_path: Path) -> None:
-    from refrag_rasd_core.eagle.train import prepare_features
+    from refrag_rasd_core.training.eagle.cli import prepare_features
     from tiny import tiny_loaded
 
     lm = tiny_loaded(0)

@@ -13,13 +13,13 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from refrag_rasd_core.refrag import ChunkEncoder, load_refrag_checkpoint
 from refrag_rasd_core.refrag.lora import merge_lora_
-from refrag_rasd_core.refrag.train import RefragTrainConfig, RefragTrainer, build_parser
-from refrag_rasd_core.refrag.train.batches import Row, WindowSampler, assemble, curriculum_chunks
-from refrag_rasd_core.refrag.train.cli import config_from_args
-from refrag_rasd_core.refrag.train.corpus import ChunkCorpus, Document, load_documents, record_passages
-from refrag_rasd_core.refrag.train.evaluate import evaluate_quality, evaluate_reconstruction
-from refrag_rasd_core.refrag.train.lora_export import peft_lora_state
-from refrag_rasd_core.refrag.train.phases import STATE_FILE
+from refrag_rasd_core.training.refrag import RefragTrainConfig, RefragTrainer, build_parser
+from refrag_rasd_core.training.refrag.batches import Row, WindowSampler, assemble, curriculum_chunks
+from refrag_rasd_core.training.refrag.cli import config_from_args
+from refrag_rasd_core.training.refrag.config import STATE_FILE
+from refrag_rasd_core.training.refrag.corpus import ChunkCorpus, Document, load_documents, record_passages
+from refrag_rasd_core.training.refrag.evaluate import evaluate_quality, evaluate_reconstruction
+from refrag_rasd_core.training.refrag.lora_export import peft_lora_state
 from tiny import tiny_llama, tiny_loaded
 
 K = 4
@@ -170,7 +170,7 @@ def test_policy_learns_the_best_chunk(tmp_path: Path) -> None:
     ctx, vecs, _, cont = corpus.window(0, 0, 4, 8)
     with torch.no_grad():
         proj = tr.projector(vecs.float())
-        from refrag_rasd_core.refrag.train.rl import selection_nll
+        from refrag_rasd_core.training.refrag.rl import selection_nll
 
         rows = [Row(prefix=tr.start_ids, context=ctx.tolist(), n_chunks=4, target=cont.tolist(), expanded=[j])
                 for j in range(4)]

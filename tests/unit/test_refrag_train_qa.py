@@ -16,10 +16,11 @@ from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.refrag import ExpansionPolicy, load_refrag_checkpoint
 from refrag_rasd_core.refrag.context import build_compressed_input, layout_prompt
 from refrag_rasd_core.refrag.policy import choose_expansions
-from refrag_rasd_core.refrag.train import RefragTrainConfig, RefragTrainer
-from refrag_rasd_core.refrag.train.batches import assemble
-from refrag_rasd_core.refrag.train.corpus import ChunkCorpus, Document
-from refrag_rasd_core.refrag.train.qa_rows import answer_chunks, build_qa_examples, load_qa_split, rag_row
+from refrag_rasd_core.training.qa_split import load_qa_split
+from refrag_rasd_core.training.refrag import RefragTrainConfig, RefragTrainer
+from refrag_rasd_core.training.refrag.batches import assemble
+from refrag_rasd_core.training.refrag.corpus import ChunkCorpus, Document
+from refrag_rasd_core.training.refrag.qa_rows import answer_chunks, build_qa_examples, rag_row
 from tiny import tiny_chunk_encoder, tiny_loaded
 
 K = 4
@@ -224,7 +225,7 @@ def test_init_from_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_selection_evaluation_scores_every_policy(tmp_path: Path) -> None:
-    from refrag_rasd_core.refrag.train.evaluate import evaluate_selection
+    from refrag_rasd_core.training.refrag.evaluate import evaluate_selection
 
     tr = trainer(tmp_path, phases=["select"], steps_select=2)
     res = evaluate_selection(tr, tr.qa_examples)  # before training: the rl policy is not scored

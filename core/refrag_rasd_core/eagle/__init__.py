@@ -1,4 +1,5 @@
-"""EAGLE-style draft head for RASD: the head, its features, trainer and checkpoints.
+"""EAGLE-style draft head for RASD: the head and its checkpoints (runtime; its training is
+:mod:`refrag_rasd_core.training.eagle`).
 
 Example:
     >>> from refrag_rasd_core.eagle import load_default_draft_head
@@ -15,7 +16,8 @@ from .checkpoint import (
     map_eagle_state_dict,
     save_draft_head,
 )
-from .head import DraftHead, DraftHeadConfig
+from .head import DraftHead
+from .layers import DraftHeadConfig
 
 __all__ = [
     "DEFAULT_CHECKPOINT",

@@ -36,7 +36,8 @@ import torch
 
 from ..errors import CheckpointError
 from ..safetensors_io import read_sidecar, read_weights, write_checkpoint
-from .head import DraftHead, DraftHeadConfig
+from .head import DraftHead
+from .layers import DraftHeadConfig
 
 FORMAT = "refrag-rasd-eagle"
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"

@@ -6,7 +6,7 @@
 * :mod:`.policy`     which chunks stay raw tokens (none / random / similarity / perplexity / rl);
 * :mod:`.context`    the prompt layout and the mixed (compressed + raw) prefill input;
 * :mod:`.checkpoint` trained parts (:class:`RefragModel`) on disk;
-* :mod:`.train`      the training pipeline (``refrag-rasd train-refrag``).
+The training pipeline (``refrag-rasd train-refrag``) is :mod:`refrag_rasd_core.training.refrag`.
 
 The engine composes these: ``engine.generate(question, passages=..., context="compressed")``.
 

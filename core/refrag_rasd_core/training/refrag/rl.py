@@ -35,23 +35,22 @@ in (a resumed run's fresh policy vs an uninterrupted run's) and the first epoch'
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ...errors import InvalidInputError
-from ..policy import ExpansionPolicy
+from ...refrag.policy import ExpansionPolicy
+from ..seeds import step_rng, step_seed
 from .batches import Row
 from .qa_rows import rag_row
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .phases import RefragTrainer
+from .trainer_view import TrainerView
 
 __all__ = ["policy_step", "select_step", "selection_nll"]
 
 
 @torch.no_grad()
-def selection_nll(tr: RefragTrainer, rows: list[Row], projected_rows: torch.Tensor) -> torch.Tensor:
+def selection_nll(tr: TrainerView, rows: list[Row], projected_rows: torch.Tensor) -> torch.Tensor:
     """Mean target NLL of each row (no gradient)."""
     nll, owner, _ = tr.row_nll(rows, projected_rows)
     total = torch.zeros(len(rows), device=nll.device).index_add_(0, owner, nll)
@@ -59,7 +58,7 @@ def selection_nll(tr: RefragTrainer, rows: list[Row], projected_rows: torch.Tens
     return (total / count.clamp(min=1)).cpu()
 
 
-def _query(tr: RefragTrainer, row: Row | None, question_vector: torch.Tensor | None) -> torch.Tensor:
+def _query(tr: TrainerView, row: Row | None, question_vector: torch.Tensor | None) -> torch.Tensor:
     """What the policy reads as the query of a context (see the module docstring); ``row`` may be None
     for a question-aware policy, which reads only the question's vector."""
     if tr.policy.reads_question_vector:
@@ -71,7 +70,7 @@ def _query(tr: RefragTrainer, row: Row | None, question_vector: torch.Tensor | N
     return tr.embed(torch.tensor(toks, device=tr.device)).float().mean(0)
 
 
-def _contexts(tr: RefragTrainer, rng: Any, count: int) -> list[tuple[Row, torch.Tensor, torch.Tensor]]:
+def _contexts(tr: TrainerView, rng: Any, count: int) -> list[tuple[Row, torch.Tensor, torch.Tensor]]:
     """``count`` (row, its chunk vectors in encoder space, the policy's query) to choose expansions in."""
     if tr.qa_examples:
         data = tr.sft_rows()  # rows in qa_examples' order, targets = the teacher's answers
@@ -88,10 +87,8 @@ def _contexts(tr: RefragTrainer, rng: Any, count: int) -> list[tuple[Row, torch.
     return [(row, vecs[c * n:(c + 1) * n], _query(tr, row, None)) for c, row in enumerate(batch.rows)]
 
 
-def policy_step(tr: RefragTrainer, opt: torch.optim.Optimizer, step: int) -> dict[str, Any]:
+def policy_step(tr: TrainerView, opt: torch.optim.Optimizer, step: int) -> dict[str, Any]:
     """One PPO update of ``tr.policy``; returns the step's statistics (``loss`` = the samples' mean NLL)."""
-    from .phases import step_rng, step_seed
-
     cfg = tr.cfg
     rng = step_rng(cfg.seed, "policy", step)
     gen = torch.Generator().manual_seed(step_seed(cfg.seed, "policy", step))
@@ -149,10 +146,8 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp(min=1e-12))).sum()
 
 
-def select_step(tr: RefragTrainer, opt: torch.optim.Optimizer, step: int) -> dict[str, Any]:
+def select_step(tr: TrainerView, opt: torch.optim.Optimizer, step: int) -> dict[str, Any]:
     """One supervised update of ``tr.policy`` toward the chunks that hold a gold answer (QA data)."""
-    from .phases import step_rng
-
     cfg = tr.cfg
     pool = [i for i, ex in enumerate(tr.qa_examples) if 0 < len(ex.answer_chunks) < ex.n_chunks]
     if not pool:

@@ -31,6 +31,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+__all__ = ["FeatureStore", "extract_features", "generate_self_distill", "read_generations", "target_hidden",
+           "texts_to_sequences"]
+
 Sequence = tuple[list[int], int]  # (token ids, index where the target's own generation starts)
 
 
@@ -182,7 +185,7 @@ def generate_self_distill(
     deadline: float | None = None,
 ) -> int:
     """Greedy-generate the target's own answers to ``prompts`` (chat-formatted strings, or token ids laid out
-    already, e.g. :func:`~refrag_rasd_core.eagle.rag_prompts.rag_training_prompts`), batched.
+    already, e.g. :func:`~refrag_rasd_core.training.eagle.rag_prompts.rag_training_prompts`), batched.
 
     Appends one json line per prompt (``prompt_ids``, ``answer_ids``) to ``out_path``; resumes after
     the lines already there. Returns the number of prompts done.

@@ -21,18 +21,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ..chunking import chunk_token_ids
-from ..policy import choose_expansions, chunk_perplexities
+from ...refrag.chunking import chunk_token_ids
+from ...refrag.policy import choose_expansions, chunk_perplexities
 from .batches import Row
 from .corpus import ChunkCorpus
+from .qa_rows import rag_row
 from .rl import selection_nll
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .phases import RefragTrainer
+from .trainer_view import TrainerView
 
 __all__ = ["evaluate_quality", "evaluate_reconstruction", "evaluate_selection", "heldout_windows"]
 
@@ -51,11 +50,11 @@ def heldout_windows(corpus: ChunkCorpus, n_chunks: int, continuation: int, limit
     return out[:limit]
 
 
-def _adapters(tr: RefragTrainer, on: bool):
+def _adapters(tr: TrainerView, on: bool):
     return contextlib.nullcontext() if on or not tr.lora_params else tr.decoder.disable_adapter()
 
 
-def _mean_nll(tr: RefragTrainer, rows: list[Row], projected: list[torch.Tensor], batch: int = 8) -> list[float]:
+def _mean_nll(tr: TrainerView, rows: list[Row], projected: list[torch.Tensor], batch: int = 8) -> list[float]:
     out: list[float] = []
     for s in range(0, len(rows), batch):
         part = rows[s:s + batch]
@@ -66,7 +65,7 @@ def _mean_nll(tr: RefragTrainer, rows: list[Row], projected: list[torch.Tensor],
 
 
 @torch.no_grad()
-def evaluate_quality(tr: RefragTrainer, heldout: ChunkCorpus, *, samples: int = 40, n_chunks: int = 16,
+def evaluate_quality(tr: TrainerView, heldout: ChunkCorpus, *, samples: int = 40, n_chunks: int = 16,
                      continuation: int = 32, fractions: Sequence[float] = (0.1, 0.25),
                      policies: Sequence[str] = ("random", "similarity", "perplexity", "rl"),
                      log: Any = print) -> dict[str, Any]:
@@ -135,7 +134,7 @@ def _avg(xs: list[float]) -> float:
 
 
 @torch.no_grad()
-def evaluate_reconstruction(tr: RefragTrainer, heldout: ChunkCorpus, *, chunks: Sequence[int] = (1, 4),
+def evaluate_reconstruction(tr: TrainerView, heldout: ChunkCorpus, *, chunks: Sequence[int] = (1, 4),
                             samples: int = 48) -> dict[str, Any]:
     """Teacher-forced reconstruction of held-out chunks from their vectors: token accuracy and NLL, for
     windows of each size in ``chunks`` (adapters off: the reconstruction phase's frozen decoder)."""
@@ -161,7 +160,7 @@ def evaluate_reconstruction(tr: RefragTrainer, heldout: ChunkCorpus, *, chunks: 
 
 
 @torch.no_grad()
-def evaluate_selection(tr: RefragTrainer, examples: Sequence[Any], *, fractions: Sequence[float] = (0.1, 0.25),
+def evaluate_selection(tr: TrainerView, examples: Sequence[Any], *, fractions: Sequence[float] = (0.1, 0.25),
                        policies: Sequence[str] = ("random", "rank", "similarity", "question", "rl")
                        ) -> dict[str, Any]:
     """How often each policy expands a chunk that holds a gold answer, on held-out QA examples
@@ -170,8 +169,6 @@ def evaluate_selection(tr: RefragTrainer, examples: Sequence[Any], *, fractions:
 
     ``hit_rate_shuffled`` is the same with each question's chunks in a random order (seeded): what a policy
     finds by reading the chunks rather than by where they stand (``rank`` falls to ``random`` there)."""
-    from .qa_rows import rag_row
-
     usable = [e for e in examples if e.answer_chunks]
     if not usable:
         return {"error": "no held-out question has its answer in its retrieved passages"}

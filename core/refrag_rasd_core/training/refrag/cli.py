@@ -1,4 +1,4 @@
-"""``refrag-rasd train-refrag`` (also ``python -m refrag_rasd_core.refrag.train``): the whole pipeline.
+"""``refrag-rasd train-refrag`` (also ``python -m refrag_rasd_core.training.refrag``): the whole pipeline.
 
 Loads the decoder (default SmolLM2-135M-Instruct, fp32) and the chunk encoder (default all-MiniLM-L6-v2),
 optionally measures which pooling reconstructs better (``--pooling auto``), encodes the corpora once (cached
@@ -25,7 +25,8 @@ import torch
 
 from ...errors import InvalidInputError
 from ...run_log import run_logger
-from .phases import PHASES, STATE_FILE, RefragTrainConfig, RefragTrainer
+from .config import PHASES, STATE_FILE, RefragTrainConfig
+from .trainer import RefragTrainer
 
 __all__ = ["QA_CORPUS", "build_parser", "main"]
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = config_from_args(args)
     from ...models import load_target
-    from ..encoder import ChunkEncoder
+    from ...refrag.encoder import ChunkEncoder
     from .corpus import ChunkCorpus, heldout_documents, load_documents
 
     lm = load_target(None if args.target == "default" else args.target, device=cfg.device, dtype="float32")
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if qa_splits:
         recipe["qa_trained_on"] = qa_training_record(args.qa_data, qa_splits, args.qa_holdout, args.qa_limit)
     if "spec_bench_train" in args.corpus or ("sft" in cfg.phases and not args.qa_data):
-        from ...eagle.corpus import spec_bench_training_record
+        from ..spec_bench import spec_bench_training_record
 
         recipe["trained_on"] = spec_bench_training_record(args.spec_bench)
     if cfg.pooling == "auto":
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                                   log=log)
     sft_records = []
     if "sft" in cfg.phases and not args.qa_data:
-        from ...eagle.corpus import TRAIN_PARITY, spec_bench_prompts
+        from ..spec_bench import TRAIN_PARITY, spec_bench_prompts
 
         sft_records = spec_bench_prompts(args.spec_bench, parity=TRAIN_PARITY)
     qa_examples = []

@@ -2,12 +2,11 @@
 layout, the chunks that hold a gold answer, and the decoder rows of the ``sft``, ``select`` and ``policy``
 phases.
 
-QA files (NQ-open / SQuAD style, :mod:`refrag_rasd_core.qa_file`) are read at run time; the project ships
-none. The first ``holdout`` questions of each file are held out: never trained on, and their gold passages
-are left out of the training retrieval corpus too (so held-out text stays unseen; the qa suite's dev
-questions are the first lines of these files). Each training question retrieves its ``top_k`` passages
-from its file's remaining passages by cosine similarity of mean-pooled encoder vectors (what the store's
-retriever does), in rank order, as the engine would receive them.
+QA files are split and retrieved over by :mod:`refrag_rasd_core.training.qa_split`: the first ``holdout``
+questions of each file are held out (never trained on, their gold passages left out of the retrieval corpus
+too), and each training question retrieves its ``top_k`` passages from its file's remaining passages by
+cosine similarity of mean-pooled encoder vectors (what the store's retriever does), in rank order, as the
+engine would receive them.
 
 Per example: the passages' decoder tokens, their chunk vectors (the checkpoint's encoder and pooling, what
 a store keeps), the question's vector from the same encoder (what a question-aware policy reads), and the
@@ -27,15 +26,13 @@ from typing import Any
 
 import torch
 
-from ...errors import InvalidInputError
-from ...qa_file import QAItem, load_qa_file
-from ..chunking import answer_chunks, chunk_texts, chunk_token_ids
-from ..context import layout_prompt
+from ...qa_file import QAItem
+from ...refrag.chunking import answer_chunks, chunk_texts, chunk_token_ids
+from ...refrag.context import layout_prompt
+from ..qa_split import encoder_vectors, retrieve_top_k
 from .batches import Row
 
-__all__ = ["QAExample", "answer_chunks", "build_qa_examples", "load_qa_split", "rag_row", "retrieve_top_k"]
-
-RETRIEVAL_MAX_LENGTH = 256  # encoder tokens read per passage for retrieval (all-MiniLM-L6-v2's own limit)
+__all__ = ["QAExample", "answer_chunks", "build_qa_examples", "rag_row"]
 
 
 @dataclass
@@ -56,20 +53,6 @@ class QAExample:
         return int(self.vectors.shape[0])
 
 
-def load_qa_split(paths: Sequence[str | Path], holdout: int) -> list[tuple[list[QAItem], list[QAItem], list[str]]]:
-    """Per file: (training questions, held-out questions, the training retrieval corpus: every distinct
-    passage of the file except the held-out questions' gold passages)."""
-    out = []
-    for path in paths:
-        items, passages = load_qa_file(path)
-        if holdout >= len(items):
-            raise InvalidInputError(f"{path}: {len(items)} questions, all held out by --qa-holdout {holdout}")
-        held, train = items[:holdout], items[holdout:]
-        unseen = {g for it in held for g in it.gold}
-        out.append((train, held, [p for p in passages if p not in unseen]))
-    return out
-
-
 def rag_row(tokenizer: Any, question: str, passages: Sequence[Sequence[int]], k: int, target: Sequence[int],
             expanded: Sequence[int] = ()) -> Row:
     """A training row laid out exactly as the engine lays out a RAG request (:func:`layout_prompt`): prefix,
@@ -88,26 +71,10 @@ def rag_row(tokenizer: Any, question: str, passages: Sequence[Sequence[int]], k:
                expanded=sorted(expanded), between=lay.suffix, bounds=bounds, breaks=breaks)
 
 
-@torch.inference_mode()
-def _vectors(encoder: Any, texts: Sequence[str], *, batch: int = 32, **kw: Any) -> torch.Tensor:
-    out = [encoder(list(texts[s:s + batch]), **kw).cpu() for s in range(0, len(texts), batch)]
-    return torch.cat(out, 0) if out else torch.empty(0, encoder.dim)
-
-
-def retrieve_top_k(encoder: Any, questions: Sequence[str], corpus: Sequence[str], top_k: int) -> list[list[int]]:
-    """Per question, the indices of its ``top_k`` passages of ``corpus`` in rank order: cosine similarity of
-    mean-pooled encoder vectors (what the store's retriever does)."""
-    pvec = torch.nn.functional.normalize(
-        _vectors(encoder, corpus, pooling="mean", max_length=RETRIEVAL_MAX_LENGTH), dim=-1)
-    qvec = torch.nn.functional.normalize(
-        _vectors(encoder, questions, pooling="mean", max_length=RETRIEVAL_MAX_LENGTH), dim=-1)
-    return (qvec @ pvec.T).topk(min(top_k, len(corpus)), dim=-1).indices.tolist()
-
-
 def build_qa_examples(splits: Sequence[tuple[list[QAItem], list[QAItem], list[str]]], tokenizer: Any,
                       encoder: Any, cache_dir: str | Path, *, top_k: int = 5, limit: int | None = None,
                       log: Callable[[str], None] = print) -> list[QAExample]:
-    """Training examples of :func:`load_qa_split`'s splits (the first ``limit`` training questions per file),
+    """Training examples of :func:`~refrag_rasd_core.training.qa_split.load_qa_split`'s splits (the first ``limit`` training questions per file),
     cached in ``cache_dir`` (keyed by the questions, the corpus, the encoder, its pooling, k and ``top_k``)."""
     from safetensors.torch import load_file, save_file
 
@@ -125,7 +92,7 @@ def build_qa_examples(splits: Sequence[tuple[list[QAItem], list[QAItem], list[st
             log(f"qa file {f}: {len(train)} training questions, retrieval over {len(corpus)} passages")
             qtexts = [it.question for it in train]
             top = retrieve_top_k(encoder, qtexts, corpus, top_k)
-            qvecs.append(_vectors(encoder, qtexts))  # the chunk pooling: what the policy compares chunks with
+            qvecs.append(encoder_vectors(encoder, qtexts))  # the chunk pooling: what the policy compares chunks with
             used = sorted({i for t in top for i in t})
             ids = {i: tokenizer(corpus[i], add_special_tokens=False)["input_ids"] for i in used}
             vecs = encoder.encode_passages([ids[i] for i in used], progress=len(used) > 200)

@@ -37,10 +37,10 @@ from typing import Any
 
 import torch
 
-from ...eagle.corpus import TRAIN_PARITY, spec_bench_prompts
 from ...errors import InvalidInputError
+from ...refrag.chunking import chunk_texts
 from ...text_corpus import module_docstrings, pydoc_topics, stdlib_names
-from ..chunking import chunk_texts
+from ..spec_bench import TRAIN_PARITY, spec_bench_prompts
 
 BUILTIN_CORPORA = ("spec_bench_train", "pydoc", "docstrings", "packages")
 PACKAGES = ("numpy", "tqdm", "safetensors", "tokenizers", "packaging", "jinja2", "pydantic", "yaml", "requests")

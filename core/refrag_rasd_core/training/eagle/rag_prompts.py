@@ -4,12 +4,12 @@ A draft head learns the target's next feature from the target's own text, so the
 to real requests, the more it accepts. The engine's most common request is a question over retrieved
 passages; this module turns the training questions of NQ-open / SQuAD style files (read at run time, never
 shipped) into such requests: each question retrieves its ``top_k`` passages from its file's training corpus
-(:func:`~refrag_rasd_core.refrag.train.qa_rows.retrieve_top_k`, what the store's retriever does) and is laid
+(:func:`~refrag_rasd_core.training.qa_split.retrieve_top_k`, what the store's retriever does) and is laid
 out by :func:`~refrag_rasd_core.refrag.context.layout_prompt` exactly as a plain-RAG request is. The target
-then answers them (self-distillation, :func:`~refrag_rasd_core.eagle.features.generate_self_distill`).
+then answers them (self-distillation, :func:`~refrag_rasd_core.training.eagle.features.generate_self_distill`).
 
 The first ``holdout`` questions of each file, and their gold passages, are left out, as the REFRAG QA training
-and the qa suite leave them out (:func:`~refrag_rasd_core.refrag.train.qa_rows.load_qa_split`).
+and the qa suite leave them out (:func:`~refrag_rasd_core.training.qa_split.load_qa_split`).
 
 Example:
     >>> import pathlib, tempfile
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..shared_data import file_sha256
+from ...shared_data import file_sha256
 
 __all__ = ["rag_training_prompts", "rag_training_record"]
 
@@ -34,8 +34,8 @@ def rag_training_prompts(tokenizer: Any, files: Sequence[str | Path], encoder: A
                          top_k: int = 4, limit: int | None = None) -> list[list[int]]:
     """Token ids of plain-RAG requests for the training questions of ``files`` (the first ``limit`` per file
     after the ``holdout`` held-out ones), each over its ``top_k`` retrieved passages in rank order."""
-    from ..refrag.context import layout_prompt
-    from ..refrag.train.qa_rows import load_qa_split, retrieve_top_k
+    from ...refrag.context import layout_prompt
+    from ..qa_split import load_qa_split, retrieve_top_k
 
     prompts: list[list[int]] = []
     for train, _, corpus in load_qa_split(list(files), holdout):

@@ -10,10 +10,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..encoder import ChunkEncoder
+from ...refrag.encoder import ChunkEncoder
+from .config import RefragTrainConfig
 from .corpus import ChunkCorpus, Document
 from .evaluate import evaluate_reconstruction
-from .phases import RefragTrainConfig, RefragTrainer
+from .trainer import RefragTrainer
 
 __all__ = ["compare_pooling"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ...errors import CheckpointError
-from ..lora import PREFIX
+from ...refrag.lora import PREFIX
 
 __all__ = ["peft_lora_state", "unwrap_peft"]
 
