@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +30,8 @@ from .forward import Runner, make_runner, runner_kind
 from .generation_config import METHODS, GenerationConfig, Prompt
 from .generation_stream import GenerationStream, ModelLock
 from .models import LoadedModel, load_target
+from .prefill import Prefill, prefill_forward
+from .refrag.runtime import RefragRuntime
 from .request import EngineRequest, RequestBuilder
 from .sampling import SamplingParams, choose_token, make_generator
 from .stats import GenerationResult, GenerationStats
@@ -59,22 +60,16 @@ class Engine:
         or ``"auto"``: the shipped EAGLE head when the target is the default model. ``datastore``: a shared
         :class:`~refrag_rasd_core.rasd.datastore.RestDatastore` consulted by ``rest`` / ``rasd`` besides the
         request's passages. ``refrag``: the REFRAG parts for ``context="compressed"``: a checkpoint path, a
-        :class:`~refrag_rasd_core.refrag.RefragModel`, ``None``, or ``"auto"`` (the shipped checkpoint when
-        the target is the default model). A checkpoint's decoder LoRA adapters apply to compressed requests
-        only. Scoped to the chunk positions (``lora.scope: "chunks"``), they are added at those rows of the
-        prefill and decoding runs the stock target; scoped to all positions (older checkpoints), a compressed
-        request runs on a second weight set (the adapted linears merged into copies, everything else shared,
-        built on the first compressed request). Every other request runs the stock target, so its output is
-        the stock model's. ``refrag_encoder``: the
-        :class:`~refrag_rasd_core.refrag.ChunkEncoder` for passages that come without chunk embeddings
-        (default: the checkpoint's encoder, loaded on first need). ``forward``: what runs the target
-        (:mod:`~refrag_rasd_core.forward`): ``"auto"`` (the lean forward for LLaMA / Qwen2 / Mistral on CPU
-        and CUDA, transformers' otherwise), ``"lean"`` or ``"hf"``; greedy outputs are the same either way.
-        ``weights``: ``"exact"`` (default: the weights as loaded, in their dtype) or ``"int4"`` (opt-in, lean
-        forward on CPU: linears whose weights lie on a 4-bit grid, as the default model's Q4_1 ones do, run
-        with the int4 kernel and bf16 activations; faster decoding, outputs may differ slightly from the
-        exact model's, and speculative output can differ from this engine's own plain decoding at near-ties
-        (a many-row verify and a one-row step round differently in bf16; sampling likewise up to that noise);
+        :class:`~refrag_rasd_core.refrag.RefragModel`, ``None``, or ``"auto"`` (the shipped checkpoint for the
+        default model). Its decoder adapters apply to compressed requests only (chunk-scoped ones at the chunk
+        rows of the prefill; older all-position ones on a second weight set built on first need); every other
+        request runs the stock target. ``refrag_encoder``: the chunk encoder for passages that come without
+        chunk embeddings (default: the checkpoint's, loaded on first need). ``forward``: ``"auto"`` (the lean
+        forward for LLaMA / Qwen2 / Mistral on CPU and CUDA, transformers' otherwise), ``"lean"`` or ``"hf"``
+        (:mod:`~refrag_rasd_core.forward`; greedy outputs are the same either way). ``weights``: ``"exact"``
+        (default: as loaded) or ``"int4"`` (opt-in, lean forward on CPU: 4-bit-grid linears, as the default
+        model's Q4_1 ones, run with the int4 kernel and bf16 activations; faster decoding, outputs may differ
+        slightly, and speculative output can differ from plain int4 decoding at near-ties:
         :mod:`refrag_rasd_core.lean.int4`)."""
         if weights not in WEIGHTS:
             raise InvalidInputError(f"weights must be one of {WEIGHTS}, got {weights!r}")
@@ -89,9 +84,8 @@ class Engine:
         check_drafter_vocab(self.drafter, target)
         self.datastore = datastore
         self.refrag = load_refrag(target, refrag)
-        self._adapted_runner: Runner | None = None
-        self._row_lora: Any = None
-        self._refrag_encoder: Any = refrag_encoder
+        self._refrag = RefragRuntime(self.refrag, model=self.model, tokenizer=self.tokenizer,
+                                     target_name=target.name, encoder=refrag_encoder)
         self._lock = ModelLock()
         self._requests = RequestBuilder(self.tokenizer, int(self.model.get_input_embeddings().weight.shape[0]))
         self._budgets: dict[str, Any] = {}  # method -> its TreeBudget (calibrated across requests)
@@ -185,32 +179,27 @@ class Engine:
         token_ids: list[int] = []
         return GenerationStream(self._run(request, stats, token_ids, limit), stats, token_ids)
 
-    # ---- REFRAG ----------------------------------------------------------------------------------------
+    # ---- REFRAG (its parts: :class:`~refrag_rasd_core.refrag.runtime.RefragRuntime`) -------------------------
     @property
     def has_chunk_encoder(self) -> bool:
         """Whether :meth:`refrag_encoder` has an encoder to give (a REFRAG checkpoint, or one given)."""
-        return self.refrag is not None or self._refrag_encoder is not None
+        return self._refrag.has_chunk_encoder
 
     def refrag_encoder(self) -> Any:
         """The :class:`~refrag_rasd_core.refrag.ChunkEncoder` matching this engine's REFRAG checkpoint
         (loaded on first use; only passages WITHOUT stored chunk embeddings need it)."""
-        if self._refrag_encoder is None:
-            self._refrag_encoder = self._require_refrag().load_encoder(self.tokenizer)
-        return self._refrag_encoder
+        return self._refrag.encoder()
 
     def refrag_signature(self) -> dict[str, Any]:
         """What a store's chunk embeddings must match to be read by this engine (encoder, k, tokenizer...)."""
-        return self._require_refrag().signature(self.tokenizer)
+        return self._refrag.signature()
 
     def auto_context(self, passage_tokens: int | None = None) -> dict[str, Any]:
         """The settings ``context="auto"`` stands for when passages come with a request: the operating point
-        recorded in the REFRAG checkpoint (its sidecar's ``"auto"``: chosen on the qa suite as the fastest
-        setting that keeps at least 95% of plain RAG's right answers), else plain RAG, ``{"context": "text"}``.
-        A point may carry a ``"long"`` one, measured on long retrieved contexts, that applies when the
-        request's passages hold at least its ``min_passage_tokens`` tokens (``passage_tokens``): a small
-        decoder may read compressed passages better than thousands of raw tokens (the shipped checkpoint's
-        is plain RAG: measured, compression lost too many answers at every length). So by default an answer
-        is not worse than plain RAG's on the questions measured; compression is there when asked for.
+        recorded in the REFRAG checkpoint (chosen on the qa suite as the fastest setting that keeps at least 95%
+        of plain RAG's right answers, for all requests or for passages of at least so many tokens), else plain
+        RAG. The shipped checkpoint records none (measured, compression lost too many answers at every length),
+        so by default an answer is not worse than plain RAG's; compression is there when asked for.
 
         Example:
             >>> engine.auto_context()                    # doctest: +REAL_MODEL
@@ -218,66 +207,30 @@ class Engine:
             >>> engine.auto_context(passage_tokens=3000)    # doctest: +REAL_MODEL
             {'context': 'text'}
         """
-        point = dict((self.refrag.meta.get("auto") or {}) if self.refrag is not None else {})
-        long = point.get("long") or {}
-        if (passage_tokens is not None and long.get("context") == "compressed"
-                and passage_tokens >= int(long.get("min_passage_tokens", 0))):
-            point = long
-        if point.get("context") != "compressed":
-            return {"context": "text"}
-        return {"context": "compressed", **{k: point[k] for k in ("expand", "expand_tokens", "policy") if k in point}}
+        return self._refrag.auto_context(passage_tokens)
 
     def runner_for(self, compressed: bool) -> Runner:
         """The decoder a request runs on: the REFRAG-adapted weight set for a compressed request when the
-        checkpoint has decoder adapters for every position (``lora.scope: "all"``; built once, on first need,
-        with the same kind of forward as the stock target), else the stock target (a checkpoint whose adapters
-        act on the chunk positions only adds them in the prefill: :meth:`prefill_adapter`)."""
-        rm = self.refrag
-        if not compressed or rm is None or not rm.lora or rm.lora_scope == "chunks":
-            return self.runner
-        if self._adapted_runner is None:
-            from .refrag.lora import adapted_copy
-
-            self._adapted_runner = self.runner.sibling(adapted_copy(self.model, rm.lora, rm.lora_scaling))
-        return self._adapted_runner
+        checkpoint has decoder adapters for every position (built once), else the stock target."""
+        return self._refrag.runner_for(self.runner, compressed)
 
     def prefill_adapter(self, compressed: bool) -> Any:
-        """The row-scoped decoder adapters a compressed request's prefill adds at its chunk positions
-        (:class:`~refrag_rasd_core.refrag.scoped_lora.RowScopedLora`), or ``None`` (no such checkpoint)."""
-        rm = self.refrag
-        if not compressed or rm is None or not rm.lora or rm.lora_scope != "chunks":
-            return None
-        if self._row_lora is None:
-            from .refrag.scoped_lora import RowScopedLora
-
-            self._row_lora = RowScopedLora(rm.lora, rm.lora_scaling)
-        return self._row_lora
-
-    def _require_refrag(self) -> Any:
-        if self.refrag is None:
-            raise InvalidInputError(
-                f"context='compressed' needs a REFRAG checkpoint for {self.target.name}: train one with "
-                "`refrag-rasd train-refrag` and pass Engine(..., refrag=PATH), or use context='text'"
-            )
-        return self.refrag
+        """The row-scoped decoder adapters a compressed request's prefill adds at its chunk positions, or
+        ``None``."""
+        return self._refrag.prefill_adapter(compressed)
 
     def _request(self, prompt: Prompt, passages: Sequence[Any] | None, cfg: GenerationConfig) -> EngineRequest:
         """Tokenize the prompt and the passages (once) and resolve ``context="auto"`` for one call;
         compression happens in the loop."""
         return self._requests.build(prompt, passages, cfg,
                                     auto_point=lambda n: self.auto_context(passage_tokens=n),
-                                    require_refrag=self._require_refrag)
+                                    require_refrag=self._refrag.require)
 
     def _compress(self, request: EngineRequest, stats: GenerationStats) -> Any:
-        """Build the mixed (compressed + expanded) prefill input of a request
-        (:func:`~refrag_rasd_core.refrag.compress.mixed_input`)."""
-        from .refrag.compress import mixed_input
-
+        """The mixed (compressed + expanded) prefill input of a request."""
         cfg = request.config
-        mixed = mixed_input(self.refrag, self.model, request.layout, request.passages,
-                            expand=cfg.expand or 0.0, expand_tokens=cfg.expand_tokens, policy=cfg.policy,
-                            seed=cfg.seed,
-                            encoder=self.refrag_encoder, question=request.question)
+        mixed = self._refrag.compress(request.layout, request.passages, request.question, expand=cfg.expand,
+                                      expand_tokens=cfg.expand_tokens, policy=cfg.policy, seed=cfg.seed)
         stats.chunks = mixed.n_chunks
         stats.expanded_chunks = len(mixed.expanded)
         stats.expanded = list(mixed.expanded)
@@ -306,7 +259,7 @@ class Engine:
         if limit is not None:
             max_new = min(max_new, limit - stats.prefill_positions)
         committed = list(prompt_ids)
-        cache, logits, hidden = self._prefill_forward(runner, prompt_ids, mixed, want_hidden,
+        cache, logits, hidden = prefill_forward(runner, prompt_ids, mixed, want_hidden,
                                                       self.prefill_adapter(mixed is not None))
         token = choose_token(logits[0], params, gen)
         _sync_device(device)
@@ -369,27 +322,6 @@ class Engine:
         stats.prefill_positions = mixed.length
         return prompt_ids, mixed.length - len(prompt_ids), mixed  # compressed positions: cached, not tokens
 
-    @staticmethod
-    def _prefill_forward(runner: Runner, prompt_ids: list[int], mixed: Any,
-                         want_hidden: bool, adapter: Any = None) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
-        """One forward over the prompt into a new KV cache: (cache, last logits, hidden of raw tokens).
-        ``adapter``: row-scoped decoder adapters added at the compressed chunks' positions."""
-        cache = runner.new_cache()
-        if mixed is None:
-            ids = torch.tensor([prompt_ids], device=runner.device)
-            logits, hidden = runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden)
-            return cache, logits, hidden
-        rows = None
-        if adapter is not None:
-            rows = torch.tensor([i for i, t in enumerate(mixed.token_ids) if t is None], dtype=torch.long)
-            adapter = adapter if len(rows) else None
-        logits, hidden = runner.forward(None, cache, logits_at=-1, want_hidden=want_hidden,
-                                        inputs_embeds=mixed.inputs_embeds, adapter=adapter, adapter_rows=rows)
-        if hidden is not None:  # the draft head sees the raw-token positions only
-            raw = [i for i, t in enumerate(mixed.token_ids) if t is not None]
-            hidden = hidden.index_select(0, torch.tensor(raw, device=hidden.device))
-        return cache, logits, hidden
-
     def prefill(self, prompt: Prompt, *, passages: Sequence[Any] | None = None,
                 config: GenerationConfig | None = None, **overrides: Any) -> Prefill:
         """Only the prefill of a request (as :meth:`generate` would run it): the KV cache, the next-token
@@ -410,7 +342,7 @@ class Engine:
             runner = self.runner_for(request.compressed)
             t0 = time.perf_counter()
             prompt_ids, _, mixed = self._prefill_input(request, stats, limit)
-            cache, logits, _ = self._prefill_forward(runner, prompt_ids, mixed, False,
+            cache, logits, _ = prefill_forward(runner, prompt_ids, mixed, False,
                                                      self.prefill_adapter(mixed is not None))
             int(logits[0].argmax())
             _sync_device(runner.device)
@@ -506,25 +438,6 @@ class Engine:
     def passage_token_ids(self, passages: Sequence[Any] | None) -> list[list[int]]:
         """Token ids of passages given as strings, token-id lists or objects with ``token_ids`` / ``text``."""
         return self._requests.passage_token_ids(passages)
-
-
-@dataclass
-class Prefill:
-    """What :meth:`Engine.prefill` returns: the filled KV cache, the next-token logits ``[V]``, the number of
-    positions the decoder read, the statistics and the decoder that filled the cache (stock or adapted)."""
-
-    cache: Any
-    logits: torch.Tensor
-    positions: int
-    stats: GenerationStats
-    runner: Runner | None = None
-
-    def kv_bytes(self) -> int:
-        """Bytes the KV cache holds (keys and values of every layer)."""
-        if hasattr(self.cache, "kv_bytes"):  # a LeanCache: its valid positions, not its spare capacity
-            return int(self.cache.kv_bytes())
-        return sum(t.numel() * t.element_size() for layer in self.cache.layers
-                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
 
 
 def _config(config: GenerationConfig | None, settings: dict[str, Any]) -> GenerationConfig:

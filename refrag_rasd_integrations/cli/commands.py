@@ -15,10 +15,19 @@ import argparse
 import json
 import sys
 
-from refrag_rasd_core.engine import METHODS, Engine, GenerationConfig
+from refrag_rasd_core.engine import METHODS, Engine
 
 from ..settings import CONTEXTS
-from .registry import command, generation_args, model_args, open_store, print_stats, store_args, weights_arg
+from .registry import (
+    command,
+    generation_args,
+    generation_settings,
+    model_args,
+    open_store,
+    print_stats,
+    store_args,
+    weights_arg,
+)
 
 
 def _setup_models(p: argparse.ArgumentParser) -> None:
@@ -56,15 +65,14 @@ def _setup_generate(p: argparse.ArgumentParser) -> None:
 
 @command("generate", "stream an answer from the model and print the statistics", _setup_generate)
 def cmd_generate(args: argparse.Namespace) -> int:
+    settings = generation_settings(args)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
     if args.raw:
         prompt: str | list[dict[str, str]] = args.prompt
     else:
         prompt = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}]
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                           top_k=args.top_k, stop=tuple(args.stop), seed=args.seed, method=args.method)
-    stream = engine.stream(prompt, config=cfg)
+    stream = engine.stream(prompt, **settings)
     for piece in stream:
         print(piece, end="", flush=True)
     print()
@@ -75,7 +83,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _setup_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions", type=int, default=3, help="how many of the demo corpus's questions to ask")
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=96)
     p.add_argument("--llamaindex", action="store_true", help="run through LlamaIndex instead of LangChain")
     p.add_argument("--collection", default="refrag-rasd-demo", help="Chroma collection for the demo corpus")
     p.add_argument("--chroma-dir", default=None,
@@ -92,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("refrag-rasd demo: loading the model (the first run converts it once, ~30 s)...", file=sys.stderr)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
     store = RefragChromaStore(args.collection, path=args.chroma_dir, engine=engine)
-    run_demo(engine, store, args.questions, args.max_new_tokens,
+    run_demo(engine, store, args.questions, args.max_tokens,
              framework="llamaindex" if args.llamaindex else "langchain")
     return 0
 
@@ -126,36 +134,37 @@ def _setup_ask(p: argparse.ArgumentParser) -> None:
     store_args(p)
     p.add_argument("-k", "--top-k-passages", dest="k", type=int, default=4, help="passages to retrieve")
     p.add_argument("--filter", default=None, help='Chroma where filter as JSON, e.g. \'{"source": "a.txt"}\'')
-    p.add_argument("--context", default="auto", choices=CONTEXTS)
+    p.add_argument("--context", default=None, help=f"how passages enter the decoder: {', '.join(CONTEXTS)} "
+                   "(default auto: plain RAG unless the REFRAG checkpoint records a setting that keeps its answers)")
     p.add_argument("--compare", action="store_true",
                    help="also answer with plain RAG (full text context, vanilla decoding) and compare")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     model_args(p)
     generation_args(p)
-    p.set_defaults(method="rasd")
 
 
 @command("ask", "answer a question from a collection: streams the answer, prints sources and statistics", _setup_ask)
 def cmd_ask(args: argparse.Namespace) -> int:
     from ..engines import get_engine
     from ..generation import GenerationRequest
+    from ..settings import ModelSettings
 
+    settings = generation_settings(args)
+    where = json.loads(args.filter) if args.filter else None
     engine = get_engine(args.model, device=args.device, dtype=args.dtype)
     store = open_store(args, engine)
-    hits = store.search(args.question, k=args.k, filter=json.loads(args.filter) if args.filter else None)
+    hits = store.search(args.question, k=args.k, filter=where)
     passages = [p for p, _ in hits]
-    settings = {"method": args.method, "context": args.context, "max_tokens": args.max_new_tokens,
-                "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed,
-                "stop": args.stop, "recognize_passages": False}
-    runs = [("refrag-rasd", settings)]
+    model = ModelSettings(engine=engine, recognize_passages=False, **settings)
+    runs = [("refrag-rasd", {})]
     if args.compare:
-        runs.append(("plain-rag", {**settings, "method": "vanilla", "context": "text"}))
+        runs.append(("plain-rag", {"method": "vanilla", "context": "text"}))
     results = {}
-    for label, cfg in runs:
-        req = GenerationRequest.build(cfg, args.question, passages=passages, engine=engine)
-        if args.compare:
-            print(f"--- {label} (method {req.settings.get('method')}, context {req.context})", file=sys.stderr)
+    for label, overrides in runs:
+        req = GenerationRequest.build(model, args.question, passages=passages, **overrides)
         stream = req.stream()
+        if args.compare:
+            print(f"--- {label} (method {req.config.method}, context {req.config.context})", file=sys.stderr)
         for piece in stream:
             print(piece, end="", flush=True)
         print()
@@ -188,8 +197,8 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0 to listen on every interface)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto) instead of starting one")
-    p.add_argument("--method", default="rasd", choices=METHODS)
-    p.add_argument("--context", default="auto", choices=CONTEXTS)
+    p.add_argument("--method", default="rasd", help=f"default decoding: {', '.join(METHODS)}")
+    p.add_argument("--context", default="auto", help=f"default context: {', '.join(CONTEXTS)}")
     p.add_argument("--max-tokens", type=int, default=256, help="default answer length")
     p.add_argument("--max-ongoing", type=int, default=1, help="requests one replica works on at once")
     p.add_argument("--max-queued", type=int, default=64, help="requests queued before 503 (-1: no limit)")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from refrag_rasd_core.engine import METHODS, Engine
+from refrag_rasd_core.generation_config import GenerationConfig
 
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
 COMMANDS: dict[str, Command] = {}
@@ -46,14 +47,27 @@ def weights_arg(p: argparse.ArgumentParser) -> None:
 
 
 def generation_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    """The generation settings (:class:`~refrag_rasd_core.generation_config.GenerationConfig` fields); left
+    out, a setting is the config's default. Values are checked by the config alone (:func:`generation_config`)."""
+    p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=None,
+                   help="the most tokens to generate (default 256)")
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--method", default="vanilla", choices=METHODS)
+    p.add_argument("--method", default=None, help=f"decoding: {', '.join(METHODS)} (default rasd)")
 
+
+GENERATION_ARGS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "method", "context")
+
+
+def generation_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The generation settings given on the command line (checked: a bad one raises before any model
+    loads)."""
+    given = {k: getattr(args, k) for k in GENERATION_ARGS if getattr(args, k, None) is not None}
+    GenerationConfig.of(given)
+    return given
 
 
 def print_stats(stats, file=sys.stdout) -> None:  # noqa: ANN001 - GenerationStats
@@ -84,4 +98,4 @@ def open_store(args: argparse.Namespace, engine: Engine | None = None) -> Any:
 
 
 
-__all__ = ["COMMANDS", "Command", "command", "open_store", "print_stats"]
+__all__ = ["COMMANDS", "Command", "command", "generation_settings", "open_store", "print_stats"]

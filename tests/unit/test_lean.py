@@ -213,9 +213,9 @@ def engines(tiny):
 @pytest.mark.parametrize("method", ["vanilla", "pld", "rest", "draft", "rasd"])
 def test_engine_greedy_lean_equals_hf_for_every_method(engines, method):
     assert engines["lean"].forward == "lean" and engines["hf"].forward == "hf"
-    base = engines["hf"].generate(PROMPT, max_new_tokens=48)
+    base = engines["hf"].generate(PROMPT, max_new_tokens=48, method="vanilla")
     passages = [base.token_ids[5:30], base.token_ids[20:45], [7, 8, 9]]
-    out = {f: e.generate(PROMPT, max_new_tokens=48, method=method, passages=passages) for f, e in engines.items()}
+    out = {f: e.generate(PROMPT, max_new_tokens=48, method=method, context="none", passages=passages) for f, e in engines.items()}
     assert out["lean"].token_ids == out["hf"].token_ids == base.token_ids
     assert out["lean"].text == out["hf"].text
 

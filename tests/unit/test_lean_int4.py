@@ -146,9 +146,9 @@ def int4_engine():
 @pytest.mark.parametrize("method", ["pld", "rest", "draft", "rasd"])
 def test_greedy_speculation_equals_the_int4_engines_plain_decoding(int4_engine, method):
     assert int4_engine.weights == "int4" and int4_engine.runner.int4_linears[0] > 0
-    base = int4_engine.generate(PROMPT, max_new_tokens=40)
+    base = int4_engine.generate(PROMPT, max_new_tokens=40, method="vanilla")
     passages = [base.token_ids[3:25], base.token_ids[15:40], [7, 8, 9]]
-    out = int4_engine.generate(PROMPT, max_new_tokens=40, method=method, passages=passages)
+    out = int4_engine.generate(PROMPT, max_new_tokens=40, method=method, context="none", passages=passages)
     assert out.token_ids == base.token_ids
     assert out.stats.target_forwards < len(base.token_ids) or method == "draft"
 
@@ -159,13 +159,13 @@ def test_int4_sampling_keeps_the_engines_distribution(int4_engine):
     from scipy.stats import chi2_contingency
 
     n = 600
-    base = int4_engine.generate(PROMPT, max_new_tokens=2)
+    base = int4_engine.generate(PROMPT, max_new_tokens=2, method="vanilla")
     passages = [base.token_ids, [t + 1 for t in base.token_ids]]
     counts: dict[str, dict[tuple[int, ...], int]] = {"vanilla": {}, "rasd": {}}
     for j, method in enumerate(counts):  # separate seeds per method: independent samples
         for i in range(n):
             r = int4_engine.generate(PROMPT, max_new_tokens=2, temperature=1.5, top_k=3, seed=1000 + 7919 * i + j,
-                                     method=method, passages=passages, spec={"adaptive": False})
+                                     method=method, context="none", passages=passages, spec={"adaptive": False})
             key = tuple(r.token_ids)
             counts[method][key] = counts[method].get(key, 0) + 1
     keys = sorted(set(counts["vanilla"]) | set(counts["rasd"]))

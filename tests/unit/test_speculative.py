@@ -47,9 +47,9 @@ def other_draft(tiny):
 @pytest.mark.parametrize("which", ["self_draft", "other_draft"])
 def test_greedy_equals_vanilla(request, method, adaptive, which):
     engine = request.getfixturevalue(which)
-    base = engine.generate(PROMPT, max_new_tokens=64)
+    base = engine.generate(PROMPT, max_new_tokens=64, method="vanilla")
     passages = [base.token_ids[5:40], base.token_ids[20:60], [7, 8, 9]]  # the answer is "in the passages"
-    res = engine.generate(PROMPT, max_new_tokens=64, method=method, passages=passages,
+    res = engine.generate(PROMPT, max_new_tokens=64, method=method, context="none", passages=passages,
                           spec={"adaptive": adaptive})
     assert res.token_ids == base.token_ids
     assert res.text == base.text
@@ -60,8 +60,8 @@ def test_greedy_equals_vanilla(request, method, adaptive, which):
 
 
 def test_speculation_actually_accepts(self_draft):
-    base = self_draft.generate(PROMPT, max_new_tokens=64)
-    rest = self_draft.generate(PROMPT, max_new_tokens=64, method="rest", passages=[base.token_ids])
+    base = self_draft.generate(PROMPT, max_new_tokens=64, method="vanilla")
+    rest = self_draft.generate(PROMPT, max_new_tokens=64, method="rest", context="none", passages=[base.token_ids])
     draft = self_draft.generate(PROMPT, max_new_tokens=64, method="draft", spec={"adaptive": False})
     assert rest.stats.accepted_per_forward > 3.0  # the whole answer is in the datastore
     assert draft.stats.accepted_per_forward > 2.0  # the draft is the target itself
@@ -70,24 +70,24 @@ def test_speculation_actually_accepts(self_draft):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_stop_and_max_tokens_end_where_vanilla_ends(self_draft, method):
-    base = self_draft.generate(PROMPT, max_new_tokens=50)
+    base = self_draft.generate(PROMPT, max_new_tokens=50, method="vanilla")
     stop = base.text[20:23]
-    ref = self_draft.generate(PROMPT, max_new_tokens=50, stop=[stop])
+    ref = self_draft.generate(PROMPT, max_new_tokens=50, method="vanilla", stop=[stop])
     passages = [base.token_ids]
-    res = self_draft.generate(PROMPT, max_new_tokens=50, stop=[stop], method=method, passages=passages)
+    res = self_draft.generate(PROMPT, max_new_tokens=50, stop=[stop], method=method, context="none", passages=passages)
     assert res.text == ref.text and res.token_ids == ref.token_ids and res.finish_reason == "stop"
     for n in (1, 2, 7):
-        r = self_draft.generate(PROMPT, max_new_tokens=n, method=method, passages=passages)
+        r = self_draft.generate(PROMPT, max_new_tokens=n, method=method, context="none", passages=passages)
         assert r.token_ids == base.token_ids[:n] and r.finish_reason == "length"
 
 
 def test_eos_inside_an_accepted_path_ends_there(tiny):
     engine = _engine(tiny, tiny.model)
-    base = engine.generate(PROMPT, max_new_tokens=30)
+    base = engine.generate(PROMPT, max_new_tokens=30, method="vanilla")
     eos = base.token_ids[12]
     engine.eos_ids = frozenset({eos})
-    ref = engine.generate(PROMPT, max_new_tokens=30)
-    res = engine.generate(PROMPT, max_new_tokens=30, method="rasd", passages=[base.token_ids])
+    ref = engine.generate(PROMPT, max_new_tokens=30, method="vanilla")
+    res = engine.generate(PROMPT, max_new_tokens=30, method="rasd", context="none", passages=[base.token_ids])
     assert res.token_ids == ref.token_ids == base.token_ids[: base.token_ids.index(eos) + 1]
 
 
@@ -103,8 +103,8 @@ def test_unknown_spec_option(self_draft):
 
 def test_rasd_without_drafter_runs_on_retrieval_alone(tiny):
     engine = Engine(tiny)
-    base = engine.generate(PROMPT, max_new_tokens=40)
-    res = engine.generate(PROMPT, max_new_tokens=40, method="rasd", passages=[base.token_ids])
+    base = engine.generate(PROMPT, max_new_tokens=40, method="vanilla")
+    res = engine.generate(PROMPT, max_new_tokens=40, method="rasd", context="none", passages=[base.token_ids])
     assert res.token_ids == base.token_ids and res.stats.accepted_per_forward > 2.0
 
 
@@ -150,13 +150,13 @@ def test_sampling_keeps_the_target_distribution(request, method, which):
     k = 3
     exact = _exact_joint(engine, params, k)
     # passages that propose likely and unlikely continuations, so retrieval branches get rejected too
-    base = engine.generate(PROMPT, max_new_tokens=k)
+    base = engine.generate(PROMPT, max_new_tokens=k, method="vanilla")
     passages = [base.token_ids, [t + 1 for t in base.token_ids]]
     n = 1500
     counts = dict.fromkeys(exact, 0)
     for i in range(n):
         r = engine.generate(PROMPT, max_new_tokens=k, temperature=1.5, top_k=3, seed=_seed(i), method=method,
-                            passages=passages, spec={"adaptive": False})
+                            context="none", passages=passages, spec={"adaptive": False})
         counts[tuple(r.token_ids)] += 1
     keys = sorted(exact)
     f_exp = [exact[key] for key in keys]
@@ -177,7 +177,7 @@ def test_sampling_test_has_power(tiny):
     n = 1500
     counts = dict.fromkeys(exact, 0)
     for i in range(n):
-        r = engine.generate(PROMPT, max_new_tokens=2, temperature=0.7, top_k=3, seed=_seed(i))
+        r = engine.generate(PROMPT, max_new_tokens=2, method="vanilla", temperature=0.7, top_k=3, seed=_seed(i))
         counts[tuple(r.token_ids)] += 1
     keys = sorted(exact)
     _, p = _chisquare([counts[k_] for k_ in keys], [exact[k_] for k_ in keys])
@@ -207,7 +207,7 @@ def test_shared_persistent_datastore(tiny, tmp_path):
     from refrag_rasd_core.rasd import RestDatastore
 
     plain = Engine(tiny, drafter=None)
-    base = plain.generate(PROMPT, max_new_tokens=48)
+    base = plain.generate(PROMPT, max_new_tokens=48, method="vanilla")
     RestDatastore.build([base.token_ids, [1, 2, 3] * 20]).save(tmp_path / "store")
     engine = Engine(tiny, drafter=None, datastore=RestDatastore.load(tmp_path / "store"))
     res = engine.generate(PROMPT, max_new_tokens=48, method="rest")  # no passages: the shared store only
@@ -217,8 +217,8 @@ def test_shared_persistent_datastore(tiny, tmp_path):
 
 def test_time_breakdown_is_reported(tiny):
     engine = Engine(tiny, drafter=None)
-    base = engine.generate(PROMPT, max_new_tokens=32)
-    s = engine.generate(PROMPT, max_new_tokens=32, method="rasd", passages=[base.token_ids]).stats
+    base = engine.generate(PROMPT, max_new_tokens=32, method="vanilla")
+    s = engine.generate(PROMPT, max_new_tokens=32, method="rasd", context="none", passages=[base.token_ids]).stats
     assert s.retrieval_s > 0 and s.verify_s > 0 and s.draft_s >= 0
     assert s.retrieval_s + s.draft_s + s.verify_s <= s.total_s
 
@@ -253,9 +253,9 @@ def test_rasd_draft_catches_up_after_gated_steps(tiny, drafter):
     engine = Engine(tiny, drafter=d)
     gate = _ScriptedGate([True, False, False, True, False, True, True, False, False, False])
     engine._draft_gate = gate
-    base = engine.generate(PROMPT, max_new_tokens=48)
+    base = engine.generate(PROMPT, max_new_tokens=48, method="vanilla")
     passages = [base.token_ids[5:30], [7, 8, 9]]
-    res = engine.generate(PROMPT, max_new_tokens=48, method="rasd", passages=passages)
+    res = engine.generate(PROMPT, max_new_tokens=48, method="rasd", context="none", passages=passages)
     assert res.token_ids == base.token_ids
     assert gate.calls > 4 and 0 < gate.drafted < gate.calls
     assert res.stats.draft_s > 0
