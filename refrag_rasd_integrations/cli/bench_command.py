@@ -37,7 +37,10 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=1, help="timed runs per question and method (median)")
     p.add_argument("--no-calibrate", action="store_true", help="use the default verify-cost table")
     p.add_argument("--spec", default=None, help="JSON object of speculation options for the engine methods")
-    p.add_argument("--out", default=None, help="write the results JSON here")
+    p.add_argument("--out", default=None,
+                   help="write the results JSON here; 'auto': benchmarks/results/<suite>/<date>-<machine>-<variant>.json")
+    p.add_argument("--variant", default=None,
+                   help="with --out auto: the file name's last part (default: the categories, the data file's name)")
     p.add_argument("--draft-model", default=None,
                    help="a separate draft model sharing the target's tokenizer, for the hf-assisted peer")
     weights_arg(p)
@@ -67,10 +70,11 @@ def _bench_prefill(args: argparse.Namespace, questions: list, exclude: set) -> d
 
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
                          refrag=args.refrag or "auto")
-    if engine.refrag is None:
+    refrag = engine.describe()["refrag"]
+    if refrag is None:
         raise RefragRasdError("no REFRAG checkpoint for this model: pass --refrag PATH (see train-refrag)")
-    if engine.refrag.k != args.k:
-        raise RefragRasdError(f"the REFRAG checkpoint has k={engine.refrag.k}, --k {args.k} was asked")
+    if refrag["k"] != args.k:
+        raise RefragRasdError(f"the REFRAG checkpoint has k={refrag['k']}, --k {args.k} was asked")
     pool = [p for q in load_questions(args.data, "rag") if q.question_id not in exclude for p in q.passages]
     res = run_prefill_suite(engine, questions, pool,
                             contexts=[int(c) for c in args.contexts.split(",") if c.strip()],
@@ -156,10 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             res = _bench_qa(args)
         else:
             res = _bench_rag(args)
-        res["settings"].update(data=str(args.data), held_out_only=not args.include_train, weights=args.weights)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(res, indent=1))
+        _write(args, res)
         return 0
     questions = load_questions(args.data, args.category, args.limit or 2, exclude_ids=exclude)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
@@ -178,9 +179,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     res = run_decode_suite(engine, questions, methods, max_new_tokens=args.max_new_tokens or 64,
                            temperature=args.temperature, repeats=args.repeats, spec=spec,
                            calibrate=not args.no_calibrate, assistant=assistant)
-    res["settings"].update(data=str(args.data), held_out_only=not args.include_train, weights=args.weights)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1))
+    _write(args, res)
     print(format_table(res))
     return 0
+
+
+def _write(args: argparse.Namespace, res: dict) -> None:
+    """The run's data and scope into its settings, then the file: ``--out PATH``, or the scheme's path with
+    ``--out auto`` (variant: ``--variant``, else the decode categories or the data file's name)."""
+    from .bench.results import resolve_out, write_results
+
+    res["settings"].update(data=str(args.data), held_out_only=not args.include_train, weights=args.weights)
+    variant = args.variant or ("-".join(res["settings"]["categories"]) if args.suite == "decode"
+                               else Path(args.data).stem.removesuffix("_dev").replace("_open", ""))
+    path = resolve_out(args.out, args.suite, variant, res["machine"])
+    if path is not None:
+        print(f"results: {write_results(res, path)}", file=sys.stderr)

@@ -6,7 +6,7 @@ so that no position rule can find it by accident) and each policy chooses a quar
 markdown lists, per question, the chunks some policy chose, which policies chose them, and whether the chunk
 holds the reference answer; and per policy how many questions it expanded an answer chunk for.
 
-    .venv/bin/python benchmarks/policy_choices.py --refrag PATH --out docs/policy-choices.md
+    .venv/bin/python -m refrag_rasd_integrations.cli.bench.policy_choices --refrag PATH --out docs/policy-choices.md
 """
 
 from __future__ import annotations
