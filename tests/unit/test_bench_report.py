@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from refrag_rasd_integrations.cli.bench.report import collect, latest_per_suite_machine, render_history, render_page
+from refrag_rasd_integrations.cli.bench.report import (
+    collect,
+    latest_per_suite_machine,
+    render_history,
+    render_page,
+)
 from refrag_rasd_integrations.cli.bench.results import (
     parse_results_path,
     resolve_out,

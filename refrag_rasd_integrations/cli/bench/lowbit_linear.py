@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from refrag_rasd_integrations.cli.bench.machine import local_slug
-from refrag_rasd_integrations.cli.bench.results import results_path
+from refrag_rasd_integrations.cli.bench.results import results_path, write_results
 
 GROUP = 32
 

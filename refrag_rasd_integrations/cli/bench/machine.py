@@ -115,7 +115,11 @@ def machine_slug(info: dict[str, Any]) -> str:
     Example:
         >>> machine_slug({"cores": 2, "cpu_ids": "family 25 model 17"}), machine_slug({"cores": 16})
         ('cpu2genoa', 'cpu16')
+        >>> machine_slug({"cores": 16, "gpu": "NVIDIA H100 80GB HBM3"})
+        'h100'
     """
-    if info.get("gpu"):
-        return "".join(ch for ch in info["gpu"].lower().split()[-1] if ch.isalnum()) or "gpu"
+    if info.get("gpu"):  # "NVIDIA H100 80GB HBM3" -> h100: the first word with a digit that is not a size
+        words = info["gpu"].lower().split()
+        model = next((w for w in words if any(c.isdigit() for c in w) and not w.endswith("gb")), words[-1])
+        return "".join(ch for ch in model if ch.isalnum()) or "gpu"
     return f"cpu{info.get('cores', '')}{CPU_GENERATIONS.get(info.get('cpu_ids') or '', '')}"

@@ -30,11 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     from refrag_rasd_integrations.cli.demo_corpus import demo_rows
 
     engine = Engine.load(refrag=args.refrag or "auto")
-    tok, k = engine.tokenizer, engine.refrag.k
-    policies = [pol for pol in POLICIES if pol != "rl" or engine.refrag.policy is not None]
+    refrag = engine.describe()["refrag"]
+    tok, k = engine.tokenizer, refrag["k"]
+    policies = [pol for pol in POLICIES if pol != "rl" or refrag["policy"]]
     lines = [f"# Which chunks the expansion policies expand (p = {args.expand})", "",
              f"Checkpoint: `{Path(args.refrag).name if args.refrag else 'shipped'}`. Made by "
-             "`benchmarks/policy_choices.py` on the demo corpus's own questions (Python reference topics and "
+             "`refrag_rasd_integrations.cli.bench.policy_choices` on the demo corpus's own questions (Python reference topics and "
              "this project's docs); the passages are given in reversed order, the one holding the answer last. "
              "`*` marks a chunk holding the reference answer.", ""]
     wins = {pol: 0 for pol in policies}
