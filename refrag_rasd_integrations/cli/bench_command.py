@@ -69,7 +69,7 @@ def _bench_prefill(args: argparse.Namespace, questions: list, exclude: set) -> d
     from .bench.prefill import format_table, run_prefill_suite
 
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
-                         refrag=args.refrag or "auto")
+                         refrag=_refrag(args))
     refrag = engine.describe()["refrag"]
     if refrag is None:
         raise RefragRasdError("no REFRAG checkpoint for this model: pass --refrag PATH (see train-refrag)")
@@ -90,7 +90,7 @@ def _bench_rag(args: argparse.Namespace) -> dict:
     from .bench.rag import format_table, index_rows, load_rag_rows, run_rag_suite
 
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
-                         refrag=args.refrag or "auto")
+                         refrag=_refrag(args))
     if not args.no_calibrate:
         engine.calibrate_verify_costs()
     rows = load_rag_rows(args.data)
@@ -121,7 +121,7 @@ def _bench_qa(args: argparse.Namespace) -> dict:
     if args.corpus:
         passages = corpus_passages(args.corpus)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
-                         refrag=args.refrag or "auto")
+                         refrag=_refrag(args))
     if not args.no_calibrate:
         engine.calibrate_verify_costs()
     from ..engines import signature_of
@@ -134,6 +134,15 @@ def _bench_qa(args: argparse.Namespace) -> dict:
     res["settings"]["corpus"] = str(args.corpus or args.data)
     print(format_qa_table(res))
     return res
+
+
+def _refrag(args: argparse.Namespace) -> str:
+    """``--refrag PATH`` (which must exist: the earlier, unshipped checkpoints are recreated first), or ``auto``."""
+    if args.refrag and not Path(args.refrag).exists():
+        raise RefragRasdError(f"no REFRAG checkpoint at {args.refrag}: the earlier (not shipped) checkpoints are not in "
+                              "the repository; recreate one with its train-refrag command from docs/training-refrag.md "
+                              "('Earlier checkpoints (not shipped): how to recreate them'), then pass its refrag.safetensors")
+    return args.refrag or "auto"
 
 
 def _without_missing_llamacpp(methods: list[str]) -> list[str]:

@@ -77,3 +77,13 @@ def test_results_path_scheme_and_out_auto(tmp_path: Path) -> None:
     assert auto.parent == tmp_path / "decode" and auto.name.endswith("-cpu2milan-rag.json")
     assert resolve_out("x/y.json", "decode", "rag", "cpu2") == Path("x/y.json")
     assert resolve_out(None, "decode", "rag", "cpu2") is None
+
+
+def test_bench_names_the_recipe_of_a_removed_checkpoint(capsys, tmp_path: Path) -> None:
+    """The earlier checkpoints left the repository: asking for one that is not recreated says how to recreate it."""
+    from refrag_rasd_integrations.cli import main
+
+    missing = tmp_path / "runs" / "refrag-k8-cpt" / "refrag.safetensors"
+    assert main(["bench", "--suite", "rag", "--data", str(tmp_path / "q.jsonl"), "--refrag", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "no REFRAG checkpoint at" in err and "docs/training-refrag.md" in err
