@@ -31,7 +31,7 @@ lint: install
 
 bench: install
 	$(VENV)/bin/refrag-rasd bench --suite decode --data ../shared/data/spec_bench_dev.jsonl --category rag \
-		--limit 5 --methods vanilla,hf,hf-pld,pld,rest,rasd --out benchmarks/results/decode-latest.json
+		--limit 5 --methods vanilla,hf,hf-pld,pld,rest,rasd --out auto --variant rag-quick
 
 stress: install
 	$(PY) -m pytest -q -m stress

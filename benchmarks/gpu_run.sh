@@ -6,7 +6,8 @@
 #
 # Timers: the engine synchronises CUDA before reading the clock (time to first token, every decode call), the
 # hf peers synchronise after generate, and the prefill suite's TTFT includes the synchronised forward. Results
-# go to benchmarks/results/<date>-<gpu>-{decode,prefill,rag}.json, then docs/benchmarks.md is regenerated.
+# go to benchmarks/results/{decode,prefill,rag}/<date>-<gpu>-<variant>.json (--out auto), then docs/benchmarks.md
+# is regenerated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
@@ -14,20 +15,18 @@ PY=${PY:-python3}
 DATA=${DATA:-../shared/data/spec_bench_dev.jsonl}
 [ -f "$DATA" ] || { echo "$(basename "$0"): no Spec-Bench file at $DATA: set DATA=/path/to/spec_bench_dev.jsonl (the project ships no third-party data)" >&2; exit 2; }
 DTYPE=${DTYPE:-bfloat16}
-STAMP=$(date +%Y-%m-%d)
-GPU=$($PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0).split()[-1].lower())")
-OUT=benchmarks/results
+$PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'"
 CLI=("$PY" -m refrag_rasd_integrations.cli)
 
 "${CLI[@]}" models
 # 1. decoding methods, every category (3 held-out questions each), all peers
 "${CLI[@]}" bench --suite decode --data "$DATA" --category rag,summarization,qa,translation,math_reasoning \
   --limit 3 --methods vanilla,hf,hf-pld,pld,rest,draft,rasd --max-new-tokens 128 --device cuda --dtype "$DTYPE" \
-  --out "$OUT/${STAMP}-${GPU}-decode.json"
+  --out auto --variant all
 # 2. REFRAG prefill: TTFT, perplexity, recall, KV at 512 / 2048 / 7000 context tokens
 "${CLI[@]}" bench --suite prefill --data "$DATA" --limit 5 --contexts 512,2048,7000 --device cuda --dtype "$DTYPE" \
-  --out "$OUT/${STAMP}-${GPU}-prefill.json"
+  --out auto --variant default
 # 3. end to end through LangChain: plain RAG vs REFRAG + RASD
 "${CLI[@]}" bench --suite rag --data "$DATA" --limit 5 --device cuda --dtype "$DTYPE" \
-  --out "$OUT/${STAMP}-${GPU}-rag.json"
-"$PY" benchmarks/report.py
+  --out auto --variant default
+"$PY" -m refrag_rasd_integrations.cli.bench.report

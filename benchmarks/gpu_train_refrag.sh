@@ -37,6 +37,6 @@ timeout "$LIMIT_S" $PY -m refrag_rasd_core.training.refrag \
     --batch-tokens 2048 --recon-max-chunks 16 --cpt-max-chunks 32 --max-corpus-chunks 40000 \
     --policy-contexts 8 --policy-chunks 16 --ckpt-every 250 \
     --eval-samples 80 --eval-chunks 16 \
-    --quality-out "benchmarks/results/refrag-quality-gpu.json" "$@"
+    --quality-out "benchmarks/results/refrag-quality/$(date +%Y-%m-%d)-gpu-k16.json" "$@"
 echo "done in $(( $(date +%s) - start )) s; checkpoint: $OUT/refrag.safetensors (copy it to" \
      "core/refrag_rasd_core/checkpoints/smollm2-135m-instruct-refrag-k16.safetensors + .json to ship it)"

@@ -7,11 +7,9 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 DATA=${DATA:-../shared/data/spec_bench_dev.jsonl}
 [ -f "$DATA" ] || { echo "$(basename "$0"): no Spec-Bench file at $DATA: set DATA=/path/to/spec_bench_dev.jsonl (the project ships no third-party data)" >&2; exit 2; }
-STAMP=$(date +%Y-%m-%d)
-MACHINE=${MACHINE:-cpu$(nproc)}
-OUT=benchmarks/results
+# --out auto: benchmarks/results/<suite>/<date>-<machine>-<variant>.json (benchmarks/results/README.md)
 CLI=.venv/bin/refrag-rasd
-$CLI bench --suite decode --data "$DATA" --limit "${1:-2}" --out "$OUT/${STAMP}-${MACHINE}-decode.json"
-$CLI bench --suite prefill --data "$DATA" --limit "${2:-2}" --out "$OUT/${STAMP}-${MACHINE}-prefill.json"
-$CLI bench --suite rag --data "$DATA" --limit "${3:-3}" --out "$OUT/${STAMP}-${MACHINE}-rag.json"
-.venv/bin/python benchmarks/report.py
+$CLI bench --suite decode --data "$DATA" --limit "${1:-2}" --out auto --variant all
+$CLI bench --suite prefill --data "$DATA" --limit "${2:-2}" --out auto --variant default
+$CLI bench --suite rag --data "$DATA" --limit "${3:-3}" --out auto --variant default
+.venv/bin/python -m refrag_rasd_integrations.cli.bench.report

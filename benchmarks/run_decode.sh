@@ -8,11 +8,9 @@ export HF_HUB_OFFLINE=1
 LIMIT=${1:-5}
 DATA=${DATA:-../shared/data/spec_bench_dev.jsonl}
 [ -f "$DATA" ] || { echo "$(basename "$0"): no Spec-Bench file at $DATA: set DATA=/path/to/spec_bench_dev.jsonl (the project ships no third-party data)" >&2; exit 2; }
-STAMP=$(date +%Y-%m-%d)
-MACHINE=${MACHINE:-cpu$(nproc)}
 for CAT in rag summarization; do
   .venv/bin/refrag-rasd bench --suite decode --data "$DATA" --category "$CAT" --limit "$LIMIT" \
     --methods vanilla,hf,hf-pld,pld,rest,draft,rasd,llamacpp,llamacpp-pld --max-new-tokens 128 \
-    --out "benchmarks/results/${STAMP}-${MACHINE}-decode-${CAT}.json"
+    --out auto --variant "$CAT"     # benchmarks/results/decode/<date>-<machine>-<category>.json
 done
-.venv/bin/python benchmarks/report.py
+.venv/bin/python -m refrag_rasd_integrations.cli.bench.report

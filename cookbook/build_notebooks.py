@@ -382,7 +382,7 @@ print("accepted:", repr(tok.decode(emitted)))
     md('''
 ## Accepted length per forward, from the benchmarks
 
-`benchmarks/results/*.json` hold the decode suite (`refrag-rasd bench --suite decode`): every method on the same
+`benchmarks/results/decode/*.json` hold the decode suite (`refrag-rasd bench --suite decode`): every method on the same
 held-out Spec-Bench questions, greedy, in one process, against the engine's plain loop. `accepted_hist` counts
 target forwards by how many tokens each emitted. A plain step is 1; the long tail is where retrieval pays off.
 '''),
@@ -391,7 +391,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-results = Path("..") / "benchmarks" / "results"
+results = Path("..") / "benchmarks" / "results" / "decode"
 decode = []
 for f in sorted(results.glob("*.json")):
     d = json.loads(f.read_text())

@@ -37,7 +37,10 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=1, help="timed runs per question and method (median)")
     p.add_argument("--no-calibrate", action="store_true", help="use the default verify-cost table")
     p.add_argument("--spec", default=None, help="JSON object of speculation options for the engine methods")
-    p.add_argument("--out", default=None, help="write the results JSON here")
+    p.add_argument("--out", default=None,
+                   help="write the results JSON here; 'auto': benchmarks/results/<suite>/<date>-<machine>-<variant>.json")
+    p.add_argument("--variant", default=None,
+                   help="with --out auto: the file name's last part (default: the categories, the data file's name)")
     p.add_argument("--draft-model", default=None,
                    help="a separate draft model sharing the target's tokenizer, for the hf-assisted peer")
     weights_arg(p)
@@ -66,11 +69,12 @@ def _bench_prefill(args: argparse.Namespace, questions: list, exclude: set) -> d
     from .bench.prefill import format_table, run_prefill_suite
 
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
-                         refrag=args.refrag or "auto")
-    if engine.refrag is None:
+                         refrag=_refrag(args))
+    refrag = engine.describe()["refrag"]
+    if refrag is None:
         raise RefragRasdError("no REFRAG checkpoint for this model: pass --refrag PATH (see train-refrag)")
-    if engine.refrag.k != args.k:
-        raise RefragRasdError(f"the REFRAG checkpoint has k={engine.refrag.k}, --k {args.k} was asked")
+    if refrag["k"] != args.k:
+        raise RefragRasdError(f"the REFRAG checkpoint has k={refrag['k']}, --k {args.k} was asked")
     pool = [p for q in load_questions(args.data, "rag") if q.question_id not in exclude for p in q.passages]
     res = run_prefill_suite(engine, questions, pool,
                             contexts=[int(c) for c in args.contexts.split(",") if c.strip()],
@@ -86,7 +90,7 @@ def _bench_rag(args: argparse.Namespace) -> dict:
     from .bench.rag import format_table, index_rows, load_rag_rows, run_rag_suite
 
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
-                         refrag=args.refrag or "auto")
+                         refrag=_refrag(args))
     if not args.no_calibrate:
         engine.calibrate_verify_costs()
     rows = load_rag_rows(args.data)
@@ -117,7 +121,7 @@ def _bench_qa(args: argparse.Namespace) -> dict:
     if args.corpus:
         passages = corpus_passages(args.corpus)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
-                         refrag=args.refrag or "auto")
+                         refrag=_refrag(args))
     if not args.no_calibrate:
         engine.calibrate_verify_costs()
     from ..engines import signature_of
@@ -130,6 +134,15 @@ def _bench_qa(args: argparse.Namespace) -> dict:
     res["settings"]["corpus"] = str(args.corpus or args.data)
     print(format_qa_table(res))
     return res
+
+
+def _refrag(args: argparse.Namespace) -> str:
+    """``--refrag PATH`` (which must exist: the earlier, unshipped checkpoints are recreated first), or ``auto``."""
+    if args.refrag and not Path(args.refrag).exists():
+        raise RefragRasdError(f"no REFRAG checkpoint at {args.refrag}: the earlier (not shipped) checkpoints are not in "
+                              "the repository; recreate one with its train-refrag command from docs/training-refrag.md "
+                              "('Earlier checkpoints (not shipped): how to recreate them'), then pass its refrag.safetensors")
+    return args.refrag or "auto"
 
 
 def _without_missing_llamacpp(methods: list[str]) -> list[str]:
@@ -156,10 +169,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             res = _bench_qa(args)
         else:
             res = _bench_rag(args)
-        res["settings"].update(data=str(args.data), held_out_only=not args.include_train, weights=args.weights)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(res, indent=1))
+        _write(args, res)
         return 0
     questions = load_questions(args.data, args.category, args.limit or 2, exclude_ids=exclude)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
@@ -178,9 +188,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     res = run_decode_suite(engine, questions, methods, max_new_tokens=args.max_new_tokens or 64,
                            temperature=args.temperature, repeats=args.repeats, spec=spec,
                            calibrate=not args.no_calibrate, assistant=assistant)
-    res["settings"].update(data=str(args.data), held_out_only=not args.include_train, weights=args.weights)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1))
+    _write(args, res)
     print(format_table(res))
     return 0
+
+
+def _write(args: argparse.Namespace, res: dict) -> None:
+    """The run's data and scope into its settings, then the file: ``--out PATH``, or the scheme's path with
+    ``--out auto`` (variant: ``--variant``, else the decode categories or the data file's name)."""
+    from .bench.results import resolve_out, write_results
+
+    res["settings"].update(data=str(args.data), held_out_only=not args.include_train, weights=args.weights)
+    variant = args.variant or ("-".join(res["settings"]["categories"]) if args.suite == "decode"
+                               else Path(args.data).stem.removesuffix("_dev").replace("_open", ""))
+    path = resolve_out(args.out, args.suite, variant, res["machine"])
+    if path is not None:
+        print(f"results: {write_results(res, path)}", file=sys.stderr)

@@ -65,7 +65,8 @@ def run_demo(engine: Engine, store: Any, n_questions: int = 3, max_new_tokens: i
         run(WARM_UP_QUESTION)
     via = "LlamaIndex query engine" if framework == "llamaindex" else "LangChain chain"
     point = _describe(engine.auto_context())
-    long = ((engine.refrag.meta.get("auto") or {}).get("long") or {}) if engine.refrag is not None else {}
+    refrag = engine.describe()["refrag"]
+    long = ((refrag or {}).get("auto") or {}).get("long") or {}
     if long.get("context") == "compressed":
         point += f"; {_describe(long)} from {long['min_passage_tokens']:,} passage tokens on"
     results = []

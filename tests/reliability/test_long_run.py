@@ -4,7 +4,7 @@ on one tiny engine (with a small causal-LM draft, so the draft's own KV cache is
 Resident memory is sampled every 25 requests; after a 100-request warm-up it must stay flat (no KV-cache,
 datastore or draft-cache leak), and the median latency of the last 100 requests must not exceed 1.5x that
 of the first 100 after warm-up (no slowdown). The curve is written to
-``benchmarks/results/long-run-<machine>-<n>cpu.json``.
+``benchmarks/results/serve/<date>-<machine>-long-run-tiny.json``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import pytest
 from reliability_util import rss_mb
@@ -33,7 +32,6 @@ RSS_GROWTH_MB = 25.0
 SLOWDOWN = 1.5
 METHODS = ["vanilla", "pld", "rest", "draft", "rasd"]
 CONTEXTS = ["none", "text", "compressed"]
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 TOPICS = ["the Eiffel Tower in Paris", "Mount Fuji in Japan", "the river Nile", "the cat on the mat",
           "photosynthesis in plants", "the Roman Colosseum", "café crème ☕ and croissants 🥐"]
 
@@ -95,9 +93,10 @@ def test_500_requests_flat_memory_no_slowdown():
         "bounds": {"rss_growth_mb": RSS_GROWTH_MB, "slowdown": SLOWDOWN},
         "curve": curve,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"long-run-{platform.machine()}-{os.cpu_count()}cpu.json"
-    out.write_text(json.dumps(summary, indent=1) + "\n")
+    from refrag_rasd_integrations.cli.bench.machine import local_slug
+    from refrag_rasd_integrations.cli.bench.results import results_path, write_results
+
+    out = write_results(summary, results_path("serve", "long-run-tiny", local_slug()))
     print(json.dumps({k: v for k, v in summary.items() if k != "curve"}, indent=1))
     assert growth < RSS_GROWTH_MB, f"RSS grew {growth:.1f} MB after warm-up (curve in {out})"
     assert last <= SLOWDOWN * first, f"latency went from {first * 1000:.1f} to {last * 1000:.1f} ms (curve in {out})"

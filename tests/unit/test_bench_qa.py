@@ -136,19 +136,10 @@ def test_qa_suite_end_to_end(tmp_path):
     table = format_qa_table(res)
     assert "compressed:0.5:similarity" in table and "recall@k 1.00" in table
     res["settings"]["data"] = "nq.jsonl"
-    doc = _report_module().qa_table(res)  # docs/benchmarks.md's table of this run, with the diagnostics
+    from refrag_rasd_integrations.cli.bench.report import TABLES
+
+    doc = TABLES["qa"](res)  # docs/benchmarks.md's table of this run, with the diagnostics
     assert "answer chunk expanded" in doc and "| compressed:0 | " in doc
-
-
-def _report_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "report.py"
-    spec = importlib.util.spec_from_file_location("bench_report", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_operating_point_is_the_fastest_setting_that_keeps_answers():

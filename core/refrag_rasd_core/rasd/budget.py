@@ -39,8 +39,8 @@ __all__ = ["DraftGate", "TreeBudget", "measure_verify_costs", "CPU_COSTS", "GPU_
 
 CPU_COSTS = {1: 1.0, 2: 1.28, 4: 1.5, 8: 1.8, 16: 2.05, 32: 2.75, 64: 4.7}
 """Default relative verify costs on a small CPU: SmolLM2-135M fp32 on the lean forward, 2-core AMD EPYC, ~700
-cached positions (the calibrations of ``benchmarks/results/2026-12-01-cpu2-decode-*.json`` and
-``forward-cost-20261201-cpu2.json``). Engines that calibrate (``Engine.calibrate_verify_costs``, the server's
+cached positions (the calibrations of ``benchmarks/results/decode/2026-12-01-cpu2-*.json`` and
+``forward-cost/2026-12-01-cpu2-exact.json``). Engines that calibrate (``Engine.calibrate_verify_costs``, the server's
 replicas, the benchmarks) use their own machine's curve instead."""
 GPU_COSTS = {1: 1.0, 2: 1.02, 4: 1.04, 8: 1.06, 16: 1.1, 32: 1.2, 64: 1.4}
 """Default relative verify costs on a datacenter GPU (a small model is launch-bound up to ~64 positions)."""

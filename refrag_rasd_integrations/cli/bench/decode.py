@@ -30,7 +30,7 @@ from refrag_rasd_core.errors import InvalidInputError
 
 from .data import BenchQuestion
 from .llamacpp import LLAMACPP_METHODS, LlamaCppPeer
-from .machine import machine_info
+from .results import Column, format_table_of, machine_line, results_header
 
 HF_METHODS = ("hf", "hf-pld", "hf-assisted")
 ALL_METHODS = (*ENGINE_METHODS, *HF_METHODS, *LLAMACPP_METHODS)
@@ -66,7 +66,9 @@ def make_method(name: str, engine: Engine, max_new_tokens: int, temperature: flo
 
         return run_engine
     if name in HF_METHODS:
-        model, device = engine.model, engine.runner.device
+        # the peer runs transformers' own generate on the engine's very model (same weights, same device):
+        # the one place the bench reads the torch module, because that module is what is measured
+        model, device = engine.model, engine.device
         kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
         if temperature > 0:
             kwargs["temperature"] = temperature
@@ -153,15 +155,11 @@ def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods
                 row["methods"][m]["first_difference"] = _first_difference(first.token_ids, base)
         rows.append(row)
     return {
-        "suite": "decode",
-        "machine": machine_info(engine.runner.device, engine.runner),
-        "settings": {"model": engine.target.name, "dtype": str(engine.runner.model.dtype).replace("torch.", ""),
-                     "max_new_tokens": max_new_tokens, "temperature": temperature, "repeats": repeats,
-                     "methods": methods, "n_questions": len(questions),
-                     "categories": sorted({q.category for q in questions}), "spec": dict(spec or {}),
-                     "verify_costs": {str(k): round(v, 3) for k, v in (costs or {}).items()} or "defaults",
-                     "drafter": type(engine.drafter).__name__ if engine.drafter is not None else None,
-                     "assistant": getattr(assistant, "name", None)},
+        **results_header(engine, "decode", max_new_tokens=max_new_tokens, temperature=temperature, repeats=repeats,
+                         methods=methods, n_questions=len(questions),
+                         categories=sorted({q.category for q in questions}), spec=dict(spec or {}),
+                         verify_costs={str(k): round(v, 3) for k, v in (costs or {}).items()} or "defaults",
+                         assistant=getattr(assistant, "name", None)),
         "methods": summarize(rows, methods),
         "by_category": {c: summarize([r for r in rows if r["category"] == c], methods)
                         for c in sorted({r["category"] for r in rows})},
@@ -191,23 +189,15 @@ def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[st
     return out
 
 
-def format_table(results: dict[str, Any]) -> str:
-    """The human table printed at the end of a run."""
-    head = f"{'method':<10} {'tok/s':>8} {'speedup':>8} {'accepted':>9} {'ttft_s':>8} {'equal':>6} {'n':>4}"
-    lines = [head, "-" * len(head)]
-    for m, s in results["methods"].items():
-        lines.append(f"{m:<10} {table_cell(s['tokens_per_s'], 8, 2)} {table_cell(s['speedup_vs_vanilla'], 7, 2)}x "
-                     f"{table_cell(s['mean_accepted'], 9, 2)} {table_cell(s['ttft_s'], 8, 3)} "
-                     f"{s['equal_to_vanilla']:>6.2f} {s['n']:>4}")
-    mach = results["machine"]
-    lines.append(f"machine: {mach['cpu']} ({mach['cores']} cores), device {mach['device']}, "
-                 f"torch {mach['torch']}, transformers {mach['transformers']}")
-    return "\n".join(lines)
+COLUMNS = (Column("tokens/s", "tokens_per_s"), Column("speedup vs vanilla", "speedup_vs_vanilla", ".2f", "x"),
+           Column("accepted / forward", "mean_accepted"), Column("TTFT s", "ttft_s", ".3f"),
+           Column("equal to vanilla", "equal_to_vanilla"))
 
 
-def table_cell(v: float | None, width: int, digits: int) -> str:
-    """A number right-aligned in a text table's column (``-`` when there is none)."""
-    return f"{v:{width}.{digits}f}" if v is not None else "-".rjust(width)
+def format_table(results: dict[str, Any], markdown: bool = False) -> str:
+    """The table of a run: printed at its end, and rendered into docs/benchmarks.md (``markdown``)."""
+    table = format_table_of(results["methods"], COLUMNS, first="method", markdown=markdown)
+    return table if markdown else f"{table}\nmachine: {machine_line(results['machine'])}"
 
 
 def _first_difference(a: Sequence[int], b: Sequence[int]) -> int:

@@ -75,7 +75,8 @@ def speed_probe(seconds: float = 0.3) -> dict[str, float]:
 def machine_info(device: str | torch.device, runner: Any = None) -> dict[str, Any]:
     """CPU model (name, family / model numbers, the ISA torch uses), cores, a speed probe
     (:func:`speed_probe`), library versions and the device the models ran on; with ``runner`` (the engine's),
-    also what its forward measured and chose at load on this machine (``runner.describe()``)."""
+    also what its forward measured and chose at load on this machine (``runner.describe()``; the bench suites
+    put ``engine.describe()["forward_choices"]`` there instead, :func:`~.results.results_header`)."""
     import transformers
 
     dev = torch.device(device)
@@ -99,8 +100,26 @@ def machine_info(device: str | torch.device, runner: Any = None) -> dict[str, An
     return info
 
 
+# AMD EPYC generations by ``cpu_ids`` (two 2-core VMs of one name ran 3-5x apart): the slug tells them apart
+CPU_GENERATIONS = {"family 25 model 1": "milan", "family 25 model 17": "genoa"}
+
+
+def local_slug() -> str:
+    """:func:`machine_slug` of this machine without the speed probe (the default ``--machine`` of the tools)."""
+    return machine_slug({"cores": os.cpu_count(), "cpu_ids": cpu_ids()})
+
+
 def machine_slug(info: dict[str, Any]) -> str:
-    """A short name for file names: ``cpu2`` / ``h100``-like."""
-    if "gpu" in info:
-        return "".join(ch for ch in info["gpu"].lower().split()[-1] if ch.isalnum()) or "gpu"
-    return f"cpu{info['cores']}"
+    """A short name for file names: ``cpu2`` / ``cpu2genoa`` (a known CPU generation) / ``h100``-like.
+
+    Example:
+        >>> machine_slug({"cores": 2, "cpu_ids": "family 25 model 17"}), machine_slug({"cores": 16})
+        ('cpu2genoa', 'cpu16')
+        >>> machine_slug({"cores": 16, "gpu": "NVIDIA H100 80GB HBM3"})
+        'h100'
+    """
+    if info.get("gpu"):  # "NVIDIA H100 80GB HBM3" -> h100: the first word with a digit that is not a size
+        words = info["gpu"].lower().split()
+        model = next((w for w in words if any(c.isdigit() for c in w) and not w.endswith("gb")), words[-1])
+        return "".join(ch for ch in model if ch.isalnum()) or "gpu"
+    return f"cpu{info.get('cores', '')}{CPU_GENERATIONS.get(info.get('cpu_ids') or '', '')}"

@@ -32,9 +32,8 @@ from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.refrag import Passage
 
 from .data import BenchQuestion
-from .decode import table_cell
-from .machine import machine_info
 from .metrics import answer_recall
+from .results import Column, format_table_of, machine_line, results_header
 
 DEFAULT_CONTEXTS = (512, 2048, 7000)
 DEFAULT_EXPAND = (0.0, 0.1, 0.25)
@@ -89,12 +88,13 @@ def run_prefill_suite(engine: Engine, questions: Sequence[BenchQuestion], pool: 
                       policies: Sequence[str] = DEFAULT_POLICIES, answer_tokens: int = 48,
                       repeats: int = 1, progress: bool = True) -> dict[str, Any]:
     """Run the suite; returns the results dict (``machine``, ``settings``, ``methods``, ``per_question``)."""
-    if engine.refrag is None:
+    rm = engine.describe()["refrag"]
+    if rm is None:
         raise InvalidInputError("the prefill suite needs an engine with a REFRAG checkpoint")
     questions = [q for q in questions if q.reference and q.passages]
     if not questions:
         raise InvalidInputError("the prefill suite needs rag questions with reference answers")
-    if engine.refrag.policy is None:
+    if not rm["policy"]:
         policies = [p for p in policies if p != "rl"]
     settings = settings_for(expands, policies)
     lengths: list[int | str] = [OWN, *contexts]
@@ -128,15 +128,11 @@ def run_prefill_suite(engine: Engine, questions: Sequence[BenchQuestion], pool: 
                 cell["answer_recall"] = answer_recall(out.text, q.reference)
             row["settings"][name] = cell
         rows.append(row)
-    rm = engine.refrag
     return {
-        "suite": "prefill",
-        "machine": machine_info(engine.runner.device, engine.runner),
-        "settings": {"model": engine.target.name, "dtype": str(engine.model.dtype).replace("torch.", ""),
-                     "k": rm.k, "encoder": rm.encoder_id, "checkpoint": rm.meta.get("sha256", "")[:16],
-                     "contexts": list(contexts), "expand": list(expands), "policies": list(policies),
-                     "n_questions": len(questions), "answer_tokens": answer_tokens, "repeats": repeats,
-                     "vectors": "precomputed (as stored at indexing time; encoding not timed)"},
+        **results_header(engine, "prefill", k=rm["k"], encoder=rm["encoder"], checkpoint=(rm["sha256"] or "")[:16],
+                         contexts=list(contexts), expand=list(expands), policies=list(policies),
+                         n_questions=len(questions), answer_tokens=answer_tokens, repeats=repeats,
+                         vectors="precomputed (as stored at indexing time; encoding not timed)"),
         "methods": summarize(rows, [n for n, _ in settings], lengths),
         "per_question": rows,
     }
@@ -178,13 +174,12 @@ def summarize(rows: Sequence[dict[str, Any]], names: Sequence[str], lengths: Seq
     return out
 
 
-def format_table(results: dict[str, Any]) -> str:
-    head = f"{'setting':<34} {'ttft_s':>8} {'speedup':>8} {'log_ppl':>8} {'gap_rec':>8} {'recall':>7} {'KV MiB':>8}"
-    lines = [head, "-" * len(head)]
-    for name, s in results["methods"].items():
-        lines.append(f"{name:<34} {table_cell(s['ttft_s'], 8, 3)} {table_cell(s['ttft_speedup_vs_full'], 7, 2)}x "
-                     f"{table_cell(s['log_ppl'], 8, 3)} {table_cell(s['gap_recovered'], 8, 2)} {table_cell(s['answer_recall'], 7, 2)} "
-                     f"{s['kv_bytes'] / 2**20:8.2f}")
-    m = results["machine"]
-    lines.append(f"machine: {m['cpu']} ({m['cores']} cores), device {m['device']}")
-    return "\n".join(lines)
+COLUMNS = (Column("TTFT s", "ttft_s", ".3f"), Column("TTFT speedup vs full", "ttft_speedup_vs_full", ".2f", "x"),
+           Column("log-ppl", "log_ppl", ".3f"), Column("gap recovered", "gap_recovered"),
+           Column("answer recall", "answer_recall"), Column("KV MiB", lambda s: s["kv_bytes"] / 2**20, ".1f"))
+
+
+def format_table(results: dict[str, Any], markdown: bool = False) -> str:
+    """The table of a run: printed at its end, and rendered into docs/benchmarks.md (``markdown``)."""
+    table = format_table_of(results["methods"], COLUMNS, first="setting @ context", markdown=markdown)
+    return table if markdown else f"{table}\nmachine: {machine_line(results['machine'])}"

@@ -44,10 +44,9 @@ from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.qa_file import QAItem
 from refrag_rasd_core.refrag import answer_chunks, chunk_texts
 
-from .decode import table_cell
-from .machine import machine_info
 from .metrics import answer_f1, answer_recall
 from .rag import run_chain
+from .results import Column, format_table_of, machine_line, results_header
 
 DEFAULT_SETTINGS = "none,text,compressed:0,compressed:0.25:rl,compressed:0.25:similarity,compressed:0.5:similarity,default"
 POLICIES = ("auto", "rl", "rank", "similarity", "question", "random", "perplexity")
@@ -160,9 +159,10 @@ def make_setting_chain(setting: Setting, store: Any, engine: Engine, *, k: int, 
 def retrieved_answer_chunks(engine: Engine, passages: Sequence[str], answers: Sequence[str]) -> list[int] | None:
     """Indices (prompt order, as a compressed request cuts them) of the retrieved passages' chunks that hold a
     gold answer; ``None`` when the engine has no REFRAG checkpoint."""
-    if engine.refrag is None:
+    refrag = engine.describe()["refrag"]
+    if refrag is None:
         return None
-    k = engine.refrag.k
+    k = refrag["k"]
     texts = [t for ids in engine.passage_token_ids(list(passages)) for t in chunk_texts(engine.tokenizer, ids, k)]
     return answer_chunks(texts, answers)
 
@@ -207,15 +207,8 @@ def run_qa_suite(engine: Engine, items: Sequence[QAItem], store: Any, settings: 
     found = [r["gold_retrieved"] for r in rows if r["gold_retrieved"] is not None]
     methods = summarize_qa(rows, list(chains))
     return {
-        "suite": "qa",
-        "machine": machine_info(engine.runner.device, engine.runner),
-        "settings": {"model": engine.target.name, "dtype": str(engine.model.dtype).replace("torch.", ""),
-                     "n_questions": len(rows), "k": k, "max_new_tokens": max_new_tokens,
-                     "settings": {s.name: s.model_kwargs() for s in settings},
-                     "store_passages": store.count(),
-                     "refrag": None if engine.refrag is None else {"k": engine.refrag.k,
-                                                                    "encoder": engine.refrag.encoder_id,
-                                                                    "sha256": engine.refrag.meta.get("sha256")}},
+        **results_header(engine, "qa", n_questions=len(rows), k=k, max_new_tokens=max_new_tokens,
+                         settings={s.name: s.model_kwargs() for s in settings}, store_passages=store.count()),
         "retrieval_recall_at_k": round(statistics.fmean(found), 4) if found else None,
         "methods": methods,
         "operating_point": operating_point(methods),
@@ -296,16 +289,25 @@ def operating_point(methods: dict[str, Any], keep: float = 0.95) -> dict[str, An
     return {"context": "compressed", "expand": st.expand, "policy": st.policy, "setting": st.name}
 
 
-def format_qa_table(res: dict[str, Any]) -> str:
-    """The human table printed at the end of a run."""
-    head = f"{'setting':<28} {'recall':>6} {'F1':>5} {'keeps':>6} {'TTFT s':>7} {'speedup':>8} {'positions':>9}"
-    lines = [head, "-" * len(head)]
-    for name, s in res["methods"].items():
-        lines.append(f"{name:<28} {table_cell(s['answer_recall'], 6, 2)} {table_cell(s['answer_f1'], 5, 2)} "
-                     f"{table_cell(s['keeps_text_hits'], 6, 2)} {table_cell(s['ttft_s'], 7, 2)} "
-                     f"{table_cell(s['ttft_speedup_vs_text'], 7, 2)}x {table_cell(s['prefill_positions'], 9, 0)}")
-    m = res["machine"]
-    lines.append(f"{res['settings']['n_questions']} questions, top-{res['settings']['k']} passages, retrieval "
-                 f"recall@k {table_cell(res['retrieval_recall_at_k'], 4, 2)}; machine: {m['cpu']} ({m['cores']} cores)")
-    lines.append(f"fastest setting keeping >= 95% of plain RAG's right answers: {res['operating_point']['setting']}")
-    return "\n".join(lines)
+COLUMNS = (Column("answer recall", "answer_recall"), Column("answer F1", "answer_f1"),
+           Column("keeps plain RAG's right answers", "keeps_text_hits"), Column("TTFT s", "ttft_s"),
+           Column("TTFT speedup vs text", "ttft_speedup_vs_text", ".2f", "x"),
+           Column("prefill positions", "prefill_positions", ".0f"))
+# which chunks the policy expanded: lost answers split into policy misses and compression losses
+DIAGNOSTICS = (Column("answer chunk expanded", "answer_chunk_expanded"),
+               Column("lost hits: answer chunk expanded / not",
+                      lambda s: f"{s['lost_with_answer_expanded']} / {s['lost_without_answer_expanded']}"
+                      if "lost_with_answer_expanded" in s else None))
+
+
+def format_qa_table(res: dict[str, Any], markdown: bool = False) -> str:
+    """The table of a run: printed at its end, and rendered into docs/benchmarks.md (``markdown``)."""
+    diag = any("answer_chunk_expanded" in v for v in res["methods"].values())
+    table = format_table_of(res["methods"], COLUMNS + (DIAGNOSTICS if diag else ()), first="setting",
+                            markdown=markdown)
+    if markdown:
+        return table
+    recall = res.get("retrieval_recall_at_k")
+    return (f"{table}\n{res['settings']['n_questions']} questions, top-{res['settings']['k']} passages, retrieval "
+            f"recall@k {'-' if recall is None else format(recall, '.2f')}; machine: {machine_line(res['machine'])}\n"
+            f"fastest setting keeping >= 95% of plain RAG's right answers: {res['operating_point']['setting']}")

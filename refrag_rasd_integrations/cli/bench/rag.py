@@ -30,8 +30,8 @@ from typing import Any
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 
-from .machine import machine_info
 from .metrics import answer_recall
+from .results import Column, format_table_of, machine_line, results_header
 
 PIPELINES: dict[str, dict[str, Any]] = {
     "default": {},  # ChatRefragRasd() as a user gets it: context="auto" (the checkpoint's measured point), rasd
@@ -189,14 +189,8 @@ def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *,
             row["methods"][name] = cell
         per_q.append(row)
     return {
-        "suite": "rag",
-        "machine": machine_info(engine.runner.device, engine.runner),
-        "settings": {"model": engine.target.name, "dtype": str(engine.model.dtype).replace("torch.", ""),
-                     "n_questions": len(questions), "k": k, "max_new_tokens": max_new_tokens,
-                     "repeats": repeats, "pipelines": PIPELINES, "peers": list(peers),
-                     "store_passages": store.count(),
-                     "refrag": None if engine.refrag is None else {"k": engine.refrag.k,
-                                                                    "encoder": engine.refrag.encoder_id}},
+        **results_header(engine, "rag", n_questions=len(questions), k=k, max_new_tokens=max_new_tokens,
+                         repeats=repeats, pipelines=PIPELINES, peers=list(peers), store_passages=store.count()),
         "methods": summarize(per_q, list(runners)),
         "per_question": per_q,
     }
@@ -224,14 +218,12 @@ def summarize(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str,
     return out
 
 
-def format_table(res: dict[str, Any]) -> str:
-    head = f"{'pipeline':<12} {'TTFT s':>7} {'tok/s':>7} {'total s':>8} {'tok/fwd':>8} {'recall':>7} {'speedup':>8}"
-    lines = [head, "-" * len(head)]
-    for name, s in res["methods"].items():
-        acc = "-" if s["accepted_per_forward"] is None else f"{s['accepted_per_forward']:.2f}"
-        rec = "-" if s["answer_recall"] is None else f"{s['answer_recall']:.2f}"
-        lines.append(f"{name:<12} {s['ttft_s']:>7.2f} {s['decode_tokens_per_s']:>7.1f} {s['total_s']:>8.2f} "
-                     f"{acc:>8} {rec:>7} {s['speedup_total_vs_plain']:>7.2f}x")
-    m = res["machine"]
-    lines.append(f"machine: {m['cpu']} ({m['cores']} cores), device {m['device']}")
-    return "\n".join(lines)
+COLUMNS = (Column("TTFT s", "ttft_s", ".3f"), Column("decode tokens/s", "decode_tokens_per_s"),
+           Column("total s", "total_s"), Column("accepted / forward", "accepted_per_forward"),
+           Column("answer recall", "answer_recall"), Column("speedup (total)", "speedup_total_vs_plain", ".2f", "x"))
+
+
+def format_table(res: dict[str, Any], markdown: bool = False) -> str:
+    """The table of a run: printed at its end, and rendered into docs/benchmarks.md (``markdown``)."""
+    table = format_table_of(res["methods"], COLUMNS, first="pipeline", markdown=markdown)
+    return table if markdown else f"{table}\nmachine: {machine_line(res['machine'])}"

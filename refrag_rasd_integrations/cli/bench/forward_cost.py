@@ -13,14 +13,13 @@
    its rate and whether its output equals the exact model's).
 
 Usage (from the repository root, ~3 minutes on a 2-core CPU):
-    HF_HUB_OFFLINE=1 PYTHONPATH=core:. python benchmarks/forward_cost.py [--prompts 3] [--repeats 9]
-Writes benchmarks/results/forward-cost-<date>-<machine>.json and prints the tables.
+    HF_HUB_OFFLINE=1 PYTHONPATH=core:. python -m refrag_rasd_integrations.cli.bench.forward_cost [--prompts 3] [--repeats 9]
+Writes benchmarks/results/forward-cost/<date>-<machine>-<variant>.json and prints the tables.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import time
@@ -34,10 +33,10 @@ from refrag_rasd_core.models import load_target
 from refrag_rasd_core.rasd.token_tree import TokenTree
 from refrag_rasd_core.target import TargetRunner, truncate_cache
 from refrag_rasd_integrations.cli.bench.machine import machine_info, machine_slug
+from refrag_rasd_integrations.cli.bench.results import repo_root, results_path, write_results
 
 SIZES = (1, 2, 4, 8, 16, 32)
-ROOT = Path(__file__).resolve().parent
-SHARED_DEV = ROOT.parents[1] / "shared" / "data" / "spec_bench_dev.jsonl"
+SHARED_DEV = repo_root().parent / "shared" / "data" / "spec_bench_dev.jsonl"
 
 
 def rag_prompts(n: int) -> list[list[dict]]:
@@ -194,7 +193,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--context", type=int, default=700)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="results file (default: benchmarks/results/forward-cost/"
+                    "<date>-<machine>-<variant>.json)")
+    ap.add_argument("--variant", default="default", help="the default --out's last part")
     ap.add_argument("--no-int4", action="store_true", help="skip the opt-in int4 weights (Engine(weights='int4'))")
     args = ap.parse_args()
     from refrag_rasd_core.lean.int4 import int4_available
@@ -216,10 +217,8 @@ def main() -> None:
                    "the lean forward), and vanilla greedy decode tokens/s (Engine hf / lean, model.generate)",
            "machine": info, "model": target.name, "dtype": str(target.dtype).replace("torch.", ""),
            "forward_cost": costs, "vanilla_decode": decode}
-    date = datetime.date.today().strftime("%Y%m%d")
-    path = Path(args.out) if args.out else ROOT / "results" / f"forward-cost-{date}-{machine_slug(info)}.json"
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    print("wrote", path)
+    path = Path(args.out) if args.out else results_path("forward-cost", args.variant, machine_slug(info))
+    print("wrote", write_results(out, path))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ so that no position rule can find it by accident) and each policy chooses a quar
 markdown lists, per question, the chunks some policy chose, which policies chose them, and whether the chunk
 holds the reference answer; and per policy how many questions it expanded an answer chunk for.
 
-    .venv/bin/python benchmarks/policy_choices.py --refrag PATH --out docs/policy-choices.md
+    .venv/bin/python -m refrag_rasd_integrations.cli.bench.policy_choices --refrag PATH --out docs/policy-choices.md
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     from refrag_rasd_integrations.cli.demo_corpus import demo_rows
 
     engine = Engine.load(refrag=args.refrag or "auto")
-    tok, k = engine.tokenizer, engine.refrag.k
-    policies = [pol for pol in POLICIES if pol != "rl" or engine.refrag.policy is not None]
+    refrag = engine.describe()["refrag"]
+    tok, k = engine.tokenizer, refrag["k"]
+    policies = [pol for pol in POLICIES if pol != "rl" or refrag["policy"]]
     lines = [f"# Which chunks the expansion policies expand (p = {args.expand})", "",
              f"Checkpoint: `{Path(args.refrag).name if args.refrag else 'shipped'}`. Made by "
-             "`benchmarks/policy_choices.py` on the demo corpus's own questions (Python reference topics and "
+             "`refrag_rasd_integrations.cli.bench.policy_choices` on the demo corpus's own questions (Python reference topics and "
              "this project's docs); the passages are given in reversed order, the one holding the answer last. "
              "`*` marks a chunk holding the reference answer.", ""]
     wins = {pol: 0 for pol in policies}

@@ -16,8 +16,8 @@ count and time.
 4. With ``--overload N``: one replica with a queue of N requests per proxy and more clients than it holds; the
    surplus must be refused (503) and nothing lost.
 
-    .venv/bin/python benchmarks/serve_load.py --replicas 1,2 --clients 4 --questions 16 --kill \\
-        --out benchmarks/results/serve-load-x86_64-2cpu.json
+    .venv/bin/python -m refrag_rasd_integrations.cli.bench.serve_load --replicas 1,2 --clients 4 --questions 16 --kill \\
+        --out benchmarks/results/serve/<date>-<machine>-load.json
 """
 
 from __future__ import annotations

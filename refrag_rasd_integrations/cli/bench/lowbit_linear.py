@@ -17,22 +17,23 @@ checks that the weights really are 4-bit groupwise. Nothing here runs in the eng
 measurement behind the next step (see docs/benchmarks-notes.md).
 
 Usage (from the repository root, ~1 minute on 2 cores):
-    .venv/bin/python benchmarks/lowbit_linear.py [--threads 2] [--out benchmarks/results/lowbit-linear-<machine>.json]
+    .venv/bin/python -m refrag_rasd_integrations.cli.bench.lowbit_linear [--threads 2] [--out PATH]
+(default --out: benchmarks/results/lowbit-linear/<date>-<machine>-default.json)
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from refrag_rasd_integrations.cli.bench.machine import local_slug
+from refrag_rasd_integrations.cli.bench.results import results_path, write_results
 
 GROUP = 32
 
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--machine", default=f"{platform.machine()}-{os.cpu_count()}cpu")
+    ap.add_argument("--machine", default=local_slug(), help="machine slug for the file name (default: this one's)")
+    ap.add_argument("--variant", default="default", help="the default --out's last part")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -110,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         res["ms_per_forward_of_linears"][m] = row
         print(f"M={m}: " + ", ".join(f"{k} {v} ms" for k, v in row.items()), flush=True)
     print(f"int4 reconstruction max relative error {worst:.2e}; output errors vs fp32: {res['max_rel_error']}")
-    out = Path(args.out or Path(__file__).parent / "results" / f"lowbit-linear-{args.machine}.json")
-    out.write_text(json.dumps(res, indent=2))
+    out = Path(args.out) if args.out else results_path("lowbit-linear", args.variant, args.machine)
+    write_results(res, out)
     print(f"wrote {out}")
     return 0
 

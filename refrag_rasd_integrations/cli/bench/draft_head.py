@@ -23,10 +23,10 @@ REFRAG training hold out), each over its 4 retrieved passages. ``--compare CKPT`
 the previous one) on the same sets.
 
 Usage (from the repository root, ~5-8 minutes on a 2-core CPU):
-    PYTHONPATH=core python benchmarks/draft_head.py [--spec-bench PATH] [--checkpoint PATH] [--threads 2]
+    PYTHONPATH=core:. python -m refrag_rasd_integrations.cli.bench.draft_head [--spec-bench PATH] [--checkpoint PATH] [--threads 2]
         [--rag-qa NQ.jsonl SQUAD.jsonl] [--compare CKPT] [--vocab-sizes 8192,16384] [--machine NAME] [--out PATH]
 (``--spec-bench`` / ``--rag-qa`` default to ``../shared/data/`` files when they exist.)
-Writes benchmarks/results/draft-head-<machine>.json and prints a summary.
+Writes benchmarks/results/draft-head/<date>-<machine>-<variant>.json and prints a summary.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -53,6 +51,8 @@ from refrag_rasd_core.training.eagle.features import (
 )
 from refrag_rasd_core.training.eagle.train import evaluate
 from refrag_rasd_core.training.spec_bench import spec_bench_path, spec_bench_prompts
+from refrag_rasd_integrations.cli.bench.machine import local_slug
+from refrag_rasd_integrations.cli.bench.results import results_path
 
 
 def _median_ms(xs: list[float]) -> float:
@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab-sizes", default="",
                     help="comma-separated draft vocabulary sizes to measure the same head with, extended without "
                          "retraining (DraftHead.with_vocab_size): cost per expand and acceptance per size")
-    ap.add_argument("--machine", default=f"{platform.machine()}-{os.cpu_count()}cpu")
+    ap.add_argument("--machine", default=local_slug(), help="machine slug for the file name (default: this one's)")
+    ap.add_argument("--variant", default="default", help="the default --out's last part")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     args.spec_bench = spec_bench_path(args.spec_bench)  # a clear error, before any model loads, without the file
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in (int(x) for x in args.vocab_sizes.split(",")):
             twin = head.with_vocab_size(n)
             res["vocab_sizes"][str(n)] = {"cost": time_costs(model, twin, ctx), "by_eval_set": acceptance(twin, sets)}
-    out = Path(args.out or Path(__file__).parent / "results" / f"draft-head-{args.machine}.json")
+    out = Path(args.out) if args.out else results_path("draft-head", args.variant, args.machine)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     c = costs

@@ -2,7 +2,7 @@
 p50 / p95 at 20k passages (synthetic passages with random normalized retrieval vectors and random float16
 chunk embeddings of the real shapes), and the layout comparison behind docs/store.md.
 
-    .venv/bin/python benchmarks/store_bench.py --out benchmarks/results/store-x86_64-2cpu.json
+    .venv/bin/python -m refrag_rasd_integrations.cli.bench.store_bench   # -> benchmarks/results/store/<date>-<machine>-default.json
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 from refrag_rasd_core.shared_data import SPEC_BENCH_DEV, default_data_path, resolve_data_path  # noqa: E402
+from refrag_rasd_integrations.cli.bench.machine import local_slug  # noqa: E402
+from refrag_rasd_integrations.cli.bench.results import results_path, write_results  # noqa: E402
 from refrag_rasd_integrations.store import (  # noqa: E402
     CHUNKS_KEY,
     N_TOKENS_KEY,
@@ -125,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="Spec-Bench .jsonl for the real-indexing part (default: "
                    "../shared/data/spec_bench_dev.jsonl when it exists; skipped without one)")
     p.add_argument("--real-docs", type=int, default=20)
-    p.add_argument("--out", default="benchmarks/results/store-x86_64-2cpu.json")
+    p.add_argument("--out", default=None, help="results file (default: benchmarks/results/store/<date>-<machine>-"
+                   "<variant>.json)")
+    p.add_argument("--variant", default="default", help="the default --out's last part")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="store-bench-"))
     try:
@@ -141,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"real indexing skipped: no {SPEC_BENCH_DEV} (pass --data PATH; the project ships no "
                   "third-party data)", file=sys.stderr)
         print(json.dumps(res, indent=1))
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+        write_results(res, args.out or results_path("store", args.variant, local_slug()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

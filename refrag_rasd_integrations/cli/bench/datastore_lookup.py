@@ -12,8 +12,8 @@ continuations) and ``lookup`` (the same as a 32-node TokenTree), max_len 8, 64 o
 PLD: a 2,000-token context that grows by 3 tokens a step: ``extend`` + ``lookup`` per step.
 
 Usage (from the repository root, ~1-2 minutes on a 2-core CPU):
-    PYTHONPATH=core python benchmarks/datastore_lookup.py [--sizes 1e4,1e6,1e7] [--machine NAME]
-Writes benchmarks/results/datastore-lookup-<machine>.json and prints a summary.
+    PYTHONPATH=core:. python -m refrag_rasd_integrations.cli.bench.datastore_lookup [--sizes 1e4,1e6,1e7] [--machine NAME]
+Writes benchmarks/results/datastore/<date>-<machine>-lookup.json and prints a summary.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from refrag_rasd_core.rasd.datastore import PromptLookup, RestDatastore
+from refrag_rasd_integrations.cli.bench.machine import local_slug
+from refrag_rasd_integrations.cli.bench.results import results_path
 
 VOCAB = 49_152
 DOC_LEN = 512
@@ -180,8 +182,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1e4,1e6,1e7", help="corpus sizes in tokens, comma-separated")
     ap.add_argument("--queries", type=int, default=1000, help="queries per kind and size")
-    ap.add_argument("--machine", default=f"{platform.machine()}-{os.cpu_count()}cpu")
-    ap.add_argument("--out", default=None, help="results file (default benchmarks/results/...)")
+    ap.add_argument("--machine", default=local_slug(), help="machine slug for the file name (default: this one's)")
+    ap.add_argument("--variant", default="lookup", help="the default --out's last part")
+    ap.add_argument("--out", default=None, help="results file (default: benchmarks/results/datastore/...)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     phrases = phrase_bank(rng)
@@ -226,7 +229,7 @@ def main() -> None:
     out = (
         Path(args.out)
         if args.out
-        else Path(__file__).parent / "results" / f"datastore-lookup-{args.machine}.json"
+        else results_path("datastore", args.variant, args.machine)
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
