@@ -4,16 +4,17 @@
 method's proposer for a token tree rooted at the last committed token (none = a plain step), verifies the
 whole tree in one target forward, keeps the longest accepted path (greedy) or the path chosen by lossless
 multi-candidate rejection sampling, compacts the KV cache to it and emits the accepted tokens plus the
-target's own next token. ``method="vanilla"`` never proposes anything: it is the plain KV-cache loop that
-every speedup is measured against.
+target's own next token. The default method is ``rasd`` (greedy output equals plain decoding's);
+``method="vanilla"`` never proposes anything: it is the plain KV-cache loop that every speedup is measured
+against. Settings are :class:`~refrag_rasd_core.generation_config.GenerationConfig` fields.
 
 Example:
     >>> from refrag_rasd_core.engine import Engine
     >>> engine = Engine.load(device="cpu")                       # doctest: +REAL_MODEL
     >>> text = "".join(engine.stream([{"role": "user", "content": "Hi!"}], max_new_tokens=8))  # doctest: +REAL_MODEL
-    >>> res = engine.generate("The capital of France is", max_new_tokens=8)                   # doctest: +REAL_MODEL
+    >>> res = engine.generate("The capital of France is", max_tokens=8)                       # doctest: +REAL_MODEL
     >>> res.stats.new_tokens <= 8, res.stats.method                                           # doctest: +REAL_MODEL
-    (True, 'vanilla')
+    (True, 'rasd')
 """
 
 from __future__ import annotations

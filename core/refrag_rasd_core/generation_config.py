@@ -173,8 +173,10 @@ FIELDS = tuple(f.name for f in fields(GenerationConfig))
 
 
 def _stop_tuple(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        return ()
     if isinstance(stop, str):
         stop = (stop,)
-    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
-        raise InvalidInputError(f"stop must be a string or a list of strings, got {stop!r}")
-    return tuple(dict.fromkeys(s for s in stop if s))
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+        raise InvalidInputError(f"stop strings must be non-empty strings (a string or a list of them), got {stop!r}")
+    return tuple(dict.fromkeys(stop))

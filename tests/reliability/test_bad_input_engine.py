@@ -153,9 +153,16 @@ def test_prompt_plus_context_just_over_the_limit(engine, parts):
 
 
 # ---- generation settings -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("n", [0, -1, -(10**9), 2.5, None, True, "8"])
+@pytest.mark.parametrize("n", [0, -1, -(10**9), 2.5, True, "8"])
 def test_max_new_tokens_out_of_range(engine, n):
-    _raises(InvalidInputError, r"max_new_tokens must be", engine.generate, Q, max_new_tokens=n)
+    _raises(InvalidInputError, r"max_tokens must be", engine.generate, Q, max_new_tokens=n)
+    _raises(InvalidInputError, r"max_tokens must be", engine.generate, Q, max_tokens=n)
+
+
+def test_none_means_the_default(engine):
+    """A setting passed as ``None`` is the config's default (as the frameworks pass unset settings)."""
+    out = engine.generate(Q, max_new_tokens=None, temperature=None, top_p=None, method="vanilla")
+    assert out.token_ids == engine.generate(Q, method="vanilla").token_ids
 
 
 @pytest.mark.parametrize(("context", "method"), [("none", "vanilla"), ("text", "vanilla"), ("compressed", "vanilla"),
@@ -169,12 +176,12 @@ def test_huge_max_new_tokens_is_clamped_by_the_context_window(engine, context, m
         assert out.stats.new_tokens == LIMIT - out.stats.prefill_positions
 
 
-@pytest.mark.parametrize("t", [-0.1, -1, float("nan"), None, "hot"])
+@pytest.mark.parametrize("t", [-0.1, -1, float("nan"), float("inf"), "hot"])
 def test_temperature_out_of_range(engine, t):
     _raises(InvalidInputError, r"temperature.*(>= 0|number)", engine.generate, Q, temperature=t, max_new_tokens=2)
 
 
-@pytest.mark.parametrize("p", [0, 0.0, -0.5, 1.0001, 1.5, float("nan"), None])
+@pytest.mark.parametrize("p", [0, 0.0, -0.5, 1.0001, 1.5, float("nan"), "0.5"])
 def test_top_p_outside_0_1(engine, p):
     _raises(InvalidInputError, r"top_p (must be in \(0, 1\]|and)|top_p must", engine.generate, Q,
             temperature=0.7, top_p=p, max_new_tokens=2)
@@ -193,7 +200,7 @@ def test_top_p_edges_are_legal(engine):
     assert engine.generate(Q, temperature=0.7, top_p=1e-9, seed=3, max_new_tokens=4).token_ids == greedy.token_ids
 
 
-@pytest.mark.parametrize("seed", ["x", 1.5, [1]])
+@pytest.mark.parametrize("seed", ["x", 1.5, [1], -1, 2**70])
 def test_seed_of_the_wrong_type(engine, seed):
     _raises(InvalidInputError, r"seed must be an integer", engine.generate, Q, seed=seed, temperature=1.0,
             max_new_tokens=2)
@@ -222,7 +229,7 @@ def test_bad_speculation_options(engine, spec):
 
 @pytest.mark.parametrize(("key", "value", "fix"), [
     ("method", "turbo", r"choose one of"), ("context", "zipped", r"choose one of"),
-    ("policy", "magic", r"choose auto or one of"), ("expand", 1.5, r"expand"), ("expand_tokens", -3, r">= 0"),
+    ("policy", "magic", r"choose one of auto"), ("expand", 1.5, r"expand"), ("expand_tokens", -3, r">= 0"),
     ("no_such_setting", 1, r"unknown generation setting"),
 ])
 def test_unknown_or_out_of_range_settings(engine, key, value, fix):

@@ -36,7 +36,7 @@ def test_sampling_is_reproducible_with_seed(engine):
 
 
 def test_max_new_tokens_and_stats(engine):
-    res = engine.generate("hello", max_new_tokens=12)
+    res = engine.generate("hello", max_new_tokens=12, method="vanilla")
     s = res.stats
     assert s.new_tokens == 12 and s.finish_reason == "length"
     assert s.target_forwards == 11  # the first token comes from the prefill
@@ -103,9 +103,10 @@ def test_eos_ends_generation(tiny):
 
 
 def test_config_object_and_max_tokens_alias(engine):
-    cfg = GenerationConfig(max_new_tokens=4)
+    cfg = GenerationConfig(max_tokens=4)
     assert engine.generate("hi", config=cfg).stats.new_tokens == 4
     assert engine.generate("hi", max_tokens=3).stats.new_tokens == 3
+    assert engine.generate("hi", config=cfg, max_new_tokens=2).stats.new_tokens == 2  # keywords win
 
 
 def test_concurrent_threads_give_sequential_outputs(engine):

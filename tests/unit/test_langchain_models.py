@@ -134,7 +134,7 @@ def test_chain_hands_over_stored_chunk_embeddings_without_encoder(chat, store, e
     meta = msg.response_metadata
     assert meta["context"] == "compressed" and meta["passages"] == 2 and meta["stats"]["chunks"] > 0
     prompt, passages, kw = seen[-1]
-    assert kw["context"] == "compressed" and prompt[-1]["content"] == "Madrid Spain"
+    assert "config" in kw and prompt[-1]["content"] == "Madrid Spain"
     assert all(p.chunk_embeddings is not None and p.token_ids for p in passages)
     # the control: a passage handed over as text IS encoded on the fly
     chat.invoke("Madrid Spain", passages=["A passage without stored embeddings, given as plain text."])

@@ -51,8 +51,9 @@ def make_method(name: str, engine: Engine, max_new_tokens: int, temperature: flo
     :class:`~refrag_rasd_core.models.LoadedModel` sharing the target's tokenizer; ``llamacpp`` /
     ``llamacpp-pld`` need llama-cpp-python, see :mod:`~refrag_rasd_integrations.cli.bench.llamacpp`)."""
     if name in ENGINE_METHODS:
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, method=name,
-                               seed=0, spec=dict(spec or {}))
+        # the prompts carry their passages already: the passages feed the speculative datastore only
+        cfg = GenerationConfig.of(max_tokens=max_new_tokens, temperature=temperature, method=name, seed=0,
+                                  spec=spec, context="none")
 
         def run_engine(q: BenchQuestion) -> MethodRun:
             t = time.perf_counter()
