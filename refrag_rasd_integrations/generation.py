@@ -69,7 +69,7 @@ class GenerationRequest:
         store = overrides.pop("store", None) or settings.store
         config = settings.generation_config().merge(overrides)
         if stop:
-            config = config.merge(stop=(*config.stop, *stop))
+            config = config.merge(stop=[*config.stop, *stop])
         engine = settings.resolve_engine(model)
         reg = registry or PASSAGES
         found = resolve(list(passages or []) + list(handles), store=store, registry=reg)
