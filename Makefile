@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-all lint bench stress clean
+.PHONY: install demo test test-all lint typecheck check bench stress clean
 
 $(STAMP): pyproject.toml core/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
 
 bench: install
 	$(VENV)/bin/refrag-rasd bench --suite decode --data ../shared/data/spec_bench_dev.jsonl --category rag \

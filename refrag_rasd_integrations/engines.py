@@ -18,17 +18,17 @@ import threading
 import weakref
 from typing import Any
 
+from refrag_rasd_core.engine import Engine
+
 DEFAULT_K = 16
-_ENGINES: dict[tuple[str | None, str, str | None], Any] = {}
+_ENGINES: dict[tuple[str | None, str, str | None], Engine] = {}
 _LOCK = threading.Lock()
-_DEFAULT_ENCODERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_DEFAULT_ENCODERS: weakref.WeakKeyDictionary[Engine, Any] = weakref.WeakKeyDictionary()
 _ENCODER_LOCK = threading.Lock()
 
 
-def get_engine(model: str | None = None, *, device: str = "auto", dtype: str | None = None) -> Any:
+def get_engine(model: str | None = None, *, device: str = "auto", dtype: str | None = None) -> Engine:
     """The shared :class:`~refrag_rasd_core.engine.Engine` for a configuration (loaded on first use)."""
-    from refrag_rasd_core.engine import Engine
-
     key = (None if model in (None, "default") else str(model), str(device), dtype)
     with _LOCK:
         engine = _ENGINES.get(key)
@@ -38,7 +38,7 @@ def get_engine(model: str | None = None, *, device: str = "auto", dtype: str | N
         return engine
 
 
-def register_engine(engine: Any, model: str | None = None, *, device: str = "auto", dtype: str | None = None
+def register_engine(engine: Engine, model: str | None = None, *, device: str = "auto", dtype: str | None = None
                     ) -> None:
     """Make ``engine`` the shared one for a configuration (e.g. an engine built on a custom drafter)."""
     with _LOCK:
@@ -51,17 +51,16 @@ def clear_engines() -> None:
         _ENGINES.clear()
 
 
-def model_label(engine: Any, fallback: str | None = None) -> str:
+def model_label(engine: Engine, fallback: str | None = None) -> str:
     """The name to report as ``model_name`` for an engine."""
-    target = getattr(engine, "target", None)
-    return str(getattr(target, "name", None) or fallback or "SmolLM2-135M-Instruct")
+    return str(engine.name or fallback or "SmolLM2-135M-Instruct")
 
 
-def chunk_encoder_of(engine: Any) -> Any:
+def chunk_encoder_of(engine: Engine) -> Any:
     """The chunk encoder whose vectors ``engine`` reads: its REFRAG checkpoint's (``engine.refrag_encoder()``),
     or, for an engine without a checkpoint, the default encoder (all-MiniLM-L6-v2, CLS pooling, k=16) over
     the engine's tokenizer, so a store can be indexed before a checkpoint exists (``context="text"`` reads it)."""
-    if getattr(engine, "has_chunk_encoder", False):
+    if engine.has_chunk_encoder:
         return engine.refrag_encoder()
     with _ENCODER_LOCK:
         enc = _DEFAULT_ENCODERS.get(engine)
@@ -72,17 +71,12 @@ def chunk_encoder_of(engine: Any) -> Any:
     return enc
 
 
-def signature_of(engine: Any) -> dict[str, Any]:
+def signature_of(engine: Engine) -> dict[str, Any]:
     """The configuration a store must match to feed ``engine`` (core's ``engine.refrag_signature()``)."""
-    if getattr(engine, "refrag", None) is not None:
+    if engine.has_refrag:
         return dict(engine.refrag_signature())
     return dict(chunk_encoder_of(engine).signature)
 
 
-def has_refrag(engine: Any) -> bool:
-    """Whether ``engine`` can read compressed context (it has REFRAG parts: a projector)."""
-    return getattr(engine, "refrag", None) is not None
-
-
-__all__ = ["chunk_encoder_of", "clear_engines", "get_engine", "has_refrag", "model_label", "register_engine",
+__all__ = ["chunk_encoder_of", "clear_engines", "get_engine", "model_label", "register_engine",
            "signature_of"]

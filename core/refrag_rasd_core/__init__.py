@@ -1,5 +1,7 @@
 """refrag-rasd-core: REFRAG compressed prefill and RASD speculative decoding for Hugging Face causal LMs."""
 
+from pathlib import Path
+
 from .errors import (
     CheckpointError,
     ContextTooLongError,
@@ -10,7 +12,8 @@ from .errors import (
     TokenizerMismatchError,
 )
 
-__version__ = "0.1.0"
+__version__ = (Path(__file__).with_name("VERSION")).read_text().strip()
+"""The package version (written once, in the ``VERSION`` file beside this module)."""
 
 from .engine import Engine, GenerationConfig, GenerationStream  # noqa: E402
 from .stats import GenerationResult, GenerationStats  # noqa: E402

@@ -32,6 +32,9 @@ from .generation_config import METHODS, GenerationConfig, Prompt
 from .generation_stream import GenerationStream, ModelLock
 from .models import LoadedModel, load_target
 from .prefill import Prefill, prefill_forward
+from .rasd.budget import CPU_COSTS, GPU_COSTS, DraftGate, TreeBudget, runner_verify_costs
+from .rasd.proposers import PROPOSERS
+from .rasd.step import speculative_step
 from .refrag.runtime import RefragRuntime
 from .request import EngineRequest, RequestBuilder
 from .sampling import SamplingParams, choose_token, make_generator
@@ -89,8 +92,8 @@ class Engine:
                                      target_name=target.name, encoder=refrag_encoder)
         self._lock = ModelLock()
         self._requests = RequestBuilder(self.tokenizer, int(self.model.get_input_embeddings().weight.shape[0]))
-        self._budgets: dict[str, Any] = {}  # method -> its TreeBudget (calibrated across requests)
-        self._draft_gate: Any = None
+        self._budgets: dict[str, TreeBudget] = {}  # method -> its budget (calibrated across requests)
+        self._draft_gate: DraftGate | None = None
         self.verify_costs: dict[int, float] | None = None  # None: the defaults for the device type
         gen_cfg = getattr(self.model, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
@@ -111,6 +114,16 @@ class Engine:
         return self.runner.device
 
     @property
+    def name(self) -> str:
+        """The target model's name."""
+        return self.target.name
+
+    @property
+    def has_refrag(self) -> bool:
+        """Whether this engine can read compressed context (it has a REFRAG checkpoint)."""
+        return self.refrag is not None
+
+    @property
     def max_positions(self) -> int | None:
         """The target's window in positions (``None``: unbounded)."""
         return self.runner.max_positions
@@ -127,19 +140,11 @@ class Engine:
             (16, 'exact')
         """
         rm = self.refrag
-        return {
-            "model": self.target.name,
-            "dtype": str(self.model.dtype).replace("torch.", ""),
-            "device": str(self.device),
-            "forward": self.forward,
-            "weights": self.weights,
-            "forward_choices": self.runner.describe(),
-            "drafter": type(self.drafter).__name__ if self.drafter is not None else None,
-            "refrag": None if rm is None else {
-                "k": rm.k, "encoder": rm.encoder_id, "sha256": rm.meta.get("sha256"),
-                "policy": rm.policy is not None, "auto": dict(rm.meta.get("auto") or {}),
-            },
-        }
+        refrag = None if rm is None else {"k": rm.k, "encoder": rm.encoder_id, "sha256": rm.meta.get("sha256"),
+                                          "policy": rm.policy is not None, "auto": dict(rm.meta.get("auto") or {})}
+        return {"model": self.name, "dtype": str(self.model.dtype).replace("torch.", ""), "device": str(self.device),
+                "forward": self.forward, "weights": self.weights, "forward_choices": self.runner.describe(),
+                "drafter": type(self.drafter).__name__ if self.drafter is not None else None, "refrag": refrag}
 
     # ---- prompts ---------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: Prompt) -> list[int]:
@@ -311,8 +316,9 @@ class Engine:
         """(raw prompt tokens, compressed positions, mixed input or None) of a request."""
         mixed = self._compress(request, stats) if request.compressed else None
         if mixed is None:
-            stats.prefill_positions = len(request.prompt_ids)
-            return request.prompt_ids, 0, None
+            ids = request.prompt_ids or []
+            stats.prefill_positions = len(ids)
+            return ids, 0, None
         if limit is not None and mixed.length >= limit:
             raise ContextTooLongError(
                 f"the compressed prompt takes {mixed.length} positions but the model reads at most {limit} "
@@ -371,8 +377,6 @@ class Engine:
                    hidden: torch.Tensor | None, params: SamplingParams, gen: torch.Generator | None,
                    stats: GenerationStats, emit: Any, shift: int = 0) -> Iterator[str]:
         """Speculative steps (:func:`~refrag_rasd_core.rasd.step.speculative_step`) until ``emit`` says done."""
-        from .rasd.step import speculative_step
-
         done = False
         while not done:
             step = speculative_step(runner, proposer, cache, committed, hidden, params, gen, shift=shift)
@@ -395,8 +399,6 @@ class Engine:
         """The request's proposer (:data:`~refrag_rasd_core.rasd.proposers.PROPOSERS`; none for ``vanilla``),
         given what its method uses: the engine's budget and draft gate for the method, its shared datastore
         and drafter, and the passages' token ids."""
-        from .rasd.proposers import PROPOSERS
-
         cfg = request.config
         entry = PROPOSERS.get(cfg.method)
         if entry is None:
@@ -409,8 +411,6 @@ class Engine:
         """Measure what a verify forward of n tree nodes costs here, relative to a plain step, and use it
         for every speculative method from now on (a few seconds; the defaults describe a 2-core CPU or a
         datacenter GPU)."""
-        from .rasd.budget import runner_verify_costs
-
         with self._lock:
             costs = runner_verify_costs(self.runner, context_len=context_len, repeats=repeats)
         self.verify_costs = costs
@@ -418,19 +418,15 @@ class Engine:
         self._draft_gate = None
         return costs
 
-    def draft_gate(self) -> Any:
+    def draft_gate(self) -> DraftGate:
         """The engine's :class:`~refrag_rasd_core.rasd.budget.DraftGate` for ``rasd`` (kept across requests)."""
-        from .rasd.budget import DraftGate
-
         if self._draft_gate is None:
             self._draft_gate = DraftGate()
         return self._draft_gate
 
-    def tree_budget(self, method: str) -> Any:
+    def tree_budget(self, method: str) -> TreeBudget:
         """The engine's :class:`~refrag_rasd_core.rasd.budget.TreeBudget` for ``method`` (its calibration
         carries over from one request to the next)."""
-        from .rasd.budget import CPU_COSTS, GPU_COSTS, TreeBudget
-
         if method not in self._budgets:
             costs = self.verify_costs or (GPU_COSTS if self.runner.device.type == "cuda" else CPU_COSTS)
             self._budgets[method] = TreeBudget(costs)

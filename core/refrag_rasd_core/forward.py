@@ -60,7 +60,7 @@ class Runner(Protocol):
     def forward(self, input_ids: torch.Tensor | None, cache: Any, *, logits_at: int | torch.Tensor | None = -1,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, want_hidden: bool = False, adapter: Any = None,
-                adapter_rows: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                adapter_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One forward appended to ``cache``: ``(logits, hidden or None)``."""
         ...
 

@@ -70,7 +70,7 @@ class RequestBuilder:
         if not isinstance(prompt, Sequence) or not all(isinstance(m, dict) for m in prompt):
             raise InvalidInputError(f"the prompt must be a string or a list of chat messages "
                                     f"({{'role': ..., 'content': ...}} dicts), got {type(prompt).__name__}")
-        messages = list(prompt)
+        messages: list[dict[str, Any]] = [dict(m) for m in prompt if isinstance(m, dict)]
         if not messages or not any(str(m.get("content", "")).strip() for m in messages):
             raise InvalidInputError("the prompt has no messages with content")
         if getattr(self.tokenizer, "chat_template", None):

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -103,7 +104,7 @@ class RefragRasdLLM(LangChainFace, CompletionSettings, BaseLLM):
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
         gens = []
         for p in prompts:
-            items = run_in_thread(lambda p=p: self._opened(p, stop, kwargs))
+            items = run_in_thread(functools.partial(self._opened, p, stop, kwargs))
             req, stream = await anext(items)
             async for piece in items:
                 if run_manager and piece:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 
 LLAMACPP_METHODS = ("llamacpp", "llamacpp-pld")
@@ -89,7 +90,7 @@ class LlamaCppPeer:
         return out, time.perf_counter() - t0, ttft
 
 
-def plain_rag_ids(engine: Any, question: str | Sequence[dict[str, str]], passages: Sequence[Any]) -> list[int]:
+def plain_rag_ids(engine: Engine, question: str | Sequence[dict[str, str]], passages: Sequence[Any]) -> list[int]:
     """The tokens plain RAG (``context="text"``) gives the decoder: the engine's layout of the passages around
     the question, through its chat template."""
     from refrag_rasd_core.refrag.context import layout_prompt

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refrag_rasd_core.engine import Engine
+
 from .machine import machine_info, machine_slug
 
 _NAME = re.compile(r"(\d{4}-\d{2}-\d{2})-([a-z0-9]+)-(.+)\.json")
@@ -84,7 +86,7 @@ def write_results(res: Mapping[str, Any], path: Path | str) -> Path:
     return path
 
 
-def results_header(engine: Any, suite: str, **settings: Any) -> dict[str, Any]:
+def results_header(engine: Engine, suite: str, **settings: Any) -> dict[str, Any]:
     """``{"suite", "machine", "settings"}`` for a results file, from the engine's public ``describe()``:
     the machine (with what the engine's forward chose here under ``forward``), then the model, dtype,
     weights, forward, drafter and REFRAG checkpoint (``None`` without one), then ``settings``."""
