@@ -7,7 +7,7 @@ speed, loses no text, and is the only one that never exceeds the bound, because 
 whole where the others add up the token counts of the pieces (a BPE tokenizer does not add up).
 
 Example:
-    >>> split_text("One. Two.\\n\\nThree four five.", len, 10)
+    >>> split_text("One. Two.\\n\\nThree four five.", len, 16)
     ['One. Two.', 'Three four five.']
 """
 
