@@ -53,7 +53,7 @@ class ChatRefragRasdCapabilities:
 
 def free_port() -> int:
     """A TCP port free on loopback now."""
-    from refrag_rasd_integrations.chroma_server import free_port as free
+    from refrag_rasd_integrations.store.server import free_port as free
 
     return free()
 
@@ -61,7 +61,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def chroma_server(tmp_path_factory):
     """A real ``chroma run`` server on loopback for the module (its :class:`ChromaServer`)."""
-    from refrag_rasd_integrations.chroma_server import ChromaServer, chroma_executable
+    from refrag_rasd_integrations.store.server import ChromaServer, chroma_executable
 
     if not chroma_executable():
         pytest.skip("the `chroma` server binary is not installed")

@@ -1,6 +1,7 @@
 """LangChain adapters: :class:`ChatRefragRasd` (chat model), :class:`RefragRasdLLM` (string LLM),
-:class:`RefragRetriever` (over a :class:`~refrag_rasd_integrations.store.RefragChromaStore`),
-:class:`RefragVectorStore` (that store as a LangChain ``VectorStore``) and
+:class:`RefragVectorStore` (a :class:`~refrag_rasd_integrations.store.RefragChromaStore` as a LangChain
+``VectorStore``), :class:`RefragRetriever` (its ``VectorStoreRetriever``, also what
+``RefragChromaStore.as_retriever()`` gives) and
 :class:`PassagePrompt` (hands retrieved passages, with their stored chunk embeddings, to the model).
 
 Example:

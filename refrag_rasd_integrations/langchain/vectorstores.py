@@ -1,12 +1,16 @@
-"""``RefragVectorStore``: a refrag-rasd Chroma store as a LangChain ``VectorStore``.
+"""``RefragVectorStore``: a refrag-rasd Chroma store as a LangChain ``VectorStore``, LangChain's one face of
+the store.
 
 Everything LangChain expects of a vector store works on it (``add_documents`` / ``add_texts`` with ids,
-``delete``, ``get_by_ids``, ``similarity_search`` with Chroma ``where`` filters, scores, the async twins and
-``as_retriever()`` from the base class), and the records are refrag-rasd's: each one keeps its decoder token
-ids and REFRAG chunk embeddings, computed once at indexing. A ``Document`` the store returns carries only the
-text, the caller's metadata and the id; :class:`~refrag_rasd_integrations.langchain.ChatRefragRasd` (through
+``delete``, ``get_by_ids``, ``similarity_search`` with Chroma ``where`` filters, scores, the async twins), and
+the records are refrag-rasd's: each one keeps its decoder token ids and REFRAG chunk embeddings, computed once
+at indexing. ``as_retriever()`` gives a :class:`~refrag_rasd_integrations.langchain.RefragRetriever` (a
+``VectorStoreRetriever``) whose ``Document`` s carry a passage handle (``metadata["refrag_passage"]``) and the
+score; :meth:`RefragChromaStore.as_retriever <refrag_rasd_integrations.store.RefragChromaStore.as_retriever>`
+gives the same retriever. A ``Document`` of the search methods carries only the text, the caller's metadata
+and the id (LangChain's contract); :class:`~refrag_rasd_integrations.langchain.ChatRefragRasd` (through
 :class:`~refrag_rasd_integrations.langchain.PassagePrompt`) finds its stored arrays again by its text in the
-process's passage registry, so nothing is encoded at query time.
+process's passage registry. Either way nothing is encoded at query time.
 
 It follows LangChain's contract, not the native store's indexing: a document is stored whole under its id
 (split long documents first, e.g. with a ``RecursiveCharacterTextSplitter``; for the native split-and-resume
@@ -28,9 +32,10 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from langchain_core.documents import Document
@@ -41,6 +46,9 @@ from refrag_rasd_core.errors import InvalidInputError
 
 from ..passages import Passage
 from ..store import DEFAULT_COLLECTION, RefragChromaStore, user_metadata
+
+if TYPE_CHECKING:
+    from .retrievers import RefragRetriever
 
 
 class _EmbeddingsEncoder:
@@ -135,12 +143,11 @@ class RefragVectorStore(VectorStore):
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
         """Delete by ids (missing ids are ignored), by a metadata filter (``filter={"source": "a.txt"}``), or
         everything when neither is given (the collection and its recorded configuration stay)."""
-        if self.store._get_existing() is None:
+        if not self.store.exists():
             return True
         where = kwargs.get("filter") or kwargs.get("where")
         if ids is None and where is None:
-            col = self.store.collection()
-            ids = list(col.get(include=[])["ids"])
+            ids = self.store.ids()
             if not ids:
                 return True
         self.store.delete(ids=list(ids) if ids is not None else None, where=where)
@@ -149,7 +156,7 @@ class RefragVectorStore(VectorStore):
     # ---- reading -------------------------------------------------------------------------------------------
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The documents with these ids that exist (order not guaranteed, as LangChain specifies)."""
-        if not ids or self.store._get_existing() is None:
+        if not ids or not self.store.exists():
             return []
         return [self._document(p) for p in self.store.get_passages([str(i) for i in ids])]
 
@@ -171,9 +178,31 @@ class RefragVectorStore(VectorStore):
 
     def _scored(self, vector: Sequence[float], k: int, filter: dict[str, Any] | None,
                 where_document: dict[str, Any] | None) -> list[tuple[Document, float]]:
-        if self.store._get_existing() is None:
+        if not self.store.exists():
             return []
         return [(self._document(p), s) for p, s in self.store.search_by_vector(vector, k, filter, where_document)]
+
+    def search_passages(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
+                        where_document: dict[str, Any] | None = None) -> list[tuple[Passage, float]]:
+        """The ``k`` passages closest to ``query`` with their similarity, token ids and chunk embeddings; each
+        passage's metadata holds its handle and ``score`` (what :class:`RefragRetriever` returns). Unlike the
+        search methods, a missing collection raises
+        :class:`~refrag_rasd_integrations.errors.CollectionNotFoundError` (index documents first)."""
+        return self.store.search(query, k, filter, where_document)
+
+    async def asearch_passages(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
+                               where_document: dict[str, Any] | None = None) -> list[tuple[Passage, float]]:
+        """:meth:`search_passages` off the event loop."""
+        return await asyncio.to_thread(self.search_passages, query, k, filter, where_document)
+
+    def as_retriever(self, **kwargs: Any) -> RefragRetriever:
+        """A :class:`~refrag_rasd_integrations.langchain.RefragRetriever` over this store: ``k`` and ``filter``
+        (or LangChain's ``search_kwargs={"k": ..., "filter": ...}``), ``search_type`` ``"similarity"`` or
+        ``"similarity_score_threshold"`` (with ``search_kwargs={"score_threshold": ...}``)."""
+        from .retrievers import RefragRetriever  # the retriever module builds on this one
+
+        tags = kwargs.pop("tags", None) or [*self._get_retriever_tags()]
+        return RefragRetriever(vectorstore=self, tags=tags, **kwargs)
 
     @staticmethod
     def _document(p: Passage) -> Document:

@@ -1,7 +1,8 @@
-"""LlamaIndex adapters: :class:`RefragRasdLLM` (a ``CustomLLM``), :class:`RefragLlamaRetriever`,
-:class:`RefragSynthesizer` and :class:`RefragQueryEngine` (hand the retrieved nodes, with their stored
-chunk embeddings, to the engine), and :class:`RefragLlamaVectorStore` (the store as a LlamaIndex vector store,
-for ``VectorStoreIndex.from_vector_store``).
+"""LlamaIndex adapters: :class:`RefragRasdLLM` (a ``CustomLLM``), :class:`RefragLlamaVectorStore` (the store
+as a LlamaIndex vector store, for ``VectorStoreIndex.from_vector_store``), :class:`RefragLlamaRetriever` (its
+retriever, also named ``RefragRetriever``; what ``RefragChromaStore.as_llama_index_retriever()`` gives), and
+:class:`RefragSynthesizer` and :class:`RefragQueryEngine` (hand the retrieved nodes, with their stored chunk
+embeddings, to the engine).
 
 Example:
     >>> qe = store.as_query_engine(similarity_top_k=2, max_tokens=16)          # doctest: +REAL_MODEL
@@ -9,10 +10,11 @@ Example:
     True
 """
 
+from .filters import chroma_where
 from .llms import RefragRasdLLM
 from .query_engine import RefragQueryEngine, RefragSynthesizer
-from .retrievers import RefragLlamaRetriever, chroma_where
+from .retrievers import RefragLlamaRetriever, RefragRetriever
 from .vector_stores import RefragLlamaVectorStore, RefragStoreEmbedding
 
-__all__ = ["RefragLlamaRetriever", "RefragLlamaVectorStore", "RefragQueryEngine", "RefragRasdLLM",
+__all__ = ["RefragLlamaRetriever", "RefragLlamaVectorStore", "RefragQueryEngine", "RefragRasdLLM", "RefragRetriever",
            "RefragStoreEmbedding", "RefragSynthesizer", "chroma_where"]

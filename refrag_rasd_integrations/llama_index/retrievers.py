@@ -1,9 +1,13 @@
-"""``RefragLlamaRetriever``: a LlamaIndex retriever over a :class:`~refrag_rasd_integrations.store.RefragChromaStore`.
+"""``RefragLlamaRetriever``: the retriever of a :class:`~refrag_rasd_integrations.llama_index.RefragLlamaVectorStore`.
 
-Queries the Chroma collection directly (LlamaIndex's ``ChromaVectorStore`` returns no stored arrays). Each
-``TextNode`` carries the passage text, its metadata, a passage handle (``metadata["refrag_passage"]``, kept out
-of the LLM's and the embedder's view) and the similarity score; the token ids and chunk embeddings stay in the
-process registry, where :class:`RefragRasdLLM` and :class:`RefragSynthesizer` resolve them.
+A ``VectorIndexRetriever`` over a ``VectorStoreIndex`` on that vector store, so it returns exactly the nodes
+``index.as_retriever()`` would: ``RefragLlamaVectorStore(...).as_retriever()`` and
+:meth:`RefragChromaStore.as_llama_index_retriever
+<refrag_rasd_integrations.store.RefragChromaStore.as_llama_index_retriever>` both give one. Each node carries
+the passage text, its metadata, a passage handle (``metadata["refrag_passage"]``, kept out of the LLM's and the
+embedder's view) and the similarity score; the token ids and chunk embeddings stay in the process registry,
+where :class:`RefragRasdLLM` and :class:`RefragSynthesizer` resolve them. (LlamaIndex's own
+``ChromaVectorStore`` returns no stored arrays: the vector store queries the collection itself.)
 
 Example:
     >>> from refrag_rasd_integrations.llama_index import RefragLlamaRetriever
@@ -15,44 +19,31 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from llama_index.core import VectorStoreIndex
 from llama_index.core.callbacks import CallbackManager
-from llama_index.core.retrievers import BaseRetriever
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.indices.vector_store.retrievers import VectorIndexRetriever
+from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from ..passages import DOC_KEY, HANDLE_KEY, INDEX_KEY, N_TOKENS_KEY, Passage, resolve
+from refrag_rasd_core.errors import InvalidInputError
 
-_HIDDEN = [HANDLE_KEY, DOC_KEY, INDEX_KEY, N_TOKENS_KEY, "score"]
+from ..passages import Passage, resolve
+from ..store import RefragChromaStore
+from .filters import chroma_where
+from .vector_stores import RefragLlamaVectorStore
 
-
-def chroma_where(filters: Any) -> dict[str, Any] | None:
-    """A Chroma ``where`` dict from LlamaIndex ``MetadataFilters`` (EQ / NE / GT / GTE / LT / LTE / IN / NIN,
-    AND / OR) or a ``where`` dict given as is."""
-    if filters is None or isinstance(filters, dict):
-        return filters or None
-    ops = {"==": "$eq", "!=": "$ne", ">": "$gt", ">=": "$gte", "<": "$lt", "<=": "$lte", "in": "$in",
-           "nin": "$nin"}
-    parts = []
-    for f in filters.filters:
-        if hasattr(f, "filters"):
-            parts.append(chroma_where(f))
-            continue
-        op = ops.get(getattr(f.operator, "value", str(f.operator)))
-        if op is None:
-            from refrag_rasd_core.errors import InvalidInputError
-
-            raise InvalidInputError(f"filter operator {f.operator} is not supported by the Chroma store")
-        parts.append({f.key: {op: f.value}})
-    if len(parts) == 1:
-        return parts[0]
-    cond = getattr(filters.condition, "value", str(filters.condition)).lower()
-    return {"$or" if cond == "or" else "$and": parts}
+__all__ = ["RefragLlamaRetriever", "RefragRetriever", "chroma_where"]
 
 
-class RefragLlamaRetriever(BaseRetriever):
+class RefragLlamaRetriever(VectorIndexRetriever):
     """Top-``similarity_top_k`` passages as ``NodeWithScore`` s, sync and async, with metadata ``filters``
     (LlamaIndex ``MetadataFilters`` or a Chroma ``where`` dict).
+
+    ``store``: a :class:`~refrag_rasd_integrations.store.RefragChromaStore`, a :class:`RefragLlamaVectorStore`
+    or a collection name (opened in the default database); or ``index``: a ``VectorStoreIndex`` on a
+    :class:`RefragLlamaVectorStore`. Other keyword arguments go to ``VectorIndexRetriever``.
 
     Example:
         >>> retriever = store.as_llama_index_retriever(similarity_top_k=2)      # doctest: +REAL_MODEL
@@ -60,42 +51,49 @@ class RefragLlamaRetriever(BaseRetriever):
         2
     """
 
-    def __init__(self, store: Any, similarity_top_k: int = 4, filters: Any = None,
+    def __init__(self, store: RefragChromaStore | RefragLlamaVectorStore | str | None = None,
+                 similarity_top_k: int = 4, filters: Any = None, *, index: VectorStoreIndex | None = None,
                  callback_manager: CallbackManager | None = None, **kwargs: Any) -> None:
         if similarity_top_k < 1:
-            from refrag_rasd_core.errors import InvalidInputError
-
             raise InvalidInputError(f"similarity_top_k must be >= 1, got {similarity_top_k}")
-        if isinstance(store, str):
-            from ..store import RefragChromaStore
+        if index is None:
+            vs = store if isinstance(store, RefragLlamaVectorStore) else RefragLlamaVectorStore(store)
+            index = VectorStoreIndex.from_vector_store(vs, embed_model=vs.embed_model)
+        elif store is not None:
+            raise InvalidInputError("give store or index, not both")
+        if not isinstance(index.vector_store, RefragLlamaVectorStore):
+            raise InvalidInputError(f"RefragLlamaRetriever reads a RefragLlamaVectorStore, not a "
+                                    f"{type(index.vector_store).__name__}")
+        super().__init__(index, similarity_top_k=similarity_top_k, filters=filters,
+                         callback_manager=callback_manager, **kwargs)
 
-            store = RefragChromaStore(store)
-        self.store = store
-        self.similarity_top_k = similarity_top_k
-        self.filters = filters
-        super().__init__(callback_manager=callback_manager, **kwargs)
+    @property
+    def vector_store(self) -> RefragLlamaVectorStore:
+        """The vector store the nodes come from."""
+        return self._vector_store
 
-    @staticmethod
-    def _nodes(hits: list[tuple[Passage, float]]) -> list[NodeWithScore]:
-        out = []
-        for p, score in hits:
-            node = TextNode(id_=p.id, text=p.text, metadata=dict(p.metadata),
-                            excluded_llm_metadata_keys=list(_HIDDEN), excluded_embed_metadata_keys=list(_HIDDEN))
-            out.append(NodeWithScore(node=node, score=score))
-        return out
+    @property
+    def store(self) -> RefragChromaStore:
+        """The native store behind it."""
+        return self._vector_store.store
+
+    @property
+    def filters(self) -> Any:
+        """The metadata filters every query applies."""
+        return self._filters
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return self._nodes(self.store.search(query_bundle.query_str, k=self.similarity_top_k,
-                                             filter=chroma_where(self.filters)))
+        self.store.collection(create=False)  # a missing collection: CollectionNotFoundError, not no nodes
+        return super()._retrieve(query_bundle)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = await self.store.asearch(query_bundle.query_str, k=self.similarity_top_k,
-                                        filter=chroma_where(self.filters))
-        return self._nodes(hits)
+        await asyncio.to_thread(self.store.collection, False)
+        return await super()._aretrieve(query_bundle)
 
     def passages(self, nodes: list[Any]) -> list[Passage]:
         """The passages (text, token ids, chunk embeddings) behind nodes this retriever returned."""
         return resolve(nodes, store=self.store)
 
 
-__all__ = ["RefragLlamaRetriever", "chroma_where"]
+RefragRetriever = RefragLlamaRetriever
+"""The same class under the LangChain retriever's name."""

@@ -1,12 +1,17 @@
-"""``RefragLlamaVectorStore``: a refrag-rasd Chroma store as a LlamaIndex vector store.
+"""``RefragLlamaVectorStore``: a refrag-rasd Chroma store as a LlamaIndex vector store, LlamaIndex's one face
+of the store.
 
 ``VectorStoreIndex.from_vector_store(vs, embed_model=vs.embed_model)`` builds an index over it;
 ``VectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=vs), ...)`` indexes into
-it. Each node is stored whole (LlamaIndex's node parser did the splitting) with its decoder token ids and
-REFRAG chunk embeddings, computed once at indexing; the node itself round-trips (id, metadata, relationships)
-as with LlamaIndex's own Chroma store. At query time the retrieved passages register in the process's passage
-registry, so :class:`~refrag_rasd_integrations.llama_index.RefragRasdLLM` finds their stored arrays by their
-text in the prompt the synthesizer writes: nothing is encoded at query time.
+it; ``vs.as_retriever()`` (and :meth:`RefragChromaStore.as_llama_index_retriever
+<refrag_rasd_integrations.store.RefragChromaStore.as_llama_index_retriever>`) gives a
+:class:`~refrag_rasd_integrations.llama_index.RefragLlamaRetriever` over such an index. Each node is stored
+whole (LlamaIndex's node parser did the splitting) with its decoder token ids and REFRAG chunk embeddings,
+computed once at indexing; the node itself round-trips (id, metadata, relationships) as with LlamaIndex's own
+Chroma store. A node a query returns also carries its passage handle (``metadata["refrag_passage"]``), its
+``score`` and the store's own keys, all kept out of the LLM's and the embedder's view; the passage registers
+in the process's passage registry, so :class:`~refrag_rasd_integrations.llama_index.RefragRasdLLM` finds its
+stored arrays by handle or by its text in the prompt a synthesizer writes: nothing is encoded at query time.
 
 Example:
     >>> from llama_index.core import VectorStoreIndex
@@ -20,8 +25,9 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from llama_index.core.bridge.pydantic import PrivateAttr
@@ -37,9 +43,15 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_
 
 from refrag_rasd_core.errors import InvalidInputError
 
-from ..passages import Passage
+from ..passages import HANDLE_KEY, STORE_KEYS, Passage
 from ..store import DEFAULT_COLLECTION, RefragChromaStore, user_metadata
-from .retrievers import chroma_where
+from .filters import chroma_where
+
+if TYPE_CHECKING:
+    from .retrievers import RefragLlamaRetriever
+
+_QUERY_KEYS = frozenset({*STORE_KEYS, HANDLE_KEY, "score"})
+"""What a queried node's metadata holds besides its own (hidden from the LLM and the embedder)."""
 
 
 class RefragStoreEmbedding(BaseEmbedding):
@@ -56,7 +68,7 @@ class RefragStoreEmbedding(BaseEmbedding):
         return self._store.embed_query(query)
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._get_query_embedding(query)
+        return await asyncio.to_thread(self._get_query_embedding, query)
 
     def _get_text_embedding(self, text: str) -> list[float]:
         return self._get_text_embeddings([text])[0]
@@ -114,6 +126,13 @@ class RefragLlamaVectorStore(BasePydanticVectorStore):
         """The embedding model whose vectors this store holds (give it to the index)."""
         return RefragStoreEmbedding(self._store)
 
+    def as_retriever(self, **kwargs: Any) -> RefragLlamaRetriever:
+        """A :class:`~refrag_rasd_integrations.llama_index.RefragLlamaRetriever` over an index on this store
+        (``similarity_top_k``, ``filters``: ``MetadataFilters`` or a Chroma ``where`` dict)."""
+        from .retrievers import RefragLlamaRetriever  # the retriever module builds on this one
+
+        return RefragLlamaRetriever(self, **kwargs)
+
     # ---- writing -------------------------------------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
         """Store nodes whole under their ids (an existing id is replaced), with their embeddings when the
@@ -132,12 +151,12 @@ class RefragLlamaVectorStore(BasePydanticVectorStore):
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete the nodes of one source document."""
-        if self._store._get_existing() is not None:
+        if self._store.exists():
             self._store.delete(where={"ref_doc_id": ref_doc_id})
 
     def delete_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None,
                      **delete_kwargs: Any) -> None:
-        if self._store._get_existing() is None:
+        if not self._store.exists():
             return
         if not node_ids and filters is None:
             raise InvalidInputError("give node_ids or filters (to delete everything: clear())")
@@ -145,22 +164,17 @@ class RefragLlamaVectorStore(BasePydanticVectorStore):
 
     def clear(self) -> None:
         """Delete every node (the collection and its recorded configuration stay)."""
-        if self._store._get_existing() is not None:
-            ids = self._store.collection().get(include=[])["ids"]
-            if ids:
-                self._store.delete(ids=ids)
+        ids = self._store.ids()
+        if ids:
+            self._store.delete(ids=ids)
 
     # ---- reading -------------------------------------------------------------------------------------------
     def get_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
                   ) -> list[BaseNode]:
-        if self._store._get_existing() is None:
+        if not self._store.exists():
             return []
-        if node_ids:
-            passages = self._store.get_passages(node_ids)
-        else:
-            res = self._store.collection().get(where=chroma_where(filters), include=["documents", "metadatas"])
-            passages = [self._store._passage(i, t or "", dict(m or {}))
-                        for i, t, m in zip(res["ids"], res["documents"], res["metadatas"], strict=True)]
+        passages = (self._store.get_passages(node_ids) if node_ids else
+                    self._store.passages_where(chroma_where(filters)))
         return [_node(p) for p in passages]
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
@@ -176,21 +190,33 @@ class RefragLlamaVectorStore(BasePydanticVectorStore):
         if query.doc_ids:
             doc = {"ref_doc_id": {"$in": list(query.doc_ids)}}
             where = {"$and": [where, doc]} if where else doc
-        if self._store._get_existing() is None:
+        if not self._store.exists():
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         hits = self._store.search_by_vector(vector, max(1, int(query.similarity_top_k)), where)
-        return VectorStoreQueryResult(nodes=[_node(p) for p, _ in hits], similarities=[s for _, s in hits],
+        return VectorStoreQueryResult(nodes=[_node(p, score=s) for p, s in hits], similarities=[s for _, s in hits],
                                       ids=[p.id for p, _ in hits])
 
+    async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """:meth:`query` off the event loop."""
+        return await asyncio.to_thread(self.query, query, **kwargs)
 
-def _node(p: Passage) -> BaseNode:
-    """The LlamaIndex node a stored passage was (a record the native indexing wrote becomes a TextNode)."""
+
+def _node(p: Passage, score: float | None = None) -> BaseNode:
+    """The LlamaIndex node a stored passage was (a record the native indexing wrote becomes a TextNode). With
+    a ``score`` (a query's node) its metadata also holds the passage handle, the score and the store's keys,
+    hidden from the LLM and the embedder."""
     meta = user_metadata(p.metadata)
     if "_node_content" in meta:
         node = metadata_dict_to_node(meta, text=p.text)
         node.id_ = p.id
-        return node
-    return TextNode(text=p.text, id_=p.id, metadata=meta)
+    else:
+        node = TextNode(text=p.text, id_=p.id, metadata=meta)
+    if score is not None:
+        extra = {**{k: v for k, v in p.metadata.items() if k in _QUERY_KEYS}, "score": score}
+        node.metadata.update(extra)
+        for hidden in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
+            hidden.extend(k for k in extra if k not in hidden)
+    return node
 
 
 __all__ = ["RefragLlamaVectorStore", "RefragStoreEmbedding"]

@@ -73,6 +73,8 @@ def test_missing_collection(client):
         s.search("anything")
     with pytest.raises(CollectionNotFoundError):
         s.as_retriever(k=2).invoke("anything")
+    with pytest.raises(CollectionNotFoundError):
+        s.as_llama_index_retriever(similarity_top_k=2).retrieve("anything")
     assert "never-indexed" not in [c.name for c in client.list_collections()]  # a read does not create it
 
 

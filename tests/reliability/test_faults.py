@@ -25,8 +25,8 @@ from integration_fakes import CORPUS, fake_store
 
 from conftest import free_port
 from refrag_rasd_core.errors import RefragRasdError
-from refrag_rasd_integrations.chroma_server import ChromaServer, chroma_executable
 from refrag_rasd_integrations.errors import StoreError
+from refrag_rasd_integrations.store.server import ChromaServer, chroma_executable
 
 pytestmark = pytest.mark.stress
 

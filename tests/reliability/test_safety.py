@@ -215,7 +215,7 @@ FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "os.system", "os.pop
 REVIEWED_SUBPROCESS = {
     # ChromaServer.start: Chroma's own `chroma` binary with an argument list (no shell); the arguments are a
     # folder path, a host name and an int port, each its own argv entry.
-    "refrag_rasd_integrations/chroma_server.py",
+    "refrag_rasd_integrations/store/server.py",
 }
 
 

@@ -15,7 +15,7 @@ from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 from conftest import mark_async_tests
 from refrag_rasd_integrations.errors import StoreMismatchError
-from refrag_rasd_integrations.langchain import PassagePrompt, RefragVectorStore
+from refrag_rasd_integrations.langchain import PassagePrompt, RefragRetriever, RefragVectorStore
 from refrag_rasd_integrations.passages import MESSAGE_KEY, PASSAGES, resolve
 from refrag_rasd_integrations.store import make_client
 
@@ -54,19 +54,52 @@ def test_records_keep_token_ids_and_chunk_embeddings(vs):
     assert doc == Document(page_content=text, metadata={"source": "fr"}, id="paris")  # no store keys leak
 
 
-def test_base_retriever_documents_find_their_arrays(vs):
-    """A plain VectorStoreRetriever's Documents (no handle) reach the model with their stored arrays."""
+def test_retriever_documents_carry_handles_and_plain_documents_find_their_arrays(vs):
+    """The vector store's retriever hands out Documents with passage handles; a search's plain Documents (no
+    handle, LangChain's contract) reach the model with their stored arrays too, found by their text."""
     texts = ["Madrid is the capital of Spain.", "Rome is the capital of Italy, with the Colosseum."]
     vs.add_texts(texts, ids=["es", "it"])
     retriever = vs.as_retriever(search_kwargs={"k": 2})
-    assert isinstance(retriever, VectorStoreRetriever)
+    assert isinstance(retriever, VectorStoreRetriever) and isinstance(retriever, RefragRetriever)
     docs = retriever.invoke("capital of Spain")
-    assert {d.id for d in docs} == {"es", "it"} and all("refrag_passage" not in d.metadata for d in docs)
-    refs = PassagePrompt().invoke({"question": "Which capital?", "context": docs}).to_messages()[-1]
-    passages = resolve(refs.additional_kwargs[MESSAGE_KEY])
-    assert [p.id for p in passages] == [d.id for d in docs]
-    assert all(p.chunk_embeddings is not None and p.token_ids for p in passages)
+    assert {d.id for d in docs} == {"es", "it"}
+    assert all(d.metadata["refrag_passage"] == f"lc-store/{d.id}" and "score" in d.metadata for d in docs)
+    plain = vs.similarity_search("capital of Spain", k=2)
+    assert [d.id for d in plain] == [d.id for d in docs] and all("refrag_passage" not in d.metadata for d in plain)
+    for found in (docs, plain):
+        refs = PassagePrompt().invoke({"question": "Which capital?", "context": found}).to_messages()[-1]
+        passages = resolve(refs.additional_kwargs[MESSAGE_KEY])
+        assert [p.id for p in passages] == [d.id for d in found]
+        assert all(p.chunk_embeddings is not None and p.token_ids for p in passages)
     assert PASSAGES.match(texts[0]).id == "es"
+
+
+def test_one_retriever_from_the_store_and_from_the_vector_store(tmp_path):
+    """store.as_retriever(k=...) and RefragVectorStore(store).as_retriever() are the same retriever: same
+    class, same Documents, same metadata (handle, score, the store's document keys)."""
+    from integration_fakes import CORPUS
+
+    store = fake_store("lc-same", client=make_client(tmp_path / "chroma"))
+    store.add_texts([t for t, _ in CORPUS], [m for _, m in CORPUS])
+    a = store.as_retriever(k=2, filter={"source": "es"})
+    b = RefragVectorStore(store).as_retriever(search_kwargs={"k": 2, "filter": {"source": "es"}})
+    c = RefragRetriever(store=store, k=2, filter={"source": "es"})
+    assert type(a) is type(b) is type(c) is RefragRetriever
+    got = [r.invoke("Madrid Spain") for r in (a, b, c)]
+    assert got[0] == got[1] == got[2] and len(got[0]) == 2  # the "es" document is two passages
+    meta = got[0][0].metadata
+    assert meta["source"] == "es" and meta["refrag_passage"] == f"lc-same/{got[0][0].id}"
+    assert {"score", "refrag_doc", "refrag_index", "refrag_n_tokens"} <= set(meta)
+    assert len(store.as_retriever().invoke("capital", k=3)) == 3 and a.store is store
+    p = a.passages(got[0])[0]
+    assert p.chunk_embeddings is not None and p.token_ids
+    strict = RefragVectorStore(store).as_retriever(search_type="similarity_score_threshold",
+                                                   search_kwargs={"k": 5, "score_threshold": 0.99})
+    assert strict.invoke("capital") == []
+    with pytest.raises(ValueError):
+        store.as_retriever(k=0)
+    with pytest.raises(ValueError, match="not allowed"):
+        store.as_retriever(search_type="mmr")
 
 
 def test_scores_filters_and_delete_by_filter(vs):

@@ -78,6 +78,36 @@ def test_retriever_top_k_and_filters(parts):
     assert chroma_where({"a": 1}) == {"a": 1}
 
 
+def test_one_retriever_from_the_store_and_from_the_vector_store(parts):
+    """store.as_llama_index_retriever() and RefragLlamaVectorStore(store).as_retriever() are the same
+    retriever as index.as_retriever() on that vector store: same nodes, same metadata (handle, score, the
+    store's keys, all hidden from the LLM), same scores."""
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.indices.vector_store.retrievers import VectorIndexRetriever
+
+    from refrag_rasd_integrations.llama_index import RefragLlamaVectorStore, RefragRetriever
+    from refrag_rasd_integrations.store import user_metadata
+
+    store = parts[2]
+    vs = RefragLlamaVectorStore(store)
+    retrievers = [store.as_llama_index_retriever(similarity_top_k=2), vs.as_retriever(similarity_top_k=2),
+                  RefragRetriever(store, similarity_top_k=2),
+                  VectorStoreIndex.from_vector_store(vs, embed_model=vs.embed_model).as_retriever(similarity_top_k=2)]
+    assert all(isinstance(r, VectorIndexRetriever) for r in retrievers)
+    assert type(retrievers[0]) is type(retrievers[1]) is RefragLlamaRetriever
+    got = [[(n.node.node_id, n.node.metadata, n.score) for n in r.retrieve("Madrid Spain")] for r in retrievers]
+    assert got[0] == got[1] == got[2] == got[3] and len(got[0]) == 2
+    node = retrievers[0].retrieve("Madrid Spain")[0].node
+    assert node.metadata["refrag_passage"] == f"li-docs/{node.node_id}" and "score" in node.metadata
+    assert user_metadata(node.metadata) == {"source": "es", "score": node.metadata["score"]}
+    assert "refrag_passage" not in node.get_content(metadata_mode="llm")
+    assert "refrag" not in node.get_content(metadata_mode="embed") and "score" not in node.get_content("llm")
+    anodes = asyncio.run(retrievers[0].aretrieve("Madrid Spain"))
+    assert [n.node.node_id for n in anodes] == [g[0] for g in got[0]]
+    with pytest.raises(ValueError):
+        store.as_llama_index_retriever(similarity_top_k=0)
+
+
 def test_query_engine_hands_nodes_with_embeddings(parts, llm):
     engine, enc, store = parts
     calls = []
@@ -140,7 +170,8 @@ def test_vector_store_index_round_trip_and_query_engine(parts, llm, tmp_path):
 
     reopened = VectorStoreIndex.from_vector_store(vs, embed_model=vs.embed_model)
     hits = reopened.as_retriever(similarity_top_k=2).retrieve("Madrid Spain")
-    assert hits[0].node.node_id == node.node_id and hits[0].node.metadata == {"source": "es"}
+    assert hits[0].node.node_id == node.node_id and hits[0].node.ref_doc_id == "doc-2"
+    assert hits[0].node.metadata["source"] == "es" and hits[0].node.metadata["refrag_passage"].endswith(node.node_id)
     filt = MetadataFilters(filters=[MetadataFilter(key="source", value="bio", operator=FilterOperator.EQ)])
     got = reopened.as_retriever(similarity_top_k=5, filters=filt).retrieve("capital")
     assert got and all(n.node.metadata["source"] == "bio" for n in got)

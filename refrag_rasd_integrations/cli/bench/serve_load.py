@@ -34,13 +34,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from refrag_rasd_integrations.chroma_server import ChromaServer, free_port  # noqa: E402
 from refrag_rasd_integrations.cli.bench.load import run_load, summarize  # noqa: E402
 from refrag_rasd_integrations.cli.bench.machine import machine_info  # noqa: E402
 from refrag_rasd_integrations.cli.bench.metrics import answer_recall  # noqa: E402
 from refrag_rasd_integrations.cli.demo_corpus import demo_questions, index_demo_corpus  # noqa: E402
 from refrag_rasd_integrations.serve import ServeConfig, kill_replica, shutdown, start, wait_ready  # noqa: E402
 from refrag_rasd_integrations.serve.deployment import build_app, replica_actor_names  # noqa: E402
+from refrag_rasd_integrations.store.server import ChromaServer, free_port  # noqa: E402
 
 COLLECTION = "serve-load-demo"
 

@@ -2,7 +2,7 @@
 benchmarks and a one-machine setup that wants a shared store without starting it by hand.
 
 Example:
-    >>> from refrag_rasd_integrations.chroma_server import ChromaServer
+    >>> from refrag_rasd_integrations.store import ChromaServer, RefragChromaStore
     >>> with ChromaServer("/tmp/chroma-data") as server:          # doctest: +SKIP
     ...     store = RefragChromaStore("docs", url=server.url)
 """
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import StoreError
+from ..errors import StoreError
 
 
 def chroma_executable() -> str | None:
