@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 
 from ..errors import CollectionNotFoundError, StoreError
@@ -83,7 +84,7 @@ class RefragChromaStore:
 
     def __init__(self, collection_name: str = DEFAULT_COLLECTION, *, client: Any = None,
                  path: str | os.PathLike | None = None, host: str | None = None, port: int = 8000,
-                 url: str | None = None, engine: Any = None, model: str | None = None, device: str = "auto",
+                 url: str | None = None, engine: Engine | None = None, model: str | None = None, device: str = "auto",
                  chunk_encoder: Any = None, tokenizer: Any = None, signature: dict[str, Any] | None = None,
                  embedder: Any = None, embedder_name: str | None = None, passage_tokens: int = 256,
                  registry: PassageRegistry | None = None) -> None:
@@ -115,7 +116,7 @@ class RefragChromaStore:
         return self._client
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> Engine:
         if self._engine is None:
             from ..engines import get_engine
 

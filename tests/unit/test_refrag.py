@@ -329,7 +329,7 @@ def test_chunk_scoped_lora_adapts_the_chunk_positions_only(forward, tmp_path):
     path = save_refrag_checkpoint(rm, tmp_path / "s.safetensors", decoder_info=decoder_info(loaded.model))
     eng = Engine(loaded, drafter=None, refrag=path, refrag_encoder=enc, forward=forward)
     assert eng.refrag.lora_scope == "chunks"
-    assert eng.runner_for(True) is eng.runner and eng._adapted_runner is None
+    assert eng.runner_for(True) is eng.runner  # no second weight set: the adapters act on the chunk rows only
     # on every row, the row-scoped deltas are the merged adapters
     lora = RowScopedLora(eng.refrag.lora, eng.refrag.lora_scaling)
     twin = eng.runner.sibling(adapted_copy(loaded.model, eng.refrag.lora, eng.refrag.lora_scaling))

@@ -173,8 +173,8 @@ def test_question_aware_policy_in_the_engine(tmp_path: Path) -> None:
     tr.run()
     path = tr.export(tmp_path / "qa.safetensors", dtype=torch.float32)
     lm = tiny_loaded(0)
-    engine = Engine(target=lm, refrag=load_refrag_checkpoint(path))
-    engine._refrag_encoder = tr.encoder  # the run's in-memory encoder (no file to load it from)
+    # the run's in-memory encoder (no file to load it from)
+    engine = Engine(target=lm, refrag=load_refrag_checkpoint(path), refrag_encoder=tr.encoder)
     passages = [p for _, p, _ in FACTS[:3]]
     for policy in ("rl", "question"):
         res = engine.generate("Who built the old mill?", passages=passages, context="compressed", expand=0.25,

@@ -8,6 +8,7 @@ chunk embeddings of the real shapes), and the layout comparison behind docs/stor
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -71,7 +72,7 @@ def bench_scale(n: int, queries: int, layout: str, tmp: Path) -> dict:
     for ids, docs, vecs, metas in synthetic_records(n, 384, 16, 384, 200):
         if layout == "float-lists":  # the alternative: chunk embeddings as a flat list of floats
             for m in metas:
-                ch = np.frombuffer(__import__("base64").b64decode(m.pop(CHUNKS_KEY)), dtype="<f2")
+                ch = np.frombuffer(base64.b64decode(m.pop(CHUNKS_KEY)), dtype="<f2")
                 m[CHUNKS_KEY] = ch.astype(float).tolist()
         elif layout == "no-blobs":
             for m in metas:
