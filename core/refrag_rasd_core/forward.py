@@ -7,11 +7,9 @@ error names why a model cannot have it); ``"hf"`` always runs transformers' forw
 same interface, so the engine and the speculative step do not care which one they hold.
 
 Example:
-    >>> import torch
     >>> from transformers import LlamaConfig, LlamaForCausalLM
-    >>> cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-    ...                   num_attention_heads=4, num_key_value_heads=2)
-    >>> model = LlamaForCausalLM(cfg).eval()
+    >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)).eval()
     >>> type(make_runner(model, "auto")).__name__, type(make_runner(model, "hf")).__name__
     ('LeanRunner', 'TargetRunner')
     >>> isinstance(make_runner(model, "hf"), Runner)

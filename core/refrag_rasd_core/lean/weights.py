@@ -9,11 +9,9 @@ Fusing costs no memory: the fused matrix is built once and the Hugging Face modu
 the model and the lean forward share one copy. A model fused before is recognised and not copied again.
 
 Example:
-    >>> import torch
     >>> from transformers import LlamaConfig, LlamaForCausalLM
-    >>> cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-    ...                   num_attention_heads=4, num_key_value_heads=2)
-    >>> model = LlamaForCausalLM(cfg).eval()
+    >>> small = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    >>> model = LlamaForCausalLM(LlamaConfig(**small, num_attention_heads=4, num_key_value_heads=2)).eval()
     >>> unsupported_reason(model) is None
     True
     >>> w = lean_weights(model)

@@ -28,8 +28,8 @@ same kernels (every module's train / eval mode is set at each step, never inheri
 the configuration is :mod:`.config`, the state files :mod:`.state`, the sft data :mod:`.sft`.
 
 Example:
-    >>> from refrag_rasd_core.training.refrag.trainer import RefragTrainer
-    >>> issubclass(RefragTrainer, PhaseLoop)
+    >>> from refrag_rasd_core.training.refrag.config import PHASES
+    >>> PHASES.index("recon") < PHASES.index("select") < PHASES.index("policy")   # the order phases run in
     True
 """
 

@@ -6,9 +6,9 @@ phase; :meth:`TrainerState.load_state` continues at the exact phase and step.
 the trainer's ``cfg``, ``out``, ``named_trainables()``, ``phase_index``, ``step``, ``history``).
 
 Example:
-    >>> from refrag_rasd_core.training.refrag.trainer import RefragTrainer
-    >>> issubclass(RefragTrainer, TrainerState)
-    True
+    >>> from refrag_rasd_core.training.refrag.config import STATE_FILE
+    >>> STATE_FILE                     # one safetensors file per run folder: weights, optimizer, step
+    'state.safetensors'
 """
 
 from __future__ import annotations
