@@ -21,7 +21,8 @@ How passages reach the engine:
 Example:
     >>> from refrag_rasd_integrations.generation import GenerationRequest
     >>> from refrag_rasd_integrations.settings import ModelSettings
-    >>> req = GenerationRequest.build(ModelSettings(method="vanilla", max_tokens=4, engine=engine), "Hi!")  # doctest: +REAL_MODEL
+    >>> req = GenerationRequest.build(ModelSettings(method="vanilla", max_tokens=4, engine=engine),
+    ...                               "Hi!")                                   # doctest: +REAL_MODEL
     >>> stream = req.stream()                                                  # doctest: +REAL_MODEL
     >>> "".join(stream) != "", stream.stats.context, req.config.max_tokens     # doctest: +REAL_MODEL
     (True, 'none', 4)

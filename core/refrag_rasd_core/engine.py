@@ -337,7 +337,8 @@ class Engine:
         Example:
             >>> pre = engine.prefill(question, passages=passages, context="compressed")   # doctest: +REAL_MODEL
             >>> answer_ids = engine.tokenizer(" William Shakespeare")["input_ids"]         # doctest: +REAL_MODEL
-            >>> pre.positions < pre.stats.prompt_tokens, engine.continuation_nll(pre, answer_ids) > 0  # doctest: +REAL_MODEL
+            >>> (pre.positions < pre.stats.prompt_tokens,
+            ...  engine.continuation_nll(pre, answer_ids) > 0)                            # doctest: +REAL_MODEL
             (True, True)
         """
         request = self._request(prompt, passages, _config(config, overrides))

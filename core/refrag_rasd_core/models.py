@@ -209,7 +209,8 @@ def load_target(
 
     Example:
         >>> lm = load_target(device="cpu")        # doctest: +REAL_MODEL
-        >>> lm.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)  # doctest: +REAL_MODEL
+        >>> lm.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}],
+        ...                                  tokenize=False)  # doctest: +REAL_MODEL
         '<|im_start|>...Hi<|im_end|>...'
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -5,7 +5,8 @@ passages (once), resolves ``context="auto"`` and lays the passages out around th
 Example:
     >>> from transformers import AutoTokenizer                                  # doctest: +REAL_MODEL
     >>> builder = RequestBuilder(engine.tokenizer, vocab_size=49152)            # doctest: +REAL_MODEL
-    >>> req = builder.build("Who wrote it?", ["Shakespeare wrote Hamlet."], GenerationConfig(context="text"))  # doctest: +REAL_MODEL
+    >>> req = builder.build("Who wrote it?", ["Shakespeare wrote Hamlet."],
+    ...                     GenerationConfig(context="text"))                   # doctest: +REAL_MODEL
     >>> req.config.context, req.context_tokens > 0, len(req.passage_ids)        # doctest: +REAL_MODEL
     ('text', True, 1)
 """

@@ -10,7 +10,8 @@ Example:
     >>> resolve_data_path(None, "no-such-file.jsonl", what="Spec-Bench questions")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    refrag_rasd_core.errors.InvalidInputError: no Spec-Bench questions file given, and the default ../shared/data/no-such-file.jsonl is not on this machine: ...
+    refrag_rasd_core.errors.InvalidInputError: no Spec-Bench questions file given, and the default
+    ../shared/data/no-such-file.jsonl is not on this machine: ...
 """
 
 from __future__ import annotations

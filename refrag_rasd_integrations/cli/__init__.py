@@ -36,7 +36,8 @@ def _train_refrag(argv: list[str]) -> int:
 # commands that own their whole argument list (``refrag-rasd train-draft --help`` shows theirs)
 PASSTHROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train-draft": (_train_draft, "train an EAGLE draft head for a target model (see docs/training-draft-head.md)"),
-    "train-refrag": (_train_refrag, "train REFRAG's projector, decoder LoRA and expansion policy (see docs/training-refrag.md)"),
+    "train-refrag": (_train_refrag,
+                     "train REFRAG's projector, decoder LoRA and expansion policy (see docs/training-refrag.md)"),
 }
 
 

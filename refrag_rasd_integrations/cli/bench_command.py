@@ -38,7 +38,8 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-calibrate", action="store_true", help="use the default verify-cost table")
     p.add_argument("--spec", default=None, help="JSON object of speculation options for the engine methods")
     p.add_argument("--out", default=None,
-                   help="write the results JSON here; 'auto': benchmarks/results/<suite>/<date>-<machine>-<variant>.json")
+                   help="write the results JSON here; 'auto': "
+                        "benchmarks/results/<suite>/<date>-<machine>-<variant>.json")
     p.add_argument("--variant", default=None,
                    help="with --out auto: the file name's last part (default: the categories, the data file's name)")
     p.add_argument("--draft-model", default=None,
@@ -126,8 +127,8 @@ def _bench_qa(args: argparse.Namespace) -> dict:
         engine.calibrate_verify_costs()
     from ..engines import signature_of
 
-    store = RefragChromaStore(collection_name(passages, signature_of(engine)), path=args.store_dir or chroma_dir() / "bench",
-                              engine=engine)
+    store = RefragChromaStore(collection_name(passages, signature_of(engine)),
+                              path=args.store_dir or chroma_dir() / "bench", engine=engine)
     index_corpus(store, passages)
     res = run_qa_suite(engine, items[:args.limit] if args.limit else items, store, settings, k=args.top_k,
                        max_new_tokens=args.max_new_tokens or 32)
@@ -139,9 +140,10 @@ def _bench_qa(args: argparse.Namespace) -> dict:
 def _refrag(args: argparse.Namespace) -> str:
     """``--refrag PATH`` (which must exist: the earlier, unshipped checkpoints are recreated first), or ``auto``."""
     if args.refrag and not Path(args.refrag).exists():
-        raise RefragRasdError(f"no REFRAG checkpoint at {args.refrag}: the earlier (not shipped) checkpoints are not in "
-                              "the repository; recreate one with its train-refrag command from docs/training-refrag.md "
-                              "('Earlier checkpoints (not shipped): how to recreate them'), then pass its refrag.safetensors")
+        raise RefragRasdError(f"no REFRAG checkpoint at {args.refrag}: the earlier (not shipped) checkpoints are "
+                              "not in the repository; recreate one with its train-refrag command from "
+                              "docs/training-refrag.md ('Earlier checkpoints (not shipped): how to recreate them'), "
+                              "then pass its refrag.safetensors")
     return args.refrag or "auto"
 
 

@@ -11,7 +11,8 @@ With a retriever, hand the passages over WITH their stored chunk embeddings (no 
 
     >>> from langchain_core.runnables import RunnablePassthrough
     >>> from refrag_rasd_integrations.langchain import PassagePrompt
-    >>> chain = {"context": store.as_retriever(k=2), "question": RunnablePassthrough()} | PassagePrompt() | llm  # doctest: +REAL_MODEL
+    >>> chain = ({"context": store.as_retriever(k=2), "question": RunnablePassthrough()}
+    ...          | PassagePrompt() | llm)                             # doctest: +REAL_MODEL
     >>> chain.invoke("Who wrote Hamlet?").response_metadata["passages"]   # doctest: +REAL_MODEL
     2
 """
@@ -39,8 +40,9 @@ class ChatRefragRasd(LangChainFace, ModelSettings, BaseChatModel):
     Settings: ``model`` (``None`` = the offline default SmolLM2-135M-Instruct), ``method`` (default ``rasd``),
     ``context`` (default ``auto``: the engine's measured operating point when passages come along, plain RAG
     with the shipped checkpoint; ``compressed`` asks for REFRAG), ``max_tokens``, ``temperature``, ``top_p``,
-    ``top_k``, ``seed``, ``stop``, ``spec``; defaults are :class:`~refrag_rasd_core.generation_config.GenerationConfig`'s. Weights load on the first call and are shared by all
-    instances with the same ``model`` / ``device`` / ``dtype``; calls from threads and asyncio tasks are safe.
+    ``top_k``, ``seed``, ``stop``, ``spec``; defaults are
+    :class:`~refrag_rasd_core.generation_config.GenerationConfig`'s. Weights load on the first call and are shared
+    by all instances with the same ``model`` / ``device`` / ``dtype``; calls from threads and asyncio tasks are safe.
 
     Passages reach the engine as handles (never as arrays, so traces stay small): from
     :class:`~refrag_rasd_integrations.langchain.prompts.PassagePrompt`, from ``invoke(..., passages=docs)``, or

@@ -1,4 +1,5 @@
-"""``RefragRetriever``: the ``VectorStoreRetriever`` of a :class:`~refrag_rasd_integrations.langchain.RefragVectorStore`.
+"""``RefragRetriever``: the ``VectorStoreRetriever`` of a
+:class:`~refrag_rasd_integrations.langchain.RefragVectorStore`.
 
 ``RefragVectorStore(...).as_retriever()`` and
 :meth:`RefragChromaStore.as_retriever <refrag_rasd_integrations.store.RefragChromaStore.as_retriever>` both give

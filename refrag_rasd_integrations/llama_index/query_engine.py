@@ -36,7 +36,8 @@ class RefragSynthesizer(BaseSynthesizer):
 
     Example:
         >>> synth = RefragSynthesizer(llm=RefragRasdLLM(max_tokens=16))                     # doctest: +REAL_MODEL
-        >>> qe = RetrieverQueryEngine(retriever=store.as_llama_index_retriever(), response_synthesizer=synth)  # doctest: +REAL_MODEL
+        >>> qe = RetrieverQueryEngine(retriever=store.as_llama_index_retriever(),
+        ...                           response_synthesizer=synth)                   # doctest: +REAL_MODEL
         >>> bool(qe.query("Who wrote Hamlet?").response)                                    # doctest: +REAL_MODEL
         True
     """
@@ -119,7 +120,8 @@ class RefragQueryEngine(RetrieverQueryEngine):
     """A ``RetrieverQueryEngine`` whose synthesizer hands the nodes (with chunk embeddings) to the engine.
 
     Example:
-        >>> qe = RefragQueryEngine.from_store(store, similarity_top_k=2, streaming=True, max_tokens=16)  # doctest: +REAL_MODEL
+        >>> qe = RefragQueryEngine.from_store(store, similarity_top_k=2, streaming=True,
+        ...                                   max_tokens=16)                                # doctest: +REAL_MODEL
         >>> pieces = list(qe.query("Who wrote Hamlet?").response_gen)                       # doctest: +REAL_MODEL
         >>> len(pieces) > 0                                                                 # doctest: +REAL_MODEL
         True

@@ -89,7 +89,8 @@ class RefragLlamaVectorStore(BasePydanticVectorStore):
         >>> from llama_index.core.schema import TextNode
         >>> vs = RefragLlamaVectorStore(collection_name="notes", engine=engine)            # doctest: +REAL_MODEL
         >>> text = "Madrid is the capital of Spain."
-        >>> vs.add([TextNode(text=text, id_="madrid", embedding=vs.embed_model.get_text_embedding(text))])  # doctest: +REAL_MODEL
+        >>> vs.add([TextNode(text=text, id_="madrid",
+        ...                  embedding=vs.embed_model.get_text_embedding(text))])         # doctest: +REAL_MODEL
         ['madrid']
     """
 

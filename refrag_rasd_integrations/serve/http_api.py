@@ -16,8 +16,10 @@ tests, in-process.
 Example:
     >>> from starlette.testclient import TestClient
     >>> from refrag_rasd_integrations.serve.chat_service import ChatService, ServeConfig
-    >>> client = TestClient(make_api(ChatService(ServeConfig(k=0, max_tokens=4), engine=engine)))  # doctest: +REAL_MODEL
-    >>> client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]}).status_code  # doctest: +REAL_MODEL
+    >>> client = TestClient(make_api(ChatService(ServeConfig(k=0, max_tokens=4),
+    ...                                          engine=engine)))  # doctest: +REAL_MODEL
+    >>> client.post("/v1/chat/completions",
+    ...             json={"messages": [{"role": "user", "content": "Hi"}]}).status_code  # doctest: +REAL_MODEL
     200
 """
 

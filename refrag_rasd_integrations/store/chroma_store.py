@@ -9,9 +9,11 @@ registered in the process's passage registry under a handle (``metadata["refrag_
 Example:
     >>> from refrag_rasd_integrations.store import RefragChromaStore
     >>> store = RefragChromaStore("wiki")                       # doctest: +REAL_MODEL
-    >>> store.add_texts(["Paris is the capital of France.", "Rome is in Italy."], metadatas=[{"source": "a"}, {"source": "b"}]).added  # doctest: +REAL_MODEL
+    >>> store.add_texts(["Paris is the capital of France.", "Rome is in Italy."],
+    ...                 metadatas=[{"source": "a"}, {"source": "b"}]).added  # doctest: +REAL_MODEL
     2
-    >>> [(p.text, p.chunk_embeddings.shape) for p, score in store.search("capital of France", k=1)]  # doctest: +REAL_MODEL
+    >>> [(p.text, p.chunk_embeddings.shape)
+    ...  for p, score in store.search("capital of France", k=1)]  # doctest: +REAL_MODEL
     [('Paris is the capital of France.', (1, 384))]
 """
 

@@ -11,7 +11,8 @@ Example:
     >>> check_collection("docs", meta, {"k": 8, "encoder": "e"}, embedder="m")
     Traceback (most recent call last):
     ...
-    refrag_rasd_integrations.errors.StoreMismatchError: collection 'docs' was indexed with another configuration (k: stored 16, this model 8). ...
+    refrag_rasd_integrations.errors.StoreMismatchError: collection 'docs' was indexed with another configuration
+    (k: stored 16, this model 8). ...
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def passage_records(documents: Iterable[Any], split: Callable[[str], list[str]])
     document id and the index. The same document twice is indexed once; an empty one not at all.
 
     Example:
-        >>> [(r.id[-4:], r.text, r.metadata["source"]) for r in passage_records([("a. b.", {"source": "s"})], str.split)]
+        >>> [(r.id[-4:], r.text, r.metadata["source"])
+        ...  for r in passage_records([("a. b.", {"source": "s"})], str.split)]
         [('0000', 'a.', 's'), ('0001', 'b.', 's')]
     """
     out: list[PassageRecord] = []
@@ -99,5 +100,6 @@ def _jsonl_documents(f: Path, encoding: str) -> Iterator[tuple[str, dict[str, An
                 continue
             rec = json.loads(line)
             text = rec.get("text") or "\n".join(rec.get("turns") or [])
-            meta = {k: v for k, v in rec.items() if k not in {"text", "turns"} and isinstance(v, (str, int, float, bool))}
+            meta = {k: v for k, v in rec.items()
+                    if k not in {"text", "turns"} and isinstance(v, (str, int, float, bool))}
             yield text, {**meta, SOURCE_KEY: f"{f}#{n}"}

@@ -4,7 +4,8 @@ that name what to check.
 Example:
     >>> from refrag_rasd_integrations.store.errors import chroma_failure
     >>> print(chroma_failure(ConnectionError("connection refused"), "querying collection 'docs'"))
-    querying collection 'docs' failed (ConnectionError: connection refused): the Chroma server is not reachable: start it again (`chroma run --path DIR`) and retry
+    querying collection 'docs' failed (ConnectionError: connection refused): the Chroma server is not reachable:
+    start it again (`chroma run --path DIR`) and retry
 """
 
 from __future__ import annotations

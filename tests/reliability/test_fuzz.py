@@ -43,7 +43,8 @@ def random_cache(layers: int, heads: int, length: int, dim: int, seed: int) -> D
     g = torch.Generator().manual_seed(seed)
     cache = DynamicCache()
     for i in range(layers):
-        cache.update(torch.randn(1, heads, length, dim, generator=g), torch.randn(1, heads, length, dim, generator=g), i)
+        cache.update(torch.randn(1, heads, length, dim, generator=g),
+                     torch.randn(1, heads, length, dim, generator=g), i)
     return cache
 
 

@@ -151,7 +151,8 @@ def test_no_module_level_import_cycles():
 
 def test_the_store_does_not_import_the_framework_adapters():
     graph = _edges(module_level=True)
-    store = [m for m in graph if m == "refrag_rasd_integrations.store" or m.startswith("refrag_rasd_integrations.store.")]
+    store = [m for m in graph
+             if m == "refrag_rasd_integrations.store" or m.startswith("refrag_rasd_integrations.store.")]
     bad = {m: sorted(t for t in graph[m] if t.startswith(("refrag_rasd_integrations.langchain",
                                                            "refrag_rasd_integrations.llama_index", *FRAMEWORKS)))
            for m in store}

@@ -138,7 +138,8 @@ def test_pack_plan_is_measured_and_described():
     for plan in plans.values():
         assert all(m >= n and m in (1, 2, 4, 8, 16, 32) for n, (m, _) in plan.rows.items())
         assert "plain" in plan.timings and isinstance(plan.describe(), str)
-    assert FORCED["decoder"].describe().startswith("M 1:mkl, 2:onednn, 3:onednn@4, 4:mkl, 5:plain@8, 9-16:mkl@16, >32:mkl")
+    assert FORCED["decoder"].describe().startswith(
+        "M 1:mkl, 2:onednn, 3:onednn@4, 4:mkl, 5:plain@8, 9-16:mkl@16, >32:mkl")
 
 
 def test_lean_cache_compaction_and_growth():
@@ -215,7 +216,8 @@ def test_engine_greedy_lean_equals_hf_for_every_method(engines, method):
     assert engines["lean"].forward == "lean" and engines["hf"].forward == "hf"
     base = engines["hf"].generate(PROMPT, max_new_tokens=48, method="vanilla")
     passages = [base.token_ids[5:30], base.token_ids[20:45], [7, 8, 9]]
-    out = {f: e.generate(PROMPT, max_new_tokens=48, method=method, context="none", passages=passages) for f, e in engines.items()}
+    out = {f: e.generate(PROMPT, max_new_tokens=48, method=method, context="none", passages=passages)
+           for f, e in engines.items()}
     assert out["lean"].token_ids == out["hf"].token_ids == base.token_ids
     assert out["lean"].text == out["hf"].text
 

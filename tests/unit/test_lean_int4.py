@@ -54,7 +54,8 @@ def test_grid_is_found_exactly_and_full_precision_is_left_alone():
     q, sz = int4_grid(w)
     assert q.dtype == torch.int32 and int(q.min()) == 0 and int(q.max()) == 15
     assert tuple(sz.shape) == (96 // GROUP, 48, 2)
-    rebuilt = ((q.reshape(48, 3, GROUP).float() - 8) * sz[..., 0].T[..., None] + sz[..., 1].T[..., None]).reshape(48, 96)
+    rebuilt = ((q.reshape(48, 3, GROUP).float() - 8) * sz[..., 0].T[..., None]
+               + sz[..., 1].T[..., None]).reshape(48, 96)
     torch.testing.assert_close(rebuilt, w, rtol=0, atol=1e-6)
     assert int4_grid(torch.randn(48, 96)) is None            # full precision: never quantized here
     assert int4_grid(torch.randn(48, 40)) is None            # inputs not a multiple of 32

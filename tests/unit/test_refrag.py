@@ -253,7 +253,8 @@ def test_checkpoint_round_trip_and_mismatches(setup, tmp_path):
     back = load_refrag_checkpoint(path, loaded.model, loaded.tokenizer)
     x = torch.randn(3, enc.dim)
     assert torch.equal(back.project(x), rm.project(x))
-    assert back.k == 4 and back.policy is not None and back.signature(loaded.tokenizer) == rm.signature(loaded.tokenizer)
+    assert (back.k == 4 and back.policy is not None
+            and back.signature(loaded.tokenizer) == rm.signature(loaded.tokenizer))
     with pytest.raises(CheckpointError, match="k=4"):
         load_refrag_checkpoint(path, expect_k=16)
     other = tiny_loaded(0, hidden=32)

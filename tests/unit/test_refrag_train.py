@@ -36,7 +36,8 @@ def tiny_bert_encoder(dec_tok, k: int = K, pooling: str = "mean") -> ChunkEncode
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *chars, *("##" + c for c in chars)])}
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]")
     torch.manual_seed(1)
@@ -127,7 +128,8 @@ def test_corpus_sources_keep_answers_out(tmp_path: Path) -> None:
         {"question_id": 4, "category": "qa", "turns": ["Who?"]}]))
     docs = load_documents(["spec_bench_train"], spec_bench=spec)  # the even index within each category
     assert [(d.source, d.text, d.query) for d in docs] == [
-        ("spec_bench:rag:1", "Alpha passage.\nBeta passage.", "Q one?"), ("spec_bench:summarization:3", "An article.", None)]
+        ("spec_bench:rag:1", "Alpha passage.\nBeta passage.", "Q one?"),
+        ("spec_bench:summarization:3", "An article.", None)]
     from refrag_rasd_core.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="Spec-Bench questions file not found"):

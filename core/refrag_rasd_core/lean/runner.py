@@ -139,7 +139,8 @@ class LeanRunner:
             text += f"; int4 kernel (bf16 activations) on {n} of {total} linears, the rest as planned"
             pre = self.weights.int4_prefill
             if pre:
-                text += (f"; forwards over {DECODE_ROWS} rows on {'the fp32 weights' if pre['long'] == 'fp32' else 'int4'}"
+                text += (f"; forwards over {DECODE_ROWS} rows on "
+                         f"{'the fp32 weights' if pre['long'] == 'fp32' else 'int4'}"
                          f" (at {pre['rows']} rows: int4 {pre['int4_ms']} ms, fp32 {pre['fp32_ms']} ms)")
         return text
 

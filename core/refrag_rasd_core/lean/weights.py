@@ -17,7 +17,8 @@ Example:
     >>> w = lean_weights(model)
     >>> tuple(w.layers[0].qkv.weight.shape), tuple(w.layers[0].gate_up.weight.shape)   # (4 + 2 * 2) heads of 4
     ((32, 16), (64, 16))
-    >>> w.layers[0].qkv.weight.untyped_storage().data_ptr() == model.model.layers[0].self_attn.k_proj.weight.untyped_storage().data_ptr()
+    >>> (w.layers[0].qkv.weight.untyped_storage().data_ptr()
+    ...  == model.model.layers[0].self_attn.k_proj.weight.untyped_storage().data_ptr())
     True
 """
 

@@ -20,10 +20,12 @@ Example:
     >>> from refrag_rasd_core.sampling import SamplingParams
     >>> from refrag_rasd_core.target import TargetRunner
     >>> runner = TargetRunner(engine.model)                                                  # doctest: +REAL_MODEL
-    >>> committed = engine.tokenizer("one two three four, one two three four, one two")["input_ids"]  # doctest: +REAL_MODEL
+    >>> committed = engine.tokenizer(
+    ...     "one two three four, one two three four, one two")["input_ids"]                   # doctest: +REAL_MODEL
     >>> cache = runner.new_cache()                                                           # doctest: +REAL_MODEL
     >>> _ = runner.forward(torch.tensor([committed[:-1]]), cache)        # the prefill          # doctest: +REAL_MODEL
-    >>> step = speculative_step(runner, make_proposer("pld"), cache, committed, None, SamplingParams())  # doctest: +REAL_MODEL
+    >>> step = speculative_step(runner, make_proposer("pld"), cache, committed, None,
+    ...                         SamplingParams())                                            # doctest: +REAL_MODEL
     >>> committed += step.tokens                 # the accepted candidates, then the bonus token  # doctest: +REAL_MODEL
     >>> len(step.tokens) >= 1, step.tree_nodes > 1                                           # doctest: +REAL_MODEL
     (True, True)

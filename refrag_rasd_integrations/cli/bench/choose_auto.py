@@ -7,8 +7,10 @@ sidecar (``"auto"``), which :meth:`refrag_rasd_core.Engine.auto_context` reads. 
 more retrieved passages choose, the same way, a ``"long"`` point that applies to requests whose passages hold at
 least as many tokens as the shortest of those files' mean plain-RAG prompts (``min_passage_tokens``).
 
-    .venv/bin/python -m refrag_rasd_integrations.cli.bench.choose_auto --checkpoint core/.../smollm2-135m-instruct-refrag-k16.safetensors \\
-        benchmarks/results/qa/2026-12-01-cpu2-nq-trained.json benchmarks/results/qa/2026-12-01-cpu2-squad-trained.json \\
+    .venv/bin/python -m refrag_rasd_integrations.cli.bench.choose_auto \\
+        --checkpoint core/.../smollm2-135m-instruct-refrag-k16.safetensors \\
+        benchmarks/results/qa/2026-12-01-cpu2-nq-trained.json \\
+        benchmarks/results/qa/2026-12-01-cpu2-squad-trained.json \\
         --long benchmarks/results/qa/2026-12-01-cpu2-nq-r2-top14.json benchmarks/results/qa/...-squad-r2-top14.json
 """
 
@@ -42,9 +44,12 @@ def describe_point(point: dict, worst: dict, files: list[str], results: list[dic
     if point["context"] == "text" and best:
         why = (f"no compressed setting kept >= {keep:.0%} of plain RAG's right answers on every file ({n_q} "
                f"held-out dev questions; best: {best} kept {worst[best]['keeps_text_hits']:.2f} at "
-               f"{worst[best]['ttft_speedup_vs_text']:.2f}x TTFT in its worst file), so context='auto' is plain RAG at these lengths")
-    return {**point, "chosen_by": f"refrag_rasd_integrations.cli.bench.choose_auto (keeps_text_hits >= {keep} in every file, fastest "
-            "TTFT)", "evidence": [str(f) for f in files], "why": why}
+               f"{worst[best]['ttft_speedup_vs_text']:.2f}x TTFT in its worst file), so context='auto' is plain RAG "
+               "at these lengths")
+    return {**point,
+            "chosen_by": f"refrag_rasd_integrations.cli.bench.choose_auto (keeps_text_hits >= {keep} in every file, "
+                         "fastest TTFT)",
+            "evidence": [str(f) for f in files], "why": why}
 
 
 def main(argv: list[str] | None = None) -> int:

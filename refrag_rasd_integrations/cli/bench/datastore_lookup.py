@@ -12,7 +12,8 @@ continuations) and ``lookup`` (the same as a 32-node TokenTree), max_len 8, 64 o
 PLD: a 2,000-token context that grows by 3 tokens a step: ``extend`` + ``lookup`` per step.
 
 Usage (from the repository root, ~1-2 minutes on a 2-core CPU):
-    PYTHONPATH=core:. python -m refrag_rasd_integrations.cli.bench.datastore_lookup [--sizes 1e4,1e6,1e7] [--machine NAME]
+    PYTHONPATH=core:. python -m refrag_rasd_integrations.cli.bench.datastore_lookup [--sizes 1e4,1e6,1e7]
+        [--machine NAME]
 Writes benchmarks/results/datastore/<date>-<machine>-lookup.json and prints a summary.
 """
 

@@ -23,8 +23,9 @@ REFRAG training hold out), each over its 4 retrieved passages. ``--compare CKPT`
 the previous one) on the same sets.
 
 Usage (from the repository root, ~5-8 minutes on a 2-core CPU):
-    PYTHONPATH=core:. python -m refrag_rasd_integrations.cli.bench.draft_head [--spec-bench PATH] [--checkpoint PATH] [--threads 2]
-        [--rag-qa NQ.jsonl SQUAD.jsonl] [--compare CKPT] [--vocab-sizes 8192,16384] [--machine NAME] [--out PATH]
+    PYTHONPATH=core:. python -m refrag_rasd_integrations.cli.bench.draft_head [--spec-bench PATH] [--checkpoint PATH]
+        [--threads 2] [--rag-qa NQ.jsonl SQUAD.jsonl] [--compare CKPT] [--vocab-sizes 8192,16384] [--machine NAME]
+        [--out PATH]
 (``--spec-bench`` / ``--rag-qa`` default to ``../shared/data/`` files when they exist.)
 Writes benchmarks/results/draft-head/<date>-<machine>-<variant>.json and prints a summary.
 """
@@ -375,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, r in by.items():
             tf, bt = r["teacher_forced"], r["build_draft_tree"]
             print(f"{who} on {name}: top-1 {tf['top1_agreement']:.3f}, chain(5) {tf['mean_accepted_chain']:.2f}, "
-                  f"tree 16 nodes {bt[0]['tokens_per_step']:.2f} / 32 nodes {bt[1]['tokens_per_step']:.2f} tokens per step")
+                  f"tree 16 nodes {bt[0]['tokens_per_step']:.2f} / 32 nodes {bt[1]['tokens_per_step']:.2f} "
+                  "tokens per step")
     for n, r in res.get("vocab_sizes", {}).items():
         for name, e in r["by_eval_set"].items():
             tf, bt = e["teacher_forced"], e["build_draft_tree"]

@@ -7,8 +7,8 @@ The REFRAG QA run already holds both halves (no generation needed): its teacher 
 example cache ``qa-*.json`` (those passages' decoder tokens, in retrieval order; held-out questions are not in
 it). Resumable: a second run continues after the sequences already stored.
 
-    .venv/bin/python -m refrag_rasd_integrations.cli.bench.draft_qa_features --run runs/refrag-qa-r2 --out runs/draft-qa/feat_qa_rag \\
-        --minutes 30
+    .venv/bin/python -m refrag_rasd_integrations.cli.bench.draft_qa_features --run runs/refrag-qa-r2 \\
+        --out runs/draft-qa/feat_qa_rag --minutes 30
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@
    its rate and whether its output equals the exact model's).
 
 Usage (from the repository root, ~3 minutes on a 2-core CPU):
-    HF_HUB_OFFLINE=1 PYTHONPATH=core:. python -m refrag_rasd_integrations.cli.bench.forward_cost [--prompts 3] [--repeats 9]
+    HF_HUB_OFFLINE=1 PYTHONPATH=core:. python -m refrag_rasd_integrations.cli.bench.forward_cost [--prompts 3]
+        [--repeats 9]
 Writes benchmarks/results/forward-cost/<date>-<machine>-<variant>.json and prints the tables.
 """
 

@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     policies = [pol for pol in POLICIES if pol != "rl" or refrag["policy"]]
     lines = [f"# Which chunks the expansion policies expand (p = {args.expand})", "",
              f"Checkpoint: `{Path(args.refrag).name if args.refrag else 'shipped'}`. Made by "
-             "`refrag_rasd_integrations.cli.bench.policy_choices` on the demo corpus's own questions (Python reference topics and "
-             "this project's docs); the passages are given in reversed order, the one holding the answer last. "
-             "`*` marks a chunk holding the reference answer.", ""]
+             "`refrag_rasd_integrations.cli.bench.policy_choices` on the demo corpus's own questions (Python reference "
+             "topics and this project's docs); the passages are given in reversed order, the one holding the answer "
+             "last. `*` marks a chunk holding the reference answer.", ""]
     wins = {pol: 0 for pol in policies}
     rows = [r for r in demo_rows(n_passages=4) if r["reference"]]
     for r in rows:

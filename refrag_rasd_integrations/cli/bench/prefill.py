@@ -11,8 +11,9 @@ every setting prefills the same context and scores the reference answer after it
 Reported per setting and length (``methods["<setting>@<length>"]``): ``ttft_s`` (median),
 ``ttft_speedup_vs_full`` (median of per-question ratios), ``log_ppl`` (mean negative log-likelihood per
 token of the reference answer), ``gap_recovered`` ((no_context - setting) / (no_context - full) of the mean
-log_ppl; ``None`` where the full context helps by less than 0.1 nats, e.g. long filled-up contexts), ``kv_bytes`` and ``positions`` (means), and at the question's own passages (``@own``) also
-``answer_recall`` (share of questions whose greedy answer contains a reference answer).
+log_ppl; ``None`` where the full context helps by less than 0.1 nats, e.g. long filled-up contexts), ``kv_bytes``
+and ``positions`` (means), and at the question's own passages (``@own``) also ``answer_recall`` (share of
+questions whose greedy answer contains a reference answer).
 
 Example (needs a question file and minutes of model time, so the test suite does not run it):
     >>> from refrag_rasd_integrations.cli.bench.prefill import run_prefill_suite       # doctest: +SKIP

@@ -11,7 +11,8 @@ process:
 * ``text:K``                   plain RAG over the best ``K`` (< top-k) retrieved passages only: the usual way to a
                                sooner first token without REFRAG, measured against the full plain RAG;
 * ``compressed:P[:POLICY]``    REFRAG: stored chunk vectors, a share ``P`` of the chunks expanded as tokens by
-                               ``POLICY`` (``rl``, ``rank``, ``similarity``, ``random``, ``perplexity``; default ``auto``);
+                               ``POLICY`` (``rl``, ``rank``, ``similarity``, ``random``, ``perplexity``; default
+                               ``auto``);
 * ``default``                  whatever ``ChatRefragRasd()`` does when the user sets nothing.
 
 Per setting: ``answer_recall`` (a gold answer contained in the output), ``answer_f1`` (token F1 of the best
@@ -48,7 +49,8 @@ from .metrics import answer_f1, answer_recall
 from .rag import run_chain
 from .results import Column, format_table_of, machine_line, results_header
 
-DEFAULT_SETTINGS = "none,text,compressed:0,compressed:0.25:rl,compressed:0.25:similarity,compressed:0.5:similarity,default"
+DEFAULT_SETTINGS = ("none,text,compressed:0,compressed:0.25:rl,compressed:0.25:similarity,compressed:0.5:similarity,"
+                    "default")
 POLICIES = ("auto", "rl", "rank", "similarity", "question", "random", "perplexity")
 
 

@@ -4,20 +4,20 @@ count and time.
 1. Starts a ``chroma run`` server on loopback (or uses ``--chroma-url``) and indexes the demo corpus into it
    (resumable: a second run reuses the index).
 2. First the step before Ray: the same HTTP API served from this one process (uvicorn, one engine on all cores;
-   ``--no-one-process`` skips it). Then, for each replica count (``--replicas 1,2``): runs the Serve application with that many engine replicas
-   (the machine's cores split between them), warms every replica up, then K concurrent clients stream M
-   retrieval-augmented questions (the demo questions, cycled); reports answers/s, output tokens/s, p50 / p95
-   latency and time to first token, and that every request was answered or refused with a clear status (none
-   lost, none duplicated). Each answer is scored against the question's reference (answer recall), so speed
-   never comes without the answers' quality.
+   ``--no-one-process`` skips it). Then, for each replica count (``--replicas 1,2``): runs the Serve application
+   with that many engine replicas (the machine's cores split between them), warms every replica up, then K
+   concurrent clients stream M retrieval-augmented questions (the demo questions, cycled); reports answers/s,
+   output tokens/s, p50 / p95 latency and time to first token, and that every request was answered or refused
+   with a clear status (none lost, none duplicated). Each answer is scored against the question's reference
+   (answer recall), so speed never comes without the answers' quality.
 3. With ``--kill``: on the largest replica count, kills one replica (``ray.kill``) once a few answers are in;
    records what became of the requests in flight, how long Serve took to replace the replica, and that every
    request sent after the replacement is answered.
 4. With ``--overload N``: one replica with a queue of N requests per proxy and more clients than it holds; the
    surplus must be refused (503) and nothing lost.
 
-    .venv/bin/python -m refrag_rasd_integrations.cli.bench.serve_load --replicas 1,2 --clients 4 --questions 16 --kill \\
-        --out benchmarks/results/serve/<date>-<machine>-load.json
+    .venv/bin/python -m refrag_rasd_integrations.cli.bench.serve_load --replicas 1,2 --clients 4 --questions 16 \\
+        --kill --out benchmarks/results/serve/<date>-<machine>-load.json
 """
 
 from __future__ import annotations
@@ -248,9 +248,11 @@ def overload_phase(url: str, base: dict, args: argparse.Namespace) -> dict:
 
 def format_table(results: dict) -> str:
     rows = ["| replicas | answered / sent | refused | failed | lost | dup | answers/s | tokens/s | p50 latency | "
-            "p95 latency | p50 TTFT | p95 TTFT | answer recall |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "p95 latency | p50 TTFT | p95 TTFT | answer recall |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in results["runs"]:
-        rows.append(f"| {s['replicas'] or 'one process, no Ray'} | {s['answered']} / {s['sent']} | {s['refused']} | {s['failed']} | {s['lost']} "
+        rows.append(f"| {s['replicas'] or 'one process, no Ray'} | {s['answered']} / {s['sent']} | {s['refused']} | "
+                    f"{s['failed']} | {s['lost']} "
                     f"| {s['duplicated']} | {s['answers_per_s']} | {s['tokens_per_s']} | {s['latency_p50_s']} s | "
                     f"{s['latency_p95_s']} s | {s['ttft_p50_s']} s | {s['ttft_p95_s']} s | {s['answer_recall']} |")
     kill = results.get("kill")

@@ -2,7 +2,8 @@
 p50 / p95 at 20k passages (synthetic passages with random normalized retrieval vectors and random float16
 chunk embeddings of the real shapes), and the layout comparison behind docs/store.md.
 
-    .venv/bin/python -m refrag_rasd_integrations.cli.bench.store_bench   # -> benchmarks/results/store/<date>-<machine>-default.json
+    .venv/bin/python -m refrag_rasd_integrations.cli.bench.store_bench
+    # -> benchmarks/results/store/<date>-<machine>-default.json
 """
 
 from __future__ import annotations

@@ -86,7 +86,8 @@ def prepare_features(model, tok, args, work: Path, log: Callable[[str], None] = 
     from .features import extract_features, generate_self_distill, read_generations, texts_to_sequences
 
     deadline = time.time() + args.extract_minutes * 60
-    gen_deadline = deadline if args.generate_minutes is None else min(deadline, time.time() + args.generate_minutes * 60)
+    gen_deadline = (deadline if args.generate_minutes is None
+                    else min(deadline, time.time() + args.generate_minutes * 60))
     train_dirs: list[Path] = []
     eval_dirs: list[Path] = []
     if args.eval_data:
@@ -94,8 +95,8 @@ def prepare_features(model, tok, args, work: Path, log: Callable[[str], None] = 
         per_cat = max(1, args.eval_prompts // max(1, len({r["category"] for r in ev})))
         ev = [r for r in ev if r["index_in_category"] // 2 < per_cat]
         prompts = sorted((format_prompt(r["turns"][0], tok) for r in ev), key=len)
-        generate_self_distill(model, tok, prompts, work / "gen_eval.jsonl", max_new_tokens=min(128, args.max_new_tokens),
-                              batch_size=5)
+        generate_self_distill(model, tok, prompts, work / "gen_eval.jsonl",
+                              max_new_tokens=min(128, args.max_new_tokens), batch_size=5)
         extract_features(model, read_generations(work / "gen_eval.jsonl"), work / "feat_eval", desc="eval")
         eval_dirs.append(work / "feat_eval")
     for name in args.self_distill or []:

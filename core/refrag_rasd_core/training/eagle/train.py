@@ -295,8 +295,9 @@ def train_draft(
     """Train a draft head for ``target`` on stored features; returns the final metrics.
 
     ``init``: start from a draft-head checkpoint for the same target (``"default"``: the shipped one) instead of
-    random weights; its draft vocabulary is kept (fine-tuning on new data). Writes ``out_dir/draft_head.safetensors`` (+ .json: config, sha256, recipe, metrics) at every
-    checkpoint interval and at the end, and ``out_dir/train_state.safetensors`` (+ .json) to resume.
+    random weights; its draft vocabulary is kept (fine-tuning on new data). Writes
+    ``out_dir/draft_head.safetensors`` (+ .json: config, sha256, recipe, metrics) at every checkpoint interval and
+    at the end, and ``out_dir/train_state.safetensors`` (+ .json) to resume.
     """
     cfg = cfg or DraftTrainConfig()
     out = Path(out_dir)

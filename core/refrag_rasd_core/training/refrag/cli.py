@@ -124,7 +124,8 @@ def config_from_args(args: argparse.Namespace) -> RefragTrainConfig:
         raise InvalidInputError(f"unknown phase(s) {bad}; choose from {', '.join(PHASES)}")
     phases = [x for x in PHASES if x in phases]
     kw = {f"steps_{ph}": getattr(args, f"steps_{ph}") for ph in PHASES}
-    return RefragTrainConfig(phases=phases, k=args.k, batch_tokens=args.batch_tokens, recon_max_chunks=args.recon_max_chunks,
+    return RefragTrainConfig(phases=phases, k=args.k, batch_tokens=args.batch_tokens,
+                       recon_max_chunks=args.recon_max_chunks,
                        cpt_max_chunks=args.cpt_max_chunks, continuation=args.continuation,
                        mixed_fraction=args.mixed_fraction, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                        lora_scope=args.lora_scope,

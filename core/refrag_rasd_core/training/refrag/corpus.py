@@ -236,7 +236,8 @@ class ChunkCorpus:
     def doc_tokens(self, d: int) -> torch.Tensor:
         return self.tokens[int(self.tok_off[d]):int(self.tok_off[d + 1])]
 
-    def window(self, d: int, start: int, n: int, continuation: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+    def window(self, d: int, start: int, n: int,
+               continuation: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
         """Chunks ``start .. start+n-1`` of document ``d``: (their tokens ``[n*k]``, their vectors ``[n, dim]``,
         their texts, the next ``continuation`` tokens)."""
         k = self.k

@@ -22,7 +22,8 @@ position (phase, step) go to ``state.safetensors`` + ``state.json`` (no pickle),
 ``refrag.safetensors`` (:func:`~refrag_rasd_core.refrag.save_refrag_checkpoint`); ``resume`` continues at the
 exact phase and step, with the same samples (each step's randomness is seeded by (seed, phase, step)) and the
 same kernels (every module's train / eval mode is set at each step, never inherited from the step before:
-:meth:`~refrag_rasd_core.training.refrag.trainer.RefragTrainer._set_modes`), so a resumed run computes bit for bit what an uninterrupted one does.
+:meth:`~refrag_rasd_core.training.refrag.trainer.RefragTrainer._set_modes`), so a resumed run computes bit for
+bit what an uninterrupted one does.
 
 :class:`PhaseLoop` (the loop) is a mixin of :class:`~refrag_rasd_core.training.refrag.trainer.RefragTrainer`;
 the configuration is :mod:`.config`, the state files :mod:`.state`, the sft data :mod:`.sft`.

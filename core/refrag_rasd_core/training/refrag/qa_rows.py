@@ -74,8 +74,9 @@ def rag_row(tokenizer: Any, question: str, passages: Sequence[Sequence[int]], k:
 def build_qa_examples(splits: Sequence[tuple[list[QAItem], list[QAItem], list[str]]], tokenizer: Any,
                       encoder: Any, cache_dir: str | Path, *, top_k: int = 5, limit: int | None = None,
                       log: Callable[[str], None] = print) -> list[QAExample]:
-    """Training examples of :func:`~refrag_rasd_core.training.qa_split.load_qa_split`'s splits (the first ``limit`` training questions per file),
-    cached in ``cache_dir`` (keyed by the questions, the corpus, the encoder, its pooling, k and ``top_k``)."""
+    """Training examples of :func:`~refrag_rasd_core.training.qa_split.load_qa_split`'s splits (the first ``limit``
+    training questions per file), cached in ``cache_dir`` (keyed by the questions, the corpus, the encoder, its
+    pooling, k and ``top_k``)."""
     from safetensors.torch import load_file, save_file
 
     k = encoder.k

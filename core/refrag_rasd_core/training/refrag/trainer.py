@@ -124,7 +124,8 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
         if phase == "recon":
             groups = [("projector", proj, cfg.lr_recon), ("encoder", enc, cfg.lr_encoder)]
         elif phase in ("cpt", "mixed", "sft"):
-            groups = [("projector", proj, cfg.lr_projector), ("lora", lora, cfg.lr_lora), ("encoder", enc, cfg.lr_encoder)]
+            groups = [("projector", proj, cfg.lr_projector), ("lora", lora, cfg.lr_lora),
+                      ("encoder", enc, cfg.lr_encoder)]
         else:
             lr = cfg.lr_select if phase == "select" else cfg.lr_policy
             groups = [("policy", [n for n in names if n.startswith("policy.")], lr)]
