@@ -27,11 +27,12 @@ import torch
 
 from .components import check_drafter_vocab, default_drafter, load_refrag
 from .errors import ContextTooLongError, InvalidInputError
-from .forward import Runner, make_runner, runner_kind
+from .forward import Runner, make_runner, runner_kind, sync_device
 from .generation_config import METHODS, GenerationConfig, Prompt
 from .generation_stream import GenerationStream, ModelLock
 from .models import LoadedModel, load_target
 from .prefill import Prefill, prefill_forward
+from .prefix_cache import PrefixCache
 from .rasd.budget import CPU_COSTS, GPU_COSTS, DraftGate, TreeBudget, runner_verify_costs
 from .rasd.proposers import PROPOSERS
 from .rasd.step import speculative_step
@@ -58,7 +59,7 @@ class Engine:
 
     def __init__(self, target: LoadedModel, *, drafter: Any = "auto", datastore: Any = None,
                  refrag: Any = "auto", refrag_encoder: Any = None, forward: str = "auto",
-                 weights: str = "exact") -> None:
+                 weights: str = "exact", prefix_cache: PrefixCache | int | None = None) -> None:
         """``drafter``: a :class:`~refrag_rasd_core.rasd.draft_tree.Drafter` (an EAGLE head, a
         :class:`~refrag_rasd_core.rasd.draft_tree.CausalLMDrafter`), ``None`` for retrieval-only speculation,
         or ``"auto"``: the shipped EAGLE head when the target is the default model. ``datastore``: a shared
@@ -74,7 +75,9 @@ class Engine:
         (default: as loaded) or ``"int4"`` (opt-in, lean forward on CPU: 4-bit-grid linears, as the default
         model's Q4_1 ones, run with the int4 kernel and bf16 activations; faster decoding, outputs may differ
         slightly, and speculative output can differ from plain int4 decoding at near-ties:
-        :mod:`refrag_rasd_core.lean.int4`)."""
+        :mod:`refrag_rasd_core.lean.int4`). ``prefix_cache``: a byte budget (or a
+        :class:`~refrag_rasd_core.prefix_cache.PrefixCache`) for reusing earlier requests' prefill KV; off by
+        default (the frameworks' shared engines and the server turn it on)."""
         if weights not in WEIGHTS:
             raise InvalidInputError(f"weights must be one of {WEIGHTS}, got {weights!r}")
         self.target = target
@@ -91,6 +94,7 @@ class Engine:
         self._refrag = RefragRuntime(self.refrag, model=self.model, tokenizer=self.tokenizer,
                                      target_name=target.name, encoder=refrag_encoder)
         self._lock = ModelLock()
+        self.prefix_cache = PrefixCache(prefix_cache) if isinstance(prefix_cache, int) else prefix_cache
         self._requests = RequestBuilder(self.tokenizer, int(self.model.get_input_embeddings().weight.shape[0]))
         self._budgets: dict[str, TreeBudget] = {}  # method -> its budget (calibrated across requests)
         self._draft_gate: DraftGate | None = None
@@ -265,10 +269,11 @@ class Engine:
         if limit is not None:
             max_new = min(max_new, limit - stats.prefill_positions)
         committed = list(prompt_ids)
-        cache, logits, hidden = prefill_forward(runner, prompt_ids, mixed, want_hidden,
-                                                      self.prefill_adapter(mixed is not None))
+        pre = prefill_forward(runner, prompt_ids, mixed, want_hidden, self.prefill_adapter(mixed is not None),
+                              prefix=self.prefix_cache)
+        cache, logits, hidden, stats.cached_tokens = pre.cache, pre.logits, pre.hidden, pre.cached
         token = choose_token(logits[0], params, gen)
-        _sync_device(device)
+        sync_device(device)
         stats.ttft_s = time.perf_counter() - t0
 
         def emit(tok: int) -> tuple[str, bool]:
@@ -308,7 +313,7 @@ class Engine:
         if proposer is not None:  # proposal time = retrieval + drafting / tree building
             stats.retrieval_s = proposer.retrieval_s
             stats.draft_s = max(stats.draft_s - proposer.retrieval_s, 0.0)
-        _sync_device(device)
+        sync_device(device)
         stats.total_s = time.perf_counter() - t0
 
     def _prefill_input(self, request: EngineRequest, stats: GenerationStats,
@@ -350,10 +355,10 @@ class Engine:
             runner = self.runner_for(request.compressed)
             t0 = time.perf_counter()
             prompt_ids, _, mixed = self._prefill_input(request, stats, limit)
-            cache, logits, _ = prefill_forward(runner, prompt_ids, mixed, False,
-                                                     self.prefill_adapter(mixed is not None))
+            pre = prefill_forward(runner, prompt_ids, mixed, False, self.prefill_adapter(mixed is not None))
+            cache, logits = pre.cache, pre.logits
             int(logits[0].argmax())
-            _sync_device(runner.device)
+            sync_device(runner.device)
             stats.ttft_s = time.perf_counter() - t0
         return Prefill(cache=cache, logits=logits[0], positions=stats.prefill_positions, stats=stats,
                        runner=runner)
@@ -442,7 +447,3 @@ def _config(config: GenerationConfig | None, settings: dict[str, Any]) -> Genera
     """A call's settings: ``config`` (default: the defaults) with its keyword ``settings`` over it."""
     return (config or GenerationConfig()).merge(settings)
 
-
-def _sync_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

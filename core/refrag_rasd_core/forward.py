@@ -26,7 +26,7 @@ from .errors import InvalidInputError
 from .lean import LeanRunner, unsupported_reason
 from .target import TargetRunner
 
-__all__ = ["FORWARDS", "Runner", "make_runner", "runner_kind"]
+__all__ = ["FORWARDS", "Runner", "make_runner", "runner_kind", "sync_device"]
 
 
 @runtime_checkable
@@ -99,3 +99,9 @@ def make_runner(model: Any, forward: str = "auto", **lean_options: Any) -> Runne
 def runner_kind(runner: Any) -> str:
     """``"lean"`` or ``"hf"``: which forward a runner is."""
     return "lean" if isinstance(runner, LeanRunner) else "hf"
+
+
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so a timer reads the work done; nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -30,7 +30,8 @@ from .sampling import SamplingParams
 
 __all__ = ["CONTEXTS", "METHODS", "POLICY_CHOICES", "GenerationConfig", "Prompt", "SpecOptions"]
 
-Prompt = str | Sequence[dict[str, str]]
+Prompt = str | Sequence[dict[str, Any]]
+"""A string, or chat messages (``role``, ``content``; a user message may carry ``passages``)."""
 
 CONTEXTS = ("auto", "none", "text", "compressed")
 """How passages enter the decoder: ``auto`` (the engine's measured operating point), ``none`` (the prompt as

@@ -9,9 +9,9 @@ Example:
     >>> cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
     ...                   num_attention_heads=4, num_key_value_heads=2)
     >>> runner = make_runner(LlamaForCausalLM(cfg).eval(), "hf")
-    >>> cache, logits, hidden = prefill_forward(runner, [1, 2, 3], None, want_hidden=False)
-    >>> tuple(logits.shape), hidden is None
-    ((1, 32), True)
+    >>> out = prefill_forward(runner, [1, 2, 3], None, want_hidden=False)
+    >>> tuple(out.logits.shape), out.hidden is None, out.cached
+    ((1, 32), True, 0)
 """
 
 from __future__ import annotations
@@ -22,30 +22,56 @@ from typing import Any
 import torch
 
 from .forward import Runner
+from .prefix_cache import KVSnapshot, PrefixCache, PrefixHit, position_keys
 from .stats import GenerationStats
 
-__all__ = ["Prefill", "prefill_forward"]
+__all__ = ["Prefill", "PrefillOutput", "prefill_forward"]
 
 
-def prefill_forward(runner: Runner, prompt_ids: list[int], mixed: Any,
-                     want_hidden: bool, adapter: Any = None) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
-    """One forward over the prompt into a new KV cache: (cache, last logits, hidden of raw tokens).
-    ``adapter``: row-scoped decoder adapters added at the compressed chunks' positions."""
-    cache = runner.new_cache()
+@dataclass
+class PrefillOutput:
+    """A prefill's KV cache, the last position's logits, the hidden states of the raw-token positions (when
+    asked for) and how many leading positions came from the prefix cache."""
+
+    cache: Any
+    logits: torch.Tensor
+    hidden: torch.Tensor | None
+    cached: int = 0
+
+
+def prefill_forward(runner: Runner, prompt_ids: list[int], mixed: Any, want_hidden: bool, adapter: Any = None,
+                    *, prefix: PrefixCache | None = None) -> PrefillOutput:
+    """One forward over the prompt (``prompt_ids``, or the ``mixed`` compressed input) into a new KV cache.
+    ``adapter``: row-scoped decoder adapters added at the compressed chunks' positions. With a ``prefix``
+    cache, the longest prefix an earlier request read comes from there and only the rest is computed; this
+    request's prefill is kept for the next ones."""
+    positions = list(prompt_ids) if mixed is None else list(mixed.token_ids)
+    embeds = None if mixed is None else mixed.inputs_embeds
+    namespace = (id(runner), adapter is not None)
+    keys = position_keys(positions, embeds, tag=adapter is not None) if prefix is not None else []
+    hit = prefix.lookup(namespace, keys, need_hidden=want_hidden) if prefix is not None else PrefixHit()
+    start = hit.length
+    cache = hit.kv.restore(runner, start) if hit.kv is not None else runner.new_cache()
     if mixed is None:
-        ids = torch.tensor([prompt_ids], device=runner.device)
+        ids = torch.tensor([positions[start:]], device=runner.device)
         logits, hidden = runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden)
-        return cache, logits, hidden
-    rows = None
-    if adapter is not None:
-        rows = torch.tensor([i for i, t in enumerate(mixed.token_ids) if t is None], dtype=torch.long)
-        adapter = adapter if len(rows) else None
-    logits, hidden = runner.forward(None, cache, logits_at=-1, want_hidden=want_hidden,
-                                    inputs_embeds=mixed.inputs_embeds, adapter=adapter, adapter_rows=rows)
-    if hidden is not None:  # the draft head sees the raw-token positions only
-        raw = [i for i, t in enumerate(mixed.token_ids) if t is not None]
+    else:
+        assert embeds is not None
+        rows = None
+        if adapter is not None:
+            rows = torch.tensor([i - start for i, t in enumerate(positions) if t is None and i >= start],
+                                dtype=torch.long)
+            adapter = adapter if len(rows) else None
+        logits, hidden = runner.forward(None, cache, logits_at=-1, want_hidden=want_hidden,
+                                        inputs_embeds=embeds[:, start:], adapter=adapter, adapter_rows=rows)
+    if hidden is not None and hit.hidden is not None and start:
+        hidden = torch.cat([hit.hidden[:start].to(hidden.device, hidden.dtype), hidden])
+    if prefix is not None:
+        prefix.store(namespace, keys, KVSnapshot.of_cache(cache, len(positions)), hidden)
+    if hidden is not None and mixed is not None:  # the draft head sees the raw-token positions only
+        raw = [i for i, t in enumerate(positions) if t is not None]
         hidden = hidden.index_select(0, torch.tensor(raw, device=hidden.device))
-    return cache, logits, hidden
+    return PrefillOutput(cache, logits, hidden, start)
 
 
 @dataclass

@@ -108,33 +108,66 @@ class RequestBuilder:
     def build(self, prompt: Prompt, passages: Sequence[Any] | None, cfg: GenerationConfig, *,
               auto_point: Callable[[int], dict[str, Any]] | None = None,
               require_refrag: Callable[[], Any] | None = None) -> EngineRequest:
-        """The request of one call. ``auto_point(passage_tokens)`` gives the operating point ``context="auto"``
-        stands for when passages come along (default: plain RAG); ``require_refrag()`` raises when
-        compression cannot run."""
+        """The request of one call. ``passages`` go with the question; in a conversation an earlier user
+        message may carry its own under ``"passages"`` (laid out in that message as they were in its turn).
+        ``auto_point(passage_tokens)`` gives the operating point ``context="auto"`` stands for when passages
+        come along (default: plain RAG); ``require_refrag()`` raises when compression cannot run."""
         from .refrag.context import layout_prompt, question_text
 
-        pids = self.passage_token_ids(passages)
+        original = prompt
+        prompt, objects, pids = self._message_passages(prompt, passages)
         point = None
         if cfg.context == "auto" and pids:
             point = auto_point(sum(map(len, pids))) if auto_point is not None else {"context": "text"}
         cfg = cfg.resolve_context(point)
-        if cfg.context == "none":
-            ids = self.encode_prompt(prompt)
+        plain = [{k: v for k, v in m.items() if k != "passages"} for m in prompt] if not isinstance(prompt, str) \
+            else prompt
+        if cfg.context == "none":  # the prompt as given: a string as it is, messages through the chat template
+            ids = self.encode_prompt(original if isinstance(original, str) else plain)
             return EngineRequest(cfg, prompt_ids=ids, prompt_tokens=len(ids), passage_ids=pids)
         if cfg.context == "compressed" and require_refrag is not None:
             require_refrag()
-        layout = layout_prompt(self.tokenizer, prompt, pids)
-        if not layout.passages:  # nothing to lay out: the question alone
-            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-            ids = self.encode_prompt(messages)
+        layout = layout_prompt(self.tokenizer, prompt, [])
+        if not layout.passages:  # nothing to lay out: the conversation alone
+            ids = self.encode_prompt([{"role": "user", "content": plain}] if isinstance(plain, str) else plain)
             return EngineRequest(cfg, prompt_ids=ids, prompt_tokens=len(ids), passage_ids=pids)
         full = layout.full_ids()
         if cfg.context == "text":
             return EngineRequest(cfg, prompt_ids=full, prompt_tokens=len(full),
                                  context_tokens=layout.context_tokens, passage_ids=pids)
-        kept = [p for p, ids in zip(passages or [], pids, strict=True) if ids]  # layout_prompt drops empty passages
+        kept = [p for p, ids in zip(objects, pids, strict=True) if ids]  # layout_prompt drops empty passages
         return EngineRequest(cfg, layout=layout, prompt_tokens=len(full), context_tokens=layout.context_tokens,
-                             passages=kept, passage_ids=pids, question=question_text(prompt))
+                             passages=kept, passage_ids=pids, question=question_text(plain))
+
+    def _message_passages(self, prompt: Prompt, passages: Sequence[Any] | None
+                          ) -> tuple[Prompt, list[Any], list[list[int]]]:
+        """The prompt with every user message's passages as token ids (the question's last: its own, then
+        ``passages``), the passage objects and their token ids, in the order they are laid out."""
+        if isinstance(prompt, str) or not isinstance(prompt, Sequence):
+            ids = self.passage_token_ids(passages)
+            if isinstance(prompt, str):
+                return [{"role": "user", "content": prompt, "passages": ids}] if ids else prompt, \
+                    list(passages or []), ids
+            return prompt, list(passages or []), ids
+        messages: list[Any] = [dict(m) if isinstance(m, dict) else m for m in prompt]
+        users = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"]
+        objects: list[Any] = []
+        pids: list[list[int]] = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                continue
+            own = list(m.get("passages") or [])
+            if users and i == users[-1]:
+                own += list(passages or [])
+            if own or "passages" in m:
+                ids = self.passage_token_ids(own)
+                m["passages"] = ids
+                objects += own
+                pids += ids
+        if not users and passages:
+            pids = self.passage_token_ids(passages)
+            objects = list(passages)
+        return messages, objects, pids
 
     def from_ids(self, prompt_ids: Sequence[int], passages: Sequence[Any] | None,
                  cfg: GenerationConfig) -> EngineRequest:

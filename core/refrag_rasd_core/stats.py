@@ -37,6 +37,7 @@ class GenerationStats:
     tree_nodes: int = 0
     context: str = "none"
     prefill_positions: int = 0
+    cached_tokens: int = 0  # prefill positions reused from an earlier request (the engine's prefix cache)
     chunks: int = 0
     expanded_chunks: int = 0
     expanded: list[int] = field(default_factory=list)  # which chunks (global index, prompt order) stayed raw

@@ -37,22 +37,43 @@ __all__ = ["CONTEXT_MODES", "ContextLayout", "CompressedInput", "layout_prompt",
 
 @dataclass
 class ContextLayout:
-    """Token segments of a RAG prompt: ``prefix + (separator + passage)* + suffix`` (the first passage
-    has no separator)."""
+    """Token segments of a RAG prompt: ``prefix + block_0 + between_0 + block_1 + ... + suffix``, where a
+    block is passages joined by ``separator``. There is one block per user message that carries passages (the
+    question's, and in a conversation the earlier turns' laid out as they were then, so a turn's prompt starts
+    with the previous turn's); ``block_sizes`` says how many of ``passages`` each block holds (default: one
+    block of all of them)."""
 
     prefix: list[int]
     passages: list[list[int]]
     separator: list[int]
     suffix: list[int]
+    between: list[list[int]] = field(default_factory=list)
+    block_sizes: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.block_sizes:
+            self.block_sizes = [len(self.passages)]
+        if sum(self.block_sizes) != len(self.passages) or len(self.between) != len(self.block_sizes) - 1:
+            raise InvalidInputError("a context layout's blocks do not match its passages")
+
+    def pieces(self) -> list[tuple[str, Any]]:
+        """The prompt in order: ``("tokens", ids)`` segments and ``("passage", index)`` places."""
+        out: list[tuple[str, Any]] = [("tokens", self.prefix)]
+        i = 0
+        for b, size in enumerate(self.block_sizes):
+            for j in range(size):
+                if j:
+                    out.append(("tokens", self.separator))
+                out.append(("passage", i))
+                i += 1
+            out.append(("tokens", self.between[b] if b < len(self.between) else self.suffix))
+        return out
 
     def full_ids(self) -> list[int]:
         """The whole prompt as tokens (plain RAG, ``context="text"``)."""
-        ids = list(self.prefix)
-        for i, p in enumerate(self.passages):
-            if i:
-                ids.extend(self.separator)
-            ids.extend(p)
-        ids.extend(self.suffix)
+        ids: list[int] = []
+        for kind, value in self.pieces():
+            ids.extend(value if kind == "tokens" else self.passages[value])
         return ids
 
     @property
@@ -76,7 +97,7 @@ class CompressedInput:
         return len(self.token_ids)
 
 
-def _question_and_messages(prompt: str | Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], int]:
+def _question_and_messages(prompt: str | Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
     users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
     if not users:
@@ -87,32 +108,43 @@ def _question_and_messages(prompt: str | Sequence[dict[str, str]]) -> tuple[list
     return messages, q
 
 
-def question_text(prompt: str | Sequence[dict[str, str]]) -> str:
+def question_text(prompt: str | Sequence[dict[str, Any]]) -> str:
     """The question of a prompt: the string itself, or the last user message's content."""
     messages, q = _question_and_messages(prompt)
     return str(messages[q]["content"])
 
 
-def layout_prompt(tokenizer: Any, prompt: str | Sequence[dict[str, str]],
+def layout_prompt(tokenizer: Any, prompt: str | Sequence[dict[str, Any]],
                   passages: Sequence[Sequence[int]]) -> ContextLayout:
-    """Segment a question (or chat messages whose last user message is the question) around passages."""
+    """Segment a question (or chat messages whose last user message is the question) around passages.
+
+    ``passages`` (token ids) go with the question. In a conversation, an earlier user message may carry its
+    own passages (token ids) under ``"passages"``: they are laid out in that message exactly as the question's
+    are, so the prompt of each turn begins with the prompt of the turn before."""
     messages, q = _question_and_messages(prompt)
-    question = str(messages[q]["content"])
-    messages[q]["content"] = CONTEXT_INSTRUCTION + _SENTINEL + QUESTION_HEADER + question
+    blocks: list[list[list[int]]] = []
+    for i, m in enumerate(messages):
+        own = [[int(t) for t in p] for p in (m.pop("passages", None) or []) if len(p)]
+        if i == q:
+            own += [[int(t) for t in p] for p in passages if len(p)]
+        if m.get("role") == "user" and (own or i == q):
+            m["content"] = CONTEXT_INSTRUCTION + _SENTINEL + QUESTION_HEADER + str(m.get("content", ""))
+            blocks.append(own)
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         specials = False  # the template writes its own special tokens as text
     else:
         text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
         specials = True
-    if text.count(_SENTINEL) != 1:
+    parts = text.split(_SENTINEL)
+    if len(parts) != len(blocks) + 1:
         raise InvalidInputError("the chat template altered the question; cannot place the context")
-    before, after = text.split(_SENTINEL)
-    prefix = tokenizer(before, add_special_tokens=specials)["input_ids"]
-    suffix = tokenizer(after, add_special_tokens=False)["input_ids"]
+    segments = [tokenizer(parts[0], add_special_tokens=specials)["input_ids"]]
+    segments += [tokenizer(part, add_special_tokens=False)["input_ids"] for part in parts[1:]]
     sep = tokenizer(PASSAGE_SEPARATOR, add_special_tokens=False)["input_ids"]
-    return ContextLayout(prefix=list(prefix), passages=[[int(t) for t in p] for p in passages if len(p)],
-                         separator=list(sep), suffix=list(suffix))
+    return ContextLayout(prefix=list(segments[0]), passages=[p for b in blocks for p in b], separator=list(sep),
+                         suffix=list(segments[-1]), between=[list(x) for x in segments[1:-1]],
+                         block_sizes=[len(b) for b in blocks])
 
 
 def build_compressed_input(layout: ContextLayout, embed_tokens: Any, chunk_embeds: Sequence[torch.Tensor],
@@ -137,14 +169,18 @@ def build_compressed_input(layout: ContextLayout, embed_tokens: Any, chunk_embed
             tokens.extend(pending)
             pending.clear()
 
-    pending.extend(layout.prefix)
-    g = 0
-    for i, (ids, vecs) in enumerate(zip(layout.passages, chunk_embeds, strict=True)):
-        if i:
-            pending.extend(layout.separator)
+    offsets = [0]
+    for ids in layout.passages:
+        offsets.append(offsets[-1] + len(chunk_token_ids(ids, k)))
+    for kind, value in layout.pieces():
+        if kind == "tokens":
+            pending.extend(value)
+            continue
+        ids, vecs, g = layout.passages[value], chunk_embeds[value], offsets[value]
         chunks = chunk_token_ids(ids, k)
         if vecs.shape[0] != len(chunks):
-            raise InvalidInputError(f"passage {i}: {vecs.shape[0]} chunk vectors for {len(chunks)} chunks of k={k}")
+            raise InvalidInputError(f"passage {value}: {vecs.shape[0]} chunk vectors for {len(chunks)} chunks "
+                                    f"of k={k}")
         for j, chunk in enumerate(chunks):
             if g + j in expand:
                 pending.extend(chunk)
@@ -152,8 +188,7 @@ def build_compressed_input(layout: ContextLayout, embed_tokens: Any, chunk_embed
                 flush()
                 pieces.append(vecs[j:j + 1].to(device=device, dtype=dtype))
                 tokens.append(None)
-        g += len(chunks)
-    pending.extend(layout.suffix)
+    g = offsets[-1]
     flush()
     embeds = torch.cat(pieces, 0)[None]
     return CompressedInput(inputs_embeds=embeds, token_ids=tokens, n_chunks=g,

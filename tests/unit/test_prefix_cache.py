@@ -1,0 +1,115 @@
+"""The engine's prefix cache: a request that repeats an earlier request's prefix reuses its KV and computes
+only the rest, with the same greedy output as a recompute, for every decoding method, context mode and
+forward; the cache keeps its byte budget and never mixes prefixes."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from refrag_rasd_core.engine import Engine
+from refrag_rasd_core.prefix_cache import KVSnapshot, PrefixCache
+from refrag_rasd_core.rasd import CausalLMDrafter
+
+PASSAGES = ["The old mill by the river was built in 1820 by a family of millers from the north.",
+            "Paris is the capital of France; its river is the Seine, crossed by many bridges."]
+TURN1 = [{"role": "user", "content": "When was the old mill built?"}]
+
+
+def _turn2(answer: str) -> list[dict]:
+    """The second turn: the first one with the passages it read (laid out as they were), its answer, a question."""
+    return [{**TURN1[0], "passages": PASSAGES}, {"role": "assistant", "content": answer},
+            {"role": "user", "content": "And by whom?"}]
+
+
+@pytest.fixture(scope="module")
+def parts():
+    from tiny import tiny_chunk_encoder, tiny_loaded, tiny_refrag
+
+    loaded = tiny_loaded(0)
+    enc = tiny_chunk_encoder(loaded.tokenizer, k=4)
+    return loaded, enc, tiny_refrag(loaded, enc)
+
+
+def _engines(parts, forward="auto"):
+    loaded, enc, rm = parts
+    drafter = CausalLMDrafter(loaded.model, tokenizer=loaded.tokenizer, target_tokenizer=loaded.tokenizer)
+    kw = dict(drafter=drafter, refrag=rm, refrag_encoder=enc, forward=forward)
+    return Engine(loaded, prefix_cache=64 << 20, **kw), Engine(loaded, **kw)
+
+
+@pytest.mark.parametrize("forward", ["lean", "hf"])
+@pytest.mark.parametrize("context", ["none", "text", "compressed"])
+@pytest.mark.parametrize("method", ["vanilla", "pld", "rest", "draft", "rasd"])
+def test_second_turn_reuses_the_first_and_answers_as_a_recompute(parts, forward, context, method):
+    cached, plain = _engines(parts, forward)
+    kw = dict(context=context, method=method, max_tokens=12, expand=0.25)
+    first = cached.generate(TURN1, passages=PASSAGES, **kw)
+    assert first.stats.cached_tokens == 0
+    again = cached.generate(_turn2(first.text), passages=PASSAGES[1:], **kw)
+    fresh = plain.generate(_turn2(first.text), passages=PASSAGES[1:], **kw)
+    assert again.token_ids == fresh.token_ids
+    assert again.stats.cached_tokens >= 16 and again.stats.cached_tokens % 16 == 0
+    assert again.stats.cached_tokens < again.stats.prefill_positions
+    assert fresh.stats.cached_tokens == 0
+
+
+def test_repeating_a_request_reuses_all_but_its_last_position(parts):
+    cached, plain = _engines(parts)
+    a = cached.generate(TURN1, passages=PASSAGES, context="text", method="vanilla", max_tokens=8)
+    b = cached.generate(TURN1, passages=PASSAGES, context="text", method="vanilla", max_tokens=8)
+    assert a.token_ids == b.token_ids == plain.generate(TURN1, passages=PASSAGES, context="text",
+                                                         method="vanilla", max_tokens=8).token_ids
+    n = b.stats.prefill_positions
+    assert b.stats.cached_tokens == (n - 1) // 16 * 16
+
+
+def test_other_passages_or_modes_do_not_share_a_prefix_they_do_not_have(parts):
+    cached, _ = _engines(parts)
+    cached.generate(TURN1, passages=PASSAGES, context="compressed", method="vanilla", max_tokens=4)
+    other = cached.generate(TURN1, passages=PASSAGES[::-1], context="compressed", method="vanilla", max_tokens=4)
+    # the prompt's head (template, instruction) is shared; the first chunk vector differs: nothing past it
+    from refrag_rasd_core.refrag.context import layout_prompt
+
+    head = len(layout_prompt(cached.tokenizer, TURN1, cached.passage_token_ids(PASSAGES)).prefix)
+    assert 0 < other.stats.cached_tokens <= head
+    as_text = cached.generate(TURN1, passages=PASSAGES, context="text", method="vanilla", max_tokens=4)
+    assert as_text.stats.cached_tokens < as_text.stats.prefill_positions // 2
+
+
+def test_the_byte_budget_holds_and_extended_entries_are_replaced():
+    cache = PrefixCache(max_bytes=3 * 2 * 32 * 4 * 4, block=4)  # room for 3 entries of 32 positions
+    def kv(n):
+        return KVSnapshot.of_tensors(torch.zeros(1, 1, n, 4), torch.zeros(1, 1, n, 4))
+
+    for i in range(10):
+        cache.store("ns", [i] * 32, kv(32))
+        assert cache.nbytes <= cache.max_bytes
+    assert len(cache) == 3 and cache.lookup("ns", [0] * 33).length == 0 and cache.lookup("ns", [9] * 33).length == 32
+    cache.store("ns", [9] * 32 + [1] * 8, kv(40))  # extends the [9] * 32 entry: it replaces it
+    assert cache.nbytes <= cache.max_bytes and cache.lookup("ns", [9] * 32 + [1] * 8 + [5]).length == 40
+    assert cache.lookup("ns", [9] * 32 + [2]).length == 32  # the extended entry serves the shorter prefix too
+    assert cache.lookup("other", [9] * 33).length == 0  # namespaces (runners, adapters) never mix
+
+
+def test_concurrent_requests_share_the_cache_safely(parts):
+    cached, plain = _engines(parts)
+    questions = [[{"role": "user", "content": f"Question number {i}: when was the old mill built?"}]
+                 for i in range(4)]
+    want = [plain.generate(q, passages=PASSAGES, context="text", method="pld", max_tokens=6).token_ids
+            for q in questions]
+    got: dict[int, list[int]] = {}
+
+    def ask(i: int) -> None:
+        for _ in range(2):
+            got[i] = cached.generate(questions[i], passages=PASSAGES, context="text", method="pld",
+                                     max_tokens=6).token_ids
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(4)] == want
