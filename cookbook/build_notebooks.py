@@ -130,7 +130,7 @@ point measured for the REFRAG checkpoint on the qa suite: plain RAG for the ship
 lose too many of plain RAG's right answers (docs/engine.md). `context="compressed"` asks for REFRAG explicitly.
 '''),
     code('''
-from refrag_rasd_integrations.engines import get_engine, has_refrag
+from refrag_rasd_integrations.engines import get_engine
 
 plain = {"context": retriever, "question": RunnablePassthrough()} | PassagePrompt() | llm.bind(context="text", method="vanilla")
 fast = {"context": retriever, "question": RunnablePassthrough()} | PassagePrompt() | llm.bind(context="text", method="rasd")
@@ -140,7 +140,7 @@ for name, m in (("plain RAG (text, vanilla)", a), ("text + RASD", b)):
     print(f"{name:<26} ttft {s['ttft_s']:.2f} s  decode {s['decode_tokens_per_s']:5.1f} tok/s  "
           f"{m.response_metadata['accepted_per_forward']:.2f} tok/forward")
 print("same answer:", a.content == b.content)
-print("REFRAG checkpoint installed:", has_refrag(get_engine()), "| context='auto' means:", get_engine().auto_context())
+print("REFRAG checkpoint installed:", get_engine().has_refrag, "| context='auto' means:", get_engine().auto_context())
 '''),
 ]
 

@@ -36,8 +36,8 @@ def test_greedy_equals_vanilla_on_rag(real_engine, questions, method):
     if method == "draft" and real_engine.drafter is None:
         pytest.skip("no shipped draft head for the default model in this checkout")
     for q in questions:
-        base = real_engine.generate(q.messages, max_new_tokens=40)
-        res = real_engine.generate(q.messages, passages=q.passages, method=method, max_new_tokens=40)
+        base = real_engine.generate(q.messages, method="vanilla", max_new_tokens=40)
+        res = real_engine.generate(q.messages, passages=q.passages, context="none", method=method, max_new_tokens=40)
         if res.token_ids == base.token_ids:
             continue
         i = next(k for k, (a, b) in enumerate(zip(res.token_ids, base.token_ids, strict=False)) if a != b)
