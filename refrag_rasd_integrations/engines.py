@@ -21,6 +21,9 @@ from typing import Any
 from refrag_rasd_core.engine import Engine
 
 DEFAULT_K = 16
+DEFAULT_PREFIX_CACHE_MB = 512
+"""The shared engines' prefix cache (``$REFRAG_RASD_PREFIX_CACHE_MB``; 0 turns it off): earlier requests'
+prefill KV, reused by a request that starts the same way (a conversation's next turn)."""
 _ENGINES: dict[tuple[str | None, str, str | None], Engine] = {}
 _LOCK = threading.Lock()
 _DEFAULT_ENCODERS: weakref.WeakKeyDictionary[Engine, Any] = weakref.WeakKeyDictionary()
@@ -33,9 +36,23 @@ def get_engine(model: str | None = None, *, device: str = "auto", dtype: str | N
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            engine = Engine.load(key[0], device=device, dtype=dtype)
+            engine = Engine.load(key[0], device=device, dtype=dtype, prefix_cache=prefix_cache_bytes())
             _ENGINES[key] = engine
         return engine
+
+
+def prefix_cache_bytes() -> int | None:
+    """The shared engines' prefix-cache budget in bytes (``None``: off)."""
+    import os
+
+    from refrag_rasd_core.errors import InvalidInputError
+
+    raw = os.environ.get("REFRAG_RASD_PREFIX_CACHE_MB", str(DEFAULT_PREFIX_CACHE_MB))
+    try:
+        mb = float(raw)
+    except ValueError as exc:
+        raise InvalidInputError(f"REFRAG_RASD_PREFIX_CACHE_MB must be a number of MB, got {raw!r}") from exc
+    return int(mb * (1 << 20)) if mb > 0 else None
 
 
 def register_engine(engine: Engine, model: str | None = None, *, device: str = "auto", dtype: str | None = None
@@ -78,5 +95,5 @@ def signature_of(engine: Engine) -> dict[str, Any]:
     return dict(chunk_encoder_of(engine).signature)
 
 
-__all__ = ["chunk_encoder_of", "clear_engines", "get_engine", "model_label", "register_engine",
-           "signature_of"]
+__all__ = ["DEFAULT_PREFIX_CACHE_MB", "chunk_encoder_of", "clear_engines", "get_engine", "model_label",
+           "prefix_cache_bytes", "register_engine", "signature_of"]

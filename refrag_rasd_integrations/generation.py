@@ -43,10 +43,10 @@ from refrag_rasd_core.generation_config import GenerationConfig
 from refrag_rasd_core.stats import GenerationStats
 
 from .engines import model_label
-from .passages import PASSAGES, Passage, PassageRegistry, resolve
+from .passages import PASSAGES, Passage, PassageRegistry, is_handle, resolve
 from .settings import ModelSettings
 
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
 
 @dataclass
 class GenerationRequest:
@@ -74,12 +74,20 @@ class GenerationRequest:
         engine = settings.resolve_engine(model)
         reg = registry or PASSAGES
         found = resolve(list(passages or []) + list(handles), store=store, registry=reg)
+        if not isinstance(prompt, str):  # earlier turns' passages, laid out in their own messages
+            prompt = [{**m, "passages": resolve(m["passages"], store=store, registry=reg)} if m.get("passages")
+                      else m for m in prompt]
         recognized = 0
         if not found and settings.recognize_passages and len(reg):
             prompt, found = _recognize(prompt, reg)
             recognized = len(found)
         return cls(engine=engine, prompt=prompt, passages=found, config=config,
                    model_name=model_label(engine, model or settings.model), recognized=recognized)
+
+    def passage_refs(self) -> list[str]:
+        """The question's passages as a message carries them: handles (or the text of a passage that came
+        without one)."""
+        return [p.id if p.id and is_handle(p.id) else p.text for p in self.passages]
 
     def stream(self) -> GenerationStream:
         """The engine's :class:`~refrag_rasd_core.engine.GenerationStream` for this request."""

@@ -14,11 +14,14 @@ from ..generation import content_text
 from ..passages import MESSAGE_KEY
 
 
-def messages_and_handles(messages: Sequence[Any]) -> tuple[list[dict[str, str]], list[str]]:
-    """LangChain messages -> engine chat messages, plus the passage handles they carry."""
+def messages_and_handles(messages: Sequence[Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """LangChain messages -> engine chat messages, plus the passage handles of the last human message (the
+    question's). An earlier human message's handles stay with it (``"passages"``), and so do the handles an
+    answer carries (``ChatRefragRasd`` puts the passages it read on its ``AIMessage``, so a chat history that
+    keeps only the question text still knows them): in a conversation each turn's passages are laid out in the
+    turn that read them, so the prompt of a turn starts with the one before (the prefix cache reuses it)."""
     roles = {"system": "system", "human": "user", "ai": "assistant", "developer": "system"}
-    out: list[dict[str, str]] = []
-    handles: list[str] = []
+    out: list[dict[str, Any]] = []
     for m in messages:
         kind = getattr(m, "type", None)
         if kind in ("tool", "function"):
@@ -26,9 +29,22 @@ def messages_and_handles(messages: Sequence[Any]) -> tuple[list[dict[str, str]],
         role = getattr(m, "role", None) if kind == "chat" else roles.get(kind)
         if role is None:
             raise InvalidInputError(f"unsupported message type {kind!r}")
-        out.append({"role": role, "content": content_text(m.content)})
-        handles.extend(h for h in (getattr(m, "additional_kwargs", {}) or {}).get(MESSAGE_KEY, []) or [])
-    return out, handles
+        msg: dict[str, Any] = {"role": role, "content": content_text(m.content)}
+        handles = list((getattr(m, "additional_kwargs", {}) or {}).get(MESSAGE_KEY, []) or [])
+        if handles:
+            msg["passages"] = handles
+        out.append(msg)
+    for i, m in enumerate(out):  # an answer carries what its question read: it goes back to that question
+        if m["role"] == "assistant" and m.get("passages"):
+            handles = m.pop("passages")
+            asked = next((j for j in range(i - 1, -1, -1) if out[j]["role"] == "user"), None)
+            if asked is not None and not out[asked].get("passages"):
+                out[asked]["passages"] = handles
+    users = [i for i, m in enumerate(out) if m["role"] == "user"]
+    question = out[users[-1]].pop("passages", []) if users else []
+    if not users:  # passages on other roles (no question yet): they go with the question, as before
+        question = [h for m in out for h in m.pop("passages", [])]
+    return out, question
 
 
 class LangChainFace:

@@ -30,6 +30,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from refrag_rasd_core.engine import GenerationStream
 
 from ..generation import GenerationRequest, run_in_thread, usage
+from ..passages import MESSAGE_KEY
 from ..settings import ModelSettings
 from ._common import LangChainFace, messages_and_handles
 
@@ -83,7 +84,7 @@ class ChatRefragRasd(LangChainFace, ModelSettings, BaseChatModel):
     def _last_chunk(req: GenerationRequest, stream: GenerationStream) -> ChatGenerationChunk:
         return ChatGenerationChunk(message=AIMessageChunk(
             content="", usage_metadata=usage(stream.stats), response_metadata=req.metadata(stream.stats),
-            chunk_position="last"))
+            additional_kwargs=_read(req), chunk_position="last"))
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any
@@ -111,7 +112,8 @@ class ChatRefragRasd(LangChainFace, ModelSettings, BaseChatModel):
 
     def _result(self, req: GenerationRequest, stream: GenerationStream) -> ChatResult:
         meta = req.metadata(stream.stats)
-        msg = AIMessage(content=stream.text, usage_metadata=usage(stream.stats), response_metadata=meta)
+        msg = AIMessage(content=stream.text, usage_metadata=usage(stream.stats), response_metadata=meta,
+                        additional_kwargs=_read(req))
         return ChatResult(generations=[ChatGeneration(message=msg, generation_info={
                               "finish_reason": meta["finish_reason"]})],
                           llm_output={"model_name": meta["model_name"], "token_usage": usage(stream.stats)})
@@ -133,6 +135,13 @@ class ChatRefragRasd(LangChainFace, ModelSettings, BaseChatModel):
             if run_manager and piece:
                 await run_manager.on_llm_new_token(piece)
         return self._result(req, stream)
+
+
+def _read(req: GenerationRequest) -> dict[str, Any]:
+    """What an answer carries of the passages its question read (their handles), so that a chat history which
+    stores the question as plain text lays them out again in that turn."""
+    refs = req.passage_refs()
+    return {MESSAGE_KEY: refs} if refs else {}
 
 
 __all__ = ["ChatRefragRasd"]
