@@ -19,7 +19,7 @@ from .registry import command, model_args, weights_arg
 
 
 def _setup_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", default="decode", choices=["decode", "prefill", "rag", "qa"])
+    p.add_argument("--suite", default="decode", choices=["decode", "prefill", "rag", "qa", "chat"])
     p.add_argument("--data", required=True,
                    help="Spec-Bench style .jsonl file (qa suite: NQ-open / SQuAD style lines, or Spec-Bench)")
     p.add_argument("--category", default=None,
@@ -61,7 +61,10 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                    help="file whose distinct passages are indexed (default: the --data file, all lines)")
     g.add_argument("--settings", default=None,
                    help="comma-separated: none, text, text:K (plain RAG over the best K < top-k passages), "
-                        "compressed:P[:POLICY], default (text is always run)")
+                        "compressed:P[:POLICY], default (text is always run); chat suite: recompute, cached, "
+                        "cached+compressed, default")
+    g = p.add_argument_group("chat suite (RAG conversations from a qa file, or MT-Bench two-turn lines)")
+    g.add_argument("--turns", type=int, default=5, help="questions per RAG conversation")
     model_args(p)
 
 
@@ -101,6 +104,40 @@ def _bench_rag(args: argparse.Namespace) -> dict:
     res = run_rag_suite(engine, rows, store, limit=args.limit or 3, k=args.top_k,
                         max_new_tokens=args.max_new_tokens or 64, repeats=args.repeats, peers=peers)
     print(format_table(res))
+    return res
+
+
+def _bench_chat(args: argparse.Namespace) -> dict:
+    from refrag_rasd_core.qa_file import corpus_passages, load_qa_file
+
+    from ..engines import signature_of
+    from ..store import RefragChromaStore, chroma_dir
+    from .bench.chat import SETTINGS, format_chat_table, mt_bench_conversations, rag_conversations, run_chat_suite
+    from .bench.qa import collection_name, index_corpus
+
+    settings = [s.strip() for s in (args.settings or ",".join(SETTINGS)).split(",") if s.strip()]
+    first = next((ln for ln in Path(args.data).read_text().splitlines() if ln.strip()), "{}")
+    mt_bench = "turns" in json.loads(first) and "category" in json.loads(first) and "rag" not in first
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
+                         refrag=_refrag(args))
+    if not args.no_calibrate:
+        engine.calibrate_verify_costs()
+    store = None
+    if mt_bench:
+        conversations: list = mt_bench_conversations(args.data)
+        settings = [s for s in settings if s != "cached+compressed"]  # no passages to compress
+    else:
+        items, passages = load_qa_file(args.data)
+        if args.corpus:
+            passages = corpus_passages(args.corpus)
+        store = RefragChromaStore(collection_name(passages, signature_of(engine)),
+                                  path=args.store_dir or chroma_dir() / "bench", engine=engine)
+        index_corpus(store, passages)
+        conversations = rag_conversations(items, args.turns)
+    res = run_chat_suite(engine, conversations[:args.limit] if args.limit else conversations, store=store,
+                         k=0 if mt_bench else args.top_k, settings=settings, max_tokens=args.max_new_tokens or 32)
+    res["settings"]["corpus"] = None if mt_bench else str(args.corpus or args.data)
+    print(format_chat_table(res))
     return res
 
 
@@ -163,12 +200,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.decode import format_table, run_decode_suite
 
     exclude = set() if args.include_train else training_question_ids()
-    if args.suite in ("prefill", "rag", "qa"):
+    if args.suite in ("prefill", "rag", "qa", "chat"):
         if args.suite == "prefill":
             questions = load_questions(args.data, args.category or "rag", args.limit or 2, exclude_ids=exclude)
             res = _bench_prefill(args, questions, exclude)
         elif args.suite == "qa":
             res = _bench_qa(args)
+        elif args.suite == "chat":
+            res = _bench_chat(args)
         else:
             res = _bench_rag(args)
         _write(args, res)
