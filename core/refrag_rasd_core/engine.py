@@ -240,7 +240,8 @@ class Engine:
         """The mixed (compressed + expanded) prefill input of a request."""
         cfg = request.config
         mixed = self._refrag.compress(request.layout, request.passages, request.question, expand=cfg.expand,
-                                      expand_tokens=cfg.expand_tokens, policy=cfg.policy, seed=cfg.seed)
+                                      expand_tokens=cfg.expand_tokens, policy=cfg.policy, seed=cfg.seed,
+                                      raw_passages=request.raw_passages)
         stats.chunks = mixed.n_chunks
         stats.expanded_chunks = len(mixed.expanded)
         stats.expanded = list(mixed.expanded)

@@ -28,7 +28,7 @@ from .rasd.spec_options import SpecOptions
 from .refrag.policy import POLICIES
 from .sampling import SamplingParams
 
-__all__ = ["CONTEXTS", "METHODS", "POLICY_CHOICES", "GenerationConfig", "Prompt", "SpecOptions"]
+__all__ = ["CONTEXTS", "HISTORIES", "METHODS", "POLICY_CHOICES", "GenerationConfig", "Prompt", "SpecOptions"]
 
 Prompt = str | Sequence[dict[str, Any]]
 """A string, or chat messages (``role``, ``content``; a user message may carry ``passages``)."""
@@ -36,6 +36,10 @@ Prompt = str | Sequence[dict[str, Any]]
 CONTEXTS = ("auto", "none", "text", "compressed")
 """How passages enter the decoder: ``auto`` (the engine's measured operating point), ``none`` (the prompt as
 given; passages feed RASD's datastore only), ``text`` (plain RAG) or ``compressed`` (REFRAG)."""
+
+HISTORIES = ("auto", "text", "compressed")
+"""How a conversation's earlier turns' passages enter the decoder: ``auto`` (as the question's, or the
+checkpoint's measured point), ``text`` or ``compressed`` (REFRAG)."""
 
 POLICY_CHOICES = ("auto", *POLICIES)
 """REFRAG expansion policies: ``auto`` = ``rl`` when the checkpoint has a trained policy, else ``similarity``."""
@@ -70,6 +74,10 @@ class GenerationConfig:
       without passages and the engine's measured operating point with them
       (:meth:`~refrag_rasd_core.engine.Engine.auto_context`: plain RAG unless the REFRAG checkpoint records
       a compressed setting that keeps plain RAG's answers);
+    * ``history``: how a conversation's earlier turns' passages (a user message's ``passages``) enter the
+      decoder, one of :data:`HISTORIES`: ``auto`` (default: as the question's, unless the checkpoint records
+      a measured history point), ``text`` or ``compressed`` (REFRAG; the question's passages as ``context``
+      says);
     * ``expand`` (a fraction of the chunks) or ``expand_tokens`` (a budget of raw tokens): how much of a
       compressed context stays raw, chosen by ``policy`` (:data:`POLICY_CHOICES`); ``None`` = the auto
       operating point's, else nothing.
@@ -84,6 +92,7 @@ class GenerationConfig:
     method: str = "rasd"
     spec: SpecOptions = field(default_factory=SpecOptions)
     context: str = "auto"
+    history: str = "auto"
     expand: float | None = None
     expand_tokens: int | None = None
     policy: str = "auto"
@@ -105,6 +114,8 @@ class GenerationConfig:
         object.__setattr__(self, "spec", SpecOptions.of(self.spec))
         if self.context not in CONTEXTS:
             raise InvalidInputError(f"unknown context {self.context!r}; choose one of {', '.join(CONTEXTS)}")
+        if self.history not in HISTORIES:
+            raise InvalidInputError(f"unknown history {self.history!r}; choose one of {', '.join(HISTORIES)}")
         if self.expand is not None and (not _is_number(self.expand) or not 0 <= self.expand <= 1):
             raise InvalidInputError(f"expand must be a fraction in [0, 1], got {self.expand!r}")
         if self.expand_tokens is not None and (not _is_int(self.expand_tokens) or self.expand_tokens < 0):
@@ -152,7 +163,7 @@ class GenerationConfig:
         if point is None:
             return replace(self, context="none")
         out = replace(self, context=str(point.get("context", "text")))
-        for key in ("expand", "expand_tokens", "policy"):
+        for key in ("history", "expand", "expand_tokens", "policy"):
             if key in point and getattr(self, key) == getattr(GenerationConfig, key, None):
                 out = replace(out, **{key: point[key]})
         return out

@@ -37,6 +37,8 @@ class EngineRequest:
     passages: list[Any] = field(default_factory=list)
     passage_ids: list[list[int]] = field(default_factory=list)
     question: str = ""
+    raw_passages: list[int] = field(default_factory=list)
+    """Passages (layout order) of a compressed layout read as text: all their chunks stay raw tokens."""
 
     @property
     def compressed(self) -> bool:
@@ -125,19 +127,24 @@ class RequestBuilder:
         if cfg.context == "none":  # the prompt as given: a string as it is, messages through the chat template
             ids = self.encode_prompt(original if isinstance(original, str) else plain)
             return EngineRequest(cfg, prompt_ids=ids, prompt_tokens=len(ids), passage_ids=pids)
-        if cfg.context == "compressed" and require_refrag is not None:
-            require_refrag()
         layout = layout_prompt(self.tokenizer, prompt, [])
+        history = cfg.history if cfg.history != "auto" else cfg.context
+        earlier = sum(layout.block_sizes[:-1])  # passages of earlier turns, laid out before the question's
+        compressed = cfg.context == "compressed" or (history == "compressed" and earlier > 0)
+        if compressed and require_refrag is not None:
+            require_refrag()
         if not layout.passages:  # nothing to lay out: the conversation alone
             ids = self.encode_prompt([{"role": "user", "content": plain}] if isinstance(plain, str) else plain)
             return EngineRequest(cfg, prompt_ids=ids, prompt_tokens=len(ids), passage_ids=pids)
         full = layout.full_ids()
-        if cfg.context == "text":
+        if not compressed:
             return EngineRequest(cfg, prompt_ids=full, prompt_tokens=len(full),
                                  context_tokens=layout.context_tokens, passage_ids=pids)
         kept = [p for p, ids in zip(objects, pids, strict=True) if ids]  # layout_prompt drops empty passages
         return EngineRequest(cfg, layout=layout, prompt_tokens=len(full), context_tokens=layout.context_tokens,
-                             passages=kept, passage_ids=pids, question=question_text(plain))
+                             passages=kept, passage_ids=pids, question=question_text(plain),
+                             raw_passages=[i for i in range(len(layout.passages)) if (
+                                 history != "compressed" if i < earlier else cfg.context != "compressed")])
 
     def _message_passages(self, prompt: Prompt, passages: Sequence[Any] | None
                           ) -> tuple[Prompt, list[Any], list[list[int]]]:

@@ -113,3 +113,23 @@ def test_concurrent_requests_share_the_cache_safely(parts):
     for t in threads:
         t.join()
     assert [got[i] for i in range(4)] == want
+
+
+def test_history_compressed_keeps_the_question_raw_and_compresses_earlier_turns(parts):
+    loaded, enc, rm = parts
+    engine = Engine(loaded, drafter=None, refrag=rm, refrag_encoder=enc)
+    conv = _turn2("It was built in 1820.")
+    kw = dict(passages=PASSAGES[1:], method="vanilla", max_tokens=4)
+    text = engine.generate(conv, context="text", **kw)
+    hist = engine.generate(conv, context="text", history="compressed", expand=0.0, **kw)
+    allc = engine.generate(conv, context="compressed", expand=0.0, **kw)
+    assert text.stats.context == hist.stats.context == "text" and text.stats.chunks == 0
+    # the earlier turn's two passages compressed, the question's one passage raw (all its chunks expanded)
+    k = rm.k
+    question_chunks = -(-len(engine.passage_token_ids(PASSAGES[1:])[0]) // k)
+    assert hist.stats.chunks == allc.stats.chunks and hist.stats.expanded_chunks == question_chunks
+    assert allc.stats.prefill_positions < hist.stats.prefill_positions < text.stats.prefill_positions
+    # without earlier passages there is nothing to compress: the request is plain RAG
+    first = engine.generate(TURN1, context="text", history="compressed", passages=PASSAGES, method="vanilla",
+                            max_tokens=4)
+    assert first.stats.chunks == 0

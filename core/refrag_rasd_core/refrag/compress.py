@@ -54,29 +54,34 @@ def chunk_vectors(refrag: Any, passages: Sequence[Any], ids: Sequence[Sequence[i
 
 def mixed_input(refrag: Any, decoder: Any, layout: Any, passages: Sequence[Any], *, expand: float = 0.0,
                 expand_tokens: int | None = None, policy: str = "auto", seed: int | None = None,
-                encoder: Callable[[], Any], question: str = "") -> Any:
+                encoder: Callable[[], Any], question: str = "", keep_raw: Sequence[int] = ()) -> Any:
     """The decoder input of a compressed request (:func:`~refrag_rasd_core.refrag.context.build_compressed_input`):
     ``refrag`` a :class:`~refrag_rasd_core.refrag.RefragModel`, ``decoder`` the target model, ``layout`` the
     request's :class:`~refrag_rasd_core.refrag.context.PromptLayout`, ``passages`` what the caller gave (their
     stored chunk embeddings are used); ``policy="auto"`` is the checkpoint's trained policy, else
-    ``similarity``. A question-aware policy reads ``encoder().encode_question(question)``."""
+    ``similarity``. A question-aware policy reads ``encoder().encode_question(question)``. ``keep_raw``: chunks
+    (global indices) that stay raw whatever the policy says (a conversation's passages read as text); the
+    expansion share applies to the others."""
     vectors = chunk_vectors(refrag, passages, layout.passages, encoder)
     dtype = decoder.dtype
     device = next(decoder.parameters()).device
     projected = [refrag.project(v, dtype=dtype) if len(v) else
                  torch.empty(0, decoder.config.hidden_size, dtype=dtype, device=refrag.device) for v in vectors]
     total = sum(num_chunks(len(p), refrag.k) for p in layout.passages)
-    n = expansion_count(total, expand, expand_tokens=expand_tokens, k=refrag.k)
+    forced = sorted({int(i) for i in keep_raw if 0 <= int(i) < total})
+    n = expansion_count(total - len(forced), expand, expand_tokens=expand_tokens, k=refrag.k)
     name = policy if policy != "auto" else ("rl" if refrag.policy is not None else "similarity")
     embed = decoder.get_input_embeddings()
     chosen: list[int] = []
-    if n:
+    if n and len(forced) < total:
         with torch.inference_mode():
             query = embed(torch.tensor(layout.suffix, device=device))
         chunks = [c for p in layout.passages for c in chunk_token_ids(p, refrag.k)]
-        chosen = choose_expansions(name, n, chunk_vectors=torch.cat([torch.as_tensor(v, dtype=torch.float32)
-                                   for v in vectors]), projected=torch.cat(projected), query_embeds=query,
+        chosen = choose_expansions(name, min(total, n + len(forced)),
+                                   chunk_vectors=torch.cat([torch.as_tensor(v, dtype=torch.float32) for v in vectors]),
+                                   projected=torch.cat(projected), query_embeds=query,
                                    chunks=chunks, decoder=decoder, network=refrag.policy, seed=seed,
                                    question_vector=lambda: encoder().encode_question(question))
+        chosen = [i for i in chosen if i not in set(forced)][:n]
     with torch.inference_mode():
-        return build_compressed_input(layout, embed, projected, refrag.k, chosen)
+        return build_compressed_input(layout, embed, projected, refrag.k, sorted({*chosen, *forced}))

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InvalidInputError
@@ -17,7 +18,7 @@ from .refrag_model import RefragModel
 
 __all__ = ["RefragRuntime"]
 
-POINT_KEYS = ("expand", "expand_tokens", "policy")
+POINT_KEYS = ("history", "expand", "expand_tokens", "policy")
 
 
 class RefragRuntime:
@@ -100,11 +101,18 @@ class RefragRuntime:
         return self._row_lora
 
     def compress(self, layout: Any, passages: list[Any], question: str, *, expand: float | None,
-                 expand_tokens: int | None, policy: str, seed: int | None) -> Any:
+                 expand_tokens: int | None, policy: str, seed: int | None, raw_passages: Sequence[int] = ()) -> Any:
         """The mixed (compressed + expanded) prefill input of a laid-out request
-        (:func:`~refrag_rasd_core.refrag.compress.mixed_input`)."""
+        (:func:`~refrag_rasd_core.refrag.compress.mixed_input`); the ``raw_passages`` (layout order) keep all
+        their chunks as raw tokens (a conversation's passages read as text)."""
+        from .chunking import num_chunks
         from .compress import mixed_input
 
+        k = self.require().k
+        starts = [0]
+        for ids in layout.passages:
+            starts.append(starts[-1] + num_chunks(len(ids), k))
+        keep_raw = [c for i in raw_passages for c in range(starts[i], starts[i + 1])]
         return mixed_input(self.require(), self.model, layout, passages, expand=expand or 0.0,
                            expand_tokens=expand_tokens, policy=policy, seed=seed, encoder=self.encoder,
-                           question=question)
+                           question=question, keep_raw=keep_raw)

@@ -14,8 +14,8 @@ conversation of each setting, so a first turn is always cold):
 
 * ``recompute``          no prefix cache, the history read as text (every turn re-reads everything);
 * ``cached``             the engine's prefix cache on, the history as text;
-* ``cached+compressed``  the prefix cache on and the passages compressed (REFRAG, ``expand`` of the chunks
-                         raw by the trained policy);
+* ``cached+compressed``  the prefix cache on, the question's passages as text and the earlier turns' compressed
+                         (``history="compressed"``: REFRAG, ``expand`` of their chunks raw by the trained policy);
 * ``default``            what ``ChatRefragRasd()`` does when the user sets nothing, on an engine with the prefix
                          cache the shared engines have.
 
@@ -77,8 +77,8 @@ def _chain(engine: Engine, setting: str, store: Any, k: int, max_tokens: int, ex
     kw: dict[str, Any] = {}
     if setting in ("recompute", "cached"):
         kw["context"] = "text"
-    elif setting == "cached+compressed":
-        kw.update(context="compressed", engine_kwargs={"expand": expand, "policy": "auto"})
+    elif setting == "cached+compressed":  # the question's passages as text, the earlier turns' compressed
+        kw.update(context="text", engine_kwargs={"history": "compressed", "expand": expand, "policy": "auto"})
     llm = ChatRefragRasd(engine=engine, max_tokens=max_tokens, seed=0, **kw)
     prompt = ChatPromptTemplate.from_messages([MessagesPlaceholder("history"), ("human", "{question}")])
     if store is None or k == 0:
