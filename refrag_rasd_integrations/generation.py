@@ -77,6 +77,11 @@ class GenerationRequest:
         if not isinstance(prompt, str):  # earlier turns' passages, laid out in their own messages
             prompt = [{**m, "passages": resolve(m["passages"], store=store, registry=reg)} if m.get("passages")
                       else m for m in prompt]
+            users = [i for i, m in enumerate(prompt) if m.get("role") == "user"]
+            if users and prompt[users[-1]].get("passages"):  # the question's own: handed over with the rest
+                question = dict(prompt[users[-1]])
+                found = list(question.pop("passages")) + found
+                prompt = [*prompt[:users[-1]], question, *prompt[users[-1] + 1:]]
         recognized = 0
         if not found and settings.recognize_passages and len(reg):
             prompt, found = _recognize(prompt, reg)

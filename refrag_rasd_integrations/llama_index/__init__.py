@@ -2,7 +2,7 @@
 as a LlamaIndex vector store, for ``VectorStoreIndex.from_vector_store``), :class:`RefragLlamaRetriever` (its
 retriever, also named ``RefragRetriever``; what ``RefragChromaStore.as_llama_index_retriever()`` gives), and
 :class:`RefragSynthesizer` and :class:`RefragQueryEngine` (hand the retrieved nodes, with their stored chunk
-embeddings, to the engine).
+embeddings, to the engine), and :class:`RefragChatEngine` (a conversation over the store; ``store.as_chat_engine()``).
 
 Example:
     >>> qe = store.as_query_engine(similarity_top_k=2, max_tokens=16)          # doctest: +REAL_MODEL
@@ -10,11 +10,12 @@ Example:
     True
 """
 
+from .chat_engine import RefragChatEngine
 from .filters import chroma_where
 from .llms import RefragRasdLLM
 from .query_engine import RefragQueryEngine, RefragSynthesizer
 from .retrievers import RefragLlamaRetriever, RefragRetriever
 from .vector_stores import RefragLlamaVectorStore, RefragStoreEmbedding
 
-__all__ = ["RefragLlamaRetriever", "RefragLlamaVectorStore", "RefragQueryEngine", "RefragRasdLLM", "RefragRetriever",
-           "RefragStoreEmbedding", "RefragSynthesizer", "chroma_where"]
+__all__ = ["RefragChatEngine", "RefragLlamaRetriever", "RefragLlamaVectorStore", "RefragQueryEngine",
+           "RefragRasdLLM", "RefragRetriever", "RefragStoreEmbedding", "RefragSynthesizer", "chroma_where"]

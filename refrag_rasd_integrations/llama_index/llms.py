@@ -30,11 +30,15 @@ from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 
 from ..generation import GenerationRequest, run_in_thread, usage
+from ..passages import MESSAGE_KEY
 from ..settings import CompletionSettings
 
 
-def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    """LlamaIndex chat messages -> engine chat messages (tool / function roles are refused)."""
+def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """LlamaIndex chat messages -> engine chat messages (tool / function roles are refused). A user message
+    whose ``additional_kwargs`` carry passage handles (``"refrag_passages"``, as :class:`RefragChatEngine
+    <refrag_rasd_integrations.llama_index.chat_engine.RefragChatEngine>` writes) keeps them: the engine lays
+    them out in that message, as in the turn that read them."""
     roles = {MessageRole.SYSTEM: "system", MessageRole.USER: "user", MessageRole.ASSISTANT: "assistant",
              MessageRole.DEVELOPER: "system"}
     out = []
@@ -44,7 +48,11 @@ def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
             from refrag_rasd_core.errors import InvalidInputError
 
             raise InvalidInputError(f"this model does not take {m.role} messages (no tool calling)")
-        out.append({"role": role, "content": m.content or ""})
+        msg: dict[str, Any] = {"role": role, "content": m.content or ""}
+        handles = list((m.additional_kwargs or {}).get(MESSAGE_KEY) or [])
+        if handles and role == "user":
+            msg["passages"] = handles
+        out.append(msg)
     return out
 
 

@@ -39,6 +39,7 @@ from .configuration import check_collection, collection_metadata
 from .documents import iter_file_documents, passage_records
 from .embedder import DEFAULT_EMBEDDER, default_embedder
 from .errors import chroma_failure
+from .faces import FrameworkFaces
 from .records import PassageRecord, decode_passage, encode_arrays, flat_metadata, token_dtype_for
 from .splitting import PassageSplitter
 
@@ -63,7 +64,7 @@ class IndexReport:
         return self.added / self.seconds if self.seconds > 0 else 0.0
 
 
-class RefragChromaStore:
+class RefragChromaStore(FrameworkFaces):
     """A Chroma collection of passages with retrieval vectors, token ids and REFRAG chunk embeddings.
 
     The database: ``client`` (any chromadb client), else a ``chroma run`` server at ``url`` or ``host`` /
@@ -425,28 +426,3 @@ class RefragChromaStore:
         by_id = {pid: self._passage(pid, text or "", dict(meta or {}))
                  for pid, text, meta in zip(res["ids"], res["documents"], res["metadatas"], strict=True)}
         return [by_id[i] for i in ids if i in by_id]
-
-    # ---- framework adapters ------------------------------------------------------------------------------
-    # (imported here, not at the top: the framework packages depend on the store, never the reverse)
-    def as_retriever(self, **kwargs: Any) -> Any:
-        """A LangChain retriever over this store (``k``, ``filter``): what
-        :class:`~refrag_rasd_integrations.langchain.RefragVectorStore` ``(store).as_retriever()`` gives."""
-        from ..langchain.vectorstores import RefragVectorStore
-
-        return RefragVectorStore(self).as_retriever(**kwargs)
-
-    def as_llama_index_retriever(self, **kwargs: Any) -> Any:
-        """A LlamaIndex retriever over this store (``similarity_top_k``, ``filters``): what
-        :class:`~refrag_rasd_integrations.llama_index.RefragLlamaVectorStore` ``(store).as_retriever()`` gives."""
-        from ..llama_index.vector_stores import RefragLlamaVectorStore
-
-        return RefragLlamaVectorStore(self).as_retriever(**kwargs)
-
-    def as_query_engine(self, llm: Any = None, *, similarity_top_k: int = 4, streaming: bool = False,
-                        **llm_kwargs: Any) -> Any:
-        """A LlamaIndex query engine that hands the retrieved passages, with their chunk embeddings, to the
-        engine (REFRAG + RASD)."""
-        from ..llama_index.query_engine import RefragQueryEngine
-
-        return RefragQueryEngine.from_store(self, llm=llm, similarity_top_k=similarity_top_k,
-                                            streaming=streaming, **llm_kwargs)

@@ -61,3 +61,27 @@ def test_later_turns_reuse_earlier_ones_and_answer_as_a_recompute(parts, context
     # each turn hands over its own passage; the prompt holds those of all the turns before too
     assert [m.response_metadata["passages"] for m in a] == [1] * 5
     assert stats[4]["prefill_positions"] > 2 * stats[0]["prefill_positions"]
+
+
+def test_llama_index_chat_engine_keeps_each_turns_passages_and_reuses_them(parts):
+    from refrag_rasd_integrations.llama_index import RefragChatEngine, RefragRasdLLM
+
+    loaded, enc, rm, store = parts
+    cached = Engine(loaded, drafter=None, refrag=rm, refrag_encoder=enc, prefix_cache=64 << 20)
+    plain = Engine(loaded, drafter=None, refrag=rm, refrag_encoder=enc)
+    answers = {}
+    for name, engine in (("cached", cached), ("plain", plain)):
+        chat = RefragChatEngine.from_store(store, llm=RefragRasdLLM(engine=engine, max_tokens=6, method="pld",
+                                                                    context="text"), similarity_top_k=1)
+        answers[name] = [chat.chat(q) for q in QUESTIONS[:3]]
+        history = chat.chat_history
+        assert len(history) == 6 and all(m.additional_kwargs.get("refrag_passages") for m in history[::2])
+    assert [r.response for r in answers["cached"]] == [r.response for r in answers["plain"]]
+    stats = [r.metadata["stats"] for r in answers["cached"]]
+    assert stats[0]["cached_tokens"] == 0
+    assert all(b["cached_tokens"] >= a["prefill_positions"] - 16 for a, b in zip(stats, stats[1:], strict=False))
+    assert all(r.metadata["passages"] == 1 and len(r.source_nodes) == 1 for r in answers["cached"])
+    streamed = RefragChatEngine.from_store(store, llm=RefragRasdLLM(engine=cached, max_tokens=6, method="pld",
+                                                                    context="text"), similarity_top_k=1)
+    text = "".join(streamed.stream_chat(QUESTIONS[0]).response_gen)
+    assert text == answers["cached"][0].response

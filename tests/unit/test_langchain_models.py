@@ -202,7 +202,8 @@ def test_concurrent_threads_and_tasks(chat):
 def test_engines_are_shared_and_lazy(monkeypatch):
     loads = []
 
-    def fake_load(model=None, device="auto", dtype=None):
+    def fake_load(model=None, device="auto", dtype=None, prefix_cache=None):
+        assert prefix_cache == engines.prefix_cache_bytes() == engines.DEFAULT_PREFIX_CACHE_MB << 20
         loads.append(model)
         return object()
 
