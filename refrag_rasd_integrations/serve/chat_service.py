@@ -4,7 +4,10 @@ give back an OpenAI ``chat.completion`` object or its server-sent events.
 
 A replica holds one :class:`ChatService`: the engine loads once (in the constructor), stores open on first
 use, one per collection, all on one Chroma client (the ``chroma run`` server every replica shares, or the
-embedded folder). Calls are serialised by the engine (one decoding loop per replica).
+embedded folder). Calls are serialised by the engine (one decoding loop per replica) behind a gate
+(:mod:`.gate`): a request is checked against the server's caps (:mod:`.limits`), retrieved and tokenized
+before it takes the engine, waits at most its time budget, and releases the engine when it ends, fails, runs
+past its budget or its client leaves.
 
 Example:
     >>> from refrag_rasd_integrations.serve.chat_service import ChatService, ServeConfig

@@ -52,6 +52,8 @@ class EngineReplica:
     ``__serve_build_asgi_app__`` after the constructor)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
+        if os.environ.get(LOOPBACK_ENV) == "1":
+            _loopback_replica_grpc()
         cfg = ServeConfig.from_dict(config)
         if cfg.threads is None:  # the CPUs Ray gave this replica
             ray, _ = _ray()
@@ -69,6 +71,8 @@ class EngineReplica:
             raise RuntimeError("the engine is not loaded")
 
 
+LOOPBACK_ENV = "REFRAG_RASD_RAY_LOOPBACK"
+"""Set to 1 in the replicas of a local Ray instance: their own servers bind to loopback."""
 SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH", "HEADER")
 """A variable whose name holds one of these is never copied into a replica's environment."""
 SHARED_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "HF_HUB_CACHE",
@@ -88,12 +92,16 @@ def replica_env(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def build_app(config: ServeConfig) -> Any:
-    """The Serve application (a bound deployment) for ``config``."""
+def build_app(config: ServeConfig, *, loopback: bool = False) -> Any:
+    """The Serve application (a bound deployment) for ``config``; ``loopback``: the replicas' own servers bind
+    to 127.0.0.1 (a local Ray instance)."""
     _, serve = _ray()
     cpus = config.replica_cpus()
     actor_options: dict[str, Any] = {"num_cpus": cpus}
-    actor_options["runtime_env"] = {"env_vars": replica_env(os.environ)}
+    env = replica_env(os.environ)
+    if loopback:
+        env[LOOPBACK_ENV] = "1"
+    actor_options["runtime_env"] = {"env_vars": env}
     if config.device.startswith("cuda"):
         actor_options["num_gpus"] = 1
     deployment = serve.deployment(
@@ -138,7 +146,7 @@ def start(config: ServeConfig, *, address: str | None = None, wait_s: float = 60
                           _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
         ray.init(**kwargs)
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
+    serve.run(build_app(config, loopback=not address), name=config.app_name, route_prefix="/", blocking=False)
     wait_ready(config.app_name, config.replicas, timeout_s=wait_s)
     return f"http://{config.host}:{config.port}"
 
@@ -154,6 +162,25 @@ def _loopback_ray() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False  # ray was imported before: its flag is read at each call
     except ImportError:  # pragma: no cover - Ray missing: _ray() says so
         pass
+
+
+def _loopback_replica_grpc() -> None:
+    """In a replica of a local instance: Serve (2.60) binds each replica's inter-deployment gRPC server to
+    ``[::]:0``, every interface, with no option to change it; bind it to 127.0.0.1 instead (one machine, so
+    nothing that calls it is elsewhere). A Ray without that hook is left as it is."""
+    try:
+        from ray.serve._private import replica
+    except ImportError:  # pragma: no cover - depends on the Ray version
+        return
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "_refrag_rasd_loopback", False):
+        return
+
+    def bind_loopback(server: Any, address: str) -> Any:
+        return original(server, address.replace("[::]", "127.0.0.1", 1))
+
+    bind_loopback._refrag_rasd_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = bind_loopback
 
 
 def replica_states(app_name: str) -> dict[str, int]:

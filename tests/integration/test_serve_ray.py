@@ -102,15 +102,15 @@ def test_streams_through_ray_serve_and_chat_openai(served):
 
 def test_nothing_listens_beyond_loopback(served):
     psutil = pytest.importorskip("psutil")
-    ray_pids = set()
+    ray_pids = {}
     for proc in psutil.process_iter(["pid", "name", "cmdline"]):
         text = " ".join([proc.info["name"] or "", *(proc.info["cmdline"] or [])])
         if any(w in text for w in ("ray::", "raylet", "gcs_server", "ray/_private", "ray/dashboard", "ray/serve")):
-            ray_pids.add(proc.info["pid"])
+            ray_pids[proc.info["pid"]] = text[:120]
     listening = [c for c in psutil.net_connections(kind="inet")
                  if c.status == psutil.CONN_LISTEN and c.pid in ray_pids]
     assert listening, "no Ray process found listening"
-    wide = [(c.pid, c.laddr) for c in listening if c.laddr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    wide = [(ray_pids[c.pid], c.laddr) for c in listening if c.laddr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
     assert not wide, f"listening beyond loopback: {wide}"
 
 
