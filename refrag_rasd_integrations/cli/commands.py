@@ -223,7 +223,7 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-ongoing", type=int, default=1, help="requests one replica works on at once")
     p.add_argument("--max-queued", type=int, default=64, help="requests queued before 503 (-1: no limit)")
     p.add_argument("--no-calibrate", action="store_true", help="skip measuring the verify-cost curve at load")
-    p.add_argument("--refrag", default="auto", help="REFRAG checkpoint (default: the shipped one)")
+    p.add_argument("--refrag", default="auto", help="REFRAG checkpoint (default: the shipped one; none: without)")
     model_args(p)
 
 
@@ -260,7 +260,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..serve import KeyRing, ServeConfig, shutdown, start
 
     keys = KeyRing.parse(args.api_key, file=args.api_keys_file, env=os.environ)
-    cfg = ServeConfig(model=args.model, device=args.device, dtype=args.dtype, refrag=args.refrag,
+    refrag = None if str(args.refrag).strip().lower() in ("", "none", "null") else args.refrag
+    cfg = ServeConfig(model=args.model, device=args.device, dtype=args.dtype, refrag=refrag,
                       method=args.method, context=args.context, max_tokens=args.max_tokens,
                       collection=args.collection, k=args.k, chroma_url=args.chroma_url, chroma_dir=args.chroma_dir,
                       chroma_headers=_chroma_headers(args.chroma_header),
