@@ -194,31 +194,93 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
                    help="the `chroma run` server every replica reads (default: $REFRAG_RASD_CHROMA_URL; unset: "
                         "the embedded database, one machine)")
     p.add_argument("--chroma-dir", default=None, help="embedded database folder (without a Chroma server)")
-    p.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0 to listen on every interface)")
+    p.add_argument("--chroma-header", action="append", default=[], metavar="NAME=VALUE",
+                   help="HTTP header for the Chroma server, e.g. its auth (repeatable; also "
+                        "$REFRAG_RASD_CHROMA_HEADERS, comma-separated NAME=VALUE or a JSON object)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="HTTP address (default loopback; another address listens beyond this machine: set "
+                        "--api-key and put a TLS proxy in front, see docs/security.md)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto) instead of starting one")
+    p.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto) instead of starting one "
+                   "(a local one binds to loopback)")
+    p.add_argument("--no-ray", action="store_true", help="one process under uvicorn, without Ray (development)")
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY[:COLL,...]",
+                   help="accept this API key (Authorization: Bearer KEY), optionally only for these collections "
+                        "(repeatable; also $REFRAG_RASD_API_KEYS, comma-separated)")
+    p.add_argument("--api-keys-file", default=None,
+                   help='JSON or TOML file of keys: {"keys": {"KEY": ["coll"], "ADMIN-KEY": "*"}}')
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let browsers call from this origin (repeatable; default: no cross-origin access)")
+    p.add_argument("--docs", action="store_true", help="serve /docs, /redoc and /openapi.json")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 past it)")
+    p.add_argument("--request-timeout", type=float, default=300.0,
+                   help="seconds one request may take, waiting included (504 past it; 0: none)")
+    p.add_argument("--max-passages", type=int, default=64, help="passages one request may send")
+    p.add_argument("--max-passage-chars", type=int, default=262_144, help="characters of those passages")
     p.add_argument("--method", default="rasd", help=f"default decoding: {', '.join(METHODS)}")
     p.add_argument("--context", default="auto", help=f"default context: {', '.join(CONTEXTS)}")
     p.add_argument("--max-tokens", type=int, default=256, help="default answer length")
     p.add_argument("--max-ongoing", type=int, default=1, help="requests one replica works on at once")
     p.add_argument("--max-queued", type=int, default=64, help="requests queued before 503 (-1: no limit)")
     p.add_argument("--no-calibrate", action="store_true", help="skip measuring the verify-cost curve at load")
-    p.add_argument("--refrag", default="auto", help="REFRAG checkpoint (default: the shipped one)")
+    p.add_argument("--refrag", default="auto", help="REFRAG checkpoint (default: the shipped one; none: without)")
     model_args(p)
+
+
+def _chroma_headers(given: list[str]) -> dict[str, str] | None:
+    """``--chroma-header NAME=VALUE`` and ``$REFRAG_RASD_CHROMA_HEADERS`` (NAME=VALUE,... or a JSON object)."""
+    import os
+
+    from refrag_rasd_core.errors import InvalidInputError
+
+    env = os.environ.get("REFRAG_RASD_CHROMA_HEADERS", "").strip()
+    items = list(given)
+    headers: dict[str, str] = {}
+    if env.startswith("{"):
+        try:
+            headers.update({str(k): str(v) for k, v in json.loads(env).items()})
+        except (ValueError, AttributeError) as exc:
+            raise InvalidInputError(f"REFRAG_RASD_CHROMA_HEADERS is not a JSON object: {exc}") from exc
+    elif env:
+        items = env.split(",") + items
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InvalidInputError(f"a Chroma header is NAME=VALUE, got {item.split('=')[0]!r}...")
+        headers[name.strip()] = value.strip()
+    return headers or None
 
 
 @command("serve", "serve the model over HTTP (OpenAI-compatible) on Ray Serve replicas", _setup_serve)
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
     import signal
     import threading
 
-    from ..serve import ServeConfig, shutdown, start
+    from ..serve import KeyRing, ServeConfig, shutdown, start
 
-    cfg = ServeConfig(model=args.model, device=args.device, dtype=args.dtype, refrag=args.refrag,
+    keys = KeyRing.parse(args.api_key, file=args.api_keys_file, env=os.environ)
+    refrag = None if str(args.refrag).strip().lower() in ("", "none", "null") else args.refrag
+    cfg = ServeConfig(model=args.model, device=args.device, dtype=args.dtype, refrag=refrag,
                       method=args.method, context=args.context, max_tokens=args.max_tokens,
                       collection=args.collection, k=args.k, chroma_url=args.chroma_url, chroma_dir=args.chroma_dir,
+                      chroma_headers=_chroma_headers(args.chroma_header),
                       calibrate=not args.no_calibrate, replicas=args.replicas, max_ongoing_requests=args.max_ongoing,
-                      max_queued_requests=args.max_queued, host=args.host, port=args.port)
+                      max_queued_requests=args.max_queued, host=args.host, port=args.port,
+                      max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
+                      max_passages=args.max_passages, max_passage_chars=args.max_passage_chars,
+                      api_keys=keys.digests() or None, cors_origins=args.cors_origin or None, docs=args.docs)
+    if not cfg.loopback_only() and not keys:
+        print(f"refrag-rasd serve: WARNING: listening on {cfg.host} without API keys: anyone who can reach this "
+              "address can run generations and read every collection (set --api-key; see docs/security.md)",
+              file=sys.stderr)
+    url = f"http://{cfg.host}:{cfg.port}"
+    if args.no_ray:
+        from ..serve import run_local
+
+        print(f"refrag-rasd serve: one process, no Ray; {url}/v1 once the model is loaded", file=sys.stderr)
+        run_local(cfg)
+        return 0
     if cfg.replicas > 1 and not cfg.resolved_chroma_url():
         print("refrag-rasd serve: the replicas read the embedded Chroma folder (fine on one machine, read-only); "
               "use a `chroma run` server (--chroma-url) to index while serving or to serve from several machines",
@@ -230,7 +292,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         url = start(cfg, address=args.address)
         print(f"{url}/v1  (OpenAI base URL; model 'refrag-rasd')", flush=True)
-        print(f"try: curl {url}/v1/chat/completions -H 'content-type: application/json' "
+        auth = " -H 'authorization: Bearer KEY'" if keys else ""
+        print(f"try: curl {url}/v1/chat/completions -H 'content-type: application/json'{auth} "
               "-d '{\"messages\": [{\"role\": \"user\", \"content\": \"How do I install it?\"}]}'",
               file=sys.stderr, flush=True)
         stop.wait()

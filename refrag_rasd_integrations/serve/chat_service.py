@@ -4,7 +4,10 @@ give back an OpenAI ``chat.completion`` object or its server-sent events.
 
 A replica holds one :class:`ChatService`: the engine loads once (in the constructor), stores open on first
 use, one per collection, all on one Chroma client (the ``chroma run`` server every replica shares, or the
-embedded folder). Calls are serialised by the engine (one decoding loop per replica).
+embedded folder). Calls are serialised by the engine (one decoding loop per replica) behind a gate
+(:mod:`.gate`): a request is checked against the server's caps (:mod:`.limits`), retrieved and tokenized
+before it takes the engine, waits at most its time budget, and releases the engine when it ends, fails, runs
+past its budget or its client leaves.
 
 Example:
     >>> from refrag_rasd_integrations.serve.chat_service import ChatService, ServeConfig
@@ -17,21 +20,26 @@ Example:
 
 from __future__ import annotations
 
-import os
+import logging
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
-from refrag_rasd_core.generation_config import GenerationConfig
 
 from ..engines import get_engine, model_label
+from ..errors import StoreError
 from ..generation import GenerationRequest
 from ..settings import ModelSettings
+from .auth import check_collection
+from .body import request_id
+from .config import ServeConfig
+from .errors import InvalidFilterError, ServeError
+from .gate import Budget, EngineGate
+from .limits import check_limits
 from .openai_api import (
     SSE_DONE,
     ChatCompletionRequest,
@@ -46,99 +54,7 @@ from .openai_api import (
 MODEL_ALIASES = ("refrag-rasd", "default")
 """Model names every server answers to, besides its target's own name."""
 
-
-@dataclass
-class ServeConfig:
-    """How a server is set up: the model and its defaults (every replica the same), the store, and the
-    deployment (replicas, queue, HTTP address).
-
-    Example:
-        >>> ServeConfig(replicas=2, collection="docs").replica_cpus(cpus=2)
-        1.0
-        >>> ServeConfig.from_dict({"replicas": "3", "k": "2"}).k
-        2
-    """
-
-    model: str | None = None
-    device: str = "auto"
-    dtype: str | None = None
-    refrag: str | None = "auto"
-    """REFRAG checkpoint: ``auto`` (the shipped one for the default model), a path, or ``None`` for none."""
-    method: str = "rasd"
-    context: str = "auto"
-    max_tokens: int = 256
-    """Default answer length (a request's ``max_tokens`` wins, up to ``max_tokens_limit``)."""
-    max_tokens_limit: int = 2048
-    collection: str | None = None
-    """Default collection to retrieve from (a request may name another, or send ``k=0``)."""
-    k: int = 4
-    chroma_url: str | None = None
-    """The ``chroma run`` server every replica reads (default ``$REFRAG_RASD_CHROMA_URL``); unset: the
-    embedded folder ``chroma_dir`` (one machine)."""
-    chroma_dir: str | None = None
-    calibrate: bool = True
-    """Measure the verify-cost curve on the replica's machine at load (steers RASD's tree budget)."""
-    threads: int | None = None
-    """Torch threads per replica (default: the replica's CPUs)."""
-    replicas: int = 1
-    max_ongoing_requests: int = 1
-    """Requests a replica works on at once (1: one decoding loop; Serve queues and routes the rest)."""
-    max_queued_requests: int = 64
-    """Requests Serve queues per caller before refusing with 503 (-1: no limit)."""
-    host: str = "127.0.0.1"
-    port: int = 8080
-    app_name: str = "refrag-rasd"
-
-    def __post_init__(self) -> None:
-        self.generation_config()  # checks method, context and max_tokens
-        for name in ("replicas", "max_ongoing_requests", "max_tokens_limit"):
-            if int(getattr(self, name)) < 1:
-                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.k < 0:
-            raise InvalidInputError(f"k must be >= 0, got {self.k}")
-
-    def generation_config(self) -> GenerationConfig:
-        """The server's default generation settings (a request's own win)."""
-        return GenerationConfig.of(method=self.method, context=self.context, max_tokens=self.max_tokens)
-
-    @classmethod
-    def from_dict(cls, args: dict[str, Any]) -> ServeConfig:
-        """From ``serve run`` / config-file arguments (strings are converted to the field's type)."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(args) - set(known))
-        if unknown:
-            raise InvalidInputError(f"unknown server setting(s): {', '.join(unknown)}")
-        return cls(**{key: _from_text(str(known[key].type), value) for key, value in args.items()})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def resolved_chroma_url(self) -> str | None:
-        return self.chroma_url or os.environ.get("REFRAG_RASD_CHROMA_URL") or None
-
-    def replica_cpus(self, cpus: int | None = None) -> float:
-        """CPUs each replica reserves: the machine's share (at least one where there are enough)."""
-        cpus = cpus or os.cpu_count() or 1
-        return float(max(cpus // self.replicas, 1)) if self.replicas <= cpus else cpus / self.replicas
-
-
-def _from_text(kind: str, value: Any) -> Any:
-    """A setting given as text (a command line, a config file) converted to its field's type ``kind``."""
-    if not isinstance(value, str):
-        return value
-    if "None" in kind and value.strip().lower() in ("", "none", "null"):
-        return None
-    base = kind.split("|")[0].strip()
-    try:
-        if base == "int":
-            return int(value)
-        if base == "float":
-            return float(value)
-    except ValueError as exc:
-        raise InvalidInputError(f"expected a number, got {value!r}") from exc
-    if base == "bool":
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return value
+log = logging.getLogger("refrag_rasd_integrations.serve")
 
 
 class ChatService:
@@ -170,7 +86,9 @@ class ChatService:
         self._client = client
         self._stores: dict[str, Any] = dict(stores or {})
         self._lock = threading.Lock()
-        self.replica = f"{os.uname().nodename}:{os.getpid()}"
+        self.gate = EngineGate(config.max_ongoing_requests, config.max_queued_requests)
+        self.replica = f"replica-{uuid.uuid4().hex[:12]}"
+        """An opaque name of this replica (no host name or process id)."""
 
     # ---- store ---------------------------------------------------------------------------------------------
     def client(self) -> Any:
@@ -178,7 +96,8 @@ class ChatService:
 
         if self._client is None:
             url = self.config.resolved_chroma_url()
-            self._client = make_client(None if url else self.config.chroma_dir, url=url)
+            self._client = make_client(None if url else self.config.chroma_dir, url=url,
+                                       headers=self.config.chroma_headers or None)
         return self._client
 
     def store(self, collection: str) -> Any:
@@ -194,8 +113,8 @@ class ChatService:
             return store
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.model_name, "replica": self.replica,
-                "collection": self.config.collection, "chroma_url": self.config.resolved_chroma_url()}
+        """``GET /health``: open to everyone, so only the status and the model (no host, process or URL)."""
+        return {"status": "ok", "model": self.model_name}
 
     def models(self) -> dict[str, Any]:
         """``GET /v1/models``."""
@@ -206,13 +125,16 @@ class ChatService:
     def parse(self, body: dict[str, Any] | ChatCompletionRequest) -> ChatCompletionRequest:
         req = body if isinstance(body, ChatCompletionRequest) else ChatCompletionRequest.model_validate(body)
         req.check_supported()
+        check_limits(req, self.config)
         if req.model and req.model not in (self.model_name, *MODEL_ALIASES):
             raise ModelNotServedError(f"this server serves {self.model_name!r} (also as "
                                       f"{' / '.join(MODEL_ALIASES)}), not {req.model!r}")
         return req
 
-    def prepare(self, req: ChatCompletionRequest) -> tuple[GenerationRequest, list[dict[str, Any]]]:
-        """Retrieve and resolve: the engine request and the sources (id, source, score) it reads."""
+    def prepare(self, req: ChatCompletionRequest, allowed: frozenset[str] | None = None,
+                ) -> tuple[GenerationRequest, list[dict[str, Any]]]:
+        """Retrieve and resolve: the engine request and the sources (id, source, score) it reads; ``allowed``:
+        the collections the caller's API key may read (``None``: all)."""
         cfg = self.config
         settings = req.generation_settings()
         if int(settings.get("max_tokens", 0)) > cfg.max_tokens_limit:
@@ -221,13 +143,25 @@ class ChatService:
         collection, k = req.retrieval(cfg.collection, cfg.k)
         sources: list[dict[str, Any]] = []
         passages: list[Any] = list(req.passages or [])
+        check_collection(allowed, collection)
         if collection:
-            hits = self.store(collection).search(req.question(), k=k, filter=req.filter)
+            hits = self._search(collection, req, k)
             passages = [p for p, _ in hits]
             sources = [{"id": p.id, "source": p.metadata.get("source"), "score": round(float(s), 4)}
                        for p, s in hits]
         gen = GenerationRequest.build(self.settings, req.engine_messages(), passages=passages or None, **settings)
         return gen, sources
+
+    def _search(self, collection: str, req: ChatCompletionRequest, k: int) -> list[Any]:
+        store = self.store(collection)
+        try:
+            return store.search(req.question(), k=k, filter=req.filter)
+        except StoreError as exc:  # Chroma refusing the filter is the caller's fault: 400, not 503
+            cause = exc.__cause__
+            if req.filter and (isinstance(cause, (ValueError, TypeError)) or "InvalidArgument" in
+                               type(cause).__name__ or "where" in str(cause).lower()):
+                raise InvalidFilterError(f"filter: refused by Chroma ({cause})", param="filter") from exc
+            raise
 
     def _extra(self, gen: GenerationRequest, stats: Any, sources: list[dict[str, Any]]) -> dict[str, Any]:
         meta = gen.metadata(stats)
@@ -236,38 +170,62 @@ class ChatService:
                 "decode_tokens_per_s": meta["decode_tokens_per_s"],
                 "accepted_per_forward": meta["accepted_per_forward"], "replica": self.replica}
 
-    def complete(self, req: ChatCompletionRequest, request_id: str | None = None) -> dict[str, Any]:
-        """The whole ``chat.completion`` object."""
-        gen, sources = self.prepare(req)
-        stream = gen.stream()
-        text = "".join(stream)
-        return completion(request_id or new_request_id(), self.model_name, text, stream.stats,
+    def complete(self, req: ChatCompletionRequest, request_id: str | None = None, *,
+                 allowed: frozenset[str] | None = None, budget: Budget | None = None) -> dict[str, Any]:
+        """The whole ``chat.completion`` object (``RequestTimeoutError`` past the time budget)."""
+        budget = budget or Budget(self.config.request_timeout)
+        gen, sources = self.prepare(req, allowed)
+        stream = gen.stream()  # tokenized and checked against the window here, before the engine
+        pieces: list[str] = []
+        self.gate.acquire(budget)
+        try:
+            for piece in stream:
+                pieces.append(piece)
+                budget.check()
+        finally:
+            stream.close()
+            self.gate.release()
+        return completion(request_id or new_request_id(), self.model_name, "".join(pieces), stream.stats,
                           self._extra(gen, stream.stats, sources))
 
-    def events(self, req: ChatCompletionRequest, request_id: str | None = None) -> Iterator[str]:
+    def events(self, req: ChatCompletionRequest, request_id: str | None = None, *,
+               allowed: frozenset[str] | None = None, budget: Budget | None = None) -> Iterator[str]:
         """Server-sent events of a streamed answer. The request is resolved (retrieval, checks, prompt) before
-        the first event, so bad input raises here; a failure after that ends the stream with an error event."""
-        gen, sources = self.prepare(req)
+        the first event, so bad input raises here; a failure after that (the time budget spent included) ends
+        the stream with an error event. Closing the iterator releases the engine."""
+        budget = budget or Budget(self.config.request_timeout)
+        gen, sources = self.prepare(req, allowed)
         stream = gen.stream()
-        return self._events(gen, stream, sources, req.include_usage(), request_id or new_request_id())
+        return self._events(gen, stream, sources, req.include_usage(), request_id or new_request_id(), budget)
 
     def _events(self, gen: GenerationRequest, stream: Any, sources: list[dict[str, Any]], include_usage: bool,
-                rid: str) -> Iterator[str]:
+                rid: str, budget: Budget) -> Iterator[str]:
         created, model = int(time.time()), self.model_name
+        held = False
         try:
             yield sse(chunk(rid, model, created, {"role": "assistant", "content": ""}))
+            self.gate.acquire(budget)
+            held = True
             for piece in stream:
                 if piece:
                     yield sse(chunk(rid, model, created, {"content": piece}))
+                budget.check()
             stats = stream.stats
             yield sse(chunk(rid, model, created, {}, finish_reason(stats),
                             refrag_rasd=self._extra(gen, stats, sources)))
             if include_usage:
                 yield sse(usage_chunk(rid, model, created, stats))
-        except Exception as exc:  # the stream has started: report in-band, as OpenAI-compatible servers do
-            yield sse(error_body(f"generation failed: {exc}", "server_error"))
+        except ServeError as exc:  # the stream has started: report in-band (time budget spent, server busy)
+            yield sse(error_body(str(exc), exc.kind, exc.code))
+        except InvalidInputError as exc:
+            yield sse(error_body(str(exc)))
+        except Exception:
+            log.exception("request %s: generation failed", rid)
+            yield sse(error_body(f"generation failed (request {rid}; see the server log)", "server_error"))
         finally:
             stream.close()
+            if held:
+                self.gate.release()
         yield SSE_DONE
 
 
@@ -276,8 +234,9 @@ class ModelNotServedError(InvalidInputError, LookupError):
 
 
 def new_request_id(given: str | None = None) -> str:
-    """``chatcmpl-<id>``: the caller's request id when it sent one (``X-Request-Id``), else a fresh one."""
-    return f"chatcmpl-{given or uuid.uuid4().hex}"
+    """``chatcmpl-<id>``: the caller's request id when it sent a valid one (``X-Request-Id``, 1-64 of
+    ``[A-Za-z0-9._-]``), else a fresh one."""
+    return f"chatcmpl-{request_id(given)}"
 
 
 __all__ = ["MODEL_ALIASES", "ChatService", "ModelNotServedError", "ServeConfig", "new_request_id"]

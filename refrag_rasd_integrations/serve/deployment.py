@@ -14,7 +14,14 @@ Three ways to run it:
   collection=docs chroma_url=http://chroma:8000`` or a ``serve deploy`` config file whose ``import_path`` is
   ``refrag_rasd_integrations.serve:app_builder`` and whose ``args`` are :class:`ServeConfig` fields.
 
+Nothing listens beyond this machine unless asked: a local Ray instance binds its own ports to loopback
+(dashboard off), Serve's HTTP proxy listens on ``config.host`` (127.0.0.1 by default). Replicas get the
+settings they need explicitly (:func:`replica_env`: ``REFRAG_RASD_*``, offline switches and cache folders,
+never a variable named like a secret); API keys reach them only as digests, Chroma headers in the config.
+
 Example:
+    >>> sorted(replica_env({"HF_TOKEN": "hf_x", "HF_HOME": "/c", "REFRAG_RASD_API_KEYS": "k", "PATH": "/b"}))
+    ['HF_HOME', 'HF_HUB_OFFLINE', 'TOKENIZERS_PARALLELISM']
     >>> app = build_app(ServeConfig(replicas=2, collection="docs"))  # doctest: +SKIP
     >>> url = start(ServeConfig(replicas=2, collection="docs"))       # doctest: +SKIP
 """
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from refrag_rasd_core.errors import RefragRasdError
@@ -45,6 +52,8 @@ class EngineReplica:
     ``__serve_build_asgi_app__`` after the constructor)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
+        if os.environ.get(LOOPBACK_ENV) == "1":
+            _loopback_replica_grpc()
         cfg = ServeConfig.from_dict(config)
         if cfg.threads is None:  # the CPUs Ray gave this replica
             ray, _ = _ray()
@@ -62,14 +71,36 @@ class EngineReplica:
             raise RuntimeError("the engine is not loaded")
 
 
-def build_app(config: ServeConfig) -> Any:
-    """The Serve application (a bound deployment) for ``config``."""
+LOOPBACK_ENV = "REFRAG_RASD_RAY_LOOPBACK"
+"""Set to 1 in the replicas of a local Ray instance: their own servers bind to loopback."""
+SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH", "HEADER")
+"""A variable whose name holds one of these is never copied into a replica's environment."""
+SHARED_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "HF_HUB_CACHE",
+               "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "SENTENCE_TRANSFORMERS_HOME", "TORCH_HOME",
+               "XDG_CACHE_HOME")
+"""Besides ``REFRAG_RASD_*``: the offline switches and cache folders a replica needs to find the model."""
+
+
+def replica_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment variables handed to replicas: ``REFRAG_RASD_*`` and :data:`SHARED_VARS`, none named
+    like a secret (:data:`SECRET_WORDS`), plus ``HF_HUB_OFFLINE=1`` and ``TOKENIZERS_PARALLELISM=false``
+    unless set."""
+    env = {k: v for k, v in environ.items() if (k.startswith("REFRAG_RASD_") or k in SHARED_VARS)
+           and not any(word in k.upper() for word in SECRET_WORDS)}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    return env
+
+
+def build_app(config: ServeConfig, *, loopback: bool = False) -> Any:
+    """The Serve application (a bound deployment) for ``config``; ``loopback``: the replicas' own servers bind
+    to 127.0.0.1 (a local Ray instance)."""
     _, serve = _ray()
     cpus = config.replica_cpus()
     actor_options: dict[str, Any] = {"num_cpus": cpus}
-    env = {k: v for k, v in os.environ.items() if k.startswith(("REFRAG_RASD_", "HF_", "TRANSFORMERS_"))}
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env = replica_env(os.environ)
+    if loopback:
+        env[LOOPBACK_ENV] = "1"
     actor_options["runtime_env"] = {"env_vars": env}
     if config.device.startswith("cuda"):
         actor_options["num_gpus"] = 1
@@ -88,26 +119,68 @@ def build_app(config: ServeConfig) -> Any:
 
 def app_builder(args: dict[str, Any]) -> Any:
     """Ray's application builder (``serve run refrag_rasd_integrations.serve:app_builder key=value ...``;
-    a ``serve deploy`` config's ``args``): ``args`` are :class:`ServeConfig` fields."""
-    return build_app(ServeConfig.from_dict(dict(args)))
+    a ``serve deploy`` config's ``args``): ``args`` are :class:`ServeConfig` fields; API keys in
+    ``$REFRAG_RASD_API_KEYS`` where it runs are added (as digests)."""
+    from .auth import KeyRing
+
+    cfg = ServeConfig.from_dict(dict(args))
+    ring = KeyRing.parse(env=os.environ)
+    if ring:
+        cfg.api_keys = {**(cfg.api_keys or {}), **ring.digests()}
+    return build_app(cfg)
 
 
 def start(config: ServeConfig, *, address: str | None = None, wait_s: float = 600.0) -> str:
     """Start (or join, with ``address``) Ray, run the application with Serve's HTTP proxy on
     ``config.host:config.port``, wait until every replica is up, and return the base URL
     (``http://host:port/v1`` is the OpenAI base URL)."""
+    if not address:
+        _loopback_ray()
     ray, serve = _ray()
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address:
             kwargs["address"] = address
         else:
-            kwargs.update(num_cpus=os.cpu_count() or 1, object_store_memory=128 * 1024 ** 2)
+            kwargs.update(num_cpus=os.cpu_count() or 1, object_store_memory=128 * 1024 ** 2,
+                          _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
         ray.init(**kwargs)
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
+    serve.run(build_app(config, loopback=not address), name=config.app_name, route_prefix="/", blocking=False)
     wait_ready(config.app_name, config.replicas, timeout_s=wait_s)
     return f"http://{config.host}:{config.port}"
+
+
+def _loopback_ray() -> None:
+    """Make a local Ray instance bind its ports (GCS, raylet, workers, dashboard agent) to 127.0.0.1: Ray
+    resolves ``127.0.0.1`` to the machine's outward address unless clustering is off
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read by Ray at import and by the processes it starts)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # ray was imported before: its flag is read at each call
+    except ImportError:  # pragma: no cover - Ray missing: _ray() says so
+        pass
+
+
+def _loopback_replica_grpc() -> None:
+    """In a replica of a local instance: Serve (2.60) binds each replica's inter-deployment gRPC server to
+    ``[::]:0``, every interface, with no option to change it; bind it to 127.0.0.1 instead (one machine, so
+    nothing that calls it is elsewhere). A Ray without that hook is left as it is."""
+    try:
+        from ray.serve._private import replica
+    except ImportError:  # pragma: no cover - depends on the Ray version
+        return
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "_refrag_rasd_loopback", False):
+        return
+
+    def bind_loopback(server: Any, address: str) -> Any:
+        return original(server, address.replace("[::]", "127.0.0.1", 1))
+
+    bind_loopback._refrag_rasd_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = bind_loopback
 
 
 def replica_states(app_name: str) -> dict[str, int]:
@@ -173,5 +246,5 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-__all__ = ["EngineReplica", "app_builder", "build_app", "kill_replica", "replica_actor_names", "replica_states",
-           "shutdown", "start", "wait_ready"]
+__all__ = ["SECRET_WORDS", "SHARED_VARS", "EngineReplica", "app_builder", "build_app", "kill_replica",
+           "replica_actor_names", "replica_env", "replica_states", "shutdown", "start", "wait_ready"]

@@ -4,14 +4,19 @@
   ``data: [DONE]``; ``stream_options.include_usage`` adds the usage chunk), plus the retrieval-augmented
   fields (``collection``, ``k``, ``filter``, ``passages``, ``context``, ``expand``, ``policy``, ``method``);
   the answer's sources and speed come back under ``refrag_rasd``;
-* ``GET /v1/models``, ``GET /health``.
+* ``GET /v1/models``; ``GET /health`` (open, minimal: status and model).
 
-Errors are OpenAI error objects: 400 bad input (a context longer than the model allows, a store built for
-another model, an unsupported field), 404 an unknown model or collection, 503 the Chroma server unreachable,
-500 anything else. An ``X-Request-Id`` header is echoed as the completion's id (``chatcmpl-<id>``).
+A request is checked in this order, each refusal an OpenAI error object: the API key (401; 403 for a
+collection the key may not read), ``Content-Type: application/json`` (415), the body's size (413, before
+parsing), its JSON (400: nesting, non-finite numbers), the fields and the server's caps (400, naming the
+field), the model (404), the collection (404), the prompt against the model's window (400, before the
+engine), the queue (503) and the time budget (504, or an error event once a stream has started). A 5xx is
+only the server's own fault; its traceback goes to the log. CORS is off unless ``cors_origins`` is set;
+``/docs`` and ``/openapi.json`` are off unless ``docs``. A valid ``X-Request-Id`` header (1-64 of
+``[A-Za-z0-9._-]``) is echoed as the completion's id (``chatcmpl-<id>``); another gets a fresh id.
 
-The same app runs in each Ray Serve replica (:mod:`refrag_rasd_integrations.serve.deployment`) and, in
-tests, in-process.
+The same app runs in each Ray Serve replica (:mod:`refrag_rasd_integrations.serve.deployment`), under
+uvicorn (``refrag-rasd serve --no-ray``) and, in tests, in-process.
 
 Example:
     >>> from starlette.testclient import TestClient
@@ -26,79 +31,133 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
-from refrag_rasd_core.errors import InvalidInputError
-
-from ..errors import CollectionNotFoundError, StoreError
 from ..generation import run_in_thread
-from .chat_service import ChatService, ModelNotServedError, new_request_id
-from .openai_api import error_body
+from .auth import KeyRing
+from .body import check_json_type, parse_json, read_body
+from .chat_service import ChatService, new_request_id
+from .errors import ServeError, status_of
+from .gate import Budget
+from .openai_api import ChatCompletionRequest, error_body
+
+log = logging.getLogger("refrag_rasd_integrations.serve")
 
 
-def status_of(exc: BaseException) -> tuple[int, str]:
-    """HTTP status and OpenAI error type of an exception raised while serving a request."""
-    if isinstance(exc, (ModelNotServedError, CollectionNotFoundError)):
-        return 404, "not_found_error"
-    if isinstance(exc, InvalidInputError):
-        return 400, "invalid_request_error"
-    if isinstance(exc, StoreError):
-        return 503, "service_unavailable"
-    return 500, "server_error"
+def error_response(exc: BaseException, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The OpenAI error object of ``exc`` with its status; a server fault is logged, not described."""
+    status, kind, code = status_of(exc)
+    if status >= 500 and not isinstance(exc, ServeError):  # the server's fault: the details go to the log
+        log.error("request failed", exc_info=exc)
+        message = ("the Chroma store is unavailable (see the server log); retry later" if code
+                   else "internal server error (see the server log)")
+    else:
+        message = str(exc)
+    param = getattr(exc, "param", None)
+    return JSONResponse(error_body(message, kind, code, param), status_code=status, headers=headers)
 
 
-def error_response(exc: BaseException) -> JSONResponse:
-    status, kind = status_of(exc)
-    code = {404: "not_found", 503: "store_unavailable"}.get(status)
-    return JSONResponse(error_body(str(exc), kind, code), status_code=status)
+def _validation_response(errors: list[Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    first = errors[0] if errors else {}
+    where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+    return JSONResponse(error_body(f"invalid request: {where}: {first.get('msg', 'invalid')}", param=where or None),
+                        status_code=400, headers=headers)
 
 
 def make_api(service: ChatService) -> FastAPI:
-    """The FastAPI app answering for ``service``."""
-    api = FastAPI(title="refrag-rasd", description="OpenAI-compatible chat completions with REFRAG + RASD")
+    """The FastAPI app answering for ``service`` (its config's limits, keys, CORS and docs)."""
+    cfg = service.config
+    docs = bool(cfg.docs)
+    api = FastAPI(title="refrag-rasd", description="OpenAI-compatible chat completions with REFRAG + RASD",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
+    keys = KeyRing(cfg.api_keys)
+    if cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        api.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type", "x-request-id"],
+                           expose_headers=["x-request-id"], allow_credentials=False)
 
     @api.exception_handler(RequestValidationError)
     async def _bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return JSONResponse(error_body(f"invalid request: {where}: {first.get('msg', exc)}",
-                                       param=where or None), status_code=400)
+        return _validation_response(list(exc.errors()))
+
+    @api.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @api.exception_handler(Exception)
+    async def _fault(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    def authorize(request: Request) -> frozenset[str] | None:
+        return keys.check(request.headers.get("authorization")) if keys else None
 
     @api.get("/health")
     def health() -> dict[str, Any]:
         return service.health()
 
-    @api.get("/v1/models")
-    def models() -> dict[str, Any]:
+    @api.get("/v1/models", response_model=None)
+    def models(request: Request) -> Any:
+        try:
+            authorize(request)
+        except ServeError as exc:
+            return error_response(exc)
         return service.models()
 
-    @api.post("/v1/chat/completions", response_model=None)
+    ref = {"$ref": "#/components/schemas/ChatCompletionRequest"}
+    body_schema = {"content": {"application/json": {"schema": ref}}, "required": True}
+
+    @api.post("/v1/chat/completions", response_model=None, openapi_extra={"requestBody": body_schema})
     async def chat_completions(request: Request) -> Any:
+        budget = Budget(cfg.request_timeout)
         rid = new_request_id(request.headers.get("x-request-id"))
-        try:
-            req = service.parse(await request.json())
-        except ValueError as exc:  # JSON or pydantic validation
-            if isinstance(exc, InvalidInputError):
-                return error_response(exc)
-            return JSONResponse(error_body(f"invalid request: {exc}"), status_code=400)
         headers = {"x-request-id": rid}
+        try:
+            allowed = authorize(request)
+            check_json_type(request.headers.get("content-type"))
+            raw = await read_body(request.stream(), request.headers.get("content-length"), cfg.max_body_bytes)
+            req = service.parse(parse_json(raw, cfg.max_json_depth))
+        except ValidationError as exc:
+            return _validation_response(list(exc.errors()), headers)
+        except Exception as exc:
+            return error_response(exc, headers)
         if not req.stream:
             try:
-                out = await _in_thread(lambda: service.complete(req, rid))
+                out = await _in_thread(lambda: service.complete(req, rid, allowed=allowed, budget=budget))
             except Exception as exc:
-                return error_response(exc)
+                return error_response(exc, headers)
             return JSONResponse(out, headers=headers)
         try:  # resolve before the first byte, so bad input gets its status code
-            events = await _in_thread(lambda: service.events(req, rid))
+            events = await _in_thread(lambda: service.events(req, rid, allowed=allowed, budget=budget))
         except Exception as exc:
-            return error_response(exc)
+            return error_response(exc, headers)
         return StreamingResponse(run_in_thread(lambda: events), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
 
+    def openapi() -> dict[str, Any]:  # the body's schema, though the endpoint reads the body itself
+        if api.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=api.title, version="1", description=api.description, routes=api.routes)
+            model = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(model.pop("$defs", {}))
+            components["ChatCompletionRequest"] = model
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
     return api
 
 
