@@ -117,10 +117,12 @@ class GenerationRequest:
         }
 
 
-def usage(stats: GenerationStats) -> dict[str, int]:
-    """LangChain ``usage_metadata`` / LlamaIndex ``raw["usage"]`` of a call."""
+def usage(stats: GenerationStats) -> dict[str, Any]:
+    """LangChain ``usage_metadata`` / LlamaIndex ``raw["usage"]`` of a call (``input_token_details.cache_read``:
+    prefill positions that came from the engine's prefix cache)."""
     return {"input_tokens": int(stats.prompt_tokens), "output_tokens": int(stats.new_tokens),
-            "total_tokens": int(stats.prompt_tokens + stats.new_tokens)}
+            "total_tokens": int(stats.prompt_tokens + stats.new_tokens),
+            "input_token_details": {"cache_read": int(stats.cached_tokens)}}
 
 
 def content_text(content: Any) -> str:

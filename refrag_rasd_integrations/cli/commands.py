@@ -213,6 +213,8 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
                    help="let browsers call from this origin (repeatable; default: no cross-origin access)")
     p.add_argument("--docs", action="store_true", help="serve /docs, /redoc and /openapi.json")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 past it)")
+    p.add_argument("--prefix-cache-mb", type=float, default=512,
+                   help="each replica's prefix cache (a conversation's next turn reuses what it read); 0: off")
     p.add_argument("--request-timeout", type=float, default=300.0,
                    help="seconds one request may take, waiting included (504 past it; 0: none)")
     p.add_argument("--max-passages", type=int, default=64, help="passages one request may send")
@@ -268,6 +270,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       calibrate=not args.no_calibrate, replicas=args.replicas, max_ongoing_requests=args.max_ongoing,
                       max_queued_requests=args.max_queued, host=args.host, port=args.port,
                       max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
+                      prefix_cache_mb=args.prefix_cache_mb,
                       max_passages=args.max_passages, max_passage_chars=args.max_passage_chars,
                       api_keys=keys.digests() or None, cors_origins=args.cors_origin or None, docs=args.docs)
     if not cfg.loopback_only() and not keys:

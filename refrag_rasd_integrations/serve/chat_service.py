@@ -29,6 +29,7 @@ from typing import Any
 
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
+from refrag_rasd_core.prefix_cache import PrefixCache
 
 from ..engines import get_engine, model_label
 from ..errors import StoreError
@@ -79,6 +80,8 @@ class ChatService:
                                      refrag=config.refrag)
             if config.calibrate:
                 engine.calibrate_verify_costs()
+        mb = float(config.prefix_cache_mb)
+        engine.prefix_cache = PrefixCache(int(mb * (1 << 20))) if mb > 0 else None
         self.engine = engine
         self.settings = ModelSettings(engine=engine, method=config.method, context=config.context,
                                       max_tokens=config.max_tokens, recognize_passages=False)

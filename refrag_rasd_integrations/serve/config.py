@@ -62,6 +62,9 @@ class ServeConfig:
     """HTTP address (loopback by default; another address listens beyond this machine: use API keys)."""
     port: int = 8080
     app_name: str = "refrag-rasd"
+    prefix_cache_mb: float = 512
+    """The replica's prefix cache (earlier requests' prefill KV reused by a request that starts the same way,
+    a conversation's next turn; usage reports ``prompt_tokens_details.cached_tokens``); 0 turns it off."""
     # ---- limits: the server's own caps (not generation settings) -----------------------------------------------
     max_body_bytes: int = 1 << 20
     """Largest request body (413 past it, checked before parsing)."""

@@ -130,10 +130,12 @@ class ChatCompletionRequest(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-def usage_of(stats: Any) -> dict[str, int]:
-    """OpenAI ``usage`` of a finished generation."""
+def usage_of(stats: Any) -> dict[str, Any]:
+    """OpenAI ``usage`` of a finished generation; ``prompt_tokens_details.cached_tokens``: prefill positions that
+    came from the replica's prefix cache."""
     prompt, completion = int(stats.prompt_tokens), int(stats.new_tokens)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": int(getattr(stats, "cached_tokens", 0))}}
 
 
 def finish_reason(stats: Any) -> str:

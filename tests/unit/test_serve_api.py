@@ -63,7 +63,8 @@ def test_completion_reads_the_retrieved_passages(http, engine, store):
                            max_new_tokens=12)
     assert body["choices"][0]["message"]["content"] == want.text
     assert body["usage"] == {"prompt_tokens": want.stats.prompt_tokens, "completion_tokens": want.stats.new_tokens,
-                             "total_tokens": want.stats.prompt_tokens + want.stats.new_tokens}
+                             "total_tokens": want.stats.prompt_tokens + want.stats.new_tokens,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     assert body["choices"][0]["finish_reason"] == ("length" if want.stats.new_tokens == 12 else "stop")
 
 
@@ -81,7 +82,11 @@ def test_stream_is_the_same_answer_as_sse(http):
     assert text == whole["choices"][0]["message"]["content"] and text
     final = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
     assert len(final) == 1 and final[0]["refrag_rasd"]["sources"] == whole["refrag_rasd"]["sources"]
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == [] and {k: usage[k] for k in ("prompt_tokens", "completion_tokens")} == {
+        k: whole["usage"][k] for k in ("prompt_tokens", "completion_tokens")}
+    # the same request a second time: all but its last block came from the replica's prefix cache
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= usage["prompt_tokens"] - 16
 
 
 def test_openai_sdk_and_chat_openai_read_it(http):
@@ -192,3 +197,18 @@ def test_config_from_text_arguments():
         ServeConfig(replicas=0)
     with pytest.raises(InvalidInputError, match="method"):
         ServeConfig(method="fast")
+
+
+def test_a_conversations_next_turn_reports_its_cached_tokens(engine):
+    """OpenAI's ``prompt_tokens_details.cached_tokens``: the second turn reuses what the first one read."""
+    svc = ChatService(ServeConfig(k=0, max_tokens=6, method="vanilla", calibrate=False, prefix_cache_mb=16),
+                      engine=engine)
+    turn1 = [{"role": "user", "content": "Tell me about the old mill by the river, please, in a few words."}]
+    with TestClient(make_api(svc)) as http:
+        first = http.post("/v1/chat/completions", json={"messages": turn1}).json()
+        answer = first["choices"][0]["message"]["content"]
+        turn2 = [*turn1, {"role": "assistant", "content": answer}, {"role": "user", "content": "And then?"}]
+        second = http.post("/v1/chat/completions", json={"messages": turn2}).json()
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] >= first["usage"]["prompt_tokens"] - 16
+    engine.prefix_cache = None  # the module's engine serves the other tests without one
