@@ -85,3 +85,33 @@ def test_llama_index_chat_engine_keeps_each_turns_passages_and_reuses_them(parts
                                                                     context="text"), similarity_top_k=1)
     text = "".join(streamed.stream_chat(QUESTIONS[0]).response_gen)
     assert text == answers["cached"][0].response
+
+
+def test_langgraph_graph_with_a_checkpointer(parts):
+    """LangGraph's persistence (the path LangChain now documents): a one-node graph over MessagesState with
+    an in-memory checkpointer; the answers carry their passages, so every turn lays the earlier ones out."""
+    from langchain_core.messages import HumanMessage
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    loaded, enc, rm, store = parts
+    engine = Engine(loaded, drafter=None, refrag=rm, refrag_encoder=enc, prefix_cache=64 << 20)
+    llm = ChatRefragRasd(engine=engine, max_tokens=6, method="pld", context="text")
+    prompt = PassagePrompt(template=ChatPromptTemplate.from_messages([MessagesPlaceholder("history"),
+                                                                       ("human", "{question}")]))
+    retriever = store.as_retriever(k=1)
+
+    def answer(state: MessagesState) -> dict:
+        question = state["messages"][-1].content
+        value = prompt.invoke({"history": state["messages"][:-1], "question": question,
+                               "context": retriever.invoke(question)})
+        return {"messages": [llm.invoke(value)]}
+
+    graph = (StateGraph(MessagesState).add_node("answer", answer).add_edge(START, "answer")
+             .compile(checkpointer=InMemorySaver()))
+    cfg = {"configurable": {"thread_id": "t1"}}
+    out = [graph.invoke({"messages": [HumanMessage(q)]}, cfg)["messages"][-1] for q in QUESTIONS[:3]]
+    stats = [m.response_metadata["stats"] for m in out]
+    assert stats[0]["cached_tokens"] == 0
+    assert all(b["cached_tokens"] >= a["prefill_positions"] - 16 for a, b in zip(stats, stats[1:], strict=False))
+    assert all(m.additional_kwargs["refrag_passages"] for m in out)
