@@ -8,15 +8,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
+from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import RefragRasdError
 
 from .chat_service import ChatService
 from .config import ServeConfig
 
 
-def run_local(config: ServeConfig, *, engine: Any = None, log_level: str = "info") -> None:
+def run_local(config: ServeConfig, *, engine: Engine | None = None, log_level: str = "info") -> None:
     """Load the engine (or serve ``engine``) and answer on ``config.host:config.port`` until interrupted."""
     try:
         import uvicorn
