@@ -133,3 +133,19 @@ def test_history_compressed_keeps_the_question_raw_and_compresses_earlier_turns(
     first = engine.generate(TURN1, context="text", history="compressed", passages=PASSAGES, method="vanilla",
                             max_tokens=4)
     assert first.stats.chunks == 0
+
+
+@pytest.mark.parametrize("method", ["vanilla", "rasd"])
+def test_int4_weights_reuse_the_prefix_and_answer_as_a_recompute(parts, method):
+    from refrag_rasd_core.lean.int4 import int4_available
+
+    if not int4_available():
+        pytest.skip("this torch build lacks the CPU int4 kernels")
+    loaded, _, _ = parts
+    cached = Engine(loaded, drafter=None, refrag=None, weights="int4", prefix_cache=64 << 20)
+    plain = Engine(loaded, drafter=None, refrag=None, weights="int4")
+    kw = dict(context="text", method=method, max_tokens=12)
+    first = cached.generate(TURN1, passages=PASSAGES, **kw)
+    again = cached.generate(_turn2(first.text), passages=PASSAGES[1:], **kw)
+    assert again.stats.cached_tokens >= first.stats.prefill_positions - 16
+    assert again.token_ids == plain.generate(_turn2(first.text), passages=PASSAGES[1:], **kw).token_ids
