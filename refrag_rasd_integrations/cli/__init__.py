@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from refrag_rasd_core.errors import RefragRasdError
 
-from . import bench_command, commands  # noqa: F401  (register their subcommands)
+from . import bench_command, chat_command, commands  # noqa: F401  (register their subcommands)
 from .registry import COMMANDS
 
 

@@ -20,7 +20,8 @@ def messages_and_handles(messages: Sequence[Any]) -> tuple[list[dict[str, Any]],
     answer carries (``ChatRefragRasd`` puts the passages it read on its ``AIMessage``, so a chat history that
     keeps only the question text still knows them): in a conversation each turn's passages are laid out in the
     turn that read them, so the prompt of a turn starts with the one before (the prefix cache reuses it)."""
-    roles = {"system": "system", "human": "user", "ai": "assistant", "developer": "system"}
+    roles = {"system": "system", "human": "user", "ai": "assistant", "developer": "system",
+             "SystemMessageChunk": "system", "HumanMessageChunk": "user", "AIMessageChunk": "assistant"}
     out: list[dict[str, Any]] = []
     for m in messages:
         kind = getattr(m, "type", None)

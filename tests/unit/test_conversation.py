@@ -115,3 +115,19 @@ def test_langgraph_graph_with_a_checkpointer(parts):
     assert stats[0]["cached_tokens"] == 0
     assert all(b["cached_tokens"] >= a["prefill_positions"] - 16 for a, b in zip(stats, stats[1:], strict=False))
     assert all(m.additional_kwargs["refrag_passages"] for m in out)
+
+
+def test_the_terminal_chat_reuses_earlier_turns(parts):
+    import io
+
+    from refrag_rasd_integrations.cli.chat_command import chat_loop
+
+    loaded, enc, rm, store = parts
+    engine = Engine(loaded, drafter=None, refrag=rm, refrag_encoder=enc, prefix_cache=64 << 20)
+    llm = ChatRefragRasd(engine=engine, max_tokens=5, method="pld", context="text")
+    out, err = io.StringIO(), io.StringIO()
+    lines = io.StringIO("Madrid Spain\n\nWhat about Paris?\n/reset\nThe old mill?\n/quit\nnever asked\n")
+    assert chat_loop(llm, store.as_retriever(k=1), lines, out, err, system="Be brief.") == 3
+    cached = [int(line.split("(")[1].split()[0]) for line in err.getvalue().splitlines() if "cached)" in line]
+    assert len(cached) == 3 and cached[1] > 0  # the second turn reuses the first
+    assert cached[2] < cached[1]  # after /reset only the shared head (system message, instruction) is reused
