@@ -2,8 +2,8 @@
 committed ``.ipynb`` files carry their outputs (text and PNG plots).
 
 Usage, from the repository root:
-    .venv/bin/python cookbook/build_notebooks.py                 # write all six, unexecuted
-    .venv/bin/python cookbook/build_notebooks.py --execute       # write and execute all six (a few minutes)
+    .venv/bin/python cookbook/build_notebooks.py                 # write all seven, unexecuted
+    .venv/bin/python cookbook/build_notebooks.py --execute       # write and execute all seven (a few minutes)
     .venv/bin/python cookbook/build_notebooks.py 03 --execute    # only the notebooks whose name starts with 03
 
 The notebooks are the source of truth for readers; this file is how they are regenerated. Edit the cells
@@ -878,6 +878,97 @@ print("chroma run stopped, exit code", server.returncode)
 '''),
 ]
 
+
+# ---------------------------------------------------------------------------------------------------- 07
+NB07 = [
+    md('''
+# A five-turn RAG conversation: what the prefix cache saves
+
+Chat is how most users meet a model, and a conversation re-sends its whole history every turn. Here each turn
+retrieves its own passages, and the history keeps every earlier turn's passages, questions and answers (as
+REFRAG's multi-turn setting does). The engine's **prefix cache** keeps what earlier turns read, so a turn computes
+only what is new; `cached_tokens` in each answer's statistics says how much was reused.
+
+The conversation runs through LangGraph's persistence (a one-node graph over `MessagesState` with a
+checkpointer), the way LangChain documents chat history; `ChatRefragRasd` puts the passages a turn read on its
+answer, so the next turns lay that turn out exactly as it was.
+'''),
+    SETUP,
+    code('''
+import tempfile
+
+from langchain_core.messages import HumanMessage
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, MessagesState, StateGraph
+
+from refrag_rasd_integrations.cli.demo_corpus import demo_rows
+from refrag_rasd_integrations.engines import get_engine
+from refrag_rasd_integrations.langchain import ChatRefragRasd, PassagePrompt
+from refrag_rasd_integrations.store import RefragChromaStore
+
+rows = demo_rows()
+store = RefragChromaStore("conversation", path=tempfile.mkdtemp())
+store.add_texts([p for r in rows for p in r["passages"]])
+retriever = store.as_retriever(k=3)
+llm = ChatRefragRasd(max_tokens=40, context="text")
+prompt = PassagePrompt(template=ChatPromptTemplate.from_messages([MessagesPlaceholder("history"),
+                                                                  ("human", "{question}")]))
+
+def answer(state: MessagesState) -> dict:
+    question = state["messages"][-1].content
+    value = prompt.invoke({"history": state["messages"][:-1], "question": question,
+                           "context": retriever.invoke(question)})
+    return {"messages": [llm.invoke(value)]}
+
+graph = StateGraph(MessagesState).add_node("answer", answer).add_edge(START, "answer").compile(
+    checkpointer=InMemorySaver())
+questions = [r["question"] for r in rows[:5]]
+print(get_engine().prefix_cache is not None, "<- the shared engine has a prefix cache")
+'''),
+    md('''
+## The conversation, turn by turn
+
+Every turn's prompt starts with the previous turn's, so from turn 2 on most of it comes from the cache: the time
+to the first token stays about flat while the prompt grows.
+'''),
+    code('''
+def converse(thread: str) -> list[dict]:
+    cfg = {"configurable": {"thread_id": thread}}
+    out = []
+    for q in questions:
+        msg = graph.invoke({"messages": [HumanMessage(q)]}, cfg)["messages"][-1]
+        s = msg.response_metadata["stats"]
+        out.append({"question": q, "answer": msg.content, **{k: s[k] for k in
+                    ("prompt_tokens", "cached_tokens", "ttft_s", "total_s")}})
+    return out
+
+cached = converse("with-cache")
+for i, t in enumerate(cached, 1):
+    print(f"turn {i}: {t['prompt_tokens']:5d} prompt tokens, {t['cached_tokens']:5d} cached, "
+          f"first token {t['ttft_s']:.2f} s | {t['question'][:48]!r} -> {t['answer'][:40]!r}")
+'''),
+    md('''
+## The same conversation, re-reading the history every turn
+
+Turning the cache off is what most local setups do: each turn prefills the whole history again. The answers are
+the same (greedy decoding, same prompts); only the time to the first token grows with the history.
+'''),
+    code('''
+engine = get_engine()
+saved, engine.prefix_cache = engine.prefix_cache, None
+try:
+    recompute = converse("without-cache")
+finally:
+    engine.prefix_cache = saved
+for i, (a, b) in enumerate(zip(cached, recompute), 1):
+    print(f"turn {i}: first token {b['ttft_s']:.2f} s re-reading vs {a['ttft_s']:.2f} s cached "
+          f"({b['ttft_s'] / a['ttft_s']:.1f}x); same answer: {a['answer'] == b['answer']}")
+print(f"whole conversation: {sum(t['total_s'] for t in recompute):.1f} s re-reading, "
+      f"{sum(t['total_s'] for t in cached):.1f} s cached")
+'''),
+]
+
 NOTEBOOKS = {
     "01-quickstart-langchain.ipynb": NB01,
     "02-llamaindex-query-engine.ipynb": NB02,
@@ -885,6 +976,7 @@ NOTEBOOKS = {
     "04-inside-refrag.ipynb": NB04,
     "05-train-your-own.ipynb": NB05,
     "06-scaling-out-chroma-server.ipynb": NB06,
+    "07-conversation-prefix-cache.ipynb": NB07,
 }
 
 

@@ -23,8 +23,8 @@ def _builder():
     return mod
 
 
-def test_six_notebooks_listed_in_readme() -> None:
-    assert len(NOTEBOOKS) == 6
+def test_seven_notebooks_listed_in_readme() -> None:
+    assert len(NOTEBOOKS) == 7
     readme = (COOKBOOK / "README.md").read_text()
     for nb in NOTEBOOKS:
         assert nb.name in readme, f"cookbook/README.md does not link {nb.name}"
