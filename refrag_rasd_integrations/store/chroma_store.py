@@ -205,6 +205,10 @@ class RefragChromaStore:
         """Whether the collection exists in the database."""
         return self._get_existing() is not None
 
+    def recorded(self) -> dict[str, Any]:
+        """What the collection records about its build (``{}`` when it does not exist), unchecked, no model."""
+        return {} if (col := self._get_existing()) is None else dict(col.metadata or {})
+
     def _get(self, where: dict[str, Any] | None, include: list[str]) -> dict[str, Any]:
         if not self.exists():
             return {"ids": [], "documents": [], "metadatas": []}
@@ -240,13 +244,11 @@ class RefragChromaStore:
     def delete_source(self, source: str | os.PathLike) -> int:
         """Delete every passage of a source (a file's path, resolved as indexing records it, or an id); returns
         how many. Needs no model."""
-        col = self._get_existing()
-        return 0 if col is None else delete_source(col, source)
+        return 0 if (col := self._get_existing()) is None else delete_source(col, source)
 
     def sources(self) -> dict[str, int]:
         """``{source: number of passages}`` over the collection (``""``: passages without one); no model."""
-        col = self._get_existing()
-        return {} if col is None else source_counts(col)
+        return {} if (col := self._get_existing()) is None else source_counts(col)
 
     # ---- indexing ----------------------------------------------------------------------------------------
     def split(self, text: str) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import StoreMismatchError
 from .records import LAYOUT
 
-__all__ = ["check_collection", "collection_metadata"]
+__all__ = ["check_collection", "check_passage_size", "collection_metadata"]
 
 _SCALAR_FIELDS = ("encoder", "encoder_dim", "k", "dtype", "pooling", "tokenizer", "projector", "version")
 
@@ -67,9 +67,17 @@ def check_collection(name: str, stored: dict[str, Any], signature: dict[str, Any
             f"collection {name!r} was indexed with another configuration ({lines}). Its chunk embeddings cannot "
             f"feed this model: open it with the configuration it was built with, or re-index into a new collection "
             f"({fix})")
+    check_passage_size(name, stored, passage_tokens)
+
+
+def check_passage_size(name: str, stored: dict[str, Any], passage_tokens: int | None) -> None:
+    """Raise :class:`StoreMismatchError` when ``passage_tokens`` is given and the collection ``name`` (metadata
+    ``stored``) records passages of another size: the two sizes would mix (needs no model)."""
     have = stored.get("refrag_passage_tokens")
     if passage_tokens is not None and have is not None and int(have) != int(passage_tokens):
         raise StoreMismatchError(
             f"collection {name!r} was indexed with passages of at most {have} tokens, this run asks for "
-            f"{passage_tokens} (passage_tokens: stored {have}, asked {passage_tokens}): mixing the two sizes would "
-            f"keep the old passages beside the new. Index with --passage-tokens {have}, or {fix}")
+            f"{passage_tokens} (passage_tokens: stored {have}, asked {passage_tokens}): mixing the two sizes "
+            f"would keep the old passages beside the new. Index with --passage-tokens {have}, or re-index: "
+            f"`refrag-rasd index PATH... --collection {name} --rebuild` drops it and indexes again, or name "
+            "another --collection")
