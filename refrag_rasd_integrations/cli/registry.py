@@ -95,8 +95,9 @@ def open_store(args: argparse.Namespace, engine: Engine | None = None) -> Any:
     from ..store import RefragChromaStore
 
     kwargs = {"passage_tokens": args.passage_tokens} if getattr(args, "passage_tokens", None) else {}
-    return RefragChromaStore(getattr(args, "collection", None) or "refrag-rasd", path=args.chroma_dir, host=args.host, port=args.port,
-                             url=args.chroma_url, engine=engine, model=args.model, device=args.device, **kwargs)
+    return RefragChromaStore(getattr(args, "collection", None) or "refrag-rasd", path=args.chroma_dir,
+                             host=args.host, port=args.port, url=args.chroma_url, engine=engine, model=getattr(args, "model", None),
+                             device=getattr(args, "device", "auto"), **kwargs)
 
 
 
