@@ -37,7 +37,7 @@ from .configuration import check_collection, collection_metadata
 from .documents import document_source, iter_file_documents, passage_records
 from .embedder import DEFAULT_EMBEDDER, default_embedder
 from .errors import chroma_failure
-from .indexing import IndexReport, delete_ids, write_missing
+from .indexing import IndexReport, delete_ids, drop_collection, replace_rows, write_missing
 from .records import PassageRecord, decode_passage, encode_arrays, flat_metadata, token_dtype_for
 from .sources import check_cleanup, delete_source, source_counts, stale_ids
 from .splitting import DEFAULT_PASSAGE_TOKENS, PassageSplitter, check_passage_tokens
@@ -228,13 +228,9 @@ class RefragChromaStore:
         return {"collection": self.collection_name, "passages": int(col.count()), **dict(col.metadata or {})}
 
     def delete_collection(self) -> None:
-        """Drop the whole collection."""
+        """Drop the whole collection (its records first: see :func:`~.indexing.drop_collection`)."""
         with self._lock:
-            try:
-                self.client.delete_collection(self.collection_name)
-            except Exception as exc:
-                if "does not exist" not in str(exc) and type(exc).__name__ != "NotFoundError":
-                    raise StoreError(str(exc)) from exc
+            drop_collection(self.client, self._get_existing())
             self._collection = None
 
     def delete(self, ids: Sequence[str] | None = None, where: dict[str, Any] | None = None) -> None:
@@ -333,11 +329,7 @@ class RefragChromaStore:
             part = slice(start, start + batch_size)
             records = [PassageRecord(id=i, text=t, metadata=flat_metadata(m))
                        for i, t, m in zip(ids[part], texts[part], metas[part], strict=True)]
-            rows = self.encode_records(records, None if vectors is None else vectors[part])
-            try:
-                col.upsert(**rows)
-            except Exception as exc:
-                raise chroma_failure(exc, f"writing to collection {self.collection_name!r}") from exc
+            replace_rows(col, self.encode_records(records, None if vectors is None else vectors[part]))
         return ids
 
     def add_files(self, paths: Iterable[str | os.PathLike], *, encoding: str = "utf-8", cleanup: str | None = None,

@@ -1,6 +1,12 @@
 """The writing half of indexing: passage records into a collection a batch at a time, skipping the ids it
-holds already (so a killed run, run again, fills exactly the gaps), and deleting ids a batch at a time; with
-:class:`IndexReport`, what a run did.
+holds already (so a killed run, run again, fills exactly the gaps); replacing records whole; deleting ids a batch
+at a time and dropping a collection; with :class:`IndexReport`, what a run did.
+
+Two Chroma 1.5.9 behaviours these work around (found by ``tests/unit/test_store_properties.py``): an ``upsert``
+over an existing id MERGES the metadata (a key the new record lacks keeps its old value), so
+:func:`replace_rows` deletes the ids it replaces first; and dropping a collection leaves its records' list-valued
+metadata behind, which then shows up in records of later collections, so :func:`drop_collection` deletes the
+records before the collection.
 
 Example:
     >>> report = IndexReport(passages=3, added=2, skipped=1, seconds=0.5)
@@ -17,7 +23,7 @@ from typing import Any
 from .errors import chroma_failure
 from .records import PassageRecord
 
-__all__ = ["IndexReport", "delete_ids", "write_missing"]
+__all__ = ["IndexReport", "delete_ids", "drop_collection", "replace_rows", "write_missing"]
 
 _DELETE_BATCH = 500
 
@@ -88,3 +94,28 @@ def delete_ids(col: Any, ids: Sequence[str], where: dict[str, Any] | None = None
     except Exception as exc:
         raise chroma_failure(exc, f"deleting from collection {col.name!r}") from exc
     return len(ids)
+
+
+def replace_rows(col: Any, rows: dict[str, Any]) -> None:
+    """Write records (``upsert`` arguments) replacing whole whatever their ids held (the old metadata's keys
+    included: Chroma's upsert would keep those the new record lacks)."""
+    try:
+        have = col.get(ids=list(rows["ids"]), include=[])["ids"]
+        if have:
+            col.delete(ids=have)
+        col.upsert(**rows)
+    except Exception as exc:
+        raise chroma_failure(exc, f"writing to collection {col.name!r}") from exc
+
+
+def drop_collection(client: Any, col: Any) -> None:
+    """Drop the collection ``col`` (``None``: nothing to drop), deleting its records first (Chroma 1.5.9 leaves
+    a dropped collection's list-valued metadata behind for later records to pick up)."""
+    if col is None:
+        return
+    delete_ids(col, col.get(include=[])["ids"])
+    try:
+        client.delete_collection(col.name)
+    except Exception as exc:
+        if "does not exist" not in str(exc) and type(exc).__name__ != "NotFoundError":
+            raise chroma_failure(exc, f"dropping collection {col.name!r}") from exc

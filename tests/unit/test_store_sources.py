@@ -86,7 +86,7 @@ def test_another_passage_size_is_refused_and_rebuild_works(client, folder):
     small = fake_store(client=client, passage_tokens=64)
     with pytest.raises(StoreMismatchError, match=r"passage_tokens: stored 256, asked 64.*--rebuild"):
         small.add_files([d], cleanup="incremental")
-    assert small.recorded()["refrag_passage_tokens"] == 256 and small.count() > 0  # untouched
+    assert small.recorded()["refrag_passage_tokens"] == 256 and small.sources()  # untouched
     small.delete_collection()
     small.add_files([d], cleanup="incremental")
     assert Counter(_passages(small)) == _expected(small, files)
@@ -202,3 +202,23 @@ def test_langchain_indexing_api_over_refrag_vector_store(client):
     assert texts == ["Paris is the capital of France.", "Rome is in Italy."]
     out = index(changed, rm, vs, cleanup="full", source_id_key="source", key_encoder="sha256")
     assert out["num_deleted"] == 1 and vs.store.count() == 1
+
+
+def test_a_dropped_collection_leaves_no_metadata_behind(client):
+    """Chroma 1.5.9 alone: after ``delete_collection`` a new record picks up a dropped record's list metadata."""
+    old = fake_store("old", client=client)
+    old.add_texts(["0"], [{"source": "a.txt", "title": ["p"]}])
+    old.delete_collection()
+    new = fake_store("new", client=client)
+    new.add_texts(["0"], [{"source": "a.txt"}])
+    (p, _), = new.search("0", k=1)
+    assert "title" not in p.metadata
+
+
+def test_put_texts_replaces_the_whole_record(client):
+    """Chroma 1.5.9's upsert merges metadata; the frameworks' contract is that an id's record is replaced."""
+    store = fake_store(client=client)
+    store.put_texts(["Old text."], [{"tags": ["a"], "page": 3}], ["doc-1"])
+    store.put_texts(["New text."], [{"page": 4}], ["doc-1"])
+    (p,) = store.get_passages(["doc-1"])
+    assert p.text == "New text." and p.metadata["page"] == 4 and "tags" not in p.metadata
