@@ -9,10 +9,10 @@ from collections import Counter
 
 import pytest
 from integration_fakes import BagOfWordsEmbedder, CountingChunkEncoder, fake_store
-from tiny import tiny_tokenizer
 
 from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_integrations.errors import StoreMismatchError
+from tiny import tiny_tokenizer
 
 LONG = " ".join(f"Sentence {i} of the guide says something about topic {i % 5}." for i in range(40))
 
