@@ -175,8 +175,8 @@ def check_bench_args(args: argparse.Namespace) -> None:
                                     f"{', '.join(sorted(have))})")
     jsonl_file(args.corpus, "--corpus")
     json_option(args.spec, "--spec")
-    for option, value in (("--limit", args.limit), ("--repeats", args.repeats),
-                          ("--max-new-tokens", args.max_new_tokens), ("--k", args.k), ("--top-k", args.top_k)):
+    for option, value in (("--limit", args.limit), ("--repeats", args.repeats), ("--k", args.k),
+                          ("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k)):
         at_least(value, option, 1)
     at_least(args.temperature, "--temperature", 0)
     unknown = [m for m in (x.strip() for x in args.methods.split(",")) if m and m not in ALL_METHODS]

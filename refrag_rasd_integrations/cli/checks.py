@@ -7,10 +7,10 @@ Each check raises :class:`~refrag_rasd_core.errors.InvalidInputError` naming the
 Example:
     >>> json_option('{"source": "a.txt"}', "--filter")
     {'source': 'a.txt'}
-    >>> json_option("{source: a}", "--filter")
+    >>> json_option("[1, 2]", "--filter")
     Traceback (most recent call last):
     ...
-    refrag_rasd_core.errors.InvalidInputError: --filter is not valid JSON (Expecting property name enclosed in double quotes, column 2): '{source: a}'
+    refrag_rasd_core.errors.InvalidInputError: --filter must be a JSON object ({...}), got a JSON list: ...
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def json_option(value: str | None, option: str) -> dict[str, Any] | None:
     try:
         out = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"{option} is not valid JSON ({exc.msg}, column {exc.colno}): {value!r}") from exc
+        raise InvalidInputError(f"{option} is not valid JSON ({exc.msg}, column {exc.colno}): {value!r}"
+                                ) from exc
     if not isinstance(out, dict):
         raise InvalidInputError(f"{option} must be a JSON object ({{...}}), got a JSON {type(out).__name__}: "
                                 f"{value!r}")
@@ -57,7 +58,7 @@ def existing_file(path: str | None, option: str) -> Path | None:
         return None
     p = Path(path).expanduser()
     if not p.exists():
-        raise InvalidInputError(f"{option}: no such file: {path}")
+        raise InvalidInputError(f"{option}: file not found: {path}")
     if not p.is_file():
         raise InvalidInputError(f"{option}: not a file: {path}")
     try:
@@ -90,7 +91,8 @@ def number_list(value: str, option: str, kind: type = int, low: float = 0, high:
         except ValueError as exc:
             raise InvalidInputError(f"{option}: {part!r} is not a {kind.__name__} (in {value!r})") from exc
         if x < low or (high is not None and x > high):
-            raise InvalidInputError(f"{option}: {part} is out of range [{low}, {high if high is not None else 'inf'}]")
+            top = "inf" if high is None else high
+            raise InvalidInputError(f"{option}: {part} is out of range [{low}, {top}]")
         out.append(x)
     if not out:
         raise InvalidInputError(f"{option} is empty")
@@ -116,14 +118,15 @@ def check_model_args(args: argparse.Namespace, model_option: str = "--model") ->
 
 
 def check_store_args(args: argparse.Namespace, collection_option: str = "--collection") -> None:
-    """``--collection`` (Chroma's names: 3-512 of letters, digits, ``.``, ``_``, ``-``, starting and ending with a
-    letter or digit), ``--chroma-dir`` (a folder, or nothing yet), ``--chroma-url``, ``--port``."""
+    """``--collection`` (Chroma's names: 3-512 of letters, digits, ``.``, ``_``, ``-``, starting and ending
+    with a letter or digit), ``--chroma-dir`` (a folder, or nothing yet), ``--chroma-url``, ``--port``."""
     from ..store import parse_chroma_url
 
     name = getattr(args, "collection", None)
     if name is not None and not _COLLECTION_NAME.match(name):
-        raise InvalidInputError(f"{collection_option} {name!r} is not a valid Chroma collection name (3-512 "
-                                "letters, digits, '.', '_' or '-', starting and ending with a letter or digit)")
+        raise InvalidInputError(f"{collection_option} {name!r} is not a valid Chroma collection name "
+                                "(3-512 letters, digits, '.', '_' or '-', starting and ending with a "
+                                "letter or digit)")
     folder = getattr(args, "chroma_dir", None)
     if folder is not None and Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
         raise InvalidInputError(f"--chroma-dir: not a folder: {folder}")

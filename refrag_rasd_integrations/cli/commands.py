@@ -1,5 +1,6 @@
-"""The ``refrag-rasd`` subcommands that use the model: ``models``, ``generate``, ``ask``, ``demo`` and ``serve``
-(``bench`` is in :mod:`.bench_command`; ``index``, ``delete`` and ``collections`` in :mod:`.store_commands`).
+"""The ``refrag-rasd`` subcommands that use the model: ``models``, ``generate``, ``ask``, ``demo`` and
+``serve`` (``bench`` is in :mod:`.bench_command`; ``index``, ``delete``, ``collections`` in
+:mod:`.store_commands`).
 
 Example:
     $ refrag-rasd models
@@ -142,8 +143,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if not args.question.strip():
         raise InvalidInputError("the question is empty")
     if not open_store(args).exists():
-        raise CollectionNotFoundError(f"no collection {args.collection!r} in this Chroma database: index documents "
-                                      f"first (`refrag-rasd index PATH --collection {args.collection}`)")
+        raise CollectionNotFoundError(f"no collection {args.collection!r} in this Chroma database: index "
+                                      "documents first (`refrag-rasd index PATH --collection "
+                                      f"{args.collection}`)")
     engine = get_engine(args.model, device=args.device, dtype=args.dtype)
     store = open_store(args, engine)
     hits = store.search(args.question, k=args.k, filter=where)

@@ -96,8 +96,9 @@ def open_store(args: argparse.Namespace, engine: Engine | None = None) -> Any:
 
     kwargs = {"passage_tokens": args.passage_tokens} if getattr(args, "passage_tokens", None) else {}
     return RefragChromaStore(getattr(args, "collection", None) or "refrag-rasd", path=args.chroma_dir,
-                             host=args.host, port=args.port, url=args.chroma_url, engine=engine, model=getattr(args, "model", None),
-                             device=getattr(args, "device", "auto"), **kwargs)
+                             host=args.host, port=args.port, url=args.chroma_url, engine=engine,
+                             model=getattr(args, "model", None), device=getattr(args, "device", "auto"),
+                             **kwargs)
 
 
 

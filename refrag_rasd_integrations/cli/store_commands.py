@@ -3,8 +3,8 @@ ones), ``delete`` (a source's passages) and ``collections`` (list, show, drop). 
 checked before the model loads; ``delete`` and ``collections`` load no model at all.
 
 Example:
-    $ refrag-rasd index docs/ --collection mydocs                    # changed files replaced (--cleanup incremental)
-    $ refrag-rasd index docs/ --collection mydocs --cleanup full     # also drops the files no longer in docs/
+    $ refrag-rasd index docs/ --collection mydocs                  # changed files replaced (incremental)
+    $ refrag-rasd index docs/ --collection mydocs --cleanup full   # also drops the files no longer in docs/
     $ refrag-rasd index docs/ --collection mydocs --passage-tokens 128 --rebuild
     $ refrag-rasd delete --collection mydocs --source docs/old.md
     $ refrag-rasd collections --show mydocs
@@ -26,8 +26,8 @@ from .registry import command, model_args, open_store, store_args
 
 __all__ = ["cmd_collections", "cmd_delete", "cmd_index"]
 
-_SHOWN = (("passage_tokens", "passage tokens"), ("k", "k"), ("encoder", "encoder"), ("tokenizer", "tokenizer"),
-          ("embedder", "embedder"))
+_SHOWN = (("passage_tokens", "passage tokens"), ("k", "k"), ("encoder", "encoder"),
+          ("tokenizer", "tokenizer"), ("embedder", "embedder"))
 
 
 def _setup_index(p: argparse.ArgumentParser) -> None:
@@ -35,12 +35,14 @@ def _setup_index(p: argparse.ArgumentParser) -> None:
     store_args(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--passage-tokens", type=int, default=None,
-                   help="longest passage, in decoder tokens, 16-1024 (default: the collection's; 256 for a new one)")
+                   help="longest passage, in decoder tokens, 16-1024 (default: the collection's; 256 for a "
+                        "new one)")
     p.add_argument("--cleanup", default="incremental", choices=("none", "incremental", "full"),
                    help="after indexing, delete: none; the old passages of the files given that changed "
                         "(incremental, the default); or every passage not from these files (full)")
     p.add_argument("--rebuild", action="store_true",
-                   help="drop the collection and index into a new one (another passage size, model or encoder)")
+                   help="drop the collection and index into a new one (another passage size, model or "
+                        "encoder)")
     p.add_argument("--no-progress", action="store_true")
     model_args(p)
 
@@ -65,8 +67,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     for f, why in skipped:
         print(f"refrag-rasd: skipped {f}: {why}", file=sys.stderr)
     if not docs:
-        raise InvalidInputError(f"nothing to index in {' '.join(args.paths)}: no text files (folders are walked "
-                                "for .txt .md .rst .jsonl)")
+        raise InvalidInputError(f"nothing to index in {' '.join(args.paths)}: no text files (folders are "
+                                "walked for .txt .md .rst .jsonl)")
     if not args.rebuild:  # a passage size the collection does not have: refused before the model loads
         check_passage_size(args.collection, open_store(args).recorded(), args.passage_tokens)
     engine = get_engine(args.model, device=args.device, dtype=args.dtype)
@@ -76,26 +78,29 @@ def cmd_index(args: argparse.Namespace) -> int:
     report = store.add_documents(docs, batch_size=args.batch_size, progress=not args.no_progress,
                                  cleanup=None if args.cleanup == "none" else args.cleanup)
     print(f"{args.collection}: {report.passages} passages ({report.added} added, {report.skipped} already "
-          f"there, {report.deleted} stale removed; {len(skipped)} binary files skipped) in {report.seconds:.1f} s "
-          f"({report.passages_per_s:.1f} passages/s); {store.count()} in the collection", file=sys.stderr)
+          f"there, {report.deleted} stale removed; {len(skipped)} binary files skipped) in "
+          f"{report.seconds:.1f} s ({report.passages_per_s:.1f} passages/s); {store.count()} in the "
+          "collection", file=sys.stderr)
     return 0
 
 
 def _setup_delete(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", nargs="+", required=True, metavar="PATH",
-                   help="files (or folders: every file indexed under them) or source ids whose passages to delete")
+                   help="files (or folders: every file indexed under them) or source ids whose passages to "
+                        "delete")
     store_args(p)
 
 
 def _existing_store(args: argparse.Namespace) -> Any:
     store = open_store(args)
     if not store.exists():
-        raise CollectionNotFoundError(f"no collection {args.collection!r} in this Chroma database (list them: "
-                                      "`refrag-rasd collections`)")
+        raise CollectionNotFoundError(f"no collection {args.collection!r} in this Chroma database (list "
+                                      "them: `refrag-rasd collections`)")
     return store
 
 
-@command("delete", "delete the passages of files (or source ids) from a collection; loads no model", _setup_delete)
+@command("delete", "delete the passages of files (or source ids) from a collection; loads no model",
+         _setup_delete)
 def cmd_delete(args: argparse.Namespace) -> int:
     check_store_args(args)
     store = _existing_store(args)
@@ -110,14 +115,15 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if n == 0:
             missing.append(source)
     if missing:
-        raise InvalidInputError(f"collection {args.collection!r} has no passages of {', '.join(missing)} (its "
-                                f"sources: `refrag-rasd collections --show {args.collection}`)")
+        raise InvalidInputError(f"collection {args.collection!r} has no passages of {', '.join(missing)} "
+                                f"(its sources: `refrag-rasd collections --show {args.collection}`)")
     return 0
 
 
 def _setup_collections(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--show", metavar="NAME", default=None, help="one collection's recorded settings and sources")
+    g.add_argument("--show", metavar="NAME", default=None,
+                   help="one collection's recorded settings and sources")
     g.add_argument("--drop", metavar="NAME", default=None, help="delete a whole collection")
     store_args(p, collection=False)
 
@@ -128,8 +134,8 @@ def _settings(meta: dict[str, Any]) -> str:
     return ", ".join(f"{label} {meta[f'refrag_{key}']}" for key, label in _SHOWN if f"refrag_{key}" in meta)
 
 
-@command("collections", "list the collections with their sizes and recorded settings; show or drop one; loads "
-         "no model", _setup_collections)
+@command("collections", "list the collections with their sizes and recorded settings; show or drop one; "
+         "loads no model", _setup_collections)
 def cmd_collections(args: argparse.Namespace) -> int:
     name = args.show or args.drop
     args.collection = name
@@ -153,7 +159,8 @@ def cmd_collections(args: argparse.Namespace) -> int:
     store = open_store(args)
     cols = sorted(store.client.list_collections(), key=lambda c: c.name)
     if not cols:
-        print("no collections in this Chroma database (index some: `refrag-rasd index PATH`)", file=sys.stderr)
+        print("no collections in this Chroma database (index some: `refrag-rasd index PATH`)",
+              file=sys.stderr)
     for col in cols:
         print(f"{col.name}: {col.count()} passages; {_settings(dict(col.metadata or {}))}")
     return 0

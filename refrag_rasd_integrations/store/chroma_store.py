@@ -4,8 +4,9 @@ ids and its REFRAG chunk embeddings; framework-free (the LangChain and LlamaInde
 Indexing splits documents into passages, encodes them and upserts them as records, batched and resumable:
 passage ids are deterministic (a document's content hash + the passage's index) and each batch computes only
 the ids Chroma lacks, so an interrupted run, run again, leaves no gaps and no duplicates. ``cleanup`` then
-replaces changed sources and drops removed ones as LangChain's indexing API does (:mod:`.sources`). A search returns :class:`Passage` s with their arrays, each
-registered in the process's passage registry under a handle (``metadata["refrag_passage"]``).
+replaces changed sources and drops removed ones as LangChain's indexing API does (:mod:`.sources`). A search
+returns :class:`Passage` s with their arrays, each registered in the process's passage registry under a handle
+(``metadata["refrag_passage"]``).
 
 Example:
     >>> from refrag_rasd_integrations.store import RefragChromaStore
@@ -154,7 +155,7 @@ class RefragChromaStore:
 
     @property
     def passage_tokens(self) -> int:
-        """The longest passage in decoder tokens: the one asked for, else the opened collection's, else 256."""
+        """The longest passage in tokens: the one asked for, else the opened collection's, else 256."""
         return self._passage_tokens or DEFAULT_PASSAGE_TOKENS
 
     @property
@@ -206,7 +207,7 @@ class RefragChromaStore:
         return self._get_existing() is not None
 
     def recorded(self) -> dict[str, Any]:
-        """What the collection records about its build (``{}`` when it does not exist), unchecked, no model."""
+        """What the collection records about its build (``{}``: no collection); unchecked, no model."""
         return {} if (col := self._get_existing()) is None else dict(col.metadata or {})
 
     def _get(self, where: dict[str, Any] | None, include: list[str]) -> dict[str, Any]:
@@ -238,8 +239,8 @@ class RefragChromaStore:
         delete_ids(self.collection(), ids or [], where=None if ids else where)
 
     def delete_source(self, source: str | os.PathLike) -> int:
-        """Delete every passage of a source (a file's path, resolved as indexing records it, or an id); returns
-        how many. Needs no model."""
+        """Delete every passage of a source (a file's path, resolved as indexing records it, or an id);
+        returns how many. Needs no model."""
         return 0 if (col := self._get_existing()) is None else delete_source(col, source)
 
     def sources(self) -> dict[str, int]:
@@ -275,9 +276,10 @@ class RefragChromaStore:
                       ) -> IndexReport:
         """Index documents; resumable (existing passage ids are skipped), batched, with an optional tqdm bar.
 
-        ``cleanup`` (LangChain's indexing API's modes, :mod:`.sources`), once all is written: ``None`` deletes
-        nothing, ``"incremental"`` the passages of this batch's sources it did not produce (a changed document's
-        old ones; each document needs a ``source`` or an id), ``"full"`` every passage it did not produce.
+        ``cleanup`` (LangChain's indexing API's modes, :mod:`.sources`), once all is written: ``None``
+        deletes nothing, ``"incremental"`` the passages of this batch's sources it did not produce (a changed
+        document's old ones; each document needs a ``source`` or an id), ``"full"`` every passage it did not
+        produce.
         ``on_batch(done, total)`` is called after every batch is written."""
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
@@ -286,8 +288,8 @@ class RefragChromaStore:
         documents = list(documents)
         sources = {document_source(d) for d in documents}
         if cleanup == "incremental" and "" in sources:
-            raise InvalidInputError("cleanup='incremental' needs a source for every document: give each one a "
-                                    "'source' in its metadata (or an id), or use cleanup='full'")
+            raise InvalidInputError("cleanup='incremental' needs a source for every document: give each one "
+                                    "a 'source' in its metadata (or an id), or use cleanup='full'")
         col = self.collection()
         records = self.passage_records(documents)
         report = IndexReport(passages=len(records), ids=[r.id for r in records])
@@ -332,13 +334,13 @@ class RefragChromaStore:
             replace_rows(col, self.encode_records(records, None if vectors is None else vectors[part]))
         return ids
 
-    def add_files(self, paths: Iterable[str | os.PathLike], *, encoding: str = "utf-8", cleanup: str | None = None,
-                  **kwargs: Any) -> IndexReport:
+    def add_files(self, paths: Iterable[str | os.PathLike], *, encoding: str = "utf-8",
+                  cleanup: str | None = None, **kwargs: Any) -> IndexReport:
         """Index text files (folders walked for ``.txt``, ``.md``, ``.rst``, ``.jsonl``; a ``.jsonl`` line is
         one document), each under its resolved path as source; binary files are skipped (the report's
-        ``skipped_files``). ``cleanup`` as in :meth:`add_documents` (``"full"`` also drops the files not given)."""
+        ``skipped_files``). ``cleanup`` as in :meth:`add_documents` (``"full"``: also the files not given)."""
         skipped: list[tuple[str, str]] = []
-        docs = list(iter_file_documents(paths, encoding=encoding, on_skip=lambda f, why: skipped.append((f, why))))
+        docs = list(iter_file_documents(paths, encoding=encoding, on_skip=lambda *f: skipped.append(f)))
         report = self.add_documents(docs, cleanup=cleanup, **kwargs)
         report.skipped_files = skipped
         return report

@@ -76,5 +76,5 @@ def make_client(path: str | os.PathLike | None = None, *, host: str | None = Non
         folder.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(folder), settings=settings)
     except Exception as exc:
-        raise StoreError(f"cannot open the Chroma database folder {folder}: {type(exc).__name__}: {exc} (check that "
-                         "it is a folder you can write to)") from exc
+        raise StoreError(f"cannot open the Chroma database folder {folder}: {type(exc).__name__}: {exc} "
+                         "(check that it is a folder you can write to)") from exc

@@ -65,14 +65,14 @@ def check_collection(name: str, stored: dict[str, Any], signature: dict[str, Any
         lines = "; ".join(f"{k}: stored {a!r}, this model {b!r}" for k, (a, b) in diff.items())
         raise StoreMismatchError(
             f"collection {name!r} was indexed with another configuration ({lines}). Its chunk embeddings cannot "
-            f"feed this model: open it with the configuration it was built with, or re-index into a new collection "
-            f"({fix})")
+            "feed this model: open it with the configuration it was built with, or re-index into a new "
+            f"collection ({fix})")
     check_passage_size(name, stored, passage_tokens)
 
 
 def check_passage_size(name: str, stored: dict[str, Any], passage_tokens: int | None) -> None:
-    """Raise :class:`StoreMismatchError` when ``passage_tokens`` is given and the collection ``name`` (metadata
-    ``stored``) records passages of another size: the two sizes would mix (needs no model)."""
+    """Raise :class:`StoreMismatchError` when ``passage_tokens`` is given and the collection ``name``
+    (metadata ``stored``) records passages of another size: the two sizes would mix (needs no model)."""
     have = stored.get("refrag_passage_tokens")
     if passage_tokens is not None and have is not None and int(have) != int(passage_tokens):
         raise StoreMismatchError(

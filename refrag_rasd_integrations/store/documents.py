@@ -167,5 +167,6 @@ def _jsonl_document(f: Path, n: int, rec: dict[str, Any], source: str) -> tuple[
         raise InvalidInputError(f"{f}, line {n}: \"text\" must be a string, not {type(text).__name__}")
     if turns is not None and (not isinstance(turns, list) or not all(isinstance(t, str) for t in turns)):
         raise InvalidInputError(f"{f}, line {n}: \"turns\" must be a list of strings")
-    meta = {k: v for k, v in rec.items() if k not in {"text", "turns"} and isinstance(v, (str, int, float, bool))}
+    meta = {k: v for k, v in rec.items()
+            if k not in {"text", "turns"} and isinstance(v, (str, int, float, bool))}
     return text or "\n".join(turns or []), {**meta, "line": n, SOURCE_KEY: source}

@@ -1,12 +1,12 @@
 """The writing half of indexing: passage records into a collection a batch at a time, skipping the ids it
-holds already (so a killed run, run again, fills exactly the gaps); replacing records whole; deleting ids a batch
-at a time and dropping a collection; with :class:`IndexReport`, what a run did.
+holds already (so a killed run, run again, fills exactly the gaps); replacing records whole; deleting ids a
+batch at a time and dropping a collection; with :class:`IndexReport`, what a run did.
 
-Two Chroma 1.5.9 behaviours these work around (found by ``tests/unit/test_store_properties.py``): an ``upsert``
-over an existing id MERGES the metadata (a key the new record lacks keeps its old value), so
-:func:`replace_rows` deletes the ids it replaces first; and dropping a collection leaves its records' list-valued
-metadata behind, which then shows up in records of later collections, so :func:`drop_collection` deletes the
-records before the collection.
+Two Chroma 1.5.9 behaviours these work around (found by ``tests/unit/test_store_properties.py``): an
+``upsert`` over an existing id MERGES the metadata (a key the new record lacks keeps its old value), so
+:func:`replace_rows` deletes the ids it replaces first; and dropping a collection leaves its records'
+list-valued metadata behind, which then shows up in records of later collections, so :func:`drop_collection`
+deletes the records before the collection.
 
 Example:
     >>> report = IndexReport(passages=3, added=2, skipped=1, seconds=0.5)
@@ -109,8 +109,8 @@ def replace_rows(col: Any, rows: dict[str, Any]) -> None:
 
 
 def drop_collection(client: Any, col: Any) -> None:
-    """Drop the collection ``col`` (``None``: nothing to drop), deleting its records first (Chroma 1.5.9 leaves
-    a dropped collection's list-valued metadata behind for later records to pick up)."""
+    """Drop the collection ``col`` (``None``: nothing to drop), deleting its records first (Chroma 1.5.9
+    leaves a dropped collection's list-valued metadata behind for later records to pick up)."""
     if col is None:
         return
     delete_ids(col, col.get(include=[])["ids"])

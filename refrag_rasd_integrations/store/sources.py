@@ -1,12 +1,13 @@
 """Sources: what a passage came from, and the clean-up of passages whose source changed or went away.
 
-Every passage records its document's normalized ``source`` (a file's resolved absolute path, so ``docs/a.md``
-and ``/home/me/docs/a.md`` are one source; otherwise the caller's id, as given) and ``refrag_doc``, the
-content hash of its document (source, text and metadata). A passage's id is that hash plus the passage's index,
-so re-indexing an unchanged document finds its ids there and skips it, and a changed document gets new ids.
+Every passage records its document's normalized ``source`` (a file's resolved absolute path, so
+``docs/a.md`` and ``/home/me/docs/a.md`` are one source; otherwise the caller's id, as given) and
+``refrag_doc``, the content hash of its document (source, text and metadata). A passage's id is that hash
+plus the passage's index, so re-indexing an unchanged document finds its ids there and skips it, and a
+changed document gets new ids.
 
-Clean-up follows LangChain's indexing API (``langchain_core.indexing.index``), with the collection itself as the
-record of what is indexed (no second database):
+Clean-up follows LangChain's indexing API (``langchain_core.indexing.index``), with the collection itself as
+the record of what is indexed (no second database):
 
 * ``None``: only add; passages of a changed document stay beside the new ones;
 * ``"incremental"``: after the batch is written, delete the passages of every source in the batch that the
@@ -14,8 +15,8 @@ record of what is indexed (no second database):
 * ``"full"``: after the batch is written, delete every passage the batch did not produce (also the sources
   missing from the batch: a deleted file).
 
-Deleting comes last, so a run killed mid-way never leaves a source with nothing, and running it again finishes
-the job (the new passages written are skipped, the old ones deleted).
+Deleting comes last, so a run killed mid-way never leaves a source with nothing, and running it again
+finishes the job (the new passages written are skipped, the old ones deleted).
 
 Example:
     >>> file_source("docs/../docs/a.md") == file_source("docs/a.md")
@@ -101,7 +102,7 @@ def stale_ids(col: Any, cleanup: str | None, sources: Sequence[str], keep: Itera
 
 
 def source_counts(col: Any) -> dict[str, int]:
-    """``{source: passages}`` over the collection (passages without a source under ``""``), sorted by source."""
+    """``{source: passages}`` over the collection (passages without a source under ``""``), by source."""
     counts: dict[str, int] = {}
     for page in _pages(col, None, ["metadatas"]):
         for meta in page["metadatas"]:

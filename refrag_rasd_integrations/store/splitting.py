@@ -31,13 +31,13 @@ MAX_PASSAGE_TOKENS = 1024
 
 
 def check_passage_tokens(n: Any) -> int:
-    """``n`` if it is a whole number of tokens in [:data:`MIN_PASSAGE_TOKENS`, :data:`MAX_PASSAGE_TOKENS`], else
-    :class:`InvalidInputError` saying why."""
+    """``n`` if it is a whole number of tokens in [:data:`MIN_PASSAGE_TOKENS`, :data:`MAX_PASSAGE_TOKENS`],
+    else :class:`InvalidInputError` saying why."""
     if isinstance(n, bool) or not isinstance(n, int) or not MIN_PASSAGE_TOKENS <= n <= MAX_PASSAGE_TOKENS:
         raise InvalidInputError(
-            f"passage_tokens must be between {MIN_PASSAGE_TOKENS} and {MAX_PASSAGE_TOKENS}, got {n!r} (at least one "
-            f"REFRAG chunk of 16 tokens; at most what leaves 4 passages, the question and the answer room in the "
-            f"model's window)")
+            f"passage_tokens must be between {MIN_PASSAGE_TOKENS} and {MAX_PASSAGE_TOKENS}, got {n!r} (at "
+            "least one REFRAG chunk of 16 tokens; at most what leaves 4 passages, the question and the "
+            "answer room in the model's window)")
     return n
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")

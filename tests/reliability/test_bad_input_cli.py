@@ -25,42 +25,124 @@ FREE = {
 
 def _bad_values(d: dict[str, str]) -> dict[str, list[list[str]]]:
     """command -> argument lists, each with one bad value (paths from ``d``)."""
-    model = [["--model", "/no/such/model.gguf"], ["--device", "banana"], ["--device", "cuda:x"],
-             ["--dtype", "int3"]]
-    store = [["--collection", "x"], ["--collection", "bad name!"], ["--chroma-dir", d["file"]],
-             ["--chroma-url", "ftp://host/path"], ["--port", "0"], ["--port", "many"],
-             ["--host", "127.0.0.1", "--port", "1"]]
-    gen = [["--max-tokens", "0"], ["--max-tokens", "x"], ["--temperature", "-1"], ["--top-p", "2"],
-           ["--top-k", "-3"], ["--seed", "x"], ["--method", "bogus"]]
+    model = [
+        ["--model", "/no/such/model.gguf"],
+        ["--device", "banana"],
+        ["--device", "cuda:x"],
+        ["--dtype", "int3"],
+    ]
+    store = [
+        ["--collection", "x"],
+        ["--collection", "bad name!"],
+        ["--chroma-dir", d["file"]],
+        ["--chroma-url", "ftp://host/path"],
+        ["--port", "0"],
+        ["--port", "many"],
+        ["--host", "127.0.0.1", "--port", "1"],
+    ]
+    gen = [
+        ["--max-tokens", "0"],
+        ["--max-tokens", "x"],
+        ["--temperature", "-1"],
+        ["--top-p", "2"],
+        ["--top-k", "-3"],
+        ["--seed", "x"],
+        ["--method", "bogus"],
+    ]
     data = ["--data", d["jsonl"]]
     return {
-        "index": [[d["missing"]], [d["binary"]], [d["bad_jsonl"]], [d["list_jsonl"]], [d["empty_dir"]],
-                  [d["text"], "--batch-size", "0"], [d["text"], "--passage-tokens", "0"],
-                  [d["text"], "--passage-tokens", "8"], [d["text"], "--passage-tokens", "100000"],
-                  [d["text"], "--passage-tokens", "x"], [d["text"], "--collection", "docs", "--passage-tokens", "64"],
-                  [d["text"], "--cleanup", "sometimes"], [d["text"], "--rebuild=yes"], [d["text"], "--no-progress=1"],
-                  *[[d["text"], *a] for a in store + model]],
-        "ask": [[""], ["q", "-k", "0"], ["q", "--filter", "{source: a}"], ["q", "--filter", "[1, 2]"],
-                ["q", "--context", "bogus"], ["q", "--compare=1"], ["q", "--json=1"], ["q", "--collection", "never-made"],
-                *[["q", *a] for a in store + model + gen]],
-        "delete": [[], ["--collection", "docs", "--source", d["missing"]],
-                   ["--collection", "never-made", "--source", "a"], *[["--source", "a", *a] for a in store]],
-        "collections": [["--show", "never-made"], ["--drop", "never-made"], ["--show", "docs", "--drop", "docs"],
-                        ["--show", "x"], ["--chroma-dir", d["file"]], ["--chroma-url", "ftp://host/path"],
-                        ["--port", "0"], ["--host", "127.0.0.1", "--port", "1"]],
+        "index": [
+            [d["missing"]],
+            [d["binary"]],
+            [d["bad_jsonl"]],
+            [d["list_jsonl"]],
+            [d["empty_dir"]],
+            [d["text"], "--batch-size", "0"],
+            [d["text"], "--passage-tokens", "0"],
+            [d["text"], "--passage-tokens", "8"],
+            [d["text"], "--passage-tokens", "100000"],
+            [d["text"], "--passage-tokens", "x"],
+            [d["text"], "--collection", "docs", "--passage-tokens", "64"],
+            [d["text"], "--cleanup", "sometimes"],
+            [d["text"], "--rebuild=yes"],
+            [d["text"], "--no-progress=1"],
+            *[[d["text"], *a] for a in store + model],
+        ],
+        "ask": [
+            [""],
+            ["q", "-k", "0"],
+            ["q", "--filter", "{source: a}"],
+            ["q", "--filter", "[1, 2]"],
+            ["q", "--context", "bogus"],
+            ["q", "--compare=1"],
+            ["q", "--json=1"],
+            ["q", "--collection", "never-made"],
+            *[["q", *a] for a in store + model + gen],
+        ],
+        "delete": [
+            [],
+            ["--collection", "docs", "--source", d["missing"]],
+            ["--collection", "never-made", "--source", "a"],
+            *[["--source", "a", *a] for a in store],
+        ],
+        "collections": [
+            ["--show", "never-made"],
+            ["--drop", "never-made"],
+            ["--show", "docs", "--drop", "docs"],
+            ["--show", "x"],
+            ["--chroma-dir", d["file"]],
+            ["--chroma-url", "ftp://host/path"],
+            ["--port", "0"],
+            ["--host", "127.0.0.1", "--port", "1"],
+        ],
         "generate": [[], ["hi", "--raw=1"], ["hi", "--weights", "int8"], *[["hi", *a] for a in model + gen]],
-        "bench": [[], ["--data", d["missing"]], ["--data", d["bad_jsonl"]], ["--data", d["list_jsonl"]],
-                  *[[*data, *a] for a in [
-                      ["--suite", "bogus"], ["--category", "nope"], ["--limit", "0"], ["--methods", "vanilla,bogus"],
-                      ["--max-new-tokens", "0"], ["--temperature", "-1"], ["--include-train=1"], ["--repeats", "0"],
-                      ["--no-calibrate=1"], ["--spec", "{draft: 1}"], ["--spec", '"a string"'], ["--out", d["dir"]],
-                      ["--variant", " "], ["--draft-model", "/no/such/draft"], ["--weights", "int8"], ["--k", "0"],
-                      ["--expand", "2"], ["--expand", "x"], ["--policy", "bogus"], ["--contexts", "x"],
-                      ["--contexts", "0"], ["--refrag", "/no/such/refrag.safetensors"], ["--store-dir", d["file"]],
-                      ["--top-k", "0"], ["--peers", "bogus"], ["--corpus", d["missing"]],
-                      ["--suite", "qa", "--settings", "bogus"], *model]]],
-        "demo": [["--questions", "0"], ["--max-tokens", "0"], ["--llamaindex=1"], ["--collection", "x"],
-                 ["--chroma-dir", d["file"]], *model],
+        "bench": [
+            [],
+            ["--data", d["missing"]],
+            ["--data", d["bad_jsonl"]],
+            ["--data", d["list_jsonl"]],
+            *[
+                [*data, *a]
+                for a in [
+                    ["--suite", "bogus"],
+                    ["--category", "nope"],
+                    ["--limit", "0"],
+                    ["--methods", "vanilla,bogus"],
+                    ["--max-new-tokens", "0"],
+                    ["--temperature", "-1"],
+                    ["--include-train=1"],
+                    ["--repeats", "0"],
+                    ["--no-calibrate=1"],
+                    ["--spec", "{draft: 1}"],
+                    ["--spec", '"a string"'],
+                    ["--out", d["dir"]],
+                    ["--variant", " "],
+                    ["--draft-model", "/no/such/draft"],
+                    ["--weights", "int8"],
+                    ["--k", "0"],
+                    ["--expand", "2"],
+                    ["--expand", "x"],
+                    ["--policy", "bogus"],
+                    ["--contexts", "x"],
+                    ["--contexts", "0"],
+                    ["--refrag", "/no/such/refrag.safetensors"],
+                    ["--store-dir", d["file"]],
+                    ["--top-k", "0"],
+                    ["--peers", "bogus"],
+                    ["--corpus", d["missing"]],
+                    ["--suite", "qa", "--settings", "bogus"],
+                    *model,
+                ]
+            ],
+        ],
+        "demo": [
+            ["--questions", "0"],
+            ["--max-tokens", "0"],
+            ["--llamaindex=1"],
+            ["--collection", "x"],
+            ["--chroma-dir", d["file"]],
+            *model,
+        ],
     }
 
 
@@ -75,11 +157,20 @@ def paths(tmp_path, monkeypatch):
     (tmp_path / "data.jsonl").write_text('{"question_id": 1, "category": "rag", "turns": ["Why?"]}\n')
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "empty").mkdir()
-    fake_store("docs", path=tmp_path / "chroma", passage_tokens=256).add_texts(["Rome is in Italy."], [{"source": "it"}])
-    return {"missing": str(tmp_path / "missing.txt"), "binary": str(tmp_path / "binary.txt"),
-            "bad_jsonl": str(tmp_path / "bad.jsonl"), "list_jsonl": str(tmp_path / "list.jsonl"),
-            "jsonl": str(tmp_path / "data.jsonl"), "text": str(tmp_path / "text.txt"), "file": str(tmp_path / "a_file"),
-            "dir": str(tmp_path), "empty_dir": str(tmp_path / "empty")}
+    fake_store("docs", path=tmp_path / "chroma", passage_tokens=256).add_texts(
+        ["Rome is in Italy."], [{"source": "it"}]
+    )
+    return {
+        "missing": str(tmp_path / "missing.txt"),
+        "binary": str(tmp_path / "binary.txt"),
+        "bad_jsonl": str(tmp_path / "bad.jsonl"),
+        "list_jsonl": str(tmp_path / "list.jsonl"),
+        "jsonl": str(tmp_path / "data.jsonl"),
+        "text": str(tmp_path / "text.txt"),
+        "file": str(tmp_path / "a_file"),
+        "dir": str(tmp_path),
+        "empty_dir": str(tmp_path / "empty"),
+    }
 
 
 @pytest.fixture
@@ -92,7 +183,10 @@ def no_model(monkeypatch):
 
 
 def _cases() -> list[tuple[str, int]]:
-    fake = {k: k for k in ("missing", "binary", "bad_jsonl", "list_jsonl", "jsonl", "text", "file", "dir", "empty_dir")}
+    fake = {
+        k: k
+        for k in ("missing", "binary", "bad_jsonl", "list_jsonl", "jsonl", "text", "file", "dir", "empty_dir")
+    }
     return [(name, i) for name, cases in _bad_values(fake).items() for i in range(len(cases))]
 
 
@@ -118,13 +212,19 @@ def test_bad_value_is_one_line_error_before_any_model(name, i, paths, no_model, 
 def _options(name: str) -> set[str]:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parser = sub.choices[name]
-    return {a.option_strings[-1] if a.option_strings[-1].startswith("--") else a.option_strings[0]
-            for a in parser._actions if a.option_strings and a.dest != "help"}
+    return {
+        a.option_strings[-1] if a.option_strings[-1].startswith("--") else a.option_strings[0]
+        for a in parser._actions
+        if a.option_strings and a.dest != "help"
+    }
 
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_option_has_a_bad_value_checked(name):
-    fake = {k: k for k in ("missing", "binary", "bad_jsonl", "list_jsonl", "jsonl", "text", "file", "dir", "empty_dir")}
+    fake = {
+        k: k
+        for k in ("missing", "binary", "bad_jsonl", "list_jsonl", "jsonl", "text", "file", "dir", "empty_dir")
+    }
     given = {tok.split("=")[0] for argv in _bad_values(fake)[name] for tok in argv if tok.startswith("-")}
     aliases = {"--max-new-tokens": "--max-tokens", "--top-k-passages": "-k"}
     given |= {long for long, short in aliases.items() if short in given}

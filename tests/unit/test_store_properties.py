@@ -1,8 +1,8 @@
-"""Property tests of re-indexing (hypothesis, :mod:`store_strategies`): for any two document sets, indexing the
-first then the second with a clean-up mode leaves exactly the second's passages (``full``), or the second's plus
-the first's sources it does not name (``incremental``): 0 stale, 0 duplicates, the counts right, the metadata
-as flattened; and indexing the same set again changes nothing. Fake encoder and tokenizer, real embedded
-Chroma; bounded to a few seconds."""
+"""Property tests of re-indexing (hypothesis, :mod:`store_strategies`): for any two document sets, indexing
+the first then the second with a clean-up mode leaves exactly the second's passages (``full``), or the
+second's plus the first's sources it does not name (``incremental``): 0 stale, 0 duplicates, the counts right,
+the metadata as flattened; and indexing the same set again changes nothing. Fake encoder and tokenizer, real
+embedded Chroma; bounded to a few seconds."""
 
 from __future__ import annotations
 
@@ -19,9 +19,16 @@ from refrag_rasd_integrations.store import flat_metadata, user_metadata
 from refrag_rasd_integrations.store.documents import document_parts, document_source
 
 _NAMES = itertools.count()
-_SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                            HealthCheck.data_too_large])
+_SETTINGS = settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 
 
 def _floats_out(v, found: list):
@@ -44,7 +51,8 @@ def _same(got: list, want: list) -> bool:
     got, want = sorted(got), sorted(want)
     return len(got) == len(want) and all(
         g[:2] == w[:2] and all(math.isclose(a, b, rel_tol=1e-14) for a, b in zip(g[2], w[2], strict=True))
-        for g, w in zip(got, want, strict=True))
+        for g, w in zip(got, want, strict=True)
+    )
 
 
 def _expected(store, docs) -> list:
@@ -81,7 +89,7 @@ def test_reindexing_leaves_exactly_the_current_passages(client, before, after, m
         if mode == "incremental":  # the sources the second set does not name stay as they were
             named = {document_source(d) for d in after}
             want += _expected(store, [d for d in before if document_source(d) not in named])
-        assert _same(_stored(store), want)                    # 0 stale, 0 duplicates, metadata as flattened
+        assert _same(_stored(store), want)  # 0 stale, 0 duplicates, metadata as flattened
         assert store.count() == len(want) == len(set(store.ids()))
         assert report.added + report.skipped == report.passages == len(_expected(store, after))
     finally:

@@ -1,6 +1,7 @@
 """Re-indexing on the fake store and a real embedded Chroma: a changed, moved (relative vs absolute path) or
 re-sized source leaves 0 stale passages and 0 duplicates; the clean-up modes; a run killed before its clean-up
-resumes exactly; delete_source / sources; binary files; LangChain's own indexing API over RefragVectorStore."""
+resumes exactly; delete_source / sources; binary files; LangChain's own indexing API over RefragVectorStore.
+"""
 
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ def test_changed_file_is_replaced_not_duplicated(client, folder):
     assert first.added == first.passages and first.deleted == 0
     (d / "a.md").write_text("Alpha, rewritten: " + LONG.replace("topic", "subject"))
     again = store.add_files([d], cleanup="incremental")
-    assert Counter(_passages(store)) == _expected(store, files)      # 0 stale, 0 duplicates
+    assert Counter(_passages(store)) == _expected(store, files)  # 0 stale, 0 duplicates
     assert again.deleted > 0 and store.count() == again.passages
-    assert store.add_files([d], cleanup="incremental").added == 0    # unchanged: all skipped
+    assert store.add_files([d], cleanup="incremental").added == 0  # unchanged: all skipped
 
 
 def test_without_cleanup_the_old_passages_stay(client, folder):
@@ -74,7 +75,7 @@ def test_full_cleanup_drops_removed_files_and_incremental_keeps_them(client, fol
     store = fake_store(client=client)
     store.add_files([d], cleanup="full")
     (d / "c.rst").unlink()
-    assert store.add_files([d], cleanup="incremental").deleted == 0     # incremental: c.rst not in the batch
+    assert store.add_files([d], cleanup="incremental").deleted == 0  # incremental: c.rst not in the batch
     report = store.add_files([d], cleanup="full")
     assert report.deleted > 0
     assert Counter(_passages(store)) == _expected(store, {p: t for p, t in files.items() if p.exists()})
@@ -125,9 +126,9 @@ def test_run_killed_mid_way_keeps_the_old_passages_and_resumes_exactly(client, f
     with pytest.raises(KeyboardInterrupt):
         killed.add_files([d], cleanup="incremental", batch_size=4)
     sources = {s for s, _ in _passages(store)}
-    assert sources == {str(p.resolve()) for p in files}               # no source left with nothing
+    assert sources == {str(p.resolve()) for p in files}  # no source left with nothing
     report = fake_store(client=client).add_files([d], cleanup="incremental", batch_size=4)
-    assert report.skipped == 4 and report.deleted > 0                 # the batch written before the kill
+    assert report.skipped == 4 and report.deleted > 0  # the batch written before the kill
     assert Counter(_passages(store)) == _expected(store, files)
 
 
@@ -137,9 +138,12 @@ def test_delete_source_and_sources(client, folder, monkeypatch):
     store.add_files([d])
     store.add_texts(["A note without a file."], [{"source": "note-1"}])
     counts = store.sources()
-    assert set(counts) == {str(p.resolve()) for p in files} | {"note-1"} and sum(counts.values()) == store.count()
+    assert (
+        set(counts) == {str(p.resolve()) for p in files} | {"note-1"}
+        and sum(counts.values()) == store.count()
+    )
     monkeypatch.chdir(d)
-    assert store.delete_source("a.md") == counts[str((d / "a.md").resolve())]   # a relative path works
+    assert store.delete_source("a.md") == counts[str((d / "a.md").resolve())]  # a relative path works
     assert store.delete_source("note-1") == 1 and store.delete_source("note-1") == 0
     assert set(store.sources()) == {str((d / n).resolve()) for n in ("b.txt", "c.rst")}
 
@@ -148,10 +152,14 @@ def test_binary_files_are_skipped_and_counted(client, tmp_path):
     (tmp_path / "text.md").write_text("Plain text about rivers.")
     (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00" * 50)
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
-    (tmp_path / "cut.txt").write_bytes(("é" * 5000).encode())                  # a character cut at 8 KB: text
+    (tmp_path / "cut.txt").write_bytes(("é" * 5000).encode())  # a character cut at 8 KB: text
     store = fake_store(client=client)
     report = store.add_files([tmp_path, tmp_path / "image.txt"])
-    assert sorted(os.path.basename(f) for f, _ in report.skipped_files) == ["image.txt", "image.txt", "latin1.txt"]
+    assert sorted(os.path.basename(f) for f, _ in report.skipped_files) == [
+        "image.txt",
+        "image.txt",
+        "latin1.txt",
+    ]
     assert {os.path.basename(s) for s in store.sources()} == {"text.md", "cut.txt"}
 
 
@@ -185,13 +193,21 @@ def test_langchain_indexing_api_over_refrag_vector_store(client):
     from refrag_rasd_integrations.langchain import RefragVectorStore
 
     tok = tiny_tokenizer()
-    vs = RefragVectorStore(fake_store(client=client, tokenizer=tok, chunk_encoder=CountingChunkEncoder(tok, k=4),
-                                      embedder=BagOfWordsEmbedder()))
+    vs = RefragVectorStore(
+        fake_store(
+            client=client,
+            tokenizer=tok,
+            chunk_encoder=CountingChunkEncoder(tok, k=4),
+            embedder=BagOfWordsEmbedder(),
+        )
+    )
     rm = InMemoryRecordManager("refrag/lc-index")
     rm.create_schema()
-    docs = [Document("Paris is in France.", metadata={"source": "fr"}),
-            Document("Lyon is in France too.", metadata={"source": "fr"}),
-            Document("Rome is in Italy.", metadata={"source": "it"})]
+    docs = [
+        Document("Paris is in France.", metadata={"source": "fr"}),
+        Document("Lyon is in France too.", metadata={"source": "fr"}),
+        Document("Rome is in Italy.", metadata={"source": "it"}),
+    ]
     kw = {"cleanup": "incremental", "source_id_key": "source", "key_encoder": "sha256"}
     assert index(docs, rm, vs, **kw) == {"num_added": 3, "num_updated": 0, "num_skipped": 0, "num_deleted": 0}
     assert index(docs, rm, vs, **kw)["num_skipped"] == 3
@@ -205,13 +221,13 @@ def test_langchain_indexing_api_over_refrag_vector_store(client):
 
 
 def test_a_dropped_collection_leaves_no_metadata_behind(client):
-    """Chroma 1.5.9 alone: after ``delete_collection`` a new record picks up a dropped record's list metadata."""
+    """Chroma 1.5.9 alone: after ``delete_collection`` a new record picks up a dropped one's list metadata."""
     old = fake_store("old", client=client)
     old.add_texts(["0"], [{"source": "a.txt", "title": ["p"]}])
     old.delete_collection()
     new = fake_store("new", client=client)
     new.add_texts(["0"], [{"source": "a.txt"}])
-    (p, _), = new.search("0", k=1)
+    ((p, _),) = new.search("0", k=1)
     assert "title" not in p.metadata
 
 
