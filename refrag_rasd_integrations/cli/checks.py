@@ -74,8 +74,9 @@ def jsonl_file(path: str | None, option: str) -> None:
     names the file and the line)."""
     from ..store import jsonl_objects
 
-    if existing_file(path, option) is not None:
-        for _ in jsonl_objects(path):
+    found = existing_file(path, option)
+    if found is not None:
+        for _ in jsonl_objects(found):
             pass
 
 
@@ -101,8 +102,8 @@ def number_list(value: str, option: str, kind: type = int, low: float = 0, high:
 
 def check_model_args(args: argparse.Namespace, model_option: str = "--model") -> None:
     """``--model`` (a local path must exist; a hub id is checked when it loads), ``--device``, ``--dtype``."""
-    model = getattr(args, "model", None)
-    local = model and (model.startswith(("/", ".", "~")) or model.endswith(".gguf"))
+    model = str(getattr(args, "model", None) or "")
+    local = model.startswith(("/", ".", "~")) or model.endswith(".gguf")
     if local and not Path(model).expanduser().exists():
         raise InvalidInputError(f"{model_option}: no such file or folder: {model}")
     device = getattr(args, "device", None)
