@@ -8,14 +8,17 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from refrag_rasd_core.engine import Engine
-from refrag_rasd_core.errors import RefragRasdError
+from refrag_rasd_core.errors import InvalidInputError, RefragRasdError
 
+from .checks import at_least, check_model_args, check_store_args, json_option, jsonl_file, number_list
 from .registry import command, model_args, weights_arg
+
+POLICIES = ("random", "similarity", "perplexity", "rl")
+PEERS = ("llamacpp", "llamacpp-pld")
 
 
 def _setup_bench(p: argparse.ArgumentParser) -> None:
@@ -93,11 +96,11 @@ def _bench_rag(args: argparse.Namespace) -> dict:
     from ..store import RefragChromaStore, chroma_dir
     from .bench.rag import format_table, index_rows, load_rag_rows, run_rag_suite
 
+    rows = load_rag_rows(args.data)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
                          refrag=_refrag(args))
     if not args.no_calibrate:
         engine.calibrate_verify_costs()
-    rows = load_rag_rows(args.data)
     store = RefragChromaStore("bench-rag", path=args.store_dir or chroma_dir() / "bench", engine=engine)
     index_rows(store, rows)
     peers = _without_missing_llamacpp([m.strip() for m in args.peers.split(",") if m.strip()])
@@ -108,6 +111,8 @@ def _bench_rag(args: argparse.Namespace) -> dict:
 
 
 def _bench_chat(args: argparse.Namespace) -> dict:
+    import json
+
     from refrag_rasd_core.qa_file import corpus_passages, load_qa_file
 
     from ..engines import signature_of
@@ -194,11 +199,53 @@ def _without_missing_llamacpp(methods: list[str]) -> list[str]:
     return [m for m in methods if m not in missing]
 
 
+def check_bench_args(args: argparse.Namespace) -> None:
+    """Every ``bench`` value that can be checked without the model: files, numbers, lists, ``--spec``."""
+    from ..store import jsonl_objects
+    from .bench.decode import ALL_METHODS
+    from .bench.qa import parse_settings
+
+    check_model_args(args)
+    check_model_args(argparse.Namespace(model=args.draft_model), "--draft-model")
+    jsonl_file(args.data, "--data")
+    if args.category and args.suite == "decode":
+        have = {str(rec.get("category")) for _, rec in jsonl_objects(args.data)}
+        unknown = [c for c in args.category.split(",") if c not in have]
+        if unknown:
+            raise InvalidInputError(f"--category: {', '.join(unknown)} not in {args.data} (it has: "
+                                    f"{', '.join(sorted(have))})")
+    jsonl_file(args.corpus, "--corpus")
+    json_option(args.spec, "--spec")
+    for option, value in (("--limit", args.limit), ("--repeats", args.repeats), ("--k", args.k),
+                          ("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k)):
+        at_least(value, option, 1)
+    at_least(args.temperature, "--temperature", 0)
+    unknown = [m for m in (x.strip() for x in args.methods.split(",")) if m and m not in ALL_METHODS]
+    if unknown:
+        raise InvalidInputError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(ALL_METHODS)})")
+    number_list(args.contexts, "--contexts", int, 1)
+    number_list(args.expand, "--expand", float, 0, 1)
+    for option, value, known in (("--policy", args.policy, POLICIES), ("--peers", args.peers, PEERS)):
+        bad = [x for x in (x.strip() for x in value.split(",")) if x and x not in known]
+        if bad:
+            raise InvalidInputError(f"{option}: unknown {', '.join(bad)} (known: {', '.join(known)})")
+    if args.suite == "qa":
+        parse_settings(args.settings or "text", k=args.top_k)
+    if args.store_dir is not None:
+        check_store_args(argparse.Namespace(chroma_dir=args.store_dir))
+    _refrag(args)
+    if args.out not in (None, "auto") and Path(args.out).expanduser().is_dir():
+        raise InvalidInputError(f"--out: {args.out} is a folder; name the results file (or --out auto)")
+    if args.variant is not None and not args.variant.strip():
+        raise InvalidInputError("--variant is empty")
+
+
 @command("bench", "benchmark decoding methods side by side (Spec-Bench style)", _setup_bench)
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.data import load_questions, training_question_ids
     from .bench.decode import format_table, run_decode_suite
 
+    check_bench_args(args)
     exclude = set() if args.include_train else training_question_ids()
     if args.suite in ("prefill", "rag", "qa", "chat"):
         if args.suite == "prefill":
@@ -215,7 +262,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     questions = load_questions(args.data, args.category, args.limit or 2, exclude_ids=exclude)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    spec = json.loads(args.spec) if args.spec else None
+    spec = json_option(args.spec, "--spec")
     assistant = None
     if args.draft_model:
         from refrag_rasd_core.models import load_target

@@ -1,5 +1,6 @@
-"""The ``refrag-rasd`` subcommands that use the model: ``models``, ``generate``, ``index``, ``ask``, ``demo``
-and ``serve`` (``bench`` is in :mod:`.bench_command`).
+"""The ``refrag-rasd`` subcommands that use the model: ``models``, ``generate``, ``ask``, ``demo`` and
+``serve`` (``bench`` is in :mod:`.bench_command`; ``index``, ``delete``, ``collections`` in
+:mod:`.store_commands`).
 
 Example:
     $ refrag-rasd models
@@ -16,8 +17,11 @@ import json
 import sys
 
 from refrag_rasd_core.engine import METHODS, Engine
+from refrag_rasd_core.errors import InvalidInputError
 
+from ..errors import CollectionNotFoundError
 from ..settings import CONTEXTS
+from .checks import at_least, check_model_args, check_store_args, json_option
 from .registry import (
     command,
     generation_args,
@@ -66,6 +70,7 @@ def _setup_generate(p: argparse.ArgumentParser) -> None:
 @command("generate", "stream an answer from the model and print the statistics", _setup_generate)
 def cmd_generate(args: argparse.Namespace) -> int:
     settings = generation_settings(args)
+    check_model_args(args)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
     if args.raw:
         prompt: str | list[dict[str, str]] = args.prompt
@@ -97,6 +102,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..store import RefragChromaStore
     from .demo import run_demo
 
+    check_store_args(args)
+    check_model_args(args)
+    at_least(args.questions, "--questions", 1)
+    at_least(args.max_tokens, "--max-tokens", 1)
     print("refrag-rasd demo: loading the model (the first run converts it once, ~30 s)...", file=sys.stderr)
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
     store = RefragChromaStore(args.collection, path=args.chroma_dir, engine=engine)
@@ -104,29 +113,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
              framework="llamaindex" if args.llamaindex else "langchain")
     return 0
 
-
-
-def _setup_index(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", help="text files or folders (.txt .md .rst .jsonl)")
-    store_args(p)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--passage-tokens", type=int, default=256, help="longest passage, in decoder tokens")
-    p.add_argument("--no-progress", action="store_true")
-    model_args(p)
-
-
-@command("index", "index files into a Chroma collection (passages, token ids, REFRAG chunk embeddings)",
-         _setup_index)
-def cmd_index(args: argparse.Namespace) -> int:
-    from ..engines import get_engine
-
-    engine = get_engine(args.model, device=args.device, dtype=args.dtype)
-    store = open_store(args, engine)
-    report = store.add_files(args.paths, batch_size=args.batch_size, progress=not args.no_progress)
-    print(f"{args.collection}: {report.passages} passages ({report.added} added, {report.skipped} already "
-          f"there) in {report.seconds:.1f} s ({report.passages_per_s:.1f} passages/s); "
-          f"{store.count()} in the collection", file=sys.stderr)
-    return 0
 
 
 def _setup_ask(p: argparse.ArgumentParser) -> None:
@@ -150,7 +136,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from ..settings import ModelSettings
 
     settings = generation_settings(args)
-    where = json.loads(args.filter) if args.filter else None
+    where = json_option(args.filter, "--filter")
+    at_least(args.k, "--top-k-passages", 1)
+    check_store_args(args)
+    check_model_args(args)
+    if not args.question.strip():
+        raise InvalidInputError("the question is empty")
+    if not open_store(args).exists():
+        raise CollectionNotFoundError(f"no collection {args.collection!r} in this Chroma database: index "
+                                      "documents first (`refrag-rasd index PATH --collection "
+                                      f"{args.collection}`)")
     engine = get_engine(args.model, device=args.device, dtype=args.dtype)
     store = open_store(args, engine)
     hits = store.search(args.question, k=args.k, filter=where)

@@ -78,8 +78,10 @@ def print_stats(stats, file=sys.stdout) -> None:  # noqa: ANN001 - GenerationSta
 
 
 
-def store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--collection", default="refrag-rasd", help="Chroma collection name")
+def store_args(p: argparse.ArgumentParser, collection: bool = True) -> None:
+    """Where the Chroma database is (and, with ``collection``, ``--collection``)."""
+    if collection:
+        p.add_argument("--collection", default="refrag-rasd", help="Chroma collection name")
     p.add_argument("--chroma-dir", default=None,
                    help="embedded database folder (default: $REFRAG_RASD_CHROMA_DIR or <cache>/chroma)")
     p.add_argument("--chroma-url", default=None,
@@ -93,9 +95,11 @@ def open_store(args: argparse.Namespace, engine: Engine | None = None) -> Any:
     from ..store import RefragChromaStore
 
     kwargs = {"passage_tokens": args.passage_tokens} if getattr(args, "passage_tokens", None) else {}
-    return RefragChromaStore(args.collection, path=args.chroma_dir, host=args.host, port=args.port,
-                             url=args.chroma_url, engine=engine, model=args.model, device=args.device, **kwargs)
+    return RefragChromaStore(getattr(args, "collection", None) or "refrag-rasd", path=args.chroma_dir,
+                             host=args.host, port=args.port, url=args.chroma_url, engine=engine,
+                             model=getattr(args, "model", None), device=getattr(args, "device", "auto"),
+                             **kwargs)
 
 
 
-__all__ = ["COMMANDS", "Command", "command", "generation_settings", "open_store", "print_stats"]
+__all__ = ["COMMANDS", "Command", "command", "generation_settings", "open_store", "print_stats", "store_args"]

@@ -16,8 +16,10 @@ The modules, one job each:
 * :mod:`~.server`: a ``chroma run`` child process (:class:`ChromaServer`);
 * :mod:`~.records`: a passage as a Chroma record (base64 arrays, flat metadata, ids);
 * :mod:`~.configuration`: what a collection records about its build, and the check on opening;
-* :mod:`~.splitting`: documents into passages of at most ``passage_tokens`` tokens;
-* :mod:`~.documents`: what can be indexed (framework documents, pairs, strings, files);
+* :mod:`~.splitting`: documents into passages of at most ``passage_tokens`` tokens (16 to 1024);
+* :mod:`~.documents`: what can be indexed (framework documents, pairs, strings, files; binary files skipped);
+* :mod:`~.sources`: source ids (a file's resolved path) and the clean-up modes of re-indexing;
+* :mod:`~.indexing`: writing the missing passages a batch at a time, deleting, :class:`IndexReport`;
 * :mod:`~.embedder`: the default retrieval embedder; :mod:`~.errors`: Chroma failures as typed errors.
 
 The LangChain and LlamaIndex faces (:class:`~refrag_rasd_integrations.langchain.RefragVectorStore`,
@@ -43,12 +45,20 @@ from ..passages import (
     TOKENS_KEY,
     Passage,
 )
-from .chroma_store import DEFAULT_COLLECTION, IndexReport, RefragChromaStore
+from .chroma_store import DEFAULT_COLLECTION, RefragChromaStore
 from .client import chroma_dir, make_client, parse_chroma_url
 from .configuration import check_collection, collection_metadata
-from .documents import TEXT_SUFFIXES, document_parts, iter_file_documents, passage_records
+from .documents import (
+    TEXT_SUFFIXES,
+    binary_reason,
+    document_parts,
+    iter_file_documents,
+    jsonl_objects,
+    passage_records,
+)
 from .embedder import DEFAULT_EMBEDDER, default_embedder
 from .errors import chroma_failure
+from .indexing import IndexReport
 from .records import (
     LAYOUT,
     PassageRecord,
@@ -59,11 +69,20 @@ from .records import (
     user_metadata,
 )
 from .server import ChromaServer, chroma_executable, free_port
-from .splitting import PassageSplitter, split_text
+from .sources import CLEANUP_MODES, file_source
+from .splitting import (
+    MAX_PASSAGE_TOKENS,
+    MIN_PASSAGE_TOKENS,
+    PassageSplitter,
+    check_passage_tokens,
+    split_text,
+)
 
-__all__ = ["CHUNKS_KEY", "DEFAULT_COLLECTION", "DEFAULT_EMBEDDER", "DOC_KEY", "HANDLE_KEY", "INDEX_KEY", "LAYOUT",
-           "N_TOKENS_KEY", "SOURCE_KEY", "TEXT_SUFFIXES", "TOKENS_KEY", "ChromaServer", "IndexReport", "Passage",
-           "PassageRecord", "PassageSplitter", "RefragChromaStore", "check_collection", "chroma_dir",
-           "chroma_executable", "chroma_failure", "collection_metadata", "decode_array", "default_embedder",
-           "document_parts", "encode_array", "flat_metadata", "free_port", "iter_file_documents", "make_client",
+__all__ = ["CHUNKS_KEY", "CLEANUP_MODES", "DEFAULT_COLLECTION", "DEFAULT_EMBEDDER", "DOC_KEY", "HANDLE_KEY",
+           "INDEX_KEY", "LAYOUT", "MAX_PASSAGE_TOKENS", "MIN_PASSAGE_TOKENS", "N_TOKENS_KEY", "SOURCE_KEY",
+           "TEXT_SUFFIXES", "TOKENS_KEY", "ChromaServer", "IndexReport", "Passage", "PassageRecord",
+           "PassageSplitter", "RefragChromaStore", "binary_reason", "check_collection",
+           "check_passage_tokens", "chroma_dir", "chroma_executable", "chroma_failure", "collection_metadata",
+           "decode_array", "default_embedder", "document_parts", "encode_array", "file_source",
+           "flat_metadata", "free_port", "iter_file_documents", "jsonl_objects", "make_client",
            "parse_chroma_url", "passage_records", "split_text", "token_dtype_for", "user_metadata"]

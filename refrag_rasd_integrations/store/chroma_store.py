@@ -2,18 +2,20 @@
 ids and its REFRAG chunk embeddings; framework-free (the LangChain and LlamaIndex faces wrap it).
 
 Indexing splits documents into passages, encodes them and upserts them as records, batched and resumable:
-passage ids are deterministic and each batch computes only the ids Chroma lacks, so an interrupted run, run
-again, leaves no gaps and no duplicates. A search returns :class:`Passage` s with their arrays, each
-registered in the process's passage registry under a handle (``metadata["refrag_passage"]``).
+passage ids are deterministic (a document's content hash + the passage's index) and each batch computes only
+the ids Chroma lacks, so an interrupted run, run again, leaves no gaps and no duplicates. ``cleanup`` then
+replaces changed sources and drops removed ones as LangChain's indexing API does (:mod:`.sources`). A search
+returns :class:`Passage` s with their arrays, each registered in the process's passage registry under a handle
+(``metadata["refrag_passage"]``).
 
 Example:
     >>> from refrag_rasd_integrations.store import RefragChromaStore
     >>> store = RefragChromaStore("wiki")                       # doctest: +REAL_MODEL
     >>> store.add_texts(["Paris is the capital of France.", "Rome is in Italy."],
-    ...                 metadatas=[{"source": "a"}, {"source": "b"}]).added  # doctest: +REAL_MODEL
+    ...                 metadatas=[{"source": "a"}, {"source": "b"}]).added                    # doctest: +REAL_MODEL
     2
     >>> [(p.text, p.chunk_embeddings.shape)
-    ...  for p, score in store.search("capital of France", k=1)]  # doctest: +REAL_MODEL
+    ...  for p, score in store.search("capital of France", k=1)]                           # doctest: +REAL_MODEL
     [('Paris is the capital of France.', (1, 384))]
 """
 
@@ -24,7 +26,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,32 +37,19 @@ from ..errors import CollectionNotFoundError, StoreError
 from ..passages import HANDLE_KEY, PASSAGES, Passage, PassageRegistry, is_handle
 from .client import make_client
 from .configuration import check_collection, collection_metadata
-from .documents import iter_file_documents, passage_records
+from .documents import document_source, iter_file_documents, passage_records
 from .embedder import DEFAULT_EMBEDDER, default_embedder
 from .errors import chroma_failure
 from .faces import FrameworkFaces
+from .indexing import IndexReport, delete_ids, drop_collection, replace_rows, write_missing
 from .records import PassageRecord, decode_passage, encode_arrays, flat_metadata, token_dtype_for
-from .splitting import PassageSplitter
+from .sources import check_cleanup, delete_source, source_counts, stale_ids
+from .splitting import DEFAULT_PASSAGE_TOKENS, PassageSplitter, check_passage_tokens
 
 __all__ = ["DEFAULT_COLLECTION", "IndexReport", "RefragChromaStore"]
 
 DEFAULT_COLLECTION = "refrag-rasd"
 """The collection a store opens when none is named."""
-
-
-@dataclass
-class IndexReport:
-    """What :meth:`RefragChromaStore.add_documents` did."""
-
-    passages: int = 0
-    added: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
-    ids: list[str] = field(default_factory=list)
-
-    @property
-    def passages_per_s(self) -> float:
-        return self.added / self.seconds if self.seconds > 0 else 0.0
 
 
 class RefragChromaStore(FrameworkFaces):
@@ -89,10 +77,10 @@ class RefragChromaStore(FrameworkFaces):
                  path: str | os.PathLike | None = None, host: str | None = None, port: int = 8000,
                  url: str | None = None, engine: Engine | None = None, model: str | None = None, device: str = "auto",
                  chunk_encoder: Any = None, tokenizer: Any = None, signature: dict[str, Any] | None = None,
-                 embedder: Any = None, embedder_name: str | None = None, passage_tokens: int = 256,
+                 embedder: Any = None, embedder_name: str | None = None, passage_tokens: int | None = None,
                  registry: PassageRegistry | None = None) -> None:
-        if passage_tokens < 1:
-            raise InvalidInputError(f"passage_tokens must be >= 1, got {passage_tokens}")
+        if passage_tokens is not None:
+            check_passage_tokens(passage_tokens)
         self.collection_name = collection_name
         self._client = client
         self._client_args = (path, host, port, url)
@@ -105,7 +93,7 @@ class RefragChromaStore(FrameworkFaces):
         self._embedder = embedder
         self.embedder_name = embedder_name or (DEFAULT_EMBEDDER if embedder is None else
                                                str(getattr(embedder, "name", type(embedder).__name__)))
-        self.passage_tokens = passage_tokens
+        self._passage_tokens = passage_tokens
         self.registry = registry or PASSAGES
         self._collection: Any = None
         self._lock = threading.RLock()
@@ -169,6 +157,11 @@ class RefragChromaStore(FrameworkFaces):
         return int(self.signature.get("encoder_dim", getattr(self._chunk_encoder, "dim", 0)))
 
     @property
+    def passage_tokens(self) -> int:
+        """The longest passage in tokens: the one asked for, else the opened collection's, else 256."""
+        return self._passage_tokens or DEFAULT_PASSAGE_TOKENS
+
+    @property
     def token_dtype(self) -> str:
         return token_dtype_for(len(self.tokenizer))
 
@@ -194,8 +187,11 @@ class RefragChromaStore(FrameworkFaces):
                     col = self._get_existing()
                     if col is None:
                         raise StoreError(f"cannot create collection {self.collection_name!r}: {exc}") from exc
-            check_collection(self.collection_name, dict(col.metadata or {}), self.signature,
-                             embedder=self.embedder_name)
+            meta = dict(col.metadata or {})
+            check_collection(self.collection_name, meta, self.signature, embedder=self.embedder_name,
+                             passage_tokens=self._passage_tokens)
+            if self._passage_tokens is None and meta.get("refrag_passage_tokens"):
+                self._passage_tokens = int(meta["refrag_passage_tokens"])
             self._collection = col
             return col
 
@@ -212,6 +208,10 @@ class RefragChromaStore(FrameworkFaces):
     def exists(self) -> bool:
         """Whether the collection exists in the database."""
         return self._get_existing() is not None
+
+    def recorded(self) -> dict[str, Any]:
+        """What the collection records about its build (``{}``: no collection); unchecked, no model."""
+        return {} if (col := self._get_existing()) is None else dict(col.metadata or {})
 
     def _get(self, where: dict[str, Any] | None, include: list[str]) -> dict[str, Any]:
         if not self.exists():
@@ -232,18 +232,23 @@ class RefragChromaStore(FrameworkFaces):
         return {"collection": self.collection_name, "passages": int(col.count()), **dict(col.metadata or {})}
 
     def delete_collection(self) -> None:
-        """Drop the whole collection."""
+        """Drop the whole collection (its records first: see :func:`~.indexing.drop_collection`)."""
         with self._lock:
-            try:
-                self.client.delete_collection(self.collection_name)
-            except Exception as exc:
-                if "does not exist" not in str(exc) and type(exc).__name__ != "NotFoundError":
-                    raise StoreError(str(exc)) from exc
+            drop_collection(self.client, self._get_existing())
             self._collection = None
 
     def delete(self, ids: Sequence[str] | None = None, where: dict[str, Any] | None = None) -> None:
         """Delete passages by id or by a metadata filter (e.g. ``{"source": "a.txt"}``)."""
-        self.collection().delete(ids=list(ids) if ids else None, where=where)
+        delete_ids(self.collection(), ids or [], where=None if ids else where)
+
+    def delete_source(self, source: str | os.PathLike) -> int:
+        """Delete every passage of a source (a file's path, resolved as indexing records it, or an id);
+        returns how many. Needs no model."""
+        return 0 if (col := self._get_existing()) is None else delete_source(col, source)
+
+    def sources(self) -> dict[str, int]:
+        """``{source: number of passages}`` over the collection (``""``: passages without one); no model."""
+        return {} if (col := self._get_existing()) is None else source_counts(col)
 
     # ---- indexing ----------------------------------------------------------------------------------------
     def split(self, text: str) -> list[str]:
@@ -270,44 +275,30 @@ class RefragChromaStore(FrameworkFaces):
         return {"ids": [r.id for r in records], "documents": texts, "embeddings": vecs, "metadatas": metas}
 
     def add_documents(self, documents: Iterable[Any], *, batch_size: int = 64, progress: bool = False,
-                      on_batch: Callable[[int, int], None] | None = None) -> IndexReport:
+                      on_batch: Callable[[int, int], None] | None = None, cleanup: str | None = None
+                      ) -> IndexReport:
         """Index documents; resumable (existing passage ids are skipped), batched, with an optional tqdm bar.
 
-        ``on_batch(done, total)`` is called after every batch is written (for progress reporting)."""
+        ``cleanup`` (LangChain's indexing API's modes, :mod:`.sources`), once all is written: ``None``
+        deletes nothing, ``"incremental"`` the passages of this batch's sources it did not produce (a changed
+        document's old ones; each document needs a ``source`` or an id), ``"full"`` every passage it did not
+        produce.
+        ``on_batch(done, total)`` is called after every batch is written."""
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+        check_cleanup(cleanup)
         t0 = time.perf_counter()
-        records = self.passage_records(documents)
+        documents = list(documents)
+        sources = {document_source(d) for d in documents}
+        if cleanup == "incremental" and "" in sources:
+            raise InvalidInputError("cleanup='incremental' needs a source for every document: give each one "
+                                    "a 'source' in its metadata (or an id), or use cleanup='full'")
         col = self.collection()
+        records = self.passage_records(documents)
         report = IndexReport(passages=len(records), ids=[r.id for r in records])
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(records), desc=f"indexing {self.collection_name}", unit="passage")
-        try:
-            for start in range(0, len(records), batch_size):
-                batch = records[start:start + batch_size]
-                try:
-                    have = set(col.get(ids=[r.id for r in batch], include=[])["ids"])
-                except Exception as exc:
-                    raise chroma_failure(exc, f"reading collection {self.collection_name!r}") from exc
-                todo = [r for r in batch if r.id not in have]
-                if todo:
-                    rows = self.encode_records(todo)
-                    try:
-                        col.upsert(**rows)
-                    except Exception as exc:
-                        raise chroma_failure(exc, f"writing to collection {self.collection_name!r}") from exc
-                report.added += len(todo)
-                report.skipped += len(batch) - len(todo)
-                if bar is not None:
-                    bar.update(len(batch))
-                if on_batch is not None:
-                    on_batch(start + len(batch), len(records))
-        finally:
-            if bar is not None:
-                bar.close()
+        write_missing(col, records, self.encode_records, report, batch_size=batch_size, progress=progress,
+                      on_batch=on_batch)
+        report.deleted = delete_ids(col, stale_ids(col, cleanup, sorted(sources - {""}), report.ids))
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -343,18 +334,19 @@ class RefragChromaStore(FrameworkFaces):
             part = slice(start, start + batch_size)
             records = [PassageRecord(id=i, text=t, metadata=flat_metadata(m))
                        for i, t, m in zip(ids[part], texts[part], metas[part], strict=True)]
-            rows = self.encode_records(records, None if vectors is None else vectors[part])
-            try:
-                col.upsert(**rows)
-            except Exception as exc:
-                raise chroma_failure(exc, f"writing to collection {self.collection_name!r}") from exc
+            replace_rows(col, self.encode_records(records, None if vectors is None else vectors[part]))
         return ids
 
-    def add_files(self, paths: Iterable[str | os.PathLike], *, encoding: str = "utf-8", **kwargs: Any
-                  ) -> IndexReport:
-        """Index text files (folders are walked for ``.txt``, ``.md``, ``.rst``, ``.jsonl``). A ``.jsonl`` file
-        gives one document per line from its ``text`` field (or its ``turns``)."""
-        return self.add_documents(list(iter_file_documents(paths, encoding=encoding)), **kwargs)
+    def add_files(self, paths: Iterable[str | os.PathLike], *, encoding: str = "utf-8",
+                  cleanup: str | None = None, **kwargs: Any) -> IndexReport:
+        """Index text files (folders walked for ``.txt``, ``.md``, ``.rst``, ``.jsonl``; a ``.jsonl`` line is
+        one document), each under its resolved path as source; binary files are skipped (the report's
+        ``skipped_files``). ``cleanup`` as in :meth:`add_documents` (``"full"``: also the files not given)."""
+        skipped: list[tuple[str, str]] = []
+        docs = list(iter_file_documents(paths, encoding=encoding, on_skip=lambda *f: skipped.append(f)))
+        report = self.add_documents(docs, cleanup=cleanup, **kwargs)
+        report.skipped_files = skipped
+        return report
 
     # ---- reading -----------------------------------------------------------------------------------------
     def _passage(self, pid: str, text: str, meta: dict[str, Any]) -> Passage:

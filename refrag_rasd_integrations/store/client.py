@@ -72,5 +72,9 @@ def make_client(path: str | os.PathLike | None = None, *, host: str | None = Non
         except Exception as exc:
             raise StoreError(f"cannot reach the Chroma server at {host}:{port}: {exc}") from exc
     folder = Path(path).expanduser() if path is not None else chroma_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(folder), settings=settings)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(folder), settings=settings)
+    except Exception as exc:
+        raise StoreError(f"cannot open the Chroma database folder {folder}: {type(exc).__name__}: {exc} "
+                         "(check that it is a folder you can write to)") from exc

@@ -3,8 +3,9 @@
 The collection's metadata holds the chunk-embedding signature (encoder, its width, pooling, k, dtype, projector
 version, decoder tokenizer fingerprint: the engine's ``refrag_signature()``) as JSON and its scalar fields one
 by one, the retrieval embedder, the record layout, the token dtype and the passage length. Opening it with
-another signature or embedder raises :class:`~refrag_rasd_integrations.errors.StoreMismatchError` naming each
-differing field: stored chunk embeddings only feed the model they were made for.
+another signature or embedder, or writing passages of another length into it, raises
+:class:`~refrag_rasd_integrations.errors.StoreMismatchError` naming each differing field, both values and the
+fix: stored chunk embeddings only feed the model they were made for, and passages of two lengths would mix.
 
 Example:
     >>> meta = collection_metadata({"k": 16, "encoder": "e"}, embedder="m", token_dtype="<u2", passage_tokens=256)
@@ -23,7 +24,7 @@ from typing import Any
 from ..errors import StoreMismatchError
 from .records import LAYOUT
 
-__all__ = ["check_collection", "collection_metadata"]
+__all__ = ["check_collection", "check_passage_size", "collection_metadata"]
 
 _SCALAR_FIELDS = ("encoder", "encoder_dim", "k", "dtype", "pooling", "tokenizer", "projector", "version")
 
@@ -44,9 +45,11 @@ def collection_metadata(signature: dict[str, Any], *, embedder: str, token_dtype
     return meta
 
 
-def check_collection(name: str, stored: dict[str, Any], signature: dict[str, Any], *, embedder: str) -> None:
+def check_collection(name: str, stored: dict[str, Any], signature: dict[str, Any], *, embedder: str,
+                     passage_tokens: int | None = None) -> None:
     """Raise :class:`StoreMismatchError` unless the collection ``name`` with metadata ``stored`` was built with
-    ``signature`` and ``embedder`` (and by refrag-rasd at all)."""
+    ``signature`` and ``embedder`` (and by refrag-rasd at all), and, when ``passage_tokens`` is given, with
+    passages of that size. The message names both values of each field and the fix."""
     stored_sig = json.loads(stored.get("refrag_signature", "{}") or "{}")
     if not stored_sig:
         raise StoreMismatchError(
@@ -57,8 +60,25 @@ def check_collection(name: str, stored: dict[str, Any], signature: dict[str, Any
     for key, ours in (("refrag_embedder", embedder), ("refrag_layout", LAYOUT)):
         if stored.get(key) is not None and stored.get(key) != ours:
             diff[key.removeprefix("refrag_")] = (stored.get(key), ours)
+    fix = (f"re-index: `refrag-rasd index PATH... --collection {name} --rebuild` drops it and indexes again, "
+           "or name another --collection")
     if diff:
         lines = "; ".join(f"{k}: stored {a!r}, this model {b!r}" for k, (a, b) in diff.items())
         raise StoreMismatchError(
             f"collection {name!r} was indexed with another configuration ({lines}). Its chunk embeddings cannot "
-            "feed this model: open it with the configuration it was built with, or re-index into a new collection")
+            "feed this model: open it with the configuration it was built with, or re-index into a new "
+            f"collection ({fix})")
+    check_passage_size(name, stored, passage_tokens)
+
+
+def check_passage_size(name: str, stored: dict[str, Any], passage_tokens: int | None) -> None:
+    """Raise :class:`StoreMismatchError` when ``passage_tokens`` is given and the collection ``name``
+    (metadata ``stored``) records passages of another size: the two sizes would mix (needs no model)."""
+    have = stored.get("refrag_passage_tokens")
+    if passage_tokens is not None and have is not None and int(have) != int(passage_tokens):
+        raise StoreMismatchError(
+            f"collection {name!r} was indexed with passages of at most {have} tokens, this run asks for "
+            f"{passage_tokens} (passage_tokens: stored {have}, asked {passage_tokens}): mixing the two sizes "
+            f"would keep the old passages beside the new. Index with --passage-tokens {have}, or re-index: "
+            f"`refrag-rasd index PATH... --collection {name} --rebuild` drops it and indexes again, or name "
+            "another --collection")

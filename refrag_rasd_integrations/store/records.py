@@ -5,7 +5,7 @@ The decoder token ids are stored as base64 of little-endian uint16 (uint32 for v
 under ``refrag_tokens``, the REFRAG chunk embeddings as base64 of little-endian float16
 ``[ceil(n_tokens / k), dim]`` under ``refrag_chunks`` (:func:`encode_array`, :func:`decode_array`); the
 user's metadata is flattened to Chroma's types (:func:`flat_metadata`) and read back without the store's own
-keys (:func:`user_metadata`). A passage's id is its document's id (a hash of source and text,
+keys (:func:`user_metadata`). A passage's id is its document's id (a hash of source, text and metadata,
 :func:`document_id`) plus its index in the document.
 
 Example:
@@ -122,9 +122,11 @@ def user_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metadata.items() if k not in STORE_KEYS and k != HANDLE_KEY}
 
 
-def document_id(source: str, text: str) -> str:
-    """The id of a document: sha256 of its source and text, 20 hex digits (the same document, the same id)."""
-    return hashlib.sha256(f"{source}\0{text}".encode()).hexdigest()[:20]
+def document_id(source: str, text: str, metadata: dict[str, Any] | None = None) -> str:
+    """The id of a document, its content hash: sha256 of its source, text and (flat) metadata, 20 hex digits
+    (the same document, the same id; a changed text or metadata, another id)."""
+    meta = json.dumps(metadata, sort_keys=True, ensure_ascii=False, default=str) if metadata else ""
+    return hashlib.sha256(f"{source}\0{text}\0{meta}".encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 def passage_id(document: str, index: int) -> str:

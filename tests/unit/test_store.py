@@ -105,7 +105,9 @@ def test_documents_of_both_frameworks_and_files(client, tmp_path):
     r2 = s.add_files([tmp_path])
     assert r1.added == 2 and r2.added == 2 and s.count() == 4
     (p, _), = s.search("mountains", k=1)
-    assert p.metadata["category"] == "geo" and p.metadata["source"].endswith("b.jsonl#0")
+    # a .jsonl file is one source (its resolved path); each line records its number
+    assert p.metadata["category"] == "geo" and p.metadata["source"] == str((tmp_path / "b.jsonl").resolve())
+    assert p.metadata["line"] == 1
 
 
 def test_split_text_packs_and_bounds():
