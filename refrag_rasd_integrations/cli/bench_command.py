@@ -217,7 +217,7 @@ def check_bench_args(args: argparse.Namespace) -> None:
     jsonl_file(args.corpus, "--corpus")
     json_option(args.spec, "--spec")
     for option, value in (("--limit", args.limit), ("--repeats", args.repeats), ("--k", args.k),
-                          ("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k)):
+                          ("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k), ("--turns", args.turns)):
         at_least(value, option, 1)
     at_least(args.temperature, "--temperature", 0)
     unknown = [m for m in (x.strip() for x in args.methods.split(",")) if m and m not in ALL_METHODS]
@@ -231,6 +231,13 @@ def check_bench_args(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"{option}: unknown {', '.join(bad)} (known: {', '.join(known)})")
     if args.suite == "qa":
         parse_settings(args.settings or "text", k=args.top_k)
+    if args.suite == "chat":
+        from .bench.chat import SETTINGS
+
+        bad = [x for x in (x.strip() for x in (args.settings or "").split(",")) if x and x not in SETTINGS]
+        if bad:
+            raise InvalidInputError(f"--settings: unknown chat setting(s) {', '.join(bad)} "
+                                    f"(known: {', '.join(SETTINGS)})")
     if args.store_dir is not None:
         check_store_args(argparse.Namespace(chroma_dir=args.store_dir))
     _refrag(args)

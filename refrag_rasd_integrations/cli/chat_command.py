@@ -16,6 +16,8 @@ import argparse
 import sys
 from typing import Any, TextIO
 
+from ..errors import CollectionNotFoundError
+from .checks import at_least, check_model_args, check_store_args
 from .registry import command, generation_args, generation_settings, model_args, open_store, store_args
 
 HELP = "commands: /reset (forget the conversation), /quit (or an empty line at end of input)"
@@ -76,6 +78,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     settings = generation_settings(args)
     extra = {"history": args.history} if args.history else {}
     llm_check = ChatRefragRasd(engine_kwargs=extra, **settings)  # settings checked before the model loads
+    at_least(args.k, "--top-k-passages", 1)
+    check_store_args(args)
+    check_model_args(args)
+    if not open_store(args).exists():
+        raise CollectionNotFoundError(f"no collection {args.collection!r} in this Chroma database: index "
+                                      f"documents first (`refrag-rasd index PATH --collection {args.collection}`)")
     engine = get_engine(args.model, device=args.device, dtype=args.dtype)
     store = open_store(args, engine)
     llm = llm_check.model_copy(update={"engine": engine})

@@ -12,7 +12,7 @@ from integration_fakes import fake_store
 
 from refrag_rasd_integrations.cli import build_parser, main
 
-COMMANDS = ("index", "ask", "delete", "collections", "generate", "bench", "demo")
+COMMANDS = ("index", "ask", "chat", "delete", "collections", "generate", "bench", "demo")
 
 # options whose every value is acceptable (nothing to check), with the reason
 FREE = {
@@ -20,6 +20,8 @@ FREE = {
     ("generate", "--stop"): "any text is a stop string",
     ("ask", "--stop"): "any text is a stop string",
     ("bench", "--variant"): "checked (empty), but any other name is fine",
+    ("chat", "--stop"): "any text is a stop string",
+    ("chat", "--system"): "any text is a system message",
 }
 
 
@@ -79,6 +81,13 @@ def _bad_values(d: dict[str, str]) -> dict[str, list[list[str]]]:
             ["q", "--collection", "never-made"],
             *[["q", *a] for a in store + model + gen],
         ],
+        "chat": [
+            ["-k", "0"],
+            ["--context", "bogus"],
+            ["--history", "sometimes"],
+            ["--collection", "never-made"],
+            *[list(a) for a in store + model + gen],
+        ],
         "delete": [
             [],
             ["--collection", "docs", "--source", d["missing"]],
@@ -131,6 +140,8 @@ def _bad_values(d: dict[str, str]) -> dict[str, list[list[str]]]:
                     ["--peers", "bogus"],
                     ["--corpus", d["missing"]],
                     ["--suite", "qa", "--settings", "bogus"],
+                    ["--suite", "chat", "--settings", "cold"],
+                    ["--turns", "0"],
                     *model,
                 ]
             ],
