@@ -143,25 +143,39 @@ def finish_reason(stats: Any) -> str:
     return "length" if getattr(stats, "finish_reason", "") in ("length", "max_tokens") else "stop"
 
 
+def _wire(model: type, obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` checked against the ``openai`` package's own type ``model`` (the SDK's wire format), as JSON-ready
+    data; the extension fields (``refrag_rasd``) ride along (OpenAI's models keep extra fields)."""
+    return model.model_validate(obj).model_dump(mode="json", exclude_unset=True)
+
+
 def completion(request_id: str, model: str, text: str, stats: Any, extra: dict[str, Any]) -> dict[str, Any]:
-    """A ``chat.completion`` object."""
-    return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish_reason(stats), "logprobs": None}],
-            "usage": usage_of(stats), "refrag_rasd": extra}
+    """A ``chat.completion`` object (:class:`openai.types.chat.ChatCompletion`)."""
+    from openai.types.chat import ChatCompletion
+
+    return _wire(ChatCompletion, {
+        "id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": finish_reason(stats), "logprobs": None}],
+        "usage": usage_of(stats), "refrag_rasd": extra})
 
 
 def chunk(request_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None = None,
           **fields: Any) -> dict[str, Any]:
-    """A ``chat.completion.chunk`` object with one choice."""
-    return {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **fields}
+    """A ``chat.completion.chunk`` object with one choice (:class:`openai.types.chat.ChatCompletionChunk`)."""
+    from openai.types.chat import ChatCompletionChunk
+
+    return _wire(ChatCompletionChunk, {
+        "id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **fields})
 
 
 def usage_chunk(request_id: str, model: str, created: int, stats: Any) -> dict[str, Any]:
     """The last chunk of a stream asked with ``stream_options.include_usage``: no choices, the usage."""
-    return {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [], "usage": usage_of(stats)}
+    from openai.types.chat import ChatCompletionChunk
+
+    return _wire(ChatCompletionChunk, {"id": request_id, "object": "chat.completion.chunk", "created": created,
+                                       "model": model, "choices": [], "usage": usage_of(stats)})
 
 
 def error_body(message: str, kind: str = "invalid_request_error", code: str | None = None,
