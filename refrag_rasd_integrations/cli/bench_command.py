@@ -117,10 +117,16 @@ def _bench_chat(args: argparse.Namespace) -> dict:
 
     from ..engines import signature_of
     from ..store import RefragChromaStore, chroma_dir
-    from .bench.chat import SETTINGS, format_chat_table, mt_bench_conversations, rag_conversations, run_chat_suite
+    from .bench.chat import (
+        DEFAULT_SETTINGS,
+        format_chat_table,
+        mt_bench_conversations,
+        rag_conversations,
+        run_chat_suite,
+    )
     from .bench.qa import collection_name, index_corpus
 
-    settings = [s.strip() for s in (args.settings or ",".join(SETTINGS)).split(",") if s.strip()]
+    settings = [s.strip() for s in (args.settings or ",".join(DEFAULT_SETTINGS)).split(",") if s.strip()]
     first = next((ln for ln in Path(args.data).read_text().splitlines() if ln.strip()), "{}")
     mt_bench = "turns" in json.loads(first) and "category" in json.loads(first) and "rag" not in first
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
@@ -130,7 +136,7 @@ def _bench_chat(args: argparse.Namespace) -> dict:
     store = None
     if mt_bench:
         conversations: list = mt_bench_conversations(args.data)
-        settings = [s for s in settings if s != "cached+compressed"]  # no passages to compress
+        settings = [s for s in settings if s not in ("cached+compressed", "cached+refrag")]  # no passages
     else:
         items, passages = load_qa_file(args.data)
         if args.corpus:

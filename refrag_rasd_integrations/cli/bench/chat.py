@@ -16,6 +16,9 @@ conversation of each setting, so a first turn is always cold):
 * ``cached``             the engine's prefix cache on, the history as text;
 * ``cached+compressed``  the prefix cache on, the question's passages as text and the earlier turns' compressed
                          (``history="compressed"``: REFRAG, ``expand`` of their chunks raw by the trained policy);
+* ``cached+refrag``      (not run unless asked) the prefix cache on and every turn's passages compressed, the
+                         question's too: a turn reads its passages the same way before and after it becomes
+                         history, so the whole prefix is reused;
 * ``default``            what ``ChatRefragRasd()`` does when the user sets nothing, on an engine with the prefix
                          cache the shared engines have.
 
@@ -43,7 +46,8 @@ from refrag_rasd_core.qa_file import QAItem
 from .metrics import answer_recall
 from .results import Column, format_table_of, machine_line, results_header
 
-SETTINGS = ("recompute", "cached", "cached+compressed", "default")
+SETTINGS = ("recompute", "cached", "cached+compressed", "cached+refrag", "default")
+DEFAULT_SETTINGS = ("recompute", "cached", "cached+compressed", "default")
 CACHE_BYTES = 512 << 20
 
 
@@ -79,6 +83,8 @@ def _chain(engine: Engine, setting: str, store: Any, k: int, max_tokens: int, ex
         kw["context"] = "text"
     elif setting == "cached+compressed":  # the question's passages as text, the earlier turns' compressed
         kw.update(context="text", engine_kwargs={"history": "compressed", "expand": expand, "policy": "auto"})
+    elif setting == "cached+refrag":  # every turn's passages compressed: a turn reads the same way as history
+        kw.update(context="compressed", engine_kwargs={"expand": expand, "policy": "auto"})
     llm = ChatRefragRasd(engine=engine, max_tokens=max_tokens, seed=0, **kw)
     prompt = ChatPromptTemplate.from_messages([MessagesPlaceholder("history"), ("human", "{question}")])
     if store is None or k == 0:
@@ -111,7 +117,7 @@ def run_conversation(engine: Engine, setting: str, questions: Sequence[str], *, 
 
 
 def run_chat_suite(engine: Engine, conversations: Sequence[Sequence[Any]], *, store: Any = None, k: int = 3,
-                   settings: Sequence[str] = SETTINGS, max_tokens: int = 32, expand: float = 0.25
+                   settings: Sequence[str] = DEFAULT_SETTINGS, max_tokens: int = 32, expand: float = 0.25
                    ) -> dict[str, Any]:
     """Every conversation under every setting (see the module docstring). A conversation is a list of
     :class:`QAItem` (RAG, answers scored) or of question strings (MT-Bench)."""
@@ -183,5 +189,5 @@ def format_chat_table(res: dict[str, Any], markdown: bool = False) -> str:
                                                                    markdown=markdown)
 
 
-__all__ = ["SETTINGS", "format_chat_table", "mt_bench_conversations", "rag_conversations", "run_chat_suite",
-           "run_conversation", "summarize_chat"]
+__all__ = ["DEFAULT_SETTINGS", "SETTINGS", "format_chat_table", "mt_bench_conversations", "rag_conversations",
+           "run_chat_suite", "run_conversation", "summarize_chat"]
