@@ -51,7 +51,10 @@ def test_second_turn_reuses_the_first_and_answers_as_a_recompute(parts, forward,
     again = cached.generate(_turn2(first.text), passages=PASSAGES[1:], **kw)
     fresh = plain.generate(_turn2(first.text), passages=PASSAGES[1:], **kw)
     assert again.token_ids == fresh.token_ids
-    assert again.stats.cached_tokens >= 16 and again.stats.cached_tokens % 16 == 0
+    assert again.stats.cached_tokens % 16 == 0
+    # everything the first turn read is reused (all but its last partial block), compressed turns included:
+    # a turn's chunks are expanded the same way in every later turn
+    assert again.stats.cached_tokens >= first.stats.prefill_positions - 16
     assert again.stats.cached_tokens < again.stats.prefill_positions
     assert fresh.stats.cached_tokens == 0
 

@@ -67,21 +67,35 @@ def mixed_input(refrag: Any, decoder: Any, layout: Any, passages: Sequence[Any],
     device = next(decoder.parameters()).device
     projected = [refrag.project(v, dtype=dtype) if len(v) else
                  torch.empty(0, decoder.config.hidden_size, dtype=dtype, device=refrag.device) for v in vectors]
-    total = sum(num_chunks(len(p), refrag.k) for p in layout.passages)
-    forced = sorted({int(i) for i in keep_raw if 0 <= int(i) < total})
-    n = expansion_count(total - len(forced), expand, expand_tokens=expand_tokens, k=refrag.k)
+    counts = [num_chunks(len(p), refrag.k) for p in layout.passages]
+    total = sum(counts)
+    forced = {int(i) for i in keep_raw if 0 <= int(i) < total}
     name = policy if policy != "auto" else ("rl" if refrag.policy is not None else "similarity")
     embed = decoder.get_input_embeddings()
+    chunks = [c for p in layout.passages for c in chunk_token_ids(p, refrag.k)]
+    flat = torch.cat([torch.as_tensor(v, dtype=torch.float32) for v in vectors]) if vectors else None
+    all_projected = torch.cat(projected) if projected else None
+    # each block (a turn's passages) is chosen for on its own, with its own question, exactly as in its own
+    # turn: a turn's passages read the same in every later turn (the prefix cache reuses them)
+    sizes = list(getattr(layout, "block_sizes", None) or [len(layout.passages)])
+    queries = list(getattr(layout, "block_queries", None) or [layout.suffix])
+    texts = list(getattr(layout, "block_questions", None) or [question])
+    if len(queries) != len(sizes):
+        queries, texts, sizes = [layout.suffix], [question], [len(layout.passages)]
     chosen: list[int] = []
-    if n and len(forced) < total:
-        with torch.inference_mode():
-            query = embed(torch.tensor(layout.suffix, device=device))
-        chunks = [c for p in layout.passages for c in chunk_token_ids(p, refrag.k)]
-        chosen = choose_expansions(name, min(total, n + len(forced)),
-                                   chunk_vectors=torch.cat([torch.as_tensor(v, dtype=torch.float32) for v in vectors]),
-                                   projected=torch.cat(projected), query_embeds=query,
-                                   chunks=chunks, decoder=decoder, network=refrag.policy, seed=seed,
-                                   question_vector=lambda: encoder().encode_question(question))
-        chosen = [i for i in chosen if i not in set(forced)][:n]
+    p0 = c0 = 0
+    for size, query_ids, text in zip(sizes, queries, texts, strict=True):
+        c1 = c0 + sum(counts[p0:p0 + size])
+        mine = [i - c0 for i in forced if c0 <= i < c1]
+        n = expansion_count(c1 - c0 - len(mine), expand, expand_tokens=expand_tokens, k=refrag.k)
+        if n and len(mine) < c1 - c0:
+            with torch.inference_mode():
+                query = embed(torch.tensor(query_ids, device=device))
+            got = choose_expansions(name, min(c1 - c0, n + len(mine)), chunk_vectors=flat[c0:c1],
+                                    projected=all_projected[c0:c1], query_embeds=query, chunks=chunks[c0:c1],
+                                    decoder=decoder, network=refrag.policy, seed=seed,
+                                    question_vector=lambda t=text: encoder().encode_question(t))
+            chosen += [c0 + i for i in got if i not in set(mine)][:n]
+        p0, c0 = p0 + size, c1
     with torch.inference_mode():
         return build_compressed_input(layout, embed, projected, refrag.k, sorted({*chosen, *forced}))

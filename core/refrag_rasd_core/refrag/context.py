@@ -49,6 +49,11 @@ class ContextLayout:
     suffix: list[int]
     between: list[list[int]] = field(default_factory=list)
     block_sizes: list[int] = field(default_factory=list)
+    block_queries: list[list[int]] = field(default_factory=list)
+    """Per block, the tokens that followed it in its own turn (the question and the generation prompt: what
+    an expansion policy reads); the last block's are ``suffix``. Empty: one block, ``suffix``."""
+    block_questions: list[str] = field(default_factory=list)
+    """Per block, its question's text (what a question-aware policy encodes)."""
 
     def __post_init__(self) -> None:
         if not self.block_sizes:
@@ -123,12 +128,14 @@ def layout_prompt(tokenizer: Any, prompt: str | Sequence[dict[str, Any]],
     are, so the prompt of each turn begins with the prompt of the turn before."""
     messages, q = _question_and_messages(prompt)
     blocks: list[list[list[int]]] = []
+    questions: list[str] = []
     for i, m in enumerate(messages):
         own = [[int(t) for t in p] for p in (m.pop("passages", None) or []) if len(p)]
         if i == q:
             own += [[int(t) for t in p] for p in passages if len(p)]
         if m.get("role") == "user" and (own or i == q):
-            m["content"] = CONTEXT_INSTRUCTION + _SENTINEL + QUESTION_HEADER + str(m.get("content", ""))
+            questions.append(str(m.get("content", "")))
+            m["content"] = CONTEXT_INSTRUCTION + _SENTINEL + QUESTION_HEADER + questions[-1]
             blocks.append(own)
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -142,9 +149,12 @@ def layout_prompt(tokenizer: Any, prompt: str | Sequence[dict[str, Any]],
     segments = [tokenizer(parts[0], add_special_tokens=specials)["input_ids"]]
     segments += [tokenizer(part, add_special_tokens=False)["input_ids"] for part in parts[1:]]
     sep = tokenizer(PASSAGE_SEPARATOR, add_special_tokens=False)["input_ids"]
+    tail = parts[-1][len(QUESTION_HEADER + questions[-1]):]  # the generation prompt after the question
+    queries = [tokenizer(QUESTION_HEADER + qb + tail, add_special_tokens=False)["input_ids"] for qb in questions[:-1]]
     return ContextLayout(prefix=list(segments[0]), passages=[p for b in blocks for p in b], separator=list(sep),
                          suffix=list(segments[-1]), between=[list(x) for x in segments[1:-1]],
-                         block_sizes=[len(b) for b in blocks])
+                         block_sizes=[len(b) for b in blocks], block_queries=[*queries, list(segments[-1])],
+                         block_questions=questions)
 
 
 def build_compressed_input(layout: ContextLayout, embed_tokens: Any, chunk_embeds: Sequence[torch.Tensor],
