@@ -206,7 +206,7 @@ def render_page(files: Sequence[Path], img: Path) -> str:
         if not fs:
             continue
         parts.append(f"\n## {TITLES[suite]}\n")
-        for name, alt, plot in figures[suite]:
+        for name, alt, plot in figures.get(suite, []):
             if plot(fs, img / name):
                 parts.append(f"\n![{alt}](img/{name})\n")
         parts += [suite_section(p) for p in reversed(fs)]
