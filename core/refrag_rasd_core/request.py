@@ -122,8 +122,8 @@ class RequestBuilder:
         if cfg.context == "auto" and pids:
             point = auto_point(sum(map(len, pids))) if auto_point is not None else {"context": "text"}
         cfg = cfg.resolve_context(point)
-        plain = [{k: v for k, v in m.items() if k != "passages"} for m in prompt] if not isinstance(prompt, str) \
-            else prompt
+        plain = [{k: v for k, v in m.items() if k != "passages"} if isinstance(m, dict) else m for m in prompt] \
+            if isinstance(prompt, list) else prompt
         if cfg.context == "none":  # the prompt as given: a string as it is, messages through the chat template
             ids = self.encode_prompt(original if isinstance(original, str) else plain)
             return EngineRequest(cfg, prompt_ids=ids, prompt_tokens=len(ids), passage_ids=pids)

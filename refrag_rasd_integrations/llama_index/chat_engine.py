@@ -4,12 +4,16 @@ handles on its user message, so later turns lay earlier ones out as they were an
 reuses them. (LlamaIndex's ``ContextChatEngine`` / ``CondensePlusContextChatEngine`` write the context into a
 system prompt that changes every turn: no chunk embeddings reach the model, and no prefix repeats.)
 
-Example:
-    >>> chat = store.as_chat_engine(similarity_top_k=2, max_tokens=16)        # doctest: +REAL_MODEL
+Example (the shared engines have a prefix cache; this one is given one for the example):
+    >>> from refrag_rasd_core.prefix_cache import PrefixCache
+    >>> engine.prefix_cache = PrefixCache(256 << 20)                          # doctest: +REAL_MODEL
+    >>> chat = store.as_chat_engine(llm=RefragRasdLLM(engine=engine, max_tokens=16),
+    ...                             similarity_top_k=2)                       # doctest: +REAL_MODEL
     >>> first = chat.chat("Who wrote Hamlet?")                                # doctest: +REAL_MODEL
     >>> second = chat.chat("When?")                                           # doctest: +REAL_MODEL
     >>> second.metadata["stats"]["cached_tokens"] > 0                         # doctest: +REAL_MODEL
     True
+    >>> engine.prefix_cache = None                                            # doctest: +REAL_MODEL
 """
 
 from __future__ import annotations

@@ -84,6 +84,8 @@ def test_bench_names_the_recipe_of_a_removed_checkpoint(capsys, tmp_path: Path) 
     from refrag_rasd_integrations.cli import main
 
     missing = tmp_path / "runs" / "refrag-k8-cpt" / "refrag.safetensors"
-    assert main(["bench", "--suite", "rag", "--data", str(tmp_path / "q.jsonl"), "--refrag", str(missing)]) == 2
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question_id": 1, "category": "rag", "turns": ["q"]}\n')
+    assert main(["bench", "--suite", "rag", "--data", str(data), "--refrag", str(missing)]) == 2
     err = capsys.readouterr().err
     assert "no REFRAG checkpoint at" in err and "docs/training-refrag.md" in err
