@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError, RefragRasdError
@@ -113,10 +114,8 @@ def _bench_rag(args: argparse.Namespace) -> dict:
 def _bench_chat(args: argparse.Namespace) -> dict:
     import json
 
-    from refrag_rasd_core.qa_file import corpus_passages, load_qa_file
+    from refrag_rasd_core.qa_file import load_qa_file
 
-    from ..engines import signature_of
-    from ..store import RefragChromaStore, chroma_dir
     from .bench.chat import (
         DEFAULT_SETTINGS,
         format_chat_table,
@@ -124,26 +123,17 @@ def _bench_chat(args: argparse.Namespace) -> dict:
         rag_conversations,
         run_chat_suite,
     )
-    from .bench.qa import collection_name, index_corpus
 
     settings = [s.strip() for s in (args.settings or ",".join(DEFAULT_SETTINGS)).split(",") if s.strip()]
     first = next((ln for ln in Path(args.data).read_text().splitlines() if ln.strip()), "{}")
     mt_bench = "turns" in json.loads(first) and "category" in json.loads(first) and "rag" not in first
-    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
-                         refrag=_refrag(args))
-    if not args.no_calibrate:
-        engine.calibrate_verify_costs()
-    store = None
     if mt_bench:
+        engine, store = _engine_and_store(args, None)
         conversations: list = mt_bench_conversations(args.data)
         settings = [s for s in settings if s not in ("cached+compressed", "cached+refrag")]  # no passages
     else:
         items, passages = load_qa_file(args.data)
-        if args.corpus:
-            passages = corpus_passages(args.corpus)
-        store = RefragChromaStore(collection_name(passages, signature_of(engine)),
-                                  path=args.store_dir or chroma_dir() / "bench", engine=engine)
-        index_corpus(store, passages)
+        engine, store = _engine_and_store(args, passages)
         conversations = rag_conversations(items, args.turns)
     res = run_chat_suite(engine, conversations[:args.limit] if args.limit else conversations, store=store,
                          k=0 if mt_bench else args.top_k, settings=settings, max_tokens=args.max_new_tokens or 32)
@@ -153,36 +143,41 @@ def _bench_chat(args: argparse.Namespace) -> dict:
 
 
 def _bench_qa(args: argparse.Namespace) -> dict:
-    from refrag_rasd_core.qa_file import corpus_passages, load_qa_file
+    from refrag_rasd_core.qa_file import load_qa_file
 
-    from ..store import RefragChromaStore, chroma_dir
-    from .bench.qa import (
-        DEFAULT_SETTINGS,
-        collection_name,
-        format_qa_table,
-        index_corpus,
-        parse_settings,
-        run_qa_suite,
-    )
+    from .bench.qa import DEFAULT_SETTINGS, format_qa_table, parse_settings, run_qa_suite
 
     settings = parse_settings(args.settings or DEFAULT_SETTINGS, k=args.top_k)
     items, passages = load_qa_file(args.data)
-    if args.corpus:
-        passages = corpus_passages(args.corpus)
-    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
-                         refrag=_refrag(args))
-    if not args.no_calibrate:
-        engine.calibrate_verify_costs()
-    from ..engines import signature_of
-
-    store = RefragChromaStore(collection_name(passages, signature_of(engine)),
-                              path=args.store_dir or chroma_dir() / "bench", engine=engine)
-    index_corpus(store, passages)
+    engine, store = _engine_and_store(args, passages)
     res = run_qa_suite(engine, items[:args.limit] if args.limit else items, store, settings, k=args.top_k,
                        max_new_tokens=args.max_new_tokens or 32)
     res["settings"]["corpus"] = str(args.corpus or args.data)
     print(format_qa_table(res))
     return res
+
+
+def _engine_and_store(args: argparse.Namespace, passages: list[str] | None) -> tuple[Engine, Any]:
+    """The suite's engine (calibrated unless ``--no-calibrate``) and, with ``passages`` (or ``--corpus``), the
+    Chroma collection holding them (indexed once, keyed on the corpus and the engine's store signature)."""
+    from refrag_rasd_core.qa_file import corpus_passages
+
+    from ..engines import signature_of
+    from ..store import RefragChromaStore, chroma_dir
+    from .bench.qa import collection_name, index_corpus
+
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
+                         refrag=_refrag(args))
+    if not args.no_calibrate:
+        engine.calibrate_verify_costs()
+    if passages is None:
+        return engine, None
+    if args.corpus:
+        passages = corpus_passages(args.corpus)
+    store = RefragChromaStore(collection_name(passages, signature_of(engine)),
+                              path=args.store_dir or chroma_dir() / "bench", engine=engine)
+    index_corpus(store, passages)
+    return engine, store
 
 
 def _refrag(args: argparse.Namespace) -> str:
