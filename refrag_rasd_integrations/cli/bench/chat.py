@@ -109,7 +109,8 @@ def run_conversation(engine: Engine, setting: str, questions: Sequence[str], *, 
     for q in questions:
         msg = chain.invoke({"question": q}, config={"configurable": {"session_id": "bench"}})
         s = msg.response_metadata["stats"]
-        turns.append({"question": q, "answer": msg.content, "ttft_s": s["ttft_s"], "total_s": s["total_s"],
+        # the question's text is not kept: it belongs to the data file, read at run time (ids name it)
+        turns.append({"turn": len(turns) + 1, "answer": msg.content, "ttft_s": s["ttft_s"], "total_s": s["total_s"],
                       "prefill_positions": s["prefill_positions"], "cached_tokens": s["cached_tokens"],
                       "prompt_tokens": s["prompt_tokens"], "new_tokens": s["new_tokens"],
                       "context": msg.response_metadata["context"]})
@@ -136,6 +137,7 @@ def run_chat_suite(engine: Engine, conversations: Sequence[Sequence[Any]], *, st
                                        expand=expand, cache=cache)
                 for t, c in zip(out["turns"], conv, strict=True):
                     if isinstance(c, QAItem):
+                        t["question_id"] = c.qid
                         t["answer_recall"] = answer_recall(t["answer"], c.answers)
                 row["settings"][setting] = out
             rows.append(row)
