@@ -114,8 +114,12 @@ HEADLINES: dict[str, Callable[[dict], str]] = {
                            f"{_f(r['rest'][max(r['rest'], key=int)].get('build_s'), '.1f')} s",
     "store": lambda r: f"top-5 query p50 {_f(r['scale'].get('query_top5_ms_p50'))} ms at "
                        f"{r['scale'].get('passages')} passages",
-    "serve": lambda r: _sum_runs(r) or (f"RSS +{r.get('rss_growth_after_warmup_mb')} MB after warm-up over "
-                                        f"{r.get('requests')} requests, slowdown {r.get('slowdown')}x"),
+    "serve": lambda r: _sum_runs(r) or (
+        f"{r['answered_conversations']}/{r['conversations']} conversations by {r['clients']} clients, RSS "
+        f"{r['rss_growth_after_warmup']:+.1%} after warm-up, {r['equal_to_a_run_alone']}/"
+        f"{r['checked_against_a_run_alone']} equal to a run alone" if "equal_to_a_run_alone" in r else
+        f"RSS +{r.get('rss_growth_after_warmup_mb')} MB after warm-up over {r.get('requests')} requests, "
+        f"slowdown {r.get('slowdown')}x"),
     "lowbit-linear": lambda r: "M = 1: " + ", ".join(f"{k} {v:.1f} ms" for k, v in
                                                      r["ms_per_forward_of_linears"]["1"].items()),
     "refrag-quality": lambda r: f"k = {r['quality'].get('k')}: p = 0 recovers "
