@@ -246,6 +246,11 @@ def overload_phase(url: str, base: dict, args: argparse.Namespace) -> dict:
     return s
 
 
+def _errors(d: dict) -> str:
+    """A run's errors as ``"kind xN, ..."`` (``none`` without any)."""
+    return ", ".join(f"{e} x{n}" for e, n in d["errors"]) or "none"
+
+
 def format_table(results: dict) -> str:
     rows = ["| replicas | answered / sent | refused | failed | lost | dup | answers/s | tokens/s | p50 latency | "
             "p95 latency | p50 TTFT | p95 TTFT | answer recall |",
@@ -259,16 +264,19 @@ def format_table(results: dict) -> str:
     if kill:
         d, a = kill["during"], kill["after"]
         rows.append(f"\nkilled a replica of {kill['replicas']} mid-load: {d['answered']} answered, {d['failed']} "
-                    f"failed ({', '.join(f'{e} x{n}' for e, n in d['errors']) or 'none'}), {d['refused']} refused, "
-                    f"lost {d['lost']}, duplicated {d['duplicated']}; Serve replaced it within "
-                    f"{kill['replaced_within_s']} s; afterwards {a['answered']} / {a['sent']} answered")
-    over = results.get("overload")
-    if over:
-        rows.append(f"\noverload (1 replica, queue {over['max_queued_requests']}, {over['clients']} clients): "
-                    f"{over['answered']} answered, {over['refused']} refused "
-                    f"({', '.join(f'{e} x{n}' for e, n in over['errors']) or 'none'}), {over['failed']} failed, "
-                    f"lost {over['lost']}, duplicated {over['duplicated']}")
+                    f"failed ({_errors(d)}), {d['refused']} refused, lost {d['lost']}, duplicated "
+                    f"{d['duplicated']}; Serve replaced it within {kill['replaced_within_s']} s; afterwards "
+                    f"{a['answered']} / {a['sent']} answered")
+    if results.get("overload"):
+        rows.append(_overload_line(results["overload"]))
     return "\n".join(rows)
+
+
+def _overload_line(over: dict) -> str:
+    """The overload run in one line: what a full queue refused and whether anything was lost."""
+    return (f"\noverload (1 replica, queue {over['max_queued_requests']}, {over['clients']} clients): "
+            f"{over['answered']} answered, {over['refused']} refused ({_errors(over)}), {over['failed']} failed, "
+            f"lost {over['lost']}, duplicated {over['duplicated']}")
 
 
 if __name__ == "__main__":
