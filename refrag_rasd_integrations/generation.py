@@ -80,7 +80,7 @@ class GenerationRequest:
             users = [i for i, m in enumerate(prompt) if m.get("role") == "user"]
             if users and prompt[users[-1]].get("passages"):  # the question's own: handed over with the rest
                 question = dict(prompt[users[-1]])
-                found = list(question.pop("passages")) + found
+                found = found + list(question.pop("passages"))
                 prompt = [*prompt[:users[-1]], question, *prompt[users[-1] + 1:]]
         recognized = 0
         if not found and settings.recognize_passages and len(reg):

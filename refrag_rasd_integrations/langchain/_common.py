@@ -15,8 +15,9 @@ from ..passages import MESSAGE_KEY
 
 
 def messages_and_handles(messages: Sequence[Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """LangChain messages -> engine chat messages, plus the passage handles of the last human message (the
-    question's). An earlier human message's handles stay with it (``"passages"``), and so do the handles an
+    """LangChain messages -> engine chat messages (each human message with its passage handles under
+    ``"passages"``; the last one's are the question's), plus the handles of messages with no human message to
+    carry them. A human message's handles stay with it, and so do the handles an
     answer carries (``ChatRefragRasd`` puts the passages it read on its ``AIMessage``, so a chat history that
     keeps only the question text still knows them): in a conversation each turn's passages are laid out in the
     turn that read them, so the prompt of a turn starts with the one before (the prefix cache reuses it)."""
@@ -41,11 +42,9 @@ def messages_and_handles(messages: Sequence[Any]) -> tuple[list[dict[str, Any]],
             asked = next((j for j in range(i - 1, -1, -1) if out[j]["role"] == "user"), None)
             if asked is not None and not out[asked].get("passages"):
                 out[asked]["passages"] = handles
-    users = [i for i, m in enumerate(out) if m["role"] == "user"]
-    question = out[users[-1]].pop("passages", []) if users else []
-    if not users:  # passages on other roles (no question yet): they go with the question, as before
-        question = [h for m in out for h in m.pop("passages", [])]
-    return out, question
+    if any(m["role"] == "user" for m in out):  # the question's stay in its message: the request takes them
+        return out, []
+    return out, [h for m in out for h in m.pop("passages", [])]  # no question yet: handed over as before
 
 
 class LangChainFace:
