@@ -54,22 +54,22 @@ def chunk_vectors(refrag: Any, passages: Sequence[Any], ids: Sequence[Sequence[i
 
 def mixed_input(refrag: Any, decoder: Any, layout: Any, passages: Sequence[Any], *, expand: float = 0.0,
                 expand_tokens: int | None = None, policy: str = "auto", seed: int | None = None,
-                encoder: Callable[[], Any], question: str = "", keep_raw: Sequence[int] = ()) -> Any:
+                encoder: Callable[[], Any], question: str = "", raw_passages: Sequence[int] = ()) -> Any:
     """The decoder input of a compressed request (:func:`~refrag_rasd_core.refrag.context.build_compressed_input`):
     ``refrag`` a :class:`~refrag_rasd_core.refrag.RefragModel`, ``decoder`` the target model, ``layout`` the
     request's :class:`~refrag_rasd_core.refrag.context.PromptLayout`, ``passages`` what the caller gave (their
     stored chunk embeddings are used); ``policy="auto"`` is the checkpoint's trained policy, else
-    ``similarity``. A question-aware policy reads ``encoder().encode_question(question)``. ``keep_raw``: chunks
-    (global indices) that stay raw whatever the policy says (a conversation's passages read as text); the
-    expansion share applies to the others."""
+    ``similarity``. A question-aware policy reads ``encoder().encode_question(question)``. ``raw_passages``:
+    passages (layout order) whose chunks all stay raw whatever the policy says (a conversation's passages read
+    as text); the expansion share applies to the other chunks."""
     vectors = chunk_vectors(refrag, passages, layout.passages, encoder)
     dtype = decoder.dtype
     device = next(decoder.parameters()).device
     projected = [refrag.project(v, dtype=dtype) if len(v) else
                  torch.empty(0, decoder.config.hidden_size, dtype=dtype, device=refrag.device) for v in vectors]
     counts = [num_chunks(len(p), refrag.k) for p in layout.passages]
-    total = sum(counts)
-    forced = {int(i) for i in keep_raw if 0 <= int(i) < total}
+    starts = [sum(counts[:i]) for i in range(len(counts) + 1)]
+    forced = {c for i in raw_passages for c in range(starts[i], starts[i + 1])}
     name = policy if policy != "auto" else ("rl" if refrag.policy is not None else "similarity")
     embed = decoder.get_input_embeddings()
     chunks = [c for p in layout.passages for c in chunk_token_ids(p, refrag.k)]
@@ -85,8 +85,8 @@ def mixed_input(refrag: Any, decoder: Any, layout: Any, passages: Sequence[Any],
     chosen: list[int] = []
     p0 = c0 = 0
     for size, query_ids, text in zip(sizes, queries, texts, strict=True):
-        c1 = c0 + sum(counts[p0:p0 + size])
-        mine = [i - c0 for i in forced if c0 <= i < c1]
+        c1 = starts[p0 + size]
+        mine = {i - c0 for i in forced if c0 <= i < c1}
         n = expansion_count(c1 - c0 - len(mine), expand, expand_tokens=expand_tokens, k=refrag.k)
         if n and len(mine) < c1 - c0:
             with torch.inference_mode():
@@ -95,7 +95,7 @@ def mixed_input(refrag: Any, decoder: Any, layout: Any, passages: Sequence[Any],
                                     projected=all_projected[c0:c1], query_embeds=query, chunks=chunks[c0:c1],
                                     decoder=decoder, network=refrag.policy, seed=seed,
                                     question_vector=lambda t=text: encoder().encode_question(t))
-            chosen += [c0 + i for i in got if i not in set(mine)][:n]
+            chosen += [c0 + i for i in got if i not in mine][:n]
         p0, c0 = p0 + size, c1
     with torch.inference_mode():
         return build_compressed_input(layout, embed, projected, refrag.k, sorted({*chosen, *forced}))

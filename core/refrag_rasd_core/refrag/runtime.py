@@ -105,14 +105,8 @@ class RefragRuntime:
         """The mixed (compressed + expanded) prefill input of a laid-out request
         (:func:`~refrag_rasd_core.refrag.compress.mixed_input`); the ``raw_passages`` (layout order) keep all
         their chunks as raw tokens (a conversation's passages read as text)."""
-        from .chunking import num_chunks
         from .compress import mixed_input
 
-        k = self.require().k
-        starts = [0]
-        for ids in layout.passages:
-            starts.append(starts[-1] + num_chunks(len(ids), k))
-        keep_raw = [c for i in raw_passages for c in range(starts[i], starts[i + 1])]
         return mixed_input(self.require(), self.model, layout, passages, expand=expand or 0.0,
                            expand_tokens=expand_tokens, policy=policy, seed=seed, encoder=self.encoder,
-                           question=question, keep_raw=keep_raw)
+                           question=question, raw_passages=raw_passages)
