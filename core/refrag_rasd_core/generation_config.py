@@ -27,6 +27,8 @@ from .rasd.proposers import METHODS
 from .rasd.spec_options import SpecOptions
 from .refrag.policy import POLICIES
 from .sampling import SamplingParams
+from .structured.response_format import ResponseFormat
+from .structured.tool_calls import normalize_tool_choice, normalize_tools, tool_call_format
 
 __all__ = ["CONTEXTS", "HISTORIES", "METHODS", "POLICY_CHOICES", "GenerationConfig", "Prompt", "SpecOptions"]
 
@@ -80,7 +82,13 @@ class GenerationConfig:
       says);
     * ``expand`` (a fraction of the chunks) or ``expand_tokens`` (a budget of raw tokens): how much of a
       compressed context stays raw, chosen by ``policy`` (:data:`POLICY_CHOICES`); ``None`` = the auto
-      operating point's, else nothing.
+      operating point's, else nothing;
+    * ``response_format``: the shape the answer must take (a Pydantic model or TypedDict class, a JSON
+      schema, OpenAI's ``response_format``, a regex, a choice, a grammar:
+      :class:`~refrag_rasd_core.structured.ResponseFormat`), enforced token by token with every method;
+    * ``tools`` (OpenAI function tools), ``tool_choice`` (``auto``, ``none``, ``required`` or one tool's
+      name) and ``parallel_tool_calls``: the model may (or must) answer with tool calls, in the Hermes
+      format, under a grammar (:mod:`~refrag_rasd_core.structured.tool_calls`).
     """
 
     max_tokens: int = 256
@@ -96,6 +104,10 @@ class GenerationConfig:
     expand: float | None = None
     expand_tokens: int | None = None
     policy: str = "auto"
+    response_format: ResponseFormat | None = None
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | dict[str, Any] = "auto"
+    parallel_tool_calls: bool = False
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
@@ -123,6 +135,14 @@ class GenerationConfig:
         if self.policy not in POLICY_CHOICES:
             raise InvalidInputError(f"unknown expansion policy {self.policy!r}; choose one of "
                                     f"{', '.join(POLICY_CHOICES)}")
+        object.__setattr__(self, "response_format", ResponseFormat.of(self.response_format))
+        object.__setattr__(self, "tools", normalize_tools(self.tools))
+        object.__setattr__(self, "tool_choice", normalize_tool_choice(self.tool_choice, self.tools))
+        if not isinstance(self.parallel_tool_calls, bool):
+            raise InvalidInputError(f"parallel_tool_calls must be true or false, got {self.parallel_tool_calls!r}")
+        if self.offers_tools and self.response_format is not None:
+            raise InvalidInputError("response_format and tools cannot be combined: the answer is either a tool call "
+                                    "or text in the format (use tool_choice='none' to keep the format)")
         object.__setattr__(self, "temperature", float(self.temperature))
         object.__setattr__(self, "top_p", float(self.top_p))
 
@@ -173,6 +193,18 @@ class GenerationConfig:
     def sampling(self) -> SamplingParams:
         """The sampling parameters (temperature, top-p, top-k)."""
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+
+    @property
+    def offers_tools(self) -> bool:
+        """Whether the model may call tools in this call (tools given and ``tool_choice`` not ``none``)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def constraint_format(self) -> ResponseFormat | None:
+        """The grammar this call decodes under: the tool-call tag when tools are offered, else
+        ``response_format`` (``None``: unconstrained)."""
+        if self.offers_tools:
+            return tool_call_format(self.tools, self.tool_choice, self.parallel_tool_calls)
+        return self.response_format
 
     @property
     def max_new_tokens(self) -> int:

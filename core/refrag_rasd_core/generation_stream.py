@@ -45,11 +45,12 @@ class ModelLock:
 class GenerationStream:
     """An iterator of text pieces; ``.stats``, ``.text`` and ``.token_ids`` are complete once it is exhausted."""
 
-    def __init__(self, pieces: Iterator[str], stats: Any, token_ids: list[int]) -> None:
+    def __init__(self, pieces: Iterator[str], stats: Any, token_ids: list[int], *, tools: bool = False) -> None:
         self._pieces = pieces
         self.stats = stats
         self.token_ids = token_ids
         self.text = ""
+        self.tools = tools  # the call offered tools: the result parses its calls
 
     def __iter__(self) -> Iterator[str]:
         for piece in self._pieces:
@@ -66,4 +67,4 @@ class GenerationStream:
         """Run to the end (if not done yet) and return the whole result."""
         for _ in self:
             pass
-        return GenerationResult(text=self.text, token_ids=self.token_ids, stats=self.stats)
+        return GenerationResult(text=self.text, token_ids=self.token_ids, stats=self.stats, tools=self.tools)

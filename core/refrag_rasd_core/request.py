@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import ContextTooLongError, InvalidInputError
 from .generation_config import GenerationConfig, Prompt
+from .structured.tool_calls import render_tool_messages
 
 __all__ = ["EngineRequest", "RequestBuilder"]
 
@@ -116,6 +117,7 @@ class RequestBuilder:
         come along (default: plain RAG); ``require_refrag()`` raises when compression cannot run."""
         from .refrag.context import layout_prompt, question_text
 
+        prompt = _with_tools(prompt, cfg)
         original = prompt
         prompt, objects, pids = self._message_passages(prompt, passages)
         point = None
@@ -188,3 +190,16 @@ class RequestBuilder:
         self.check_token_ids(ids, "the prompt")
         return EngineRequest(cfg.resolve_context(None), prompt_ids=ids, prompt_tokens=len(ids),
                              passage_ids=self.passage_token_ids(passages))
+
+
+def _with_tools(prompt: Prompt, cfg: GenerationConfig) -> Prompt:
+    """The prompt with the offered tools in its system message and earlier calls and tool results written
+    the way the model reads them (:func:`~refrag_rasd_core.structured.tool_calls.render_tool_messages`); a
+    string prompt becomes a user message when tools are offered."""
+    if isinstance(prompt, str):
+        if not cfg.offers_tools:
+            return prompt
+        prompt = [{"role": "user", "content": prompt}]
+    if isinstance(prompt, Sequence) and prompt and all(isinstance(m, dict) for m in prompt):
+        return render_tool_messages(prompt, cfg.tools if cfg.offers_tools else ())  # type: ignore[arg-type]
+    return prompt

@@ -42,6 +42,7 @@ class GenerationStats:
     expanded_chunks: int = 0
     expanded: list[int] = field(default_factory=list)  # which chunks (global index, prompt order) stayed raw
     accepted_hist: Counter = field(default_factory=Counter)
+    grammar_s: float = 0.0  # structured output: computing the grammar's masks and shaping candidate trees
 
     @property
     def decode_s(self) -> float:
@@ -81,7 +82,27 @@ class GenerationResult:
     text: str
     token_ids: list[int]
     stats: GenerationStats
+    tools: bool = False  # the call offered tools: ``tool_calls`` reads them from the text
+    _parsed: tuple[str, list[dict[str, Any]]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def finish_reason(self) -> str:
-        return self.stats.finish_reason
+        """``stop``, ``length``, or ``tool_calls`` when the answer called a tool."""
+        return "tool_calls" if self.tool_calls else self.stats.finish_reason
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls of the answer (``id``, ``name``, ``arguments``), when the call offered tools."""
+        return self._tool_parse()[1]
+
+    @property
+    def content(self) -> str:
+        """The answer's text without its tool-call blocks."""
+        return self._tool_parse()[0]
+
+    def _tool_parse(self) -> tuple[str, list[dict[str, Any]]]:
+        if self._parsed is None:
+            from .structured.tool_calls import parse_tool_calls
+
+            self._parsed = parse_tool_calls(self.text) if self.tools else (self.text, [])
+        return self._parsed

@@ -50,6 +50,7 @@ class Proposer:
     def __init__(self, opts: SpecOptions, budget: TreeBudget | None = None) -> None:
         self.opts = opts
         self.budget = budget
+        self.constraint: Any = None  # a request's grammar (structured output): shapes the candidates
         self._seen = 0
         self.retrieval_s = 0.0  # time spent in datastore / prompt lookups (part of the proposal time)
 
@@ -69,6 +70,8 @@ class Proposer:
     def propose(self, committed: list[int]) -> tuple[TokenTree | None, int]:
         """The tree to verify (what the budget keeps of the candidates; ``None``: a plain step) and its bucket."""
         tree, bucket = self.candidates(committed)
+        if self.constraint is not None:  # cut what the grammar forbids, add the span it forces
+            tree = self.constraint.shape(tree, committed[-1])
         if tree is None or len(tree) <= 1:
             return None, bucket
         if self.budget is not None and self.opts.adaptive:

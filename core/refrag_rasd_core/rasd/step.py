@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..sampling import SamplingParams, choose_token
+from ..sampling import SamplingParams
+from ..structured.unconstrained import UNCONSTRAINED
 from ..target import keep_cache_path
 from .token_tree import TokenTree
 from .verify import accept_greedy, accept_sampled
@@ -65,11 +66,13 @@ class StepResult:
 
 def speculative_step(runner: Runner, proposer: Any, cache: Any, committed: list[int], hidden: torch.Tensor | None,
                      params: SamplingParams, generator: torch.Generator | None = None, *,
-                     shift: int = 0) -> StepResult:
+                     shift: int = 0, constraint: Any = UNCONSTRAINED) -> StepResult:
     """One step of speculative decoding (see the module docstring). ``runner``: the target's
     :class:`~refrag_rasd_core.target.TargetRunner`; ``cache``: its KV cache holding every committed position
     but the last; ``shift``: cached positions that are not tokens (REFRAG's compressed chunks count one
-    each, so a position is ``len(committed) - 1 + shift``)."""
+    each, so a position is ``len(committed) - 1 + shift``); ``constraint``: the request's grammar
+    (:mod:`~refrag_rasd_core.structured.constraint`): every node's logits are masked by it before acceptance,
+    and it takes the emitted tokens."""
     device = runner.device
     ctx = len(committed) - 1 + shift  # cached positions: the root (the last committed token) is not cached yet
     t0 = time.perf_counter()
@@ -80,14 +83,16 @@ def speculative_step(runner: Runner, proposer: Any, cache: Any, committed: list[
     if tree is None:  # a plain step
         logits, hidden = runner.forward(torch.tensor([[committed[-1]]], device=device), cache, logits_at=None,
                                         want_hidden=want_hidden)
-        path, tokens = [0], [choose_token(logits[0], params, generator)]
+        path, tokens = [0], [constraint.choose(logits[0], params, generator)]
         nodes = 0
     else:
         logits, hidden = runner.forward(torch.tensor([tree.tokens], device=device), cache, logits_at=None,
                                         attention_mask=tree.attention_mask(ctx, runner.model.dtype, device),
                                         position_ids=tree.position_ids(ctx, device), want_hidden=want_hidden)
+        logits = constraint.mask_logits(logits, constraint.tree_masks(tree))
         path, tokens = (accept_greedy(tree, logits) if params.greedy
                         else accept_sampled(tree, logits, params, generator))
+        constraint.accept(tokens)
         keep = torch.tensor(path, device=device)
         keep_cache_path(cache, ctx, keep)
         if hidden is not None:

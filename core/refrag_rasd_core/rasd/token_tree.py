@@ -11,8 +11,8 @@ Convention (used by every function of ``rasd``):
   occurrences read), ``exp(cumulative log-prob)`` for draft-model candidates. Trees from different
   sources are therefore comparable when fused.
 * ``source`` is a bitmask per node: :data:`SOURCE_PROMPT` (PLD), :data:`SOURCE_DATASTORE` (REST),
-  :data:`SOURCE_DRAFT` (a draft model); the root has 0. :data:`SOURCE_RETRIEVAL` masks both retrieval
-  bits.
+  :data:`SOURCE_DRAFT` (a draft model), :data:`SOURCE_GRAMMAR` (a span a grammar forces); the root has 0.
+  :data:`SOURCE_RETRIEVAL` masks both retrieval bits.
 * Every size limit (``max_nodes``) counts the root: ``len(tree)`` is the width of the verify forward.
 
 The verify forward feeds ``tree.tokens`` (root first) at positions ``context_len + depth`` with
@@ -42,6 +42,7 @@ from ..errors import InvalidInputError
 __all__ = [
     "SOURCE_DATASTORE",
     "SOURCE_DRAFT",
+    "SOURCE_GRAMMAR",
     "SOURCE_PROMPT",
     "SOURCE_RETRIEVAL",
     "TokenTree",
@@ -56,6 +57,8 @@ SOURCE_RETRIEVAL = SOURCE_PROMPT | SOURCE_DATASTORE
 """Mask of both retrieval sources."""
 SOURCE_DRAFT = 4
 """The node came from a draft model (EAGLE head or small causal LM)."""
+SOURCE_GRAMMAR = 8
+"""The node is part of a span the request's grammar forces (structured output's jump-forward)."""
 
 
 def tree_attention_mask(
@@ -269,6 +272,10 @@ class TokenTree:
             if p >= 0:
                 t._kids[p][tok] = j
         return t
+
+    def subtree(self, keep: Iterable[int]) -> TokenTree:
+        """A new tree of the nodes ``keep`` (ancestor-closed, the root included), in BFS order."""
+        return self._subset(keep)
 
     def copy(self) -> TokenTree:
         return self._subset(range(len(self.tokens)))
