@@ -135,6 +135,8 @@ def content_text(content: Any) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") in ("tool_use", "tool_call"):
+            continue  # a call in the content: the message's tool_calls carry it
         elif isinstance(block, dict):
             raise InvalidInputError(f"this model reads text only; got a {block.get('type')!r} content block")
     return "".join(parts)

@@ -85,7 +85,8 @@ class GenerationConfig:
       operating point's, else nothing;
     * ``response_format``: the shape the answer must take (a Pydantic model or TypedDict class, a JSON
       schema, OpenAI's ``response_format``, a regex, a choice, a grammar:
-      :class:`~refrag_rasd_core.structured.ResponseFormat`), enforced token by token with every method;
+      :class:`~refrag_rasd_core.structured.ResponseFormat`), enforced token by token with every method; a
+      JSON schema is also shown to the model in its system message unless ``format_instruction=False``;
     * ``tools`` (OpenAI function tools), ``tool_choice`` (``auto``, ``none``, ``required`` or one tool's
       name) and ``parallel_tool_calls``: the model may (or must) answer with tool calls, in the Hermes
       format, under a grammar (:mod:`~refrag_rasd_core.structured.tool_calls`).
@@ -108,6 +109,7 @@ class GenerationConfig:
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: str | dict[str, Any] = "auto"
     parallel_tool_calls: bool = False
+    format_instruction: bool = True
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
@@ -138,8 +140,9 @@ class GenerationConfig:
         object.__setattr__(self, "response_format", ResponseFormat.of(self.response_format))
         object.__setattr__(self, "tools", normalize_tools(self.tools))
         object.__setattr__(self, "tool_choice", normalize_tool_choice(self.tool_choice, self.tools))
-        if not isinstance(self.parallel_tool_calls, bool):
-            raise InvalidInputError(f"parallel_tool_calls must be true or false, got {self.parallel_tool_calls!r}")
+        for flag in ("parallel_tool_calls", "format_instruction"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InvalidInputError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.offers_tools and self.response_format is not None:
             raise InvalidInputError("response_format and tools cannot be combined: the answer is either a tool call "
                                     "or text in the format (use tool_choice='none' to keep the format)")

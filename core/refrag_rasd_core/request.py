@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import ContextTooLongError, InvalidInputError
 from .generation_config import GenerationConfig, Prompt
-from .structured.tool_calls import render_tool_messages
+from .structured.tool_calls import render_tool_messages, with_system_note
 
 __all__ = ["EngineRequest", "RequestBuilder"]
 
@@ -193,13 +193,16 @@ class RequestBuilder:
 
 
 def _with_tools(prompt: Prompt, cfg: GenerationConfig) -> Prompt:
-    """The prompt with the offered tools in its system message and earlier calls and tool results written
-    the way the model reads them (:func:`~refrag_rasd_core.structured.tool_calls.render_tool_messages`); a
-    string prompt becomes a user message when tools are offered."""
+    """The prompt with the offered tools (or the JSON schema the answer must follow, when
+    ``cfg.format_instruction``) in its system message, and earlier calls and tool results written the way the
+    model reads them (:func:`~refrag_rasd_core.structured.tool_calls.render_tool_messages`); a string prompt
+    becomes a user message when there is something to tell."""
+    note = cfg.response_format.instruction() if cfg.response_format is not None and cfg.format_instruction else None
     if isinstance(prompt, str):
-        if not cfg.offers_tools:
+        if not cfg.offers_tools and note is None:
             return prompt
         prompt = [{"role": "user", "content": prompt}]
     if isinstance(prompt, Sequence) and prompt and all(isinstance(m, dict) for m in prompt):
-        return render_tool_messages(prompt, cfg.tools if cfg.offers_tools else ())  # type: ignore[arg-type]
+        out = render_tool_messages(prompt, cfg.tools if cfg.offers_tools else ())  # type: ignore[arg-type]
+        return with_system_note(out, note) if note else out
     return prompt

@@ -26,12 +26,18 @@ def messages_and_handles(messages: Sequence[Any]) -> tuple[list[dict[str, Any]],
     out: list[dict[str, Any]] = []
     for m in messages:
         kind = getattr(m, "type", None)
-        if kind in ("tool", "function"):
-            raise InvalidInputError("this model does not call tools: tool / function messages are not supported")
+        if kind == "function":
+            raise InvalidInputError("function messages (OpenAI's legacy format) are not supported: use tool messages")
+        if kind == "tool":  # a tool's result, read by the model inside <tool_response>
+            out.append({"role": "tool", "content": content_text(m.content), "tool_call_id": m.tool_call_id})
+            continue
         role = getattr(m, "role", None) if kind == "chat" else roles.get(kind)
         if role is None:
             raise InvalidInputError(f"unsupported message type {kind!r}")
         msg: dict[str, Any] = {"role": role, "content": content_text(m.content)}
+        if getattr(m, "tool_calls", None):  # an earlier answer's calls, written back as the model wrote them
+            msg["tool_calls"] = [{"id": c.get("id"), "name": c["name"], "args": c.get("args", {})}
+                                 for c in m.tool_calls]
         handles = list((getattr(m, "additional_kwargs", {}) or {}).get(MESSAGE_KEY, []) or [])
         if handles:
             msg["passages"] = handles

@@ -184,6 +184,10 @@ class GrammarConstraint:
             return logits
         t0 = time.perf_counter()
         out = logits.to(torch.float32, copy=True)
+        ended = ~masks.any(dim=1)  # a node past the end of the grammar (a stop token): nothing follows it
+        if bool(ended.any()):  # whatever is drawn there is never emitted (emission stops at the stop token)
+            masks = masks.clone()
+            masks[ended] = -1
         self._xgr.apply_token_bitmask_inplace(out, masks, vocab_size=self.vocab_size)
         self.mask_s += time.perf_counter() - t0
         return out

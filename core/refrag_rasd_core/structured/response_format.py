@@ -105,6 +105,15 @@ class ResponseFormat:
         raise InvalidInputError(f"unknown response_format type {kind!r}; use json_schema, json_object, text, regex, "
                                 "choice, grammar or structural_tag (or pass a JSON schema)")
 
+    def instruction(self) -> str | None:
+        """What the model is told of the format in its system message (JSON formats: the schema; small models
+        fill a schema they have read far better than one they only meet through the grammar's mask)."""
+        if self.kind == "json_schema":
+            return f"Answer with a JSON object that follows this JSON schema:\n{self.spec}"
+        if self.kind == "json_object":
+            return "Answer with a JSON object."
+        return None
+
     def schema(self) -> dict[str, Any] | None:
         """The JSON schema of a ``json_schema`` format (``None`` for the other kinds)."""
         return json.loads(self.spec) if self.kind == "json_schema" else None

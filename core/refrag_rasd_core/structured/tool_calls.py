@@ -35,7 +35,7 @@ from ..errors import InvalidInputError
 from .response_format import ResponseFormat
 
 __all__ = ["TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "normalize_tool_choice", "normalize_tools", "parse_tool_calls",
-           "render_tool_messages", "tool_call_format", "tool_call_text"]
+           "render_tool_messages", "tool_call_format", "tool_call_text", "with_system_note"]
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -132,11 +132,18 @@ def render_tool_messages(messages: Sequence[Mapping[str, Any]],
             m = {"role": "user", "content": f"<tool_response>\n{m.get('content', '')}\n</tool_response>"}
         out.append(m)
     if tools:
-        block = TOOLS_PROMPT.format(tools="\n".join(json.dumps(t, sort_keys=True) for t in tools))
-        if out and out[0].get("role") == "system":
-            out[0] = {**out[0], "content": f"{out[0].get('content', '')}\n\n{block}".lstrip()}
-        else:
-            out.insert(0, {"role": "system", "content": block})
+        out = with_system_note(out, TOOLS_PROMPT.format(tools="\n".join(json.dumps(t, sort_keys=True) for t in tools)))
+    return out
+
+
+def with_system_note(messages: Sequence[Mapping[str, Any]], note: str) -> list[dict[str, Any]]:
+    """``messages`` with ``note`` appended to the system message (one is added first when there is none): the
+    front of the prompt, which stays the same from turn to turn (the prefix cache reuses it)."""
+    out = [dict(m) for m in messages]
+    if out and out[0].get("role") == "system":
+        out[0]["content"] = f"{out[0].get('content', '')}\n\n{note}".lstrip()
+    else:
+        out.insert(0, {"role": "system", "content": note})
     return out
 
 
