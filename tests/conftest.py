@@ -36,8 +36,9 @@ def store(client):
 
 
 class ChatRefragRasdCapabilities:
-    """What langchain-tests' chat-model suites must know of ChatRefragRasd: a text model without tool
-    calling, structured output, JSON mode or image inputs (the suites skip those tests)."""
+    """What langchain-tests' chat-model suites must know of ChatRefragRasd: a text model with tool calling,
+    structured output and JSON mode (decoded under a grammar), without image, audio or PDF inputs (the suites
+    skip those tests: the model reads text only)."""
 
     @property
     def chat_model_class(self):
@@ -45,9 +46,10 @@ class ChatRefragRasdCapabilities:
 
         return ChatRefragRasd
 
-    has_tool_calling = property(lambda self: False)
-    has_structured_output = property(lambda self: False)
-    supports_json_mode = property(lambda self: False)
+    has_tool_calling = property(lambda self: True)
+    has_tool_choice = property(lambda self: True)
+    has_structured_output = property(lambda self: True)
+    supports_json_mode = property(lambda self: True)
     supports_image_inputs = property(lambda self: False)
 
 

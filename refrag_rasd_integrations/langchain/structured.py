@@ -25,7 +25,7 @@ from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputPa
 from langchain_core.output_parsers.openai_tools import PydanticToolsParser
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
-from pydantic import BaseModel
+from langchain_core.utils.pydantic import is_basemodel_subclass
 
 from refrag_rasd_core.errors import InvalidInputError
 
@@ -55,7 +55,7 @@ def structured_output(model: Any, schema: dict[str, Any] | type, *, method: str 
         raise InvalidInputError(f"unknown structured output method {method!r}; choose one of {', '.join(METHODS)}")
     if schema is None and method != "json_mode":
         raise InvalidInputError(f"method={method!r} needs a schema (a Pydantic model, a TypedDict or a JSON schema)")
-    pydantic = isinstance(schema, type) and issubclass(schema, BaseModel)
+    pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)  # Pydantic 2 or 1
     traced = {"kwargs": {"method": method}, "schema": schema}
     parser: Runnable
     if method == "function_calling":

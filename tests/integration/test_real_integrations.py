@@ -53,13 +53,29 @@ def real_store(real_engine):
 
 @mark_async_tests
 class TestChatRefragRasdIntegration(ChatRefragRasdCapabilities, ChatModelIntegrationTests):
-    """The langchain-tests integration suite on the real default model. Tool calling, structured output,
-    JSON mode and image / audio / PDF inputs are not capabilities of this model: declared by the
-    capabilities mixin, so the suite skips those tests."""
+    """The langchain-tests integration suite on the real default model, tool calling, structured output and
+    JSON mode included (image / audio / PDF inputs are not capabilities of this text model: skipped). A tool
+    call takes about 25 tokens, hence ``max_tokens``. The structured-output tests ask a 135M model for a joke:
+    greedy, it repeats one clause until the token limit, so those calls sample (seeded) and get room to close
+    the JSON; the grammar makes whatever it writes valid."""
 
     @property
     def chat_model_params(self):
-        return {"max_tokens": 12, "method": "rasd"}
+        return {"max_tokens": 48, "method": "rasd"}
+
+    @property
+    def structured_output_kwargs(self):
+        return {"temperature": 0.7, "seed": 0, "max_tokens": 160}
+
+    @pytest.mark.xfail(strict=True, reason="model capability: with tool_choice='auto' SmolLM2-135M answers the "
+                       "weather question in text instead of calling the tool (forced calls pass: test_tool_calling)")
+    def test_agent_loop(self, model):
+        super().test_agent_loop(model)
+
+    @pytest.mark.xfail(strict=True, reason="model capability: SmolLM2-135M does not copy the Chinese company name "
+                       "into the call's arguments (the call itself is made and valid)")
+    def test_unicode_tool_call_integration(self, model, **kwargs):
+        super().test_unicode_tool_call_integration(model, **kwargs)
 
     @property
     def returns_usage_metadata(self):
