@@ -1,4 +1,4 @@
-"""``refrag-rasd bench``: the benchmark suites (decode, prefill, rag, qa) from one command.
+"""``refrag-rasd bench``: the benchmark suites (decode, prefill, rag, qa, chat, structured) from one command.
 
 Example:
     $ refrag-rasd bench --suite decode --data questions.jsonl --category rag --limit 5 \\
@@ -23,7 +23,7 @@ PEERS = ("llamacpp", "llamacpp-pld")
 
 
 def _setup_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", default="decode", choices=["decode", "prefill", "rag", "qa", "chat"])
+    p.add_argument("--suite", default="decode", choices=["decode", "prefill", "rag", "qa", "chat", "structured"])
     p.add_argument("--data", required=True,
                    help="Spec-Bench style .jsonl file (qa suite: NQ-open / SQuAD style lines, or Spec-Bench)")
     p.add_argument("--category", default=None,
@@ -142,6 +142,20 @@ def _bench_chat(args: argparse.Namespace) -> dict:
     return res
 
 
+def _bench_structured(args: argparse.Namespace) -> dict:
+    from refrag_rasd_core.qa_file import load_qa_file
+
+    from .bench.structured import METHODS, format_structured_table, run_structured_suite
+
+    items, _ = load_qa_file(args.data)
+    engine, _store = _engine_and_store(args, None)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip() in METHODS]
+    res = run_structured_suite(engine, items[:args.limit or 8], methods=methods,
+                               max_tokens=args.max_new_tokens or 64)
+    print(format_structured_table(res))
+    return res
+
+
 def _bench_qa(args: argparse.Namespace) -> dict:
     from refrag_rasd_core.qa_file import load_qa_file
 
@@ -255,7 +269,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     check_bench_args(args)
     exclude = set() if args.include_train else training_question_ids()
-    if args.suite in ("prefill", "rag", "qa", "chat"):
+    if args.suite in ("prefill", "rag", "qa", "chat", "structured"):
         if args.suite == "prefill":
             questions = load_questions(args.data, args.category or "rag", args.limit or 2, exclude_ids=exclude)
             res = _bench_prefill(args, questions, exclude)
@@ -263,6 +277,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             res = _bench_qa(args)
         elif args.suite == "chat":
             res = _bench_chat(args)
+        elif args.suite == "structured":
+            res = _bench_structured(args)
         else:
             res = _bench_rag(args)
         _write(args, res)
