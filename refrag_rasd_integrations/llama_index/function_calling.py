@@ -31,7 +31,8 @@ from refrag_rasd_core.errors import InvalidInputError
 
 from ..passages import MESSAGE_KEY
 
-__all__ = ["chat_with_tools_kwargs", "engine_message", "parse_structured", "tool_selections", "wire_tool_calls"]
+__all__ = ["chat_with_tools_kwargs", "engine_message", "parse_partial", "parse_structured", "tool_selections",
+           "wire_tool_calls"]
 
 ROLES = {MessageRole.SYSTEM: "system", MessageRole.USER: "user", MessageRole.ASSISTANT: "assistant",
          MessageRole.DEVELOPER: "system", MessageRole.TOOL: "tool"}
@@ -125,3 +126,19 @@ def parse_structured(output_cls: type, response: ChatResponse) -> Any:
         reason = (response.raw or {}).get("finish_reason") if isinstance(response.raw, dict) else None
         why = " (the answer ran out of max_tokens: raise it)" if reason in ("length", "max_tokens") else ""
         raise ValueError(f"the answer is not a valid {output_cls.__name__}{why}: {exc}") from exc
+
+
+def parse_partial(output_cls: type, response: ChatResponse) -> Any:
+    """What a streamed structured answer holds so far: the last response as an ``output_cls`` instance
+    (:func:`parse_structured`), the ones before as LlamaIndex's ``FlexibleModel`` of it (every field optional)
+    read from the partial JSON, or ``None`` while nothing is readable yet."""
+    if response.raw:  # the last response carries the statistics: the whole answer
+        return parse_structured(output_cls, response)
+    from llama_index.core.program.utils import create_flexible_model
+    from pydantic_core import from_json
+
+    try:
+        data = from_json(response.message.content or "", allow_partial=True)
+        return create_flexible_model(output_cls).model_validate(data) if isinstance(data, dict) else None
+    except ValueError:
+        return None

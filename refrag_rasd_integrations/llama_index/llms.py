@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -30,7 +30,7 @@ from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 from llama_index.core.types import Model
 
 from refrag_rasd_core.structured.tool_calls import parse_tool_calls
@@ -41,6 +41,7 @@ from ..settings import CompletionSettings
 from .function_calling import (
     chat_with_tools_kwargs,
     engine_message,
+    parse_partial,
     parse_structured,
     tool_selections,
     wire_tool_calls,
@@ -224,6 +225,30 @@ class RefragRasdLLM(CompletionSettings, CustomLLM, FunctionCallingLLM):
         messages = prompt.format_messages(llm=self, **prompt_args)
         return parse_structured(output_cls, await self.achat(messages, **{**(llm_kwargs or {}),
                                                                           "response_format": output_cls}))
+
+    def _structured_stream_call(self, output_cls: type[Model], prompt: PromptTemplate,  # type: ignore[override]
+                                llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any) -> Iterator[Any]:
+        """``stream_structured_predict``'s partial objects (``FlexibleModel`` s), then the ``output_cls``
+        instance."""
+        messages = prompt.format_messages(llm=self, **prompt_args)
+        for r in self.stream_chat(messages, **{**(llm_kwargs or {}), "response_format": output_cls}):
+            obj = parse_partial(output_cls, r)
+            if obj is not None:
+                yield obj
+
+    async def _structured_astream_call(self, output_cls: type[Model], prompt: PromptTemplate,  # type: ignore[override]
+                                       llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+                                       ) -> AsyncIterator[Any]:
+        """:meth:`_structured_stream_call`, async."""
+        messages = prompt.format_messages(llm=self, **prompt_args)
+        stream = await self.astream_chat(messages, **{**(llm_kwargs or {}), "response_format": output_cls})
+
+        async def gen() -> AsyncIterator[Any]:
+            async for r in stream:
+                obj = parse_partial(output_cls, r)
+                if obj is not None:
+                    yield obj
+        return gen()
 
 
 __all__ = ["RefragRasdLLM", "to_engine_messages"]

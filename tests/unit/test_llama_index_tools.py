@@ -138,5 +138,10 @@ def test_structured_predict_validates(llm):
 
 def test_stream_structured_predict_ends_with_a_valid_object(llm):
     prompt = PromptTemplate("Read a number and a word from: {text}")
-    *_, last = llm.stream_structured_predict(Pair, prompt, text="seven cats")
-    assert isinstance(last, Pair)
+    parts = list(llm.stream_structured_predict(Pair, prompt, text="seven cats"))
+    assert parts[-1] == llm.structured_predict(Pair, prompt, text="seven cats") and len(parts) >= 2
+    assert all(set(p.model_dump()) <= {"a", "word"} for p in parts[:-1])
+
+    async def run():
+        return [x async for x in await llm.astream_structured_predict(Pair, prompt, text="seven cats")]
+    assert asyncio.run(run())[-1] == parts[-1]
