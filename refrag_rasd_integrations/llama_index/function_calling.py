@@ -67,7 +67,7 @@ def _engine_call(call: Any) -> dict[str, Any]:
     c = call.model_dump() if hasattr(call, "model_dump") else call
     if not isinstance(c, dict):
         raise InvalidInputError(f"a tool call must be a dict, got {type(call).__name__}")
-    fn = c.get("function") if isinstance(c.get("function"), dict) else c
+    fn: dict[str, Any] = c["function"] if isinstance(c.get("function"), dict) else c
     if not isinstance(fn.get("name"), str):
         raise InvalidInputError(f"a tool call needs a name, got {c!r}"[:300])
     return {"id": c.get("id"), "name": fn["name"], "args": _args(fn.get("arguments", fn.get("args", {})))}

@@ -257,7 +257,7 @@ def finish_reason(stats: Any, called: bool = False) -> str:
     return "tool_calls" if called else "stop"
 
 
-def _wire(model: type, obj: dict[str, Any]) -> dict[str, Any]:
+def _wire(model: Any, obj: dict[str, Any]) -> dict[str, Any]:
     """``obj`` checked against the ``openai`` package's own type ``model`` (the SDK's wire format), as JSON-ready
     data; the extension fields (``refrag_rasd``) ride along (OpenAI's models keep extra fields)."""
     return model.model_validate(obj).model_dump(mode="json", exclude_unset=True)
