@@ -4,8 +4,8 @@ bodies. Framework-neutral: no Ray, no FastAPI.
 
 The extension fields ride in the same JSON body (the OpenAI SDK's ``extra_body``; LangChain's
 ``ChatOpenAI(extra_body=...)``): ``collection``, ``k``, ``filter``, ``context``, ``expand``, ``policy``,
-``method``, ``top_k`` and ``passages``. Fields the server cannot honour (``n`` > 1, ``logprobs``, penalties) are
-refused with a 400, never silently ignored.
+``method``, ``top_k`` and ``passages``. Fields the server cannot honour (``n`` > 1, ``logprobs``, penalties, the
+legacy ``functions``) are refused with a 400, never silently ignored.
 
 Structured output and tools follow OpenAI: ``response_format`` (``text``, ``json_object``, ``json_schema``),
 ``tools`` (function tools), ``tool_choice`` and ``parallel_tool_calls`` are decoded under the engine's grammar
@@ -178,6 +178,8 @@ class ChatCompletionRequest(BaseModel):
     tools: list[Tool] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
     logprobs: bool | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -201,6 +203,9 @@ class ChatCompletionRequest(BaseModel):
         """Refuse what this server cannot honour (raises :class:`InvalidInputError`)."""
         if self.n not in (None, 1):
             raise InvalidInputError("n must be 1: one answer per request")
+        if self.functions or self.function_call is not None:
+            raise InvalidInputError("functions / function_call (OpenAI's legacy fields) are not supported: use "
+                                    "tools / tool_choice")
         if self.logprobs:
             raise InvalidInputError("logprobs are not supported by this server")
         for name in ("presence_penalty", "frequency_penalty"):

@@ -143,6 +143,33 @@ def test_tool_results_go_back_to_the_model(http, engine):
     assert "<tool_call>" in text and "<tool_response>\\n5\\n</tool_response>" in text
 
 
+def test_parallel_calls_stream_with_their_indexes(http):
+    body = {"messages": USER, "tools": [ADD, ECHO], "tool_choice": "required", "parallel_tool_calls": True,
+            "max_tokens": 160, "temperature": 1.0, "seed": 5}
+    whole = http.post("/v1/chat/completions", json=body).json()["choices"][0]
+    calls = whole["message"].get("tool_calls") or []
+    assert calls and all(json.loads(c["function"]["arguments"]) is not None for c in calls)
+    ev = events(http.post("/v1/chat/completions", json={**body, "stream": True}))
+    heads = [t for c in ev[:-1] if c["choices"] for t in c["choices"][0]["delta"].get("tool_calls") or [] if "id" in t]
+    assert [h["index"] for h in heads] == list(range(len(heads))) and len(heads) >= len(calls)
+    assert [h["function"]["name"] for h in heads][:len(calls)] == [c["function"]["name"] for c in calls]
+
+
+def test_langchain_chat_openai_binds_tools_to_the_server(http):
+    lc = pytest.importorskip("langchain_openai")
+    llm = lc.ChatOpenAI(model="refrag-rasd", base_url="http://testserver/v1", api_key="unused", http_client=http,
+                        max_retries=0, max_tokens=96)
+    bound = llm.bind_tools([ADD, ECHO], tool_choice="required")
+    msg = bound.invoke(USER[0]["content"])
+    assert msg.tool_calls and msg.tool_calls[0]["name"] in ("add", "echo")
+    merged = None
+    for chunk in bound.stream(USER[0]["content"]):
+        merged = chunk if merged is None else merged + chunk
+    assert [(c["name"], c["args"]) for c in merged.tool_calls] == [(c["name"], c["args"]) for c in msg.tool_calls]
+    pair = llm.with_structured_output(Pair, method="json_schema").invoke(USER[0]["content"])
+    assert isinstance(pair, Pair)
+
+
 @pytest.mark.parametrize(("extra", "words", "param"), [
     ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tool", None),
     ({"tools": [ADD, ADD]}, "unique", None),
@@ -157,6 +184,7 @@ def test_tool_results_go_back_to_the_model(http, engine):
         "name": "add", "arguments": "{not json"}}]}]}, "JSON object", None),
     ({"tools": [ADD] * 200}, "tools", "tools"),
     ({"parallel_tool_calls": "maybe"}, "parallel_tool_calls", "parallel_tool_calls"),
+    ({"functions": [ADD["function"]]}, "use tools", None),
 ])
 def test_bad_values_are_400s(http, extra, words, param):
     for stream in (False, True):
