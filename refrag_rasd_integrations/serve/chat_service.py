@@ -30,6 +30,7 @@ from typing import Any
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.prefix_cache import PrefixCache
+from refrag_rasd_core.structured.tool_stream import ToolCallStream
 
 from ..engines import get_engine, model_label
 from ..errors import StoreError
@@ -49,6 +50,7 @@ from .openai_api import (
     error_body,
     finish_reason,
     sse,
+    stream_deltas,
     usage_chunk,
 )
 
@@ -189,7 +191,7 @@ class ChatService:
             stream.close()
             self.gate.release()
         return completion(request_id or new_request_id(), self.model_name, "".join(pieces), stream.stats,
-                          self._extra(gen, stream.stats, sources))
+                          self._extra(gen, stream.stats, sources), tools=gen.config.offers_tools)
 
     def events(self, req: ChatCompletionRequest, request_id: str | None = None, *,
                allowed: frozenset[str] | None = None, budget: Budget | None = None) -> Iterator[str]:
@@ -209,12 +211,15 @@ class ChatService:
             yield sse(chunk(rid, model, created, {"role": "assistant", "content": ""}))
             self.gate.acquire(budget)
             held = True
+            calls = ToolCallStream() if gen.config.offers_tools else None
             for piece in stream:
-                if piece:
-                    yield sse(chunk(rid, model, created, {"content": piece}))
+                for delta in _deltas(piece, calls):
+                    yield sse(chunk(rid, model, created, delta))
                 budget.check()
+            for delta in stream_deltas(calls.finish()) if calls is not None else []:
+                yield sse(chunk(rid, model, created, delta))
             stats = stream.stats
-            yield sse(chunk(rid, model, created, {}, finish_reason(stats),
+            yield sse(chunk(rid, model, created, {}, finish_reason(stats, bool(calls and calls.calls)),
                             refrag_rasd=self._extra(gen, stats, sources)))
             if include_usage:
                 yield sse(usage_chunk(rid, model, created, stats))
@@ -230,6 +235,13 @@ class ChatService:
             if held:
                 self.gate.release()
         yield SSE_DONE
+
+
+def _deltas(piece: str, calls: ToolCallStream | None) -> list[dict[str, Any]]:
+    """The ``delta`` s of one streamed piece: the text, or (tools offered) text and tool-call pieces."""
+    if calls is None:
+        return [{"content": piece}] if piece else []
+    return stream_deltas(calls.push(piece))
 
 
 class ModelNotServedError(InvalidInputError, LookupError):

@@ -1,6 +1,7 @@
 """The server's caps on one request, checked right after parsing and before any retrieval or tokenizing:
-messages (count, characters), passages (count, characters), stop strings (count, length), ``k``, the
-collection's name and the ``filter``'s shape (a Chroma ``where`` filter). Each refusal is a 400 naming the
+messages (count, characters), passages (count, characters), stop strings (count, length), ``k``, the tools
+(count) and the JSON of the tools and the ``response_format`` (characters), the collection's name and the
+``filter``'s shape (a Chroma ``where`` filter). Each refusal is a 400 naming the
 field. These are sizes, not generation settings: those are checked by ``GenerationConfig`` alone.
 
 Example:
@@ -13,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -27,12 +29,18 @@ FIELD_OPS = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"}
 MAX_FILTER_DEPTH = 8
 MAX_FILTER_TERMS = 64
 MAX_IN_VALUES = 256
+MAX_TOOLS = 128
+"""Tools one request may offer."""
+MAX_SCHEMA_CHARS = 100_000
+"""Characters of JSON in a request's ``tools`` and ``response_format`` together (each grammar compiles per
+request)."""
 
 
 def check_limits(req: ChatCompletionRequest, cfg: ServeConfig) -> None:
     """Raise :class:`LimitExceededError` (400, ``param`` the field) when ``req`` passes one of ``cfg``'s caps."""
     _at_most(len(req.messages), cfg.max_messages, "messages", "messages")
-    chars = sum(len(content_text(m.content or "")) for m in req.messages)
+    chars = sum(len(content_text(m.content or "")) + sum(len(c.function.arguments) for c in m.tool_calls or ())
+                for m in req.messages)
     _at_most(chars, cfg.max_message_chars, "characters in the messages", "messages")
     passages = req.passages or []
     _at_most(len(passages), cfg.max_passages, "passages", "passages")
@@ -40,6 +48,14 @@ def check_limits(req: ChatCompletionRequest, cfg: ServeConfig) -> None:
     stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     _at_most(len(stops), cfg.max_stop, "stop strings", "stop")
     _at_most(max((len(s) for s in stops), default=0), cfg.max_stop_chars, "characters in a stop string", "stop")
+    tools = req.tools or []
+    _at_most(len(tools), MAX_TOOLS, "tools", "tools")
+    schemas = json.dumps([t.model_dump(exclude_none=True) for t in tools]) if tools else ""
+    _at_most(len(schemas), MAX_SCHEMA_CHARS, "characters of tool definitions", "tools")
+    if req.response_format is not None:
+        fmt = json.dumps(req.response_format.engine_format())
+        _at_most(len(schemas) + len(fmt), MAX_SCHEMA_CHARS, "characters of tools and response format",
+                 "response_format")
     if req.k is not None:
         _at_most(req.k, cfg.max_k, "passages to retrieve (k)", "k")
     if req.collection is not None and not COLLECTION_NAME.fullmatch(req.collection):
@@ -108,4 +124,4 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool))
 
 
-__all__ = ["COLLECTION_NAME", "FIELD_OPS", "check_filter", "check_limits"]
+__all__ = ["COLLECTION_NAME", "FIELD_OPS", "MAX_SCHEMA_CHARS", "MAX_TOOLS", "check_filter", "check_limits"]
