@@ -23,8 +23,8 @@ def _builder():
     return mod
 
 
-def test_seven_notebooks_listed_in_readme() -> None:
-    assert len(NOTEBOOKS) == 7
+def test_eight_notebooks_listed_in_readme() -> None:
+    assert len(NOTEBOOKS) == 8
     readme = (COOKBOOK / "README.md").read_text()
     for nb in NOTEBOOKS:
         assert nb.name in readme, f"cookbook/README.md does not link {nb.name}"
