@@ -158,15 +158,23 @@ def test_bad_grammars_are_refused_before_decoding(tiny):
 # ---- lossless under a grammar ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def self_draft(tiny):
-    return _engine(tiny, tiny.model)
+def wide():
+    """The tiny model with a window for a JSON schema in the system message (byte tokens: ~300 of them)."""
+    from tiny import tiny_loaded
+
+    return tiny_loaded(0, max_positions=4096)
 
 
 @pytest.fixture(scope="module")
-def other_draft(tiny):
+def self_draft(wide):
+    return _engine(wide, wide.model)
+
+
+@pytest.fixture(scope="module")
+def other_draft(wide):
     from tiny import tiny_llama
 
-    return _engine(tiny, tiny_llama(seed=1, vocab_size=len(tiny.tokenizer)))
+    return _engine(wide, tiny_llama(seed=1, vocab_size=len(wide.tokenizer), max_positions=4096))
 
 
 @pytest.mark.parametrize("fmt", [Pet, Point, {"type": "regex", "pattern": "[a-c]{3,20}"},
@@ -262,18 +270,8 @@ def test_constrained_sampling_keeps_the_constrained_distribution(request, gramma
 
 # ---- tool calls ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def long_window():
-    """A tiny model with a window for the tools' system prompt (byte tokens: ~900 of them)."""
-    from tiny import tiny_loaded
-
-    target = tiny_loaded(0, max_positions=2048)
-    return _engine(target, target.model)
-
-
 @pytest.mark.parametrize("choice", ["required", "echo", "auto"])
-def test_tool_calls_follow_the_tools(long_window, choice):
-    self_draft = long_window
+def test_tool_calls_follow_the_tools(self_draft, choice):
     res = self_draft.generate("add or echo?", max_new_tokens=200, method="rasd", tools=TOOLS, tool_choice=choice)
     if choice == "auto" and not res.tool_calls:  # the random model may answer in text: then no call block
         assert "<tool_call>" not in res.text
@@ -288,3 +286,29 @@ def test_tool_calls_follow_the_tools(long_window, choice):
     assert res.content == ""
     ref = self_draft.generate("add or echo?", max_new_tokens=200, method="vanilla", tools=TOOLS, tool_choice=choice)
     assert ref.token_ids == res.token_ids
+
+
+def test_tool_call_stream_reads_any_split():
+    """Streamed pieces cut anywhere give the same text, names and arguments as the whole answer."""
+    import random
+
+    from refrag_rasd_core.structured.tool_stream import ToolCallStream
+
+    text = ('Sure <b> x <tool_call>\n{"name": "add", "arguments": {"a": {"x": 1}, "b": "}"}}\n</tool_call> then '
+            '<tool_call>\n{"name": "echo", "arguments": {}}\n</tool_call><tool_call>not json')
+    rng = random.Random(0)
+    for _ in range(300):
+        s, events, i = ToolCallStream(), [], 0
+        while i < len(text):
+            n = rng.randint(1, 9)
+            events += s.push(text[i:i + n])
+            i += n
+        events += s.finish()
+        args: dict[int, str] = {}
+        for e in events:
+            if e.kind == "args":
+                args[e.index] = args.get(e.index, "") + e.text
+        assert "".join(e.text for e in events if e.kind == "text") == "Sure <b> x  then <tool_call>not json"
+        assert args == {0: '{"a": {"x": 1}, "b": "}"}', 1: "{}"}
+        assert [e.text for e in events if e.kind == "call"] == ["add", "echo"]
+        assert len({e.call_id for e in events if e.kind == "call"}) == 2

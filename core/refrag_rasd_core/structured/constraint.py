@@ -8,8 +8,9 @@ target's vocabulary (once per tokenizer; compiled grammars are cached by xgramma
   (greedy: the allowed argmax), and fed to the grammar;
 * ``shape(tree)``: the proposer's candidate tree before the budget picks from it: branches the grammar forbids
   are cut (a verify never spends a row on an invalid token), and the span the grammar forces next (keys,
-  braces, the rest of an enum value: xgrammar's jump-forward tokens) is added as a branch of its own, so the
-  next verify accepts it in one forward when the target agrees;
+  braces, the rest of an enum value: xgrammar's jump-forward tokens) is added as a branch of its own, at the
+  root and after the best leaves (a candidate that closes a string is followed by the next key), so the verify
+  accepts it in the same forward when the target agrees;
 * ``tree_masks(tree)``: one allowed-token mask per tree node (xgrammar's ``traverse_draft_tree``), applied to
   the verify logits before acceptance. Greedy and sampled acceptance then run on the constrained
   distribution, so speculation stays exact for it: greedy output equals constrained plain decoding's.
@@ -44,6 +45,8 @@ __all__ = ["UNCONSTRAINED", "GrammarConstraint", "Grammars", "Unconstrained"]
 
 JUMP_SCORE = 0.95
 """The score of each token of a forced span in the candidate tree (per token, multiplied down the chain)."""
+JUMP_LEAVES = 4
+"""How many of the best candidate leaves get the span the grammar forces after them."""
 
 
 def _xgrammar() -> Any:
@@ -172,11 +175,23 @@ class GrammarConstraint:
             tree = TokenTree(root)
         else:
             tree = tree.subtree(self.allowed_nodes(tree, self.tree_masks(tree)))
-        node, score = 0, 1.0
-        for tok in jump:
+        leaves = sorted((i for i in range(1, len(tree)) if not tree.children(i)), key=lambda i: -tree.scores[i])
+        self._extend(tree, 0, jump)
+        t0 = time.perf_counter()
+        for leaf in leaves[:JUMP_LEAVES]:  # a candidate that ends where the grammar forces a span: the span follows
+            fork = self.matcher.fork()
+            if all(fork.accept_token(t) for t in tree.path_tokens(leaf)) and not fork.is_terminated():
+                self._extend(tree, leaf, fork.find_jump_forward_tokens())
+        self.mask_s += time.perf_counter() - t0
+        return tree if len(tree) > 1 else None
+
+    @staticmethod
+    def _extend(tree: TokenTree, node: int, span: list[int]) -> None:
+        """Add a forced span below ``node`` (each token's score the parent's times :data:`JUMP_SCORE`)."""
+        score = tree.scores[node]
+        for tok in span:
             score *= JUMP_SCORE
             node = tree.add(node, int(tok), score=score, source=SOURCE_GRAMMAR)
-        return tree if len(tree) > 1 else None
 
     def mask_logits(self, logits: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         """``[N, V]`` verify logits with each row masked by its node's grammar mask (float32)."""
