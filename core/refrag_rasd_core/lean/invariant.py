@@ -92,11 +92,25 @@ def _load() -> tuple[Any, str | None]:
         else:
             from torch.utils.cpp_extension import load
 
+            _ninja_on_path()
+
             load(name=name, sources=[str(_SOURCE)], extra_cflags=_FLAGS, build_directory=str(build),
                  is_python_module=False, verbose=False)
         return getattr(torch.ops, name), None
     except Exception as exc:  # no compiler, no ninja, a read-only cache: the int4 path keeps torch's kernels
         return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+
+
+def _ninja_on_path() -> None:
+    """torch's extension builder runs ``ninja`` from PATH: add the ``ninja`` wheel's (a dependency) if missing."""
+    import shutil
+
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # type: ignore[import-untyped]
+        except ImportError:
+            return
+        os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @torch.no_grad()
