@@ -45,7 +45,7 @@ import torch
 __all__ = ["InvariantHead", "attend", "kernels", "kernels_problem", "q8_grid", "tree_tails"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "invariant.cpp"
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast"]
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off"]
 _LOCK = threading.Lock()
 _STATE: dict[str, Any] = {}
 

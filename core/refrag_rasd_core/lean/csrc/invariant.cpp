@@ -10,7 +10,7 @@
 #include <torch/library.h>
 
 #include <cmath>
-#if defined(__AVX2__) || defined(__AVX512F__)
+#if defined(__AVX2__) || defined(__AVX512F__) || defined(__FMA__)
 #include <immintrin.h>
 #endif
 #include <cstdint>
@@ -28,6 +28,26 @@ inline v16 load(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v
 inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
 inline v16 splat(float a) { return v16{} + a; }
 
+// a * b + c with one rounding, written out (the build sets -ffp-contract=off: no other product is fused, so every
+// kernel's arithmetic is exactly what its source says, whatever code path or loop shape reaches it).
+inline v16 fma(v16 a, v16 b, v16 c) {
+#if defined(__AVX512F__)
+  return (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
+  __m256 r[2], x[2], y[2], z[2];
+  std::memcpy(x, &a, 64);
+  std::memcpy(y, &b, 64);
+  std::memcpy(z, &c, 64);
+  r[0] = _mm256_fmadd_ps(x[0], y[0], z[0]);
+  r[1] = _mm256_fmadd_ps(x[1], y[1], z[1]);
+  v16 out;
+  std::memcpy(&out, r, 64);
+  return out;
+#else
+  return a * b + c;
+#endif
+}
+
 inline float hsum(v16 a) {  // a fixed tree: lanes i + i+8, then + i+4, + i+2, + i+1
   float t[16];
   std::memcpy(t, &a, sizeof(t));
@@ -41,7 +61,7 @@ inline float hsum(v16 a) {  // a fixed tree: lanes i + i+8, then + i+4, + i+2, +
 inline float dot(const float* a, const float* b, int64_t n) {
   v16 acc = v16{};
   int64_t k = 0;
-  for (; k + 16 <= n; k += 16) acc += load(a + k) * load(b + k);
+  for (; k + 16 <= n; k += 16) acc = fma(load(a + k), load(b + k), acc);
   float s = hsum(acc);
   for (; k < n; ++k) s += a[k] * b[k];
   return s;
@@ -96,7 +116,7 @@ at::Tensor rows_linear(const at::Tensor& x_, const at::Tensor& w_, const c10::op
         int64_t k = 0;
         for (; k + 16 <= K; k += 16) {
           v16 xv = load(xr + k);
-          for (int64_t r = 0; r < R; ++r) acc[r] += xv * load(wp + (n0 + r) * K + k);
+          for (int64_t r = 0; r < R; ++r) acc[r] = fma(xv, load(wp + (n0 + r) * K + k), acc[r]);
         }
         for (int64_t r = 0; r < R; ++r) {
           float s = hsum(acc[r]);
@@ -130,62 +150,71 @@ inline v16 q8_load(const int8_t* p) {  // 16 int8 -> 16 floats (exact); GCC's ge
 #endif
 }
 
-// Rows m0 .. m0 + MB - 1 of y for weight rows n0 .. n0 + rows - 1 (their floats in wf, their scales in d).
-template <int64_t MB>
-inline void q8_rows(const float* xp, const float* wf, const float* dp, float* yp, int64_t m0, int64_t n0,
-                    int64_t rows, int64_t K, int64_t N) {
-  const int64_t B = K / 32;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* wr = wf + r * K;
-    const float* dr = dp + (n0 + r) * B;
-    v16 acc[MB] = {};
-    for (int64_t blk = 0; blk < B; ++blk) {
-      const int64_t k = blk * 32;
-      const v16 w0 = load(wr + k), w1 = load(wr + k + 16), dv = splat(dr[blk]);
-      for (int64_t m = 0; m < MB; ++m) {
-        const float* xr = xp + (m0 + m) * K + k;
-        acc[m] += dv * (load(xr) * w0 + load(xr + 16) * w1);
-      }
-    }
-    for (int64_t m = 0; m < MB; ++m) yp[(m0 + m) * N + n0 + r] = hsum(acc[m]);
-  }
-}
+// One Q8_0 block of 32 inputs into a 16-lane accumulator: acc + d * (x0 * w0 + x1 * w1), the same operations on
+// every code path below.
+inline v16 q8_block(v16 acc, v16 x0, v16 x1, v16 w0, v16 w1, v16 d) { return fma(d, fma(x1, w1, x0 * w0), acc); }
 
+v16 reduce16(const v16* acc);
+
+// y[m, n] = sum over blocks b of 32 of d[n, b] * (x[m, block] . q[n, block]), int8 weights [N, K] (Q8_0's layout):
+// a quarter of fp32's bytes. Weight rows in blocks of 16, each output's 16 lanes summed by reduce16's tree.
 at::Tensor rows_linear_q8(const at::Tensor& x_, const at::Tensor& q_, const at::Tensor& d_,
                           const c10::optional<at::Tensor>& bias) {
   at::Tensor x = x_.to(at::kFloat).contiguous(), q = q_.contiguous(), d = d_.to(at::kFloat).contiguous();
   TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && q.scalar_type() == at::kChar && x.size(1) == q.size(1) &&
               q.size(1) % 32 == 0 && d.size(0) == q.size(0) && d.size(1) == q.size(1) / 32,
               "rows_linear_q8: x [M, K], q int8 [N, K], d [N, K / 32]");
-  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
-  constexpr int64_t MB = 4;  // activation rows per pass over a block (x is padded with zero rows to a multiple)
-  const int64_t Mp = M == 1 ? 1 : (M + MB - 1) / MB * MB;
-  if (Mp != M) x = at::cat({x, at::zeros({Mp - M, K}, x.options())});
-  at::Tensor y = at::empty({Mp, N}, x.options());
+  constexpr int64_t R = 16;
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0), B = K / 32, Np = (N + R - 1) / R * R;
+  if (Np != N) {  // zero rows up to a multiple of 16 (their outputs are dropped)
+    q = at::cat({q, at::zeros({Np - N, K}, q.options())});
+    d = at::cat({d, at::zeros({Np - N, B}, d.options())});
+  }
+  at::Tensor y = at::empty({M, Np}, x.options());
   const float *xp = x.data_ptr<float>(), *dp = d.data_ptr<float>();
   const int8_t* qp = q.data_ptr<int8_t>();
   float* yp = y.data_ptr<float>();
-  constexpr int64_t R = 4;  // weight rows per block, converted to floats once (an L1-sized buffer) for all M rows
-  at::parallel_for(0, (N + R - 1) / R, 16, [&](int64_t b0, int64_t b1) {
-    std::vector<float> wf(R * K);
+  at::parallel_for(0, Np / R, 8, [&](int64_t b0, int64_t b1) {
+    std::vector<float> wf(M > 1 ? R * K : 0);  // with several rows: the block's weights as floats, converted once
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n0 = b * R, rows = std::min<int64_t>(R, N - n0);
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t k = 0; k < K; k += 16) store(wf.data() + r * K + k, q8_load(qp + (n0 + r) * K + k));
-      if (Mp == 1) {
-        q8_rows<1>(xp, wf.data(), dp, yp, 0, n0, rows, K, N);
+      const int64_t n0 = b * R;
+      const int8_t* qb = qp + n0 * K;
+      const float* db = dp + n0 * B;
+      if (M == 1) {
+        v16 acc[R] = {};
+        for (int64_t blk = 0; blk < B; ++blk) {
+          const int64_t k = blk * 32;
+          const v16 x0 = load(xp + k), x1 = load(xp + k + 16);
+          for (int64_t r = 0; r < R; ++r)
+            acc[r] = q8_block(acc[r], x0, x1, q8_load(qb + r * K + k), q8_load(qb + r * K + k + 16),
+                              splat(db[r * B + blk]));
+        }
+        store(yp + n0, reduce16(acc));
         continue;
       }
-      for (int64_t m0 = 0; m0 < Mp; m0 += MB) q8_rows<MB>(xp, wf.data(), dp, yp, m0, n0, rows, K, N);
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t k = 0; k < K; k += 16) store(wf.data() + r * K + k, q8_load(qb + r * K + k));
+      for (int64_t m = 0; m < M; ++m) {
+        const float* xr = xp + m * K;
+        v16 acc[R] = {};
+        for (int64_t blk = 0; blk < B; ++blk) {
+          const int64_t k = blk * 32;
+          const v16 x0 = load(xr + k), x1 = load(xr + k + 16);
+          for (int64_t r = 0; r < R; ++r)
+            acc[r] = q8_block(acc[r], x0, x1, load(wf.data() + r * K + k), load(wf.data() + r * K + k + 16),
+                              splat(db[r * B + blk]));
+        }
+        store(yp + m * Np + n0, reduce16(acc));
+      }
     }
   });
-  if (Mp != M) y = y.narrow(0, 0, M).contiguous();
+  if (Np != N) y = y.narrow(1, 0, N).contiguous();
   if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
   return y;
 }
 
 // The 16 sums of 16 accumulators (lane l of the result: the full sum of acc[l]), each by the same fixed tree.
-inline v16 reduce16(const v16* acc) {
+v16 reduce16(const v16* acc) {
   const vi16 l1a = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
   const vi16 l1b = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
   const vi16 l2a = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
@@ -226,7 +255,7 @@ void attend_group(const float* q, int64_t G, const float* kbase, const float* vb
       v16 acc[16];
       for (int64_t t = 0; t < 16; ++t) {
         v16 a = qv[0] * load(kr[t]);
-        for (int c = 1; c < DC; ++c) a += qv[c] * load(kr[t] + 16 * c);
+        for (int c = 1; c < DC; ++c) a = fma(qv[c], load(kr[t] + 16 * c), a);
         acc[t] = a;
       }
       store(s + h * L16 + j0, reduce16(acc) * splat(sc));
@@ -253,7 +282,7 @@ void attend_group(const float* q, int64_t G, const float* kbase, const float* vb
     for (int c = 0; c < DC; ++c) v[c] = load(vr + 16 * c);
     for (int64_t h = 0; h < G; ++h) {
       const v16 e = splat(s[h * L16 + j]);
-      for (int c = 0; c < DC; ++c) o[h * DC + c] += e * v[c];
+      for (int c = 0; c < DC; ++c) o[h * DC + c] = fma(e, v[c], o[h * DC + c]);
     }
   }
   for (int64_t h = 0; h < G; ++h)
