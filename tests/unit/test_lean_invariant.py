@@ -179,3 +179,25 @@ def test_causal_forward_rows_equal_steps():
     for j in range(10, 30):
         step, _ = runner.forward(ids[:, j:j + 1], steps)
         assert torch.equal(step[0], all_rows[j - 10]), j
+
+
+@pytest.mark.parametrize("why", ["no kernels", "int4 rows vary"])
+def test_without_invariance_the_runner_says_so_and_keeps_torchs_kernels(monkeypatch, why):
+    """No compiler (or a machine whose int4 kernel blocks rows): the int4 path runs as before, never claimed
+    batch-invariant, and describe() says why."""
+    from refrag_rasd_core.lean import weights
+
+    if why == "no kernels":
+        monkeypatch.setattr(weights, "kernels", lambda: None)
+        monkeypatch.setattr(weights, "kernels_problem", lambda: "no C++ compiler")
+    else:
+        monkeypatch.setattr(weights, "_int4_rows_invariant", lambda layers: False)
+    from test_lean_int4 import four_bit_tiny
+
+    runner = LeanRunner(four_bit_tiny().model, prepack=False, int4=True)
+    assert runner.weights.invariant is None and runner.weights.row_head is None
+    text = runner.describe()
+    assert "NOT batch-invariant" in text
+    assert ("no C++ compiler" if why == "no kernels" else "depend on the row count") in text
+    logits, _ = runner.forward(torch.tensor([[5, 6, 7]]), runner.new_cache())
+    assert logits.shape == (1, runner.config.vocab_size)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .cache import LeanCache
 from .int4 import DECODE_ROWS
-from .invariant import attend, kernels_problem, tree_tails
+from .invariant import attend, tree_tails
 from .linear import NO_PACKING, PackPlan, measure_pack_plans
 from .weights import lean_weights, linear_groups
 
@@ -140,7 +140,7 @@ class LeanRunner:
             text += f"; int4 kernel (bf16 activations) on {n} of {total} linears, the rest as planned"
             head = self.weights.row_head
             text += (f"; batch-invariant attention and LM head ({head.kind}) up to {DECODE_ROWS} rows"
-                     if head is not None else f"; NOT batch-invariant (kernels: {kernels_problem()})")
+                     if head is not None else f"; NOT batch-invariant ({self.weights.invariant_problem})")
             pre = self.weights.int4_prefill
             if pre:
                 text += (f"; forwards over {DECODE_ROWS} rows on "
