@@ -71,8 +71,8 @@ class Engine:
         (:mod:`~refrag_rasd_core.forward`; same greedy outputs). ``weights``: ``"exact"``
         (default: as loaded) or ``"int4"`` (opt-in, lean forward on CPU: 4-bit-grid linears, as the default
         model's Q4_1 ones, run with the int4 kernel and bf16 activations; faster decoding, outputs may differ
-        slightly, and speculative output can differ from plain int4 decoding at near-ties:
-        :mod:`refrag_rasd_core.lean.int4`). ``prefix_cache``: a byte budget (or a
+        slightly from exact's; with the batch-invariant kernels speculation equals plain int4 decoding exactly:
+        :mod:`refrag_rasd_core.lean.invariant`). ``prefix_cache``: a byte budget (or a
         :class:`~refrag_rasd_core.prefix_cache.PrefixCache`) for reusing earlier requests' prefill KV (off)."""
         if weights not in WEIGHTS:
             raise InvalidInputError(f"weights must be one of {WEIGHTS}, got {weights!r}")

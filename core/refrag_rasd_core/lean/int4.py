@@ -10,13 +10,13 @@ one: a full-precision model is never quantized here), :class:`Int4Linear` runs
 This torch build's int4 kernel is vectorized for bfloat16 activations only (with fp32 activations it is about
 15x slower than fp32 ``F.linear``), so an :class:`Int4Linear` rounds its input, the block scales and its output
 to bfloat16: outputs differ from the fp32 model's by up to ~1% relative per linear, and greedy text can differ
-from the fp32 model's where two tokens are close. That is why it is opt-in (``Engine(..., weights="int4")``).
-Speculative decoding is not bit-exact against the engine's own plain decoding either: a verify of many rows and
-a step of one run the fp32 parts (attention, the LM head) through different kernels, and the bf16 rounding of
-each int4 linear's input amplifies those last-bit differences to ~0.1 in the logits, so at a near-tie the
-other token can win (measured on the default model: 128-token answers equal to plain int4 decoding on 40-80%
-of prompts; every divergence at a top-2 margin under 0.15). With the default exact weights speculation is
-lossless. Matrices that are not on a 4-bit grid (the LM head, a REFRAG-adapted copy) keep fp32.
+from the fp32 model's where two tokens are close. The kernel computes each row alone, in k order, so its rows do
+not depend on how many share a call (measured bit-identical for 1..64 rows); with the batch-invariant attention
+and LM head of :mod:`refrag_rasd_core.lean.invariant` a tree verify scores every node exactly as the plain step
+that would decode it, and speculative decoding equals the int4 engine's plain decoding token for token. (Without
+them, torch's attention and LM head round differently at 1 and at M rows, the bf16 rounding of each int4 linear's
+input amplifies that to ~0.1 in the logits, and 128-token answers equalled plain int4 decoding on 40-80% of
+prompts.) Matrices that are not on a 4-bit grid keep their own precision (the LM head, a REFRAG-adapted copy).
 
 The kernel pays off where reading the weights bounds the matmul (a step, a tree verify); with hundreds of rows
 (a prefill) it is compute-bound and, on an AVX2 CPU without bf16 instructions, about 2x slower than the fp32

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .cache import LeanCache
 from .int4 import DECODE_ROWS
+from .invariant import attend, tree_tails
 from .linear import NO_PACKING, PackPlan, measure_pack_plans
 from .weights import lean_weights, linear_groups
 
@@ -137,6 +138,9 @@ class LeanRunner:
         if self.int4:
             n, total = self.int4_linears
             text += f"; int4 kernel (bf16 activations) on {n} of {total} linears, the rest as planned"
+            head = self.weights.row_head
+            text += (f"; batch-invariant attention and LM head ({head.kind}) up to {DECODE_ROWS} rows"
+                     if head is not None else f"; NOT batch-invariant ({self.weights.invariant_problem})")
             pre = self.weights.int4_prefill
             if pre:
                 text += (f"; forwards over {DECODE_ROWS} rows on "
@@ -183,7 +187,10 @@ class LeanRunner:
         if position_ids is None:
             position_ids = torch.arange(start, total, device=x.device)[None]
         cos, sin = w.rotary(x, position_ids)
-        rot = _rotations(cos[0], sin[0]) if n <= ROTATION_ROWS else None
+        inv = w.invariant if n <= DECODE_ROWS and deltas is None else None
+        tails = tree_tails(attention_mask, n, start) if inv is not None else None
+        inv = inv if tails is not None else None  # batch-invariant: elementwise rotary, row-by-row attention
+        rot = _rotations(cos[0], sin[0]) if n <= ROTATION_ROWS and inv is None else None
         cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # [n, 1, head_dim]: broadcast over heads
         mask, causal = self._mask(attention_mask, n, start, x.dtype, x.device)
         heads, kv, hd = w.heads, w.kv_heads, w.head_dim
@@ -197,10 +204,13 @@ class LeanRunner:
             qk = torch.bmm(qk, rot) if rot is not None else qk * cos + _rotate_half(qk) * sin
             keys[i, :, start:total] = qk[:, heads:].transpose(0, 1)
             values[i, :, start:total] = qkv[:, qk_width:].view(n, kv, hd).transpose(0, 1)
-            att = F.scaled_dot_product_attention(
-                qk[:, :heads].transpose(0, 1)[None], keys[i, :, :total][None], values[i, :, :total][None],
-                attn_mask=mask, is_causal=causal, scale=w.scaling, enable_gqa=heads != kv)
-            a = att[0].transpose(0, 1).reshape(n, heads * hd)
+            if inv is not None and tails is not None:
+                a = attend(inv, qk[:, :heads], keys[i], values[i], start, tails, w.scaling)
+            else:
+                att = F.scaled_dot_product_attention(
+                    qk[:, :heads].transpose(0, 1)[None], keys[i, :, :total][None], values[i, :, :total][None],
+                    attn_mask=mask, is_causal=causal, scale=w.scaling, enable_gqa=heads != kv)
+                a = att[0].transpose(0, 1).reshape(n, heads * hd)
             x = x + _adapted(layer.o(a), a, d and d.o, rows)
             h = _rms_norm(x, layer.mlp_norm, w.eps)
             gu = _adapted(layer.gate_up(h), h, d and d.gate_up, rows)
@@ -213,7 +223,8 @@ class LeanRunner:
         else:
             hidden = None
             sel = _rms_norm(x if logits_at is None else x[self._rows(logits_at, n)], w.norm, w.eps)
-        return w.head(sel).float(), hidden
+        head = w.row_head if w.row_head is not None and sel.shape[0] <= DECODE_ROWS else w.head
+        return head(sel).float(), hidden
 
     @staticmethod
     def _rows(logits_at: int | torch.Tensor, n: int) -> slice | torch.Tensor:

@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from .int4 import Int4Linear, measure_prefill
+from .int4 import DECODE_ROWS, Int4Linear, measure_prefill
+from .invariant import InvariantHead, kernels, kernels_problem
 from .linear import NO_PACKING, PackedLinear, PackPlan
 
 __all__ = ["LeanLayer", "LeanWeights", "SUPPORTED", "lean_weights", "linear_groups", "unsupported_reason"]
@@ -66,6 +67,9 @@ class LeanWeights:
     eps: float
     scaling: float
     int4_prefill: dict[str, Any] | None = None  # measure_prefill's result when int4 linears are in use
+    invariant: Any = None      # the batch-invariant kernels (int4 with them loaded; :mod:`.invariant`), or None
+    row_head: Any = None       # the LM head through them (forwards of up to DECODE_ROWS rows), or None
+    invariant_problem: str | None = None  # why an int4 forward is not batch-invariant here, if it is not
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -157,7 +161,9 @@ def lean_weights(model: Any, plans: dict[str, PackPlan] | None = None,
     as ``plans["decoder"]`` / ``plans["head"]`` say. ``shared``: linears built before (keyed by where their
     weight lives), reused instead of packed again: the REFRAG-adapted copy shares every weight it does not
     adapt (its head, usually) with the stock model. ``int4``: matrices whose values lie on a 4-bit grid run as
-    :class:`~refrag_rasd_core.lean.int4.Int4Linear` (opt-in: bf16 activations; see that module)."""
+    :class:`~refrag_rasd_core.lean.int4.Int4Linear` (bf16 activations; see that module), and, where the C++
+    kernels of :mod:`~refrag_rasd_core.lean.invariant` load, the LM head and attention of forwards of up to
+    ``DECODE_ROWS`` rows run batch-invariant."""
     reason = unsupported_reason(model)
     if reason is not None:
         raise ValueError(f"the lean forward does not support this model: {reason}")
@@ -195,12 +201,31 @@ def lean_weights(model: Any, plans: dict[str, PackPlan] | None = None,
     head = model.get_output_embeddings()
     first = inner.layers[0]
     prefill = _int4_prefill(layers, dec_plan) if int4 else None
+    ops = kernels() if int4 and head.weight.device.type == "cpu" else None
+    problem = None if ops is not None or not int4 else f"kernels: {kernels_problem()}"
+    if ops is not None and not _int4_rows_invariant(layers):
+        ops, problem = None, "the int4 kernel's rows depend on the row count on this machine"
+    row_head = InvariantHead(head.weight.detach(), _bias(head), ops) if ops is not None else None
     return LeanWeights(
         embed=model.get_input_embeddings().weight.detach(), layers=layers, norm=inner.norm.weight.detach(),
         head=linear(head.weight.detach(), _bias(head), head_plan), rotary=inner.rotary_emb,
         heads=heads, kv_heads=kv_heads, head_dim=head_dim, intermediate=int(first.mlp.gate_proj.weight.shape[0]),
         eps=float(first.input_layernorm.variance_epsilon),
-        scaling=float(getattr(first.self_attn, "scaling", head_dim ** -0.5)), int4_prefill=prefill)
+        scaling=float(getattr(first.self_attn, "scaling", head_dim ** -0.5)), int4_prefill=prefill,
+        invariant=ops, row_head=row_head, invariant_problem=problem)
+
+
+def _int4_rows_invariant(layers: list[LeanLayer]) -> bool:
+    """Whether the int4 kernel gives a row the same bits alone and among up to DECODE_ROWS rows (checked once on
+    the first int4 linear: torch's kernel computes rows one by one here; a build that blocks rows differently,
+    e.g. an AMX path for many rows, would not, and then no forward is claimed batch-invariant)."""
+    lin = next((x for layer in layers for x in (layer.qkv, layer.gate_up) if isinstance(x, Int4Linear)), None)
+    if lin is None:
+        return True
+    x = torch.randn(DECODE_ROWS, lin.weight.shape[1], generator=torch.Generator().manual_seed(0))
+    alone = torch.cat([lin.int4(x[i:i + 1]) for i in (0, 1, 2, DECODE_ROWS - 1)])
+    return all(torch.equal(lin.int4(x[:m])[[0, 1, 2, m - 1] if m == DECODE_ROWS else [0, 1, 2]],
+                           alone[:4 if m == DECODE_ROWS else 3]) for m in (3, 5, 17, DECODE_ROWS))
 
 
 _PREFILL: dict[tuple[Any, ...], dict[str, Any]] = {}  # measure_prefill's results, per shapes and threads
