@@ -93,3 +93,10 @@ def tiny_refrag(loaded: LoadedModel, encoder, seed: int = 2, policy: bool = True
     return RefragModel(ChunkProjector(encoder.dim, H, embed_norm=1.0), k=encoder.k, encoder=encoder.name,
                        encoder_dim=encoder.dim, pooling=encoder.pooling, policy=pol,
                        meta={"auto": auto} if auto else None).eval()
+
+
+def tiny_tools_engine(max_positions: int = 2048):
+    """An engine over the tiny model with a window for a tools prompt (byte tokens: ~900 of them), no drafter."""
+    from refrag_rasd_core.engine import Engine
+
+    return Engine(tiny_loaded(0, max_positions=max_positions), drafter=None, refrag=None)

@@ -12,9 +12,7 @@ import pytest
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
-from pydantic import BaseModel, Field
 
-from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_integrations.llama_index import RefragRasdLLM
 from refrag_rasd_integrations.llama_index.llms import to_engine_messages
@@ -30,18 +28,14 @@ def echo(word: Literal["yes", "no"]) -> str:
     return word
 
 
-class Pair(BaseModel):
-    """Two things read from the text."""
-
-    a: int = Field(ge=0, le=9)
-    word: str = Field(pattern=r"^[a-z]{1,6}$")
+from test_serve_tools import Pair  # noqa: E402  (the server tests' schema)
 
 
 @pytest.fixture(scope="module")
 def engine():
-    from tiny import tiny_loaded
+    from tiny import tiny_tools_engine
 
-    return Engine(tiny_loaded(0, max_positions=2048), drafter=None, refrag=None)  # the tools prompt: ~900 tokens
+    return tiny_tools_engine()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ pytest.importorskip("fastapi")
 from pydantic import BaseModel, Field  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from refrag_rasd_core.engine import Engine  # noqa: E402
 from refrag_rasd_integrations.serve.chat_service import ChatService, ServeConfig  # noqa: E402
 from refrag_rasd_integrations.serve.http_api import make_api  # noqa: E402
 
@@ -34,9 +33,9 @@ class Pair(BaseModel):
 
 @pytest.fixture(scope="module")
 def engine():
-    from tiny import tiny_loaded
+    from tiny import tiny_tools_engine
 
-    return Engine(tiny_loaded(0, max_positions=2048), drafter=None, refrag=None)  # the tools prompt: ~900 tokens
+    return tiny_tools_engine()
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,20 @@ def _chisquare(observed, probs):
     return chisquare(obs, obs.sum() * p / p.sum())
 
 
+def chisquare_of_counts(counts: dict, exact: dict) -> tuple[float, float]:
+    """The chi-square test of sampled ``counts`` per outcome against ``exact`` probabilities, the cells with
+    expected counts under 5 merged into one (the test's validity condition)."""
+    keys = sorted(exact)
+    n = sum(counts.values())
+    f_exp = [exact[key] for key in keys]
+    f_obs = [counts[key] for key in keys]
+    small = [i for i, e in enumerate(f_exp) if e * n < 5]
+    if small:
+        f_exp = [e for i, e in enumerate(f_exp) if i not in small] + [sum(f_exp[i] for i in small)]
+        f_obs = [o for i, o in enumerate(f_obs) if i not in small] + [sum(f_obs[i] for i in small)]
+    return _chisquare(f_obs, f_exp)
+
+
 def _seed(i: int) -> int:
     """Well-spread seeds (consecutive small seeds give visibly correlated first draws)."""
     return (i * 2654435761 + 12345) % (2**31 - 1)
@@ -158,15 +172,7 @@ def test_sampling_keeps_the_target_distribution(request, method, which):
         r = engine.generate(PROMPT, max_new_tokens=k, temperature=1.5, top_k=3, seed=_seed(i), method=method,
                             context="none", passages=passages, spec={"adaptive": False})
         counts[tuple(r.token_ids)] += 1
-    keys = sorted(exact)
-    f_exp = [exact[key] for key in keys]
-    f_obs = [counts[key] for key in keys]
-    # merge cells with small expectations (chi-square validity) into one
-    small = [i for i, e in enumerate(f_exp) if e * n < 5]
-    if small:
-        f_exp = [e for i, e in enumerate(f_exp) if i not in small] + [sum(f_exp[i] for i in small)]
-        f_obs = [o for i, o in enumerate(f_obs) if i not in small] + [sum(f_obs[i] for i in small)]
-    stat, p = _chisquare(f_obs, f_exp)
+    stat, p = chisquare_of_counts(counts, exact)
     assert p > 1e-3, f"sampled {method} deviates from the target distribution (chi2={stat:.1f}, p={p:.2e})"
 
 
