@@ -36,6 +36,7 @@ from refrag_rasd_core.errors import InvalidInputError
 from ..errors import CollectionNotFoundError, StoreError
 from ..passages import HANDLE_KEY, PASSAGES, Passage, PassageRegistry, is_handle
 from .client import make_client
+from .code_documents import iter_code_documents
 from .configuration import check_collection, collection_metadata
 from .corpus_datastore import CorpusDatastore, store_datastore
 from .documents import document_source, iter_file_documents, passage_records
@@ -358,6 +359,12 @@ class RefragChromaStore(FrameworkFaces):
         report = self.add_documents(docs, cleanup=cleanup, **kwargs)
         report.skipped_files = skipped
         return report
+
+    def add_code(self, paths: Iterable[str | os.PathLike], **kwargs: Any) -> IndexReport:
+        """Index source files (folders walked for code suffixes) split at function and class boundaries, with
+        ``path``, ``symbol`` and lines in each passage's metadata (:mod:`.code_documents`); as :meth:`add_documents`."""
+        count = lambda t: len(self.tokenizer(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+        return self.add_documents(list(iter_code_documents(paths, count, self.passage_tokens)), **kwargs)
 
     # ---- the corpus datastore (:mod:`.corpus_datastore`) ---------------------------------------------------
     def datastore(self, sync: bool = True) -> CorpusDatastore:

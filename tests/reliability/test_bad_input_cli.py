@@ -68,6 +68,10 @@ def _bad_values(d: dict[str, str]) -> dict[str, list[list[str]]]:
             [d["text"], "--cleanup", "sometimes"],
             [d["text"], "--rebuild=yes"],
             [d["text"], "--no-progress=1"],
+            [d["empty_dir"], "--code"],
+            [d["missing"], "--code"],
+            [d["text"], "--code=yes"],
+            [d["text"], "--datastore=1"],
             *[[d["text"], *a] for a in store + model],
         ],
         "ask": [
