@@ -216,8 +216,14 @@ def store_datastore(store: Any, *, sync: bool = True) -> CorpusDatastore:
             path, host, port, url = store._client_args
             url = url or (os.environ.get("REFRAG_RASD_CHROMA_URL") if path is None and host is None else None)
             server = f"{host}_{port}" if host else (url if url else None)
-            if store._client is not None and path is None and server is None:
-                server = "client"
+            if store._client is not None and path is None and server is None:  # a client given: where it is
+                cs = store._client.get_settings() if hasattr(store._client, "get_settings") else None
+                if cs is not None and getattr(cs, "is_persistent", False) and getattr(cs, "persist_directory", None):
+                    path = cs.persist_directory
+                elif cs is not None and getattr(cs, "chroma_server_host", None):
+                    server = f"{cs.chroma_server_host}_{cs.chroma_server_http_port}"
+                else:
+                    server = "client"
             if path is None and server is None:
                 from .client import chroma_dir
 

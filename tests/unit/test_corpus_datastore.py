@@ -139,3 +139,22 @@ def test_bad_datastore_values_are_clear_errors(tmp_path):
         CorpusDatastore(tmp_path, max_segments=0)
     with pytest.raises(InvalidInputError, match="datastore must be"):
         ChatRefragRasd(engine=Engine(tiny_loaded(0), drafter=None, refrag=None), datastore=3).invoke("hi")
+
+
+def test_serve_replica_reads_the_collections_datastore(tiny_engine, tmp_path):
+    pytest.importorskip("fastapi")
+    from refrag_rasd_integrations.serve.chat_service import ChatService, ServeConfig
+
+    client = make_client(tmp_path / "chroma")
+    store = fake_store("served", client=client, tokenizer=tiny_engine.tokenizer, datastore=True)
+    store.add_texts([t for t, _ in CORPUS], [m for _, m in CORPUS])
+    on_disk = tmp_path / "chroma" / "refrag-datastores" / "served"
+    assert (on_disk / "manifest.json").exists()  # a store on a given client keeps it beside that database too
+    svc = ChatService(ServeConfig(collection="served", k=2, max_tokens=6, method="rest", calibrate=False,
+                                  datastore=True), engine=tiny_engine, stores={"served": store})
+    gen, _ = svc.prepare(svc.parse({"messages": [{"role": "user", "content": "Paris is the"}]}))
+    assert isinstance(gen.datastore, CorpusDatastore) and gen.datastore.path == on_disk
+    assert gen.stream().result().stats.method == "rest"
+    off = ChatService(ServeConfig(collection="served", k=2, max_tokens=6, method="rest", calibrate=False),
+                      engine=tiny_engine, stores={"served": store})
+    assert off.prepare(off.parse({"messages": [{"role": "user", "content": "Paris"}]}))[0].datastore is None
