@@ -182,6 +182,9 @@ def _bench_code(args: argparse.Namespace) -> dict:
         _, held_files = split_files(root, args.holdout_fraction)
         held = set(held_files)
         tasks = function_tasks(held_files, root, limit=args.limit or 6)
+        if not tasks:
+            raise InvalidInputError(f"--source: none of the {len(held_files)} held-out files has a function with a "
+                                    "docstring and >= 8 lines of body; raise --holdout-fraction or pick a bigger tree")
     else:
         tasks = humaneval_tasks(args.data)[:args.limit or 6]
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
