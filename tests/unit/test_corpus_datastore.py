@@ -158,3 +158,16 @@ def test_serve_replica_reads_the_collections_datastore(tiny_engine, tmp_path):
     off = ChatService(ServeConfig(collection="served", k=2, max_tokens=6, method="rest", calibrate=False),
                       engine=tiny_engine, stores={"served": store})
     assert off.prepare(off.parse({"messages": [{"role": "user", "content": "Paris"}]}))[0].datastore is None
+
+
+def test_corpus_datastore_joins_the_trie_only_where_it_matches_longer():
+    from refrag_rasd_core.rasd import make_proposer
+
+    corpus = RestDatastore.build([[2, 3, 9, 9], [8, 2, 3, 7, 7]])
+    p = make_proposer("rest", passages=[[1, 2, 3, 4, 5]], datastore=corpus)
+    tree, bucket = p.candidates([1, 2, 3])  # the passages match 3 tokens, the corpus 2: its 9s stay out
+    assert 9 not in tree.tokens and 4 in tree.tokens and bucket == 3
+    tree, _ = p.candidates([8, 2, 3])  # the corpus matches 3, the passages 2: both join
+    assert {4, 7} <= set(tree.tokens)
+    alone = make_proposer("rest", datastore=corpus)  # no request stores: the corpus is the store
+    assert 9 in alone.candidates([5, 2, 3])[0].tokens
