@@ -57,9 +57,10 @@ def _suffix_array_divsufsort(r: np.ndarray) -> np.ndarray:
     width = 1 if top < 2**8 else 2 if top < 2**16 else 4 if top < 2**32 else 8
     if width == 1:
         return np.asarray(divsufsort((r + 1).astype(np.uint8)), dtype=np.int64)
-    b = (r.astype(np.int64) + 1).astype(f">u{width}").view(np.uint8)
+    b = (r + 1).astype(f">u{width}").view(np.uint8)  # r + 1 fits r's dtype: the top id is below its max
     sa = np.asarray(divsufsort(b))
-    return (sa[sa % width == 0] // width).astype(np.int64)
+    shift = width.bit_length() - 1
+    return (sa[(sa & (width - 1)) == 0] >> shift).astype(np.int64)
 
 
 def _suffix_array(r: np.ndarray, depth: int, backend: str = "auto") -> tuple[np.ndarray, int]:
@@ -148,8 +149,10 @@ class RestDatastore(TreeLookup):
         order, counted) and the first-token buckets (slots ``[first_starts[i], first_starts[i+1])`` begin
         with token ``first_vals[i]``)."""
         n = self._n
-        q = self._sa.astype(np.int64)
-        valid = (q >= 1) & (self._r[np.maximum(q - 1, 0)] != SEPARATOR)
+        q = self._sa  # int32 / int64 indices as they are (no int64 copy)
+        valid = self._r[q - 1] != SEPARATOR  # q == 0 wraps to the last token: masked just below
+        if n:
+            valid[np.flatnonzero(q == 0)] = False
         cumvalid = np.zeros(n + 1, np.int32 if n < 2**31 - 1 else np.int64)
         np.cumsum(valid, out=cumvalid[1:])
         first = self._r[q] if n else np.zeros(0, self._r.dtype)
