@@ -116,9 +116,17 @@ class CorpusDatastore:
             self._checked = now
             stamp = self._stat()
             if self._set is None or stamp != self._stamp:
-                names = [s["name"] for s in self._manifest()["segments"]]
-                self._set = DatastoreSet([RestDatastore.load(self.path / n, mmap=True) for n in names])
-                self._stamp = stamp
+                for attempt in range(3):  # a writer may replace the manifest and drop its old segments meanwhile
+                    try:
+                        names = [s["name"] for s in self._manifest()["segments"]]
+                        self._set = DatastoreSet([RestDatastore.load(self.path / n, mmap=True) for n in names])
+                        break
+                    except CheckpointError:
+                        if attempt == 2:
+                            raise
+                        time.sleep(0.05)
+                self._stamp = stamp  # read before loading: a change meanwhile is picked up next time
+            assert self._set is not None
             return self._set
 
     def candidates(self, suffix: TokenSeq, *, max_len: int = 8, min_suffix: int = 1, max_suffix: int | None = None,
