@@ -172,7 +172,8 @@ def format_code_table(results: dict[str, Any], markdown: bool = False) -> str:
     lines = [table]
     if ds:
         lines.append(f"corpus datastore: {ds.get('n_tokens', 0):,} tokens, {ds.get('bytes_per_token')} bytes/token, "
-                     f"built at {ds.get('tokens_per_s') or 0:,} tokens/s, lookup {ds.get('lookup_ms')} ms")
+                     f"built at {ds.get('build_tokens_per_s_divsufsort') or 0:,} tokens/s (numpy "
+                     f"{ds.get('build_tokens_per_s_numpy') or 0:,}), lookup {ds.get('lookup_ms')} ms")
     if code.get("similarity"):
         lines.append(f"vanilla vs the real body: exact lines {code['similarity']['exact_lines']:.2f}, edit "
                      f"similarity {code['similarity']['edit_similarity']:.2f}")
