@@ -45,6 +45,7 @@ from refrag_rasd_core.stats import GenerationStats
 from .engines import model_label
 from .passages import PASSAGES, Passage, PassageRegistry, is_handle, resolve
 from .settings import ModelSettings
+from .store.corpus_datastore import resolve_datastore
 
 Messages = list[dict[str, Any]]
 
@@ -58,6 +59,7 @@ class GenerationRequest:
     config: GenerationConfig
     model_name: str
     recognized: int = 0
+    datastore: Any = None
 
     @classmethod
     def build(cls, settings: ModelSettings, prompt: str | Messages, *, passages: Sequence[Any] | None = None,
@@ -68,6 +70,7 @@ class GenerationRequest:
         overrides = {k: v for k, v in overrides.items() if not k.startswith("ls_")}
         model = overrides.pop("model", None)
         store = overrides.pop("store", None) or settings.store
+        datastore = resolve_datastore(overrides.pop("datastore", settings.datastore), store)
         config = settings.generation_config().merge(overrides)
         if stop:
             config = config.merge(stop=[*config.stop, *stop])
@@ -87,7 +90,8 @@ class GenerationRequest:
             prompt, found = _recognize(prompt, reg)
             recognized = len(found)
         return cls(engine=engine, prompt=prompt, passages=found, config=config,
-                   model_name=model_label(engine, model or settings.model), recognized=recognized)
+                   model_name=model_label(engine, model or settings.model), recognized=recognized,
+                   datastore=datastore)
 
     def passage_refs(self) -> list[str]:
         """The question's passages as a message carries them: handles (or the text of a passage that came
@@ -96,7 +100,8 @@ class GenerationRequest:
 
     def stream(self) -> GenerationStream:
         """The engine's :class:`~refrag_rasd_core.engine.GenerationStream` for this request."""
-        return self.engine.stream(self.prompt, passages=self.passages or None, config=self.config)
+        return self.engine.stream(self.prompt, passages=self.passages or None, config=self.config,
+                                  datastore=self.datastore)
 
     def metadata(self, stats: GenerationStats) -> dict[str, Any]:
         """``response_metadata`` for LangChain / ``raw`` for LlamaIndex: the model, why it stopped, how the

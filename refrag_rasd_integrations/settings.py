@@ -75,6 +75,9 @@ class ModelSettings(BaseModel):
     store: Any = Field(default=None, exclude=True)
     """A :class:`~refrag_rasd_integrations.store.RefragChromaStore` to fetch passage handles the in-process
     registry no longer holds."""
+    datastore: Any = Field(default=None, exclude=True)
+    """A corpus datastore for ``rasd`` / ``rest``: ``True`` (``store``'s), a ``RefragChromaStore`` (its
+    ``datastore()``), or a datastore (``CorpusDatastore``, ``RestDatastore``); ``None``: the request's passages only."""
     engine: Engine | None = Field(default=None, exclude=True)
     """An :class:`~refrag_rasd_core.engine.Engine` to use instead of the shared one for ``model``."""
 

@@ -96,15 +96,12 @@ class Engine:
         self._draft_gate: DraftGate | None = None
         self._grammars: Grammars | None = None  # structured output's compiler (built on first need)
         self.verify_costs: dict[int, float] | None = None  # None: the defaults for the device type
-        gen_cfg = getattr(self.model, "generation_config", None)
-        eos = getattr(gen_cfg, "eos_token_id", None)
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        eos = self.tokenizer.eos_token_id if eos is None else eos
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
 
     @classmethod
-    def load(cls, model: str | None = None, *, device: str = "auto", dtype: str | None = None,
-             **kwargs: Any) -> Engine:
+    def load(cls, model: str | None = None, *, device: str = "auto", dtype: str | None = None, **kwargs: Any) -> Engine:
         """Load a target (``None`` = the offline default) and wrap it in an engine."""
         return cls(load_target(model, device=device, dtype=dtype), **kwargs)
 
@@ -155,30 +152,33 @@ class Engine:
 
     # ---- public API ------------------------------------------------------------------------------------
     def stream(self, prompt: Prompt, *, passages: Sequence[Any] | None = None,
-               config: GenerationConfig | None = None, **settings: Any) -> GenerationStream:
-        """Stream the answer as text pieces. ``config`` and keyword ``settings`` (any
-        :class:`GenerationConfig` field, the keywords winning) say how.
+               config: GenerationConfig | None = None, datastore: Any = None, **settings: Any) -> GenerationStream:
+        """Stream the answer as text pieces. ``config`` and keyword ``settings`` (any :class:`GenerationConfig`
+        field, the keywords winning) say how; ``datastore``: a corpus datastore for ``rest`` / ``rasd`` (any
+        store with ``source`` and ``candidates``, e.g. a ``RestDatastore``) instead of the engine's own.
 
         With passages, ``context`` (default ``auto``: this engine's measured operating point, plain RAG by
         default) says how they enter the decoder; with ``text`` or ``compressed`` the prompt is the question
         (a string, or chat messages whose last user message is the question) and the engine lays the
         passages out around it."""
         request = self._request(prompt, passages, _config(config, settings))
-        return self._open(request)
+        return self._open(request, datastore)
 
     def generate(self, prompt: Prompt, *, passages: Sequence[Any] | None = None,
-                 config: GenerationConfig | None = None, **settings: Any) -> GenerationResult:
+                 config: GenerationConfig | None = None, datastore: Any = None, **settings: Any) -> GenerationResult:
         """Generate the whole answer at once."""
-        return self.stream(prompt, passages=passages, config=config, **settings).result()
+        return self.stream(prompt, passages=passages, config=config, datastore=datastore, **settings).result()
 
     def generate_ids(self, prompt_ids: Sequence[int], *, passages: Sequence[Any] | None = None,
-                     config: GenerationConfig | None = None, **settings: Any) -> GenerationResult:
+                     config: GenerationConfig | None = None, datastore: Any = None, **settings: Any
+                     ) -> GenerationResult:
         """Like :meth:`generate` from already tokenized prompt ids (``context`` ``none`` or ``auto``: the
         passages feed the speculative datastore only)."""
         request = self._requests.from_ids(prompt_ids, passages, _config(config, settings))
-        return self._open(request).result()
+        return self._open(request, datastore).result()
 
-    def _open(self, request: EngineRequest) -> GenerationStream:
+    def _open(self, request: EngineRequest, datastore: Any = None) -> GenerationStream:
+        request.datastore = self.datastore if datastore is None else datastore
         limit = self.runner.max_positions
         request.check_fits(limit)  # here, not in the loop: a server can refuse before streaming
         cfg = request.config
@@ -417,7 +417,7 @@ class Engine:
         if entry is None:
             return None
         return entry.build(cfg.spec, self.tree_budget(cfg.method),
-                           gate=self.draft_gate() if entry.gate else None, datastore=self.datastore,
+                           gate=self.draft_gate() if entry.gate else None, datastore=request.datastore,
                            drafter=self.drafter, passages=request.passage_ids)
 
     def calibrate_verify_costs(self, context_len: int = 512, repeats: int = 3) -> dict[int, float]:

@@ -40,6 +40,8 @@ class EngineRequest:
     question: str = ""
     raw_passages: list[int] = field(default_factory=list)
     """Passages (layout order) of a compressed layout read as text: all their chunks stay raw tokens."""
+    datastore: Any = None
+    """The call's corpus datastore (``None``: the engine's)."""
 
     @property
     def compressed(self) -> bool:

@@ -19,19 +19,22 @@ from .checks import at_least, check_model_args, check_store_args, json_option, j
 from .registry import command, model_args, weights_arg
 
 POLICIES = ("random", "similarity", "perplexity", "rl")
+DECODE_METHODS = "vanilla,hf,hf-pld,hf-assisted,pld,rest,draft,rasd"
 PEERS = ("llamacpp", "llamacpp-pld")
 
 
 def _setup_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", default="decode", choices=["decode", "prefill", "rag", "qa", "chat", "structured"])
-    p.add_argument("--data", required=True,
-                   help="Spec-Bench style .jsonl file (qa suite: NQ-open / SQuAD style lines, or Spec-Bench)")
+    p.add_argument("--suite", default="decode",
+                   choices=["decode", "prefill", "rag", "qa", "chat", "structured", "code"])
+    p.add_argument("--data", default=None,
+                   help="Spec-Bench style .jsonl file (qa suite: NQ-open / SQuAD style lines, or Spec-Bench; code "
+                        "suite: HumanEval-format lines); required except for --suite code --source DIR")
     p.add_argument("--category", default=None,
                    help="category, comma-separated for several (default: decode all, prefill/rag: rag)")
     p.add_argument("--limit", type=int, default=None,
                    help="questions per category (default: decode 2, prefill 2, rag 3: the three suites take "
                         "~13 min together on a 2-core CPU)")
-    p.add_argument("--methods", default="vanilla,hf,hf-pld,hf-assisted,pld,rest,draft,rasd",
+    p.add_argument("--methods", default=DECODE_METHODS,
                    help="decode suite: comma-separated; vanilla is always run; hf-assisted needs --draft-model; "
                         "llamacpp and llamacpp-pld (llama.cpp on the default model's GGUF) need llama-cpp-python")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 (qa suite: 32)")
@@ -69,6 +72,14 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                         "cached+compressed, default")
     g = p.add_argument_group("chat suite (RAG conversations from a qa file, or MT-Bench two-turn lines)")
     g.add_argument("--turns", type=int, default=5, help="questions per RAG conversation")
+    g = p.add_argument_group("code suite (function completion; methods default to the suite's own list)")
+    g.add_argument("--source", default=None, help="a source tree: its held-out files' functions are the tasks, the "
+                   "rest is indexed (--code splitting) with its corpus datastore")
+    g.add_argument("--holdout-fraction", type=float, default=0.1, help="share of --source files held out")
+    g.add_argument("--corpus-source", default=None, help="with --data: the tree indexed for retrieval and the "
+                   "corpus datastore")
+    g.add_argument("--execute", action="store_true", help="pass@1: run each task's tests (HumanEval 'test') in a "
+                   "subprocess with a time limit and sockets disabled")
     model_args(p)
 
 
@@ -171,6 +182,50 @@ def _bench_qa(args: argparse.Namespace) -> dict:
     return res
 
 
+def _bench_code(args: argparse.Namespace) -> dict:
+    import hashlib
+
+    from ..engines import signature_of
+    from ..store import RefragChromaStore, chroma_dir
+    from ..store.code_documents import iter_code_documents
+    from .bench.code import DEFAULT_METHODS, format_code_table, measure_build, run_code_suite
+    from .bench.code_tasks import function_tasks, humaneval_tasks, split_files, with_passages
+
+    root = Path(args.source or args.corpus_source or ".").resolve()
+    held: set[Path] = set()
+    if args.source:
+        _, held_files = split_files(root, args.holdout_fraction)
+        held = set(held_files)
+        tasks = function_tasks(held_files, root, limit=args.limit or 6)
+        if not tasks:
+            raise InvalidInputError(f"--source: none of the {len(held_files)} held-out files has a function with a "
+                                    "docstring and >= 8 lines of body; raise --holdout-fraction or pick a bigger tree")
+    else:
+        tasks = humaneval_tasks(args.data)[:args.limit or 6]
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
+    store = None
+    if args.source or args.corpus_source:
+        key = hashlib.sha256(f"{root}\0{args.holdout_fraction if args.source else ''}\0"
+                             f"{signature_of(engine)}".encode()).hexdigest()[:10]
+        store = RefragChromaStore(f"bench-code-{key}", path=args.store_dir or chroma_dir() / "bench", engine=engine,
+                                  datastore=True)
+        count = lambda t: len(engine.tokenizer(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+        store.add_documents(list(iter_code_documents([root], count, store.passage_tokens,
+                                                     exclude=lambda f: f in held)), cleanup="full")
+        tasks = with_passages(tasks, store, args.top_k)
+    ds = store.datastore() if store is not None else None
+    methods = [m.strip() for m in (args.methods if args.methods != DECODE_METHODS else DEFAULT_METHODS).split(",")]
+    res = run_code_suite(engine, tasks, _without_missing_llamacpp([m for m in methods if m]), datastore=ds,
+                         max_new_tokens=args.max_new_tokens or 96, repeats=args.repeats,
+                         calibrate=not args.no_calibrate, execute=args.execute,
+                         spec=json_option(args.spec, "--spec"),
+                         datastore_info={**ds.describe(), **measure_build(ds)} if ds is not None else None)
+    res["settings"].update(source=args.source and str(root), holdout_fraction=args.holdout_fraction if args.source
+                           else None, corpus_source=args.corpus_source, top_k=len(tasks[0].context) if tasks else 0)
+    print(format_code_table(res))
+    return res
+
+
 def _engine_and_store(args: argparse.Namespace, passages: list[str] | None) -> tuple[Engine, Any]:
     """The suite's engine (calibrated unless ``--no-calibrate``) and, with ``passages`` (or ``--corpus``), the
     Chroma collection holding them (indexed once, keyed on the corpus and the engine's store signature)."""
@@ -214,14 +269,30 @@ def _without_missing_llamacpp(methods: list[str]) -> list[str]:
     return [m for m in methods if m not in missing]
 
 
+def _check_code_args(args: argparse.Namespace) -> None:
+    """``--data`` (every suite but ``code --source``) and the code suite's options."""
+    if args.data is None and not (args.suite == "code" and args.source):
+        raise InvalidInputError("--data is required" + (" (or --source DIR)" if args.suite == "code" else ""))
+    for option in ("source", "corpus_source"):
+        value = getattr(args, option)
+        if value is not None and not Path(value).expanduser().is_dir():
+            raise InvalidInputError(f"--{option.replace('_', '-')}: {value} is not a folder")
+    if not 0 < args.holdout_fraction < 1:
+        raise InvalidInputError(f"--holdout-fraction must be between 0 and 1 (exclusive), got {args.holdout_fraction}")
+    if args.suite == "code" and args.source and args.data:
+        raise InvalidInputError("--source and --data are two ways to get code tasks: give one")
+
+
 def check_bench_args(args: argparse.Namespace) -> None:
     """Every ``bench`` value that can be checked without the model: files, numbers, lists, ``--spec``."""
     from ..store import jsonl_objects
+    from .bench.code import CORPUS_METHODS
     from .bench.decode import ALL_METHODS
     from .bench.qa import parse_settings
 
     check_model_args(args)
     check_model_args(argparse.Namespace(model=args.draft_model), "--draft-model")
+    _check_code_args(args)
     jsonl_file(args.data, "--data")
     if args.category and args.suite == "decode":
         have = {str(rec.get("category")) for _, rec in jsonl_objects(args.data)}
@@ -235,9 +306,10 @@ def check_bench_args(args: argparse.Namespace) -> None:
                           ("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k), ("--turns", args.turns)):
         at_least(value, option, 1)
     at_least(args.temperature, "--temperature", 0)
-    unknown = [m for m in (x.strip() for x in args.methods.split(",")) if m and m not in ALL_METHODS]
+    known = (*ALL_METHODS, *CORPUS_METHODS) if args.suite == "code" else ALL_METHODS
+    unknown = [m for m in (x.strip() for x in args.methods.split(",")) if m and m not in known]
     if unknown:
-        raise InvalidInputError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(ALL_METHODS)})")
+        raise InvalidInputError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(known)})")
     number_list(args.contexts, "--contexts", int, 1)
     number_list(args.expand, "--expand", float, 0, 1)
     for option, value, known in (("--policy", args.policy, POLICIES), ("--peers", args.peers, PEERS)):
@@ -269,8 +341,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     check_bench_args(args)
     exclude = set() if args.include_train else training_question_ids()
-    if args.suite in ("prefill", "rag", "qa", "chat", "structured"):
-        if args.suite == "prefill":
+    if args.suite in ("prefill", "rag", "qa", "chat", "structured", "code"):
+        if args.suite == "code":
+            res = _bench_code(args)
+        elif args.suite == "prefill":
             questions = load_questions(args.data, args.category or "rag", args.limit or 2, exclude_ids=exclude)
             res = _bench_prefill(args, questions, exclude)
         elif args.suite == "qa":
@@ -310,9 +384,10 @@ def _write(args: argparse.Namespace, res: dict) -> None:
     ``--out auto`` (variant: ``--variant``, else the decode categories or the data file's name)."""
     from .bench.results import resolve_out, write_results
 
-    res["settings"].update(data=str(args.data), held_out_only=not args.include_train, weights=args.weights)
+    res["settings"].update(data=args.data and str(args.data), held_out_only=not args.include_train,
+                           weights=args.weights)
     variant = args.variant or ("-".join(res["settings"]["categories"]) if args.suite == "decode"
-                               else Path(args.data).stem.removesuffix("_dev").replace("_open", ""))
+                               else Path(args.data or args.source).stem.removesuffix("_dev").replace("_open", ""))
     path = resolve_out(args.out, args.suite, variant, res["machine"])
     if path is not None:
         print(f"results: {write_results(res, path)}", file=sys.stderr)

@@ -185,6 +185,8 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--collection", default=None, help="Chroma collection every request retrieves from "
                    "(a request may name another, or send k=0)")
     p.add_argument("-k", "--top-k-passages", dest="k", type=int, default=4, help="passages per question")
+    p.add_argument("--datastore", action="store_true", help="rasd / rest also read the collection's corpus "
+                   "datastore (`refrag-rasd index --datastore` keeps it; every replica maps the same files)")
     p.add_argument("--chroma-url", default=None,
                    help="the `chroma run` server every replica reads (default: $REFRAG_RASD_CHROMA_URL; unset: "
                         "the embedded database, one machine)")
@@ -260,7 +262,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     refrag = None if str(args.refrag).strip().lower() in ("", "none", "null") else args.refrag
     cfg = ServeConfig(model=args.model, device=args.device, dtype=args.dtype, refrag=refrag,
                       method=args.method, context=args.context, max_tokens=args.max_tokens,
-                      collection=args.collection, k=args.k, chroma_url=args.chroma_url, chroma_dir=args.chroma_dir,
+                      collection=args.collection, k=args.k, datastore=args.datastore,
+                      chroma_url=args.chroma_url, chroma_dir=args.chroma_dir,
                       chroma_headers=_chroma_headers(args.chroma_header),
                       calibrate=not args.no_calibrate, replicas=args.replicas, max_ongoing_requests=args.max_ongoing,
                       max_queued_requests=args.max_queued, host=args.host, port=args.port,

@@ -6,6 +6,7 @@ Example:
     $ refrag-rasd index docs/ --collection mydocs                  # changed files replaced (incremental)
     $ refrag-rasd index docs/ --collection mydocs --cleanup full   # also drops the files no longer in docs/
     $ refrag-rasd index docs/ --collection mydocs --passage-tokens 128 --rebuild
+    $ refrag-rasd index src/ --collection code --code --datastore  # code chunks + the corpus datastore
     $ refrag-rasd delete --collection mydocs --source docs/old.md
     $ refrag-rasd collections --show mydocs
 """
@@ -44,6 +45,12 @@ def _setup_index(p: argparse.ArgumentParser) -> None:
                    help="drop the collection and index into a new one (another passage size, model or "
                         "encoder)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--code", action="store_true",
+                   help="source code: folders walked for code files (.py .js .ts .go .rs .java .c .cpp ...), split "
+                        "at function and class boundaries, path and symbol in each passage's metadata")
+    p.add_argument("--datastore", action="store_true",
+                   help="also keep the collection's corpus datastore (RASD / REST suffix index over every passage, "
+                        "beside the collection) up to date, and print its size and build speed")
     model_args(p)
 
 
@@ -63,16 +70,25 @@ def cmd_index(args: argparse.Namespace) -> int:
         except InvalidInputError as exc:
             raise InvalidInputError(f"--{str(exc).replace('_', '-', 1)}") from exc
     skipped: list[tuple[str, str]] = []
-    docs = list(iter_file_documents(args.paths, on_skip=lambda f, why: skipped.append((f, why))))
-    for f, why in skipped:
-        print(f"refrag-rasd: skipped {f}: {why}", file=sys.stderr)
+    if args.code:  # the files are checked before the model loads; they are split in its tokens after
+        from ..store.code_documents import code_files, iter_code_documents
+
+        docs: list = code_files(args.paths)
+    else:
+        docs = list(iter_file_documents(args.paths, on_skip=lambda f, why: skipped.append((f, why))))
     if not docs:
-        raise InvalidInputError(f"nothing to index in {' '.join(args.paths)}: no text files (folders are "
-                                "walked for .txt .md .rst .jsonl)")
+        raise InvalidInputError(f"nothing to index in {' '.join(args.paths)}: " + (
+            "no code files" if args.code else "no text files (folders are walked for .txt .md .rst .jsonl)"))
     if not args.rebuild:  # a passage size the collection does not have: refused before the model loads
         check_passage_size(args.collection, open_store(args).recorded(), args.passage_tokens)
     engine = get_engine(args.model, device=args.device, dtype=args.dtype)
     store = open_store(args, engine)
+    if args.code:
+        count = lambda t: len(store.tokenizer(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+        docs = list(iter_code_documents(args.paths, count, store.passage_tokens,
+                                        on_skip=lambda f, why: skipped.append((f, why))))
+    for f, why in skipped:
+        print(f"refrag-rasd: skipped {f}: {why}", file=sys.stderr)
     if args.rebuild:
         store.delete_collection()
     report = store.add_documents(docs, batch_size=args.batch_size, progress=not args.no_progress,
@@ -81,6 +97,14 @@ def cmd_index(args: argparse.Namespace) -> int:
           f"there, {report.deleted} stale removed; {len(skipped)} binary files skipped) in "
           f"{report.seconds:.1f} s ({report.passages_per_s:.1f} passages/s); {store.count()} in the "
           "collection", file=sys.stderr)
+    if args.datastore:
+        d = store.datastore().describe()
+        build = d["last_build"]
+        speed = f", last build {build['n_tokens']:,} tokens at {build['tokens_per_s']:,} tokens/s" if build.get(
+            "tokens_per_s") else ""
+        print(f"{args.collection}: corpus datastore {d['n_tokens']:,} tokens, {d['passages']} passages, "
+              f"{d['segments']} segment(s), {d['bytes'] / 1e6:.1f} MB ({d['bytes_per_token']} bytes/token){speed}; "
+              f"{d['path']}", file=sys.stderr)
     return 0
 
 

@@ -154,6 +154,8 @@ class ChatService:
             passages = [p for p, _ in hits]
             sources = [{"id": p.id, "source": p.metadata.get("source"), "score": round(float(s), 4)}
                        for p, s in hits]
+        if cfg.datastore and collection:
+            settings["datastore"] = self.store(collection).datastore(sync=False)
         gen = GenerationRequest.build(self.settings, req.engine_messages(), passages=passages or None, **settings)
         return gen, sources
 

@@ -43,6 +43,9 @@ class ServeConfig:
     collection: str | None = None
     """Default collection to retrieve from (a request may name another, or send ``k=0``)."""
     k: int = 4
+    datastore: bool = False
+    """Let ``rasd`` / ``rest`` read the collection's corpus datastore (kept by ``refrag-rasd index --datastore``;
+    every replica maps the same files, read-only, and picks up a newer one when the index changes)."""
     chroma_url: str | None = None
     """The ``chroma run`` server every replica reads (default ``$REFRAG_RASD_CHROMA_URL``); unset: the
     embedded folder ``chroma_dir`` (one machine)."""

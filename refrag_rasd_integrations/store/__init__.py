@@ -48,6 +48,7 @@ from ..passages import (
 from .chroma_store import DEFAULT_COLLECTION, RefragChromaStore
 from .client import chroma_dir, make_client, parse_chroma_url
 from .configuration import check_collection, collection_metadata
+from .corpus_datastore import CorpusDatastore, default_datastore_dir
 from .documents import (
     TEXT_SUFFIXES,
     binary_reason,
@@ -79,6 +80,7 @@ from .splitting import (
 )
 
 __all__ = ["CHUNKS_KEY", "CLEANUP_MODES", "DEFAULT_COLLECTION", "DEFAULT_EMBEDDER", "DOC_KEY", "HANDLE_KEY",
+           "CorpusDatastore", "default_datastore_dir",
            "INDEX_KEY", "LAYOUT", "MAX_PASSAGE_TOKENS", "MIN_PASSAGE_TOKENS", "N_TOKENS_KEY", "SOURCE_KEY",
            "TEXT_SUFFIXES", "TOKENS_KEY", "ChromaServer", "IndexReport", "Passage", "PassageRecord",
            "PassageSplitter", "RefragChromaStore", "binary_reason", "check_collection",

@@ -36,7 +36,9 @@ from refrag_rasd_core.errors import InvalidInputError
 from ..errors import CollectionNotFoundError, StoreError
 from ..passages import HANDLE_KEY, PASSAGES, Passage, PassageRegistry, is_handle
 from .client import make_client
+from .code_documents import iter_code_documents
 from .configuration import check_collection, collection_metadata
+from .corpus_datastore import CorpusDatastore, store_datastore
 from .documents import document_source, iter_file_documents, passage_records
 from .embedder import DEFAULT_EMBEDDER, default_embedder
 from .errors import chroma_failure
@@ -63,6 +65,8 @@ class RefragChromaStore(FrameworkFaces):
     the chunk encoder (``engine.refrag_encoder()``) and the signature the collection must match; pass
     ``tokenizer`` + ``chunk_encoder`` (+ ``signature``) instead to index without loading a decoder.
     ``embedder`` is any object with sentence-transformers' ``encode(texts, normalize_embeddings=True)``.
+    ``datastore``: keep a corpus datastore (REST's suffix index over every passage's token ids) in step with the
+    collection, in the folder given or beside the collection with ``True`` (:meth:`datastore`).
 
     Example:
         >>> docs = RefragChromaStore("docs")             # under $REFRAG_RASD_CHROMA_DIR  # doctest: +REAL_MODEL
@@ -78,7 +82,7 @@ class RefragChromaStore(FrameworkFaces):
                  url: str | None = None, engine: Engine | None = None, model: str | None = None, device: str = "auto",
                  chunk_encoder: Any = None, tokenizer: Any = None, signature: dict[str, Any] | None = None,
                  embedder: Any = None, embedder_name: str | None = None, passage_tokens: int | None = None,
-                 registry: PassageRegistry | None = None) -> None:
+                 registry: PassageRegistry | None = None, datastore: bool | str | os.PathLike = False) -> None:
         if passage_tokens is not None:
             check_passage_tokens(passage_tokens)
         self.collection_name = collection_name
@@ -97,6 +101,7 @@ class RefragChromaStore(FrameworkFaces):
         self.registry = registry or PASSAGES
         self._collection: Any = None
         self._lock = threading.RLock()
+        self._datastore_opt, self._datastore = datastore, None
 
     # ---- lazy components ---------------------------------------------------------------------------------
     @property
@@ -236,15 +241,20 @@ class RefragChromaStore(FrameworkFaces):
         with self._lock:
             drop_collection(self.client, self._get_existing())
             self._collection = None
+            if self._datastore_opt:
+                self.datastore(sync=False).clear()
 
     def delete(self, ids: Sequence[str] | None = None, where: dict[str, Any] | None = None) -> None:
         """Delete passages by id or by a metadata filter (e.g. ``{"source": "a.txt"}``)."""
         delete_ids(self.collection(), ids or [], where=None if ids else where)
+        self._datastore_changed()
 
     def delete_source(self, source: str | os.PathLike) -> int:
         """Delete every passage of a source (a file's path, resolved as indexing records it, or an id);
         returns how many. Needs no model."""
-        return 0 if (col := self._get_existing()) is None else delete_source(col, source)
+        n = 0 if (col := self._get_existing()) is None else delete_source(col, source)
+        self._datastore_changed()
+        return n
 
     def sources(self) -> dict[str, int]:
         """``{source: number of passages}`` over the collection (``""``: passages without one); no model."""
@@ -300,6 +310,7 @@ class RefragChromaStore(FrameworkFaces):
                       on_batch=on_batch)
         report.deleted = delete_ids(col, stale_ids(col, cleanup, sorted(sources - {""}), report.ids))
         report.seconds = time.perf_counter() - t0
+        self._datastore_changed()
         return report
 
     def add_texts(self, texts: Iterable[str], metadatas: Sequence[dict[str, Any]] | None = None,
@@ -335,6 +346,7 @@ class RefragChromaStore(FrameworkFaces):
             records = [PassageRecord(id=i, text=t, metadata=flat_metadata(m))
                        for i, t, m in zip(ids[part], texts[part], metas[part], strict=True)]
             replace_rows(col, self.encode_records(records, None if vectors is None else vectors[part]))
+        self._datastore_changed()
         return ids
 
     def add_files(self, paths: Iterable[str | os.PathLike], *, encoding: str = "utf-8",
@@ -347,6 +359,23 @@ class RefragChromaStore(FrameworkFaces):
         report = self.add_documents(docs, cleanup=cleanup, **kwargs)
         report.skipped_files = skipped
         return report
+
+    def add_code(self, paths: Iterable[str | os.PathLike], **kwargs: Any) -> IndexReport:
+        """Index source files (folders walked for code suffixes) split at function and class boundaries, with
+        ``path``, ``symbol`` and lines in each passage's metadata (:mod:`.code_documents`); as :meth:`add_documents`."""
+        count = lambda t: len(self.tokenizer(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+        return self.add_documents(list(iter_code_documents(paths, count, self.passage_tokens)), **kwargs)
+
+    # ---- the corpus datastore (:mod:`.corpus_datastore`) ---------------------------------------------------
+    def datastore(self, sync: bool = True) -> CorpusDatastore:
+        """The collection's corpus datastore for RASD / REST (``ChatRefragRasd(datastore=...)``,
+        ``engine.generate(..., datastore=...)``), brought up to date first unless ``sync=False``; built on first
+        call when the store was not opened with ``datastore=``."""
+        return store_datastore(self, sync=sync)
+
+    def _datastore_changed(self) -> None:
+        if self._datastore_opt:
+            self.datastore()
 
     # ---- reading -----------------------------------------------------------------------------------------
     def _passage(self, pid: str, text: str, meta: dict[str, Any]) -> Passage:

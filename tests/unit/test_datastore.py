@@ -28,7 +28,7 @@ def _counted(conts):
     return sorted(Counter(tuple(c) for c in conts).items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def ref_rest(seqs, suffix, *, max_len, min_suffix, max_suffix, max_occ, depth):
+def ref_rest(seqs, suffix, *, max_len, min_suffix, max_suffix, max_occ, depth, cap=None):
     """Scan every position; order the occurrences as the suffix array does, sample the same slots."""
     t: list[int] = []
     for i, s in enumerate(seqs):
@@ -36,13 +36,16 @@ def ref_rest(seqs, suffix, *, max_len, min_suffix, max_suffix, max_occ, depth):
             t.append(SEPARATOR)
         t.extend(s)
     n = len(t)
-    s = list(suffix)[-min(max_suffix, depth) :] if suffix else []
+    s = list(suffix)[-min(max_suffix, cap or depth) :] if suffix else []
     for length in range(len(s), min_suffix - 1, -1):
         p = s[len(s) - length :]
         ends = [e for e in range(length, n) if t[e - length : e] == p and t[e] != SEPARATOR]
         if not ends:
             continue
-        ends.sort(key=lambda e: (tuple(t[e - 1 - i] if e - 1 - i >= 0 else -2 for i in range(depth)), n - e))
+        if depth is None:  # the full suffix order (libdivsufsort): a suffix that ends first sorts first
+            ends.sort(key=lambda e: tuple(t[e - 1 - i] for i in range(e)))
+        else:  # sorted to ``depth`` tokens (numpy prefix doubling), ties by position
+            ends.sort(key=lambda e: (tuple(t[e - 1 - i] if e - 1 - i >= 0 else -2 for i in range(depth)), n - e))
         v = len(ends)
         k = min(v, max_occ)
         conts = []
@@ -90,11 +93,12 @@ params_st = st.fixed_dictionaries(
 
 
 @settings(max_examples=600, deadline=None)
-@given(docs_st, query_st, params_st, st.sampled_from(OFFSETS), st.integers(1, 8))
-def test_rest_equals_brute_force(docs, query, prm, offset, depth):
+@given(docs_st, query_st, params_st, st.sampled_from(OFFSETS), st.integers(1, 8),
+       st.sampled_from(["divsufsort", "numpy"]))
+def test_rest_equals_brute_force(docs, query, prm, offset, depth, backend):
     docs = [[x + offset for x in d] for d in docs]
     query = [x + offset for x in query]
-    store = RestDatastore.build(docs, max_suffix=depth)
+    store = RestDatastore.build(docs, max_suffix=depth, backend=backend)
     assert store.sort_depth >= depth
     got = store.candidates(
         query,
@@ -110,7 +114,8 @@ def test_rest_equals_brute_force(docs, query, prm, offset, depth):
         min_suffix=prm["min_suffix"],
         max_suffix=prm["max_suffix"],
         max_occ=prm["max_occ"],
-        depth=store.sort_depth,
+        depth=None if backend == "divsufsort" else store.sort_depth,
+        cap=store.sort_depth,
     )
     assert as_tuple(got) == want
     assert store.n_tokens == sum(len(d) for d in docs) and store.n_sequences == len(docs)
@@ -228,9 +233,12 @@ def test_save_load_round_trip_and_corruption(tmp_path):
         store.n_sequences,
         store.sort_depth,
     )
+    mapped = RestDatastore.load(tmp_path / "ds", mmap=True)
+    assert isinstance(mapped._sa, np.memmap) and isinstance(mapped._r, np.memmap)
     for _ in range(50):
         q = rng.integers(0, 50, size=6).tolist()
-        assert as_tuple(loaded.candidates(q)) == as_tuple(store.candidates(q))
+        assert as_tuple(loaded.candidates(q)) == as_tuple(store.candidates(q)) == as_tuple(mapped.candidates(q))
+    del mapped
 
     with pytest.raises(CheckpointError):
         RestDatastore.load(tmp_path / "missing")
@@ -243,7 +251,7 @@ def test_save_load_round_trip_and_corruption(tmp_path):
         RestDatastore.load(tmp_path / "ds")
     # a truncated file
     store.save(tmp_path / "ds")
-    tok = tmp_path / "ds" / "tokens.npy"
+    tok = tmp_path / "ds" / "reversed_tokens.npy"
     tok.write_bytes(tok.read_bytes()[:100])
     with pytest.raises(CheckpointError):
         RestDatastore.load(tmp_path / "ds")
@@ -260,6 +268,37 @@ def test_save_load_round_trip_and_corruption(tmp_path):
     hdr.write_text("{not json")
     with pytest.raises(CheckpointError):
         RestDatastore.load(tmp_path / "ds")
+
+
+def test_load_reads_format_version_1(tmp_path):
+    """A datastore written by the first format (forward tokens + suffix array only) still loads."""
+    import zlib
+
+    store = RestDatastore.build([[1, 2, 3, 4], [9, 2, 3, 5]], max_suffix=4)
+    d = tmp_path / "v1"
+    d.mkdir()
+    tokens = np.ascontiguousarray(store._r[::-1])
+    np.save(d / "tokens.npy", tokens)
+    np.save(d / "suffix_array.npy", store._sa)
+    (d / "header.json").write_text(json.dumps({
+        "format": RestDatastore.FORMAT, "version": 1, "n_entries": len(tokens), "n_sequences": 2, "sort_depth": 4,
+        "tokens_dtype": str(tokens.dtype), "suffix_array_dtype": str(store._sa.dtype),
+        "tokens_crc32": zlib.crc32(tokens.tobytes()), "suffix_array_crc32": zlib.crc32(store._sa.tobytes())}))
+    assert as_tuple(RestDatastore.load(d).candidates([7, 2, 3], max_len=1)) == (2, 2, [((4,), 1), ((5,), 1)])
+
+
+def test_backends_agree_on_longest_match():
+    """libdivsufsort (full order) and numpy prefix doubling find the same match and occurrence count."""
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(0, 70_000, size=300) % 9 for _ in range(10)]
+    a = RestDatastore.build(docs, backend="divsufsort")
+    b = RestDatastore.build(docs, backend="numpy")
+    for _ in range(100):
+        q = rng.integers(0, 9, size=10).tolist()
+        ra, rb = a.candidates(q, max_occurrences=10_000), b.candidates(q, max_occurrences=10_000)
+        assert (ra.suffix_len, ra.occurrences, ra.continuations) == (rb.suffix_len, rb.occurrences, rb.continuations)
+    with pytest.raises(InvalidInputError, match="backend"):
+        RestDatastore.build(docs, backend="sais")
 
 
 def test_bad_input():

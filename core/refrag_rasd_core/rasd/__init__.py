@@ -1,7 +1,7 @@
 """RASD: retrieval-augmented speculative decoding (datastores, token trees, draft trees, verification)."""
 
 from .budget import TreeBudget, measure_verify_costs
-from .datastore import PromptLookup, RestDatastore, Retrieval, retrieval_tree
+from .datastore import DatastoreSet, PromptLookup, RestDatastore, Retrieval, retrieval_tree
 from .draft_tree import CausalLMDrafter, Drafter, build_draft_tree, draft_probe
 from .proposers import METHODS, PROPOSERS, ProposerEntry, make_proposer
 from .spec_options import SpecOptions
@@ -18,6 +18,7 @@ __all__ = [
     "SOURCE_PROMPT",
     "SOURCE_RETRIEVAL",
     "CausalLMDrafter",
+    "DatastoreSet",
     "Drafter",
     "PromptLookup",
     "RestDatastore",

@@ -23,7 +23,7 @@ Both return a :class:`Retrieval` (the matched suffix length and the ``(continuat
 ``lookup(...)``; :func:`retrieval_tree` merges several stores into one trie (RASD: prompt + passages).
 
 This module gathers them: the stores are :mod:`.rest_datastore` and :mod:`.prompt_lookup`, the result type and
-the merging :mod:`.retrieval`.
+the merging :mod:`.retrieval`; :class:`DatastoreSet` answers several REST datastores (a corpus in segments) as one.
 
 Example:
     >>> store = RestDatastore.build([[1, 2, 3, 4], [9, 2, 3, 5], [2, 3]])
@@ -39,12 +39,14 @@ Example:
 
 from __future__ import annotations
 
+from .datastore_set import DatastoreSet
 from .prompt_lookup import PromptLookup
 from .rest_datastore import SEPARATOR, RestDatastore
 from .retrieval import Retrieval, TokenStore, merge_retrievals, retrieval_tree
 
 __all__ = [
     "SEPARATOR",
+    "DatastoreSet",
     "PromptLookup",
     "RestDatastore",
     "Retrieval",

@@ -11,9 +11,12 @@ continuations) and ``lookup`` (the same as a 32-node TokenTree), max_len 8, 64 o
 
 PLD: a 2,000-token context that grows by 3 tokens a step: ``extend`` + ``lookup`` per step.
 
-Usage (from the repository root, ~1-2 minutes on a 2-core CPU):
+Build: every ``--backends`` suffix-array builder is timed (tokens/s); the first one's store is saved (bytes per
+token on disk), loaded, memory-mapped and queried.
+
+Usage (from the repository root, ~2-3 minutes on a 2-core CPU):
     PYTHONPATH=core:. python -m refrag_rasd_integrations.cli.bench.datastore_lookup [--sizes 1e4,1e6,1e7]
-        [--machine NAME]
+        [--backends divsufsort,numpy] [--machine NAME]
 Writes benchmarks/results/datastore/<date>-<machine>-lookup.json and prints a summary.
 """
 
@@ -96,33 +99,52 @@ def time_calls(fn, items) -> tuple[float, float, float]:
     return len(lat) / sum(lat), lat[len(lat) // 2] * 1e6, lat[int(len(lat) * 0.99)] * 1e6
 
 
-def bench_rest(n: int, rng, phrases, n_queries: int) -> dict:
+def bench_rest(n: int, rng, phrases, n_queries: int, backends: tuple[str, ...] = ("divsufsort", "numpy")) -> dict:
     toks = corpus(rng, n, phrases)
     docs = [toks[i : i + DOC_LEN] for i in range(0, n, DOC_LEN)]
+    builds = {}
+    for b in backends[1:]:  # the others first: only the first backend's store is kept and queried
+        t0 = time.perf_counter()
+        RestDatastore.build(docs, max_suffix=16, backend=b)
+        builds[b] = time.perf_counter() - t0
     tracemalloc.start()
     t0 = time.perf_counter()
-    store = RestDatastore.build(docs, max_suffix=16)
+    store = RestDatastore.build(docs, max_suffix=16, backend=backends[0])
     build_s = time.perf_counter() - t0
+    builds[backends[0]] = build_s
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        store.save(d)
-        save_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        RestDatastore.load(d)
-        load_s = time.perf_counter() - t0
+    tmp = tempfile.TemporaryDirectory()
+    d = tmp.name
+    t0 = time.perf_counter()
+    store.save(d)
+    save_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    RestDatastore.load(d)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mapped = RestDatastore.load(d, mmap=True)
+    mmap_s = time.perf_counter() - t0
+    disk = sum(f.stat().st_size for f in Path(d).iterdir())
     qs = queries(rng, toks, phrases, n_queries)
     res: dict = {
         "n_tokens": store.n_tokens,
         "n_sequences": store.n_sequences,
+        "backend": backends[0],
         "build_s": round(build_s, 3),
+        "build_tokens_per_s": {b: round(store.n_tokens / s) for b, s in builds.items()},
         "build_peak_mb": round(peak / 2**20, 1),
         "index_mb": round(store.nbytes / 2**20, 1),
+        "disk_bytes_per_token": round(disk / max(1, store.n_tokens), 2),
         "save_s": round(save_s, 3),
         "load_s": round(load_s, 3),
+        "load_mmap_s": round(mmap_s, 4),
         "queries": {},
     }
+    cps, c50, c99 = time_calls(mapped.candidates, qs["corpus"])
+    res["mapped_corpus_candidates_p50_us"] = round(c50, 1)
+    del mapped
+    tmp.cleanup()
     for name, qq in qs.items():
         rs = [store.candidates(q) for q in qq]
         cps, c50, c99 = time_calls(store.candidates, qq)
@@ -183,6 +205,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1e4,1e6,1e7", help="corpus sizes in tokens, comma-separated")
     ap.add_argument("--queries", type=int, default=1000, help="queries per kind and size")
+    ap.add_argument("--backends", default="divsufsort,numpy",
+                    help="suffix-array builders timed (the first one's store is queried)")
     ap.add_argument("--machine", default=local_slug(), help="machine slug for the file name (default: this one's)")
     ap.add_argument("--variant", default="lookup", help="the default --out's last part")
     ap.add_argument("--out", default=None, help="results file (default: benchmarks/results/datastore/...)")
@@ -211,11 +235,12 @@ def main() -> None:
     t_all = time.perf_counter()
     for size in args.sizes.split(","):
         n = int(float(size))
-        r = bench_rest(n, rng, phrases, args.queries)
+        r = bench_rest(n, rng, phrases, args.queries, tuple(b.strip() for b in args.backends.split(",") if b.strip()))
         results["rest"][str(n)] = r
         q = r["queries"]
         print(
-            f"REST n={n:>10,}: build {r['build_s']:.2f}s (peak {r['build_peak_mb']} MB, index {r['index_mb']} MB), "
+            f"REST n={n:>10,}: build {r['build_s']:.2f}s, tokens/s {r['build_tokens_per_s']} (peak "
+            f"{r['build_peak_mb']} MB, index {r['index_mb']} MB, {r['disk_bytes_per_token']} B/token on disk), "
             f"load {r['load_s']:.2f}s | lookups/s corpus {q['corpus']['candidates_per_s']}, "
             f"phrase {q['phrase']['candidates_per_s']}, random {q['random']['candidates_per_s']} "
             f"(tree: {q['corpus']['tree_lookups_per_s']}/{q['phrase']['tree_lookups_per_s']}/"

@@ -46,8 +46,10 @@ class MethodRun:
 
 
 def make_method(name: str, engine: Engine, max_new_tokens: int, temperature: float = 0.0,
-                spec: dict[str, Any] | None = None, assistant: Any = None) -> Callable[[BenchQuestion], MethodRun]:
-    """The function that runs method ``name`` on one question (``hf-assisted`` needs ``assistant``, a
+                spec: dict[str, Any] | None = None, assistant: Any = None, datastore: Any = None
+                ) -> Callable[[BenchQuestion], MethodRun]:
+    """The function that runs method ``name`` on one question (an engine method reads ``datastore``, a corpus
+    datastore, besides the question's passages; ``hf-assisted`` needs ``assistant``, a
     :class:`~refrag_rasd_core.models.LoadedModel` sharing the target's tokenizer; ``llamacpp`` /
     ``llamacpp-pld`` need llama-cpp-python, see :mod:`~refrag_rasd_integrations.cli.bench.llamacpp`)."""
     if name in ENGINE_METHODS:
@@ -57,11 +59,12 @@ def make_method(name: str, engine: Engine, max_new_tokens: int, temperature: flo
 
         def run_engine(q: BenchQuestion) -> MethodRun:
             t = time.perf_counter()
-            res = engine.generate(q.messages, passages=q.passages or None, config=cfg)
+            res = engine.generate(q.messages, passages=q.passages or None, config=cfg, datastore=datastore)
             dt = time.perf_counter() - t
             s = res.stats
             return MethodRun(res.token_ids, dt, s.ttft_s, s.accepted_per_forward,
                              {"forwards": s.target_forwards, "draft_s": s.draft_s, "verify_s": s.verify_s,
+                              "retrieval_s": round(s.retrieval_s, 4),
                               "tree_nodes": s.tree_nodes,
                               "accepted_hist": {str(k): v for k, v in sorted(s.accepted_hist.items())}})
 
@@ -113,9 +116,10 @@ def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods
                      max_new_tokens: int = 128, temperature: float = 0.0, repeats: int = 1,
                      spec: dict[str, Any] | None = None, progress: bool = True,
                      extra_methods: dict[str, Callable[[BenchQuestion], MethodRun]] | None = None,
-                     calibrate: bool = False, assistant: Any = None) -> dict[str, Any]:
+                     calibrate: bool = False, assistant: Any = None, keep_ids: bool = False) -> dict[str, Any]:
     """Run the suite and return the results dict (the contract's JSON shape). ``calibrate`` measures the
-    verify-cost curve on this machine first (:meth:`Engine.calibrate_verify_costs`)."""
+    verify-cost curve on this machine first (:meth:`Engine.calibrate_verify_costs`); ``keep_ids``: each
+    method's output token ids stay in the per-question rows (``token_ids``)."""
     costs = engine.calibrate_verify_costs() if calibrate else engine.verify_costs
     methods = list(dict.fromkeys(["vanilla", *methods]))  # vanilla is always the baseline
     runners = {m: make_method(m, engine, max_new_tokens, temperature, spec, assistant) for m in methods
@@ -154,6 +158,8 @@ def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods
             }
             if first.token_ids != base:
                 row["methods"][m]["first_difference"] = _first_difference(first.token_ids, base)
+            if keep_ids:
+                row["methods"][m]["token_ids"] = first.token_ids
         rows.append(row)
     return {
         **results_header(engine, "decode", max_new_tokens=max_new_tokens, temperature=temperature, repeats=repeats,
