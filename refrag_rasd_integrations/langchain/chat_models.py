@@ -126,9 +126,10 @@ class ChatRefragRasd(LangChainFace, ModelSettings, BaseChatModel):
             >>> class Capital(BaseModel):
             ...     country: str
             ...     city: str
-            >>> ChatRefragRasd(max_tokens=48).with_structured_output(Capital).invoke(
-            ...     "The capital of France is Paris.").city                          # doctest: +REAL_MODEL
-            'Paris'
+            >>> answer = ChatRefragRasd(max_tokens=48).with_structured_output(Capital).invoke(
+            ...     "The capital of France is Paris.")                                # doctest: +REAL_MODEL
+            >>> type(answer).__name__, sorted(answer.model_dump())                   # doctest: +REAL_MODEL
+            ('Capital', ['city', 'country'])
         """
         return structured_output(self, schema, method=method, include_raw=include_raw, **kwargs)
 

@@ -184,10 +184,12 @@ def test_a_pickled_eagle_checkpoint_is_refused(tmp_path, no_unpickling):
 def test_an_object_array_datastore_is_refused(tmp_path, no_unpickling):
     from refrag_rasd_core.rasd import RestDatastore
 
-    RestDatastore.build([[1, 2, 3]]).save(tmp_path / "ds")
-    np.save(tmp_path / "ds" / "tokens.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(CheckpointError):
-        RestDatastore.load(tmp_path / "ds")
+    for name in ("suffix_array.npy", "reversed_tokens.npy"):  # format 2's arrays, read whole or memory-mapped
+        RestDatastore.build([[1, 2, 3]]).save(tmp_path / "ds")
+        np.save(tmp_path / "ds" / name, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+        for mmap in (False, True):
+            with pytest.raises(CheckpointError):
+                RestDatastore.load(tmp_path / "ds", mmap=mmap)
 
 
 # ---- static checks over the packages' source -----------------------------------------------------------------
@@ -216,6 +218,10 @@ REVIEWED_SUBPROCESS = {
     # ChromaServer.start: Chroma's own `chroma` binary with an argument list (no shell); the arguments are a
     # folder path, a host name and an int port, each its own argv entry.
     "refrag_rasd_integrations/store/server.py",
+    # The code suite's --execute (pass@1): the benchmark's own task file (prompt + the model's completion + its
+    # tests) written to a temporary file and run as `python -I FILE` (argument list, no shell, sockets disabled,
+    # a bare environment, a time limit): running that code is what the option is for.
+    "refrag_rasd_integrations/cli/bench/code.py",
 }
 
 
