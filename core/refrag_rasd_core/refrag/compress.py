@@ -52,7 +52,7 @@ def chunk_vectors(refrag: Any, passages: Sequence[Any], ids: Sequence[Sequence[i
     return out
 
 
-def mixed_input(refrag: Any, decoder: Any, layout: Any, passages: Sequence[Any], *, expand: float = 0.0,
+def mixed_input(refrag: Any, decoder: Any, layout: Any, passages: Sequence[Any], *, expand: float | None = None,
                 expand_tokens: int | None = None, policy: str = "auto", seed: int | None = None,
                 encoder: Callable[[], Any], question: str = "", raw_passages: Sequence[int] = ()) -> Any:
     """The decoder input of a compressed request (:func:`~refrag_rasd_core.refrag.context.build_compressed_input`):

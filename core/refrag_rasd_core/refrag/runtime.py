@@ -107,6 +107,6 @@ class RefragRuntime:
         their chunks as raw tokens (a conversation's passages read as text)."""
         from .compress import mixed_input
 
-        return mixed_input(self.require(), self.model, layout, passages, expand=expand or 0.0,
+        return mixed_input(self.require(), self.model, layout, passages, expand=expand,
                            expand_tokens=expand_tokens, policy=policy, seed=seed, encoder=self.encoder,
                            question=question, raw_passages=raw_passages)
