@@ -75,7 +75,9 @@ class GenerationConfig:
     * ``context``: how passages enter the decoder, one of :data:`CONTEXTS`; ``auto`` (default) is ``none``
       without passages and the engine's measured operating point with them
       (:meth:`~refrag_rasd_core.engine.Engine.auto_context`: plain RAG unless the REFRAG checkpoint records
-      a compressed setting that keeps plain RAG's answers);
+      a compressed setting that keeps plain RAG's answers); passages that do not fit the model's window as
+      text are compressed instead of refused (a budget of raw tokens capped to what the window leaves; the
+      stats' ``context_reason`` says so);
     * ``history``: how a conversation's earlier turns' passages (a user message's ``passages``) enter the
       decoder, one of :data:`HISTORIES`: ``auto`` (default: as the question's, unless the checkpoint records
       a measured history point), ``text`` or ``compressed`` (REFRAG; the question's passages as ``context``

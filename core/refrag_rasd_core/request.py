@@ -217,6 +217,11 @@ def _past_window(cfg: GenerationConfig, layout: Any, text_tokens: int, limit: in
     from .refrag.chunking import num_chunks
 
     base = text_tokens - layout.context_tokens + sum(num_chunks(len(p), k) for p in layout.passages)
+    if base >= limit:  # refused before any chunk is encoded
+        raise ContextTooLongError(
+            f"the passages hold {layout.context_tokens:,} tokens: even compressed ({k} tokens per position) the "
+            f"prompt takes {base:,} positions but the model reads at most {limit:,}; pass fewer passages (about "
+            f"{(limit - (base - layout.context_tokens // k)) * k:,} tokens of passages fit)")
     room = max(limit - cfg.max_tokens - base, 0) * k // max(k - 1, 1)  # an expanded chunk adds k - 1 positions
     budget = cfg.expand_tokens
     if cfg.expand is None:

@@ -256,6 +256,8 @@ def test_auto_compresses_what_does_not_fit_and_says_so():
     assert same.token_ids == out.token_ids and same.stats.expanded == out.stats.expanded
     with pytest.raises(ContextTooLongError):  # an explicit context is never changed
         engine.generate("Q?", passages=long, context="text", max_new_tokens=2)
+    with pytest.raises(ContextTooLongError, match="even compressed"):  # past what compression can take
+        engine.generate("Q?", passages=long * 4, max_new_tokens=2)
     plain = Engine(loaded, drafter=None)  # no REFRAG checkpoint: refused as before
     with pytest.raises(ContextTooLongError, match="compressed"):
         plain.generate("Q?", passages=long, max_new_tokens=2)
