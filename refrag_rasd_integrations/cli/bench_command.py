@@ -42,7 +42,8 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 (qa suite: 32)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--include-train", action="store_true",
-                   help="also run the questions the shipped checkpoints were trained on (skipped by default)")
+                   help="also run the questions (long suite: the documents) the shipped checkpoints were trained on "
+                        "(skipped by default)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per question and method (median)")
     p.add_argument("--no-calibrate", action="store_true", help="use the default verify-cost table")
     p.add_argument("--spec", default=None, help="JSON object of speculation options for the engine methods")
@@ -111,8 +112,11 @@ def _bench_long(args: argparse.Namespace) -> dict:
         res["settings"]["data"] = Path(args.data).name
         print(format_scaling_table(res))
         return res
+    from .bench.data import trained_ids
+
+    exclude = set() if args.include_train else trained_ids()
     tasks, index_s = load_long_tasks(args.data, engine, limit=args.limit, min_tokens=args.min_tokens,
-                                     questions_per_document=args.questions_per_document)
+                                     questions_per_document=args.questions_per_document, exclude_ids=exclude)
     res = run_long_suite(engine, tasks, settings, max_tokens=args.max_new_tokens or 128, method=args.method,
                          index_s=index_s)
     res["settings"]["data"] = Path(args.data).name

@@ -84,6 +84,11 @@ def test_tasks_from_both_kinds_of_file(engine, summaries, squad):
     docs = {t.document_id for t in qa}
     assert docs == {"Alpha+Beta", "Gamma"} and all(t.kind == "qa" for t in qa)
     assert sum(t.document_id == "Alpha+Beta" for t in qa) == 2
+    left = load_long_tasks(squad, engine, min_words=150, passage_tokens=64, exclude_ids={"Gamma-0", "Gamma-1",
+                                                                                        "Gamma-2", "Alpha-0"})[0]
+    assert {t.document_id for t in left} == {"Alpha+Beta"} and "Alpha-0" not in {t.id for t in left}
+    assert left[0].tokens == next(t for t in qa if t.document_id == "Alpha+Beta").tokens  # its text is whole
+    assert [t.id for t in load_long_tasks(summaries, engine, exclude_ids={"long"})[0]] == ["short"]
     with pytest.raises(InvalidInputError, match="summarization"):
         (summaries.parent / "bad.jsonl").write_text('{"x": 1}\n')
         load_long_tasks(summaries.parent / "bad.jsonl", engine)

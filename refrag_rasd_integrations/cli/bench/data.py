@@ -55,6 +55,26 @@ def training_question_ids() -> set:
     return ids
 
 
+def trained_ids() -> set[str]:
+    """Ids of the QA questions and long documents the shipped REFRAG checkpoints were trained on (their json
+    sidecars' ``recipe.qa_trained_on`` / ``recipe.long_trained_on`` entries: ``trained_ids`` per source file)."""
+    from importlib import resources
+
+    ids: set[str] = set()
+    folder = resources.files("refrag_rasd_core") / "checkpoints"
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        if not entry.name.endswith(".json"):
+            continue
+        try:
+            recipe = json.loads(entry.read_text()).get("recipe") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for key in ("qa_trained_on", "long_trained_on"):
+            for source in recipe.get(key) or []:
+                ids.update(str(i) for i in (source.get("trained_ids") or []) if isinstance(source, dict))
+    return ids
+
+
 def load_questions(path: str | Path, category: str | None = None, limit: int | None = None,
                    exclude_ids: set | None = None) -> list[BenchQuestion]:
     """Read a Spec-Bench jsonl file, keeping ``category`` (comma-separated allowed) and the first ``limit``

@@ -96,17 +96,20 @@ def split_document(engine: Engine, text: str, passage_tokens: int = 256) -> tupl
 
 
 def load_long_tasks(path: str | Path, engine: Engine, *, limit: int | None = None, min_tokens: int = 0,
-                    questions_per_document: int = 4, min_words: int = 7000, passage_tokens: int = 256
-                    ) -> tuple[list[LongTask], dict[str, float]]:
+                    questions_per_document: int = 4, min_words: int = 7000, passage_tokens: int = 256,
+                    exclude_ids: set[str] | None = None) -> tuple[list[LongTask], dict[str, float]]:
     """The tasks of a data file (see the module docstring) whose documents hold at least ``min_tokens`` tokens,
-    at most ``limit`` documents (the longest first), and the indexing seconds per document."""
+    at most ``limit`` documents (the longest first), and the indexing seconds per document. ``exclude_ids``:
+    documents (summaries) or questions (QA) left out, e.g. what a shipped checkpoint was trained on."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     if not rows:
         raise InvalidInputError(f"{path}: no lines")
     kind = kind_of(rows[0])
+    def kept(r: Mapping[str, Any]) -> bool:
+        return not exclude_ids or str(r.get("id")) not in exclude_ids
     docs: list[tuple[str, str, list[dict[str, Any]]]] = []  # (document id, text, its question rows)
     if kind == "summary":
-        docs = [(str(r["id"]), str(r["document"]), [r]) for r in rows]
+        docs = [(str(r["id"]), str(r["document"]), [r]) for r in rows if kept(r)]
     else:
         articles: dict[str, dict[int, str]] = {}
         for r in rows:
@@ -114,7 +117,9 @@ def load_long_tasks(path: str | Path, engine: Engine, *, limit: int | None = Non
         texts = {t: [ps[i] for i in sorted(ps)] for t, ps in articles.items()}
         for group in join_articles(texts, min_words):
             text = "\n\n".join(f"# {t.replace('_', ' ')}\n\n" + "\n\n".join(texts[t]) for t in group)
-            qs = [r for r in rows if str(r["title"]) in group]
+            qs = [r for r in rows if str(r["title"]) in group and kept(r)]  # every paragraph stays in the text
+            if not qs:
+                continue
             step = max(len(qs) // max(questions_per_document, 1), 1)
             docs.append(("+".join(group), text, qs[::step][:questions_per_document]))
     lengths = {d[0]: len(engine.tokenizer(d[1], add_special_tokens=False)["input_ids"]) for d in docs}
