@@ -44,7 +44,8 @@ from .store.splitting import DEFAULT_PASSAGE_TOKENS, PassageSplitter
 
 __all__ = ["COMBINE_INSTRUCTION", "DEFAULT_PIECE_TOKENS", "LONG_DOCUMENT_COLLECTION", "PIECE_INSTRUCTION",
            "STRATEGIES", "SUMMARIZE_INSTRUCTION", "LongDocumentResult", "ask_whole_document", "document_passages",
-           "document_text", "map_reduce", "pack", "passage_handles", "read_document", "summarize", "tree_summarize"]
+           "document_text", "instructions", "map_reduce", "pack", "passage_handles", "read_document", "summarize",
+           "tree_summarize"]
 
 SUMMARIZE_INSTRUCTION = "Summarize the document in a few sentences."
 """What the model is asked when it reads the whole document to summarize it."""
@@ -282,7 +283,14 @@ def ask_whole_document(engine: Engine, question: str, documents: Sequence[Any], 
 
 
 # ---- the baselines --------------------------------------------------------------------------------------------
-def _instructions(question: str | None) -> tuple[str, str]:
+def instructions(question: str | None) -> tuple[str, str]:
+    """What a baseline asks of each piece and of the combining call: to summarize, or, with ``question``, to
+    note what a piece says about it and then answer it.
+
+    Example:
+        >>> instructions(None)[0]
+        'Summarize this part of the document in a few sentences.'
+    """
     if question is None:
         return PIECE_INSTRUCTION, COMBINE_INSTRUCTION
     if not isinstance(question, str) or not question.strip():
@@ -304,7 +312,7 @@ def map_reduce(engine: Engine, documents: Sequence[Any], *, question: str | None
         >>> r.model_calls == r.pieces + 1                               # doctest: +SKIP
         True
     """
-    piece_prompt, combine_prompt = _instructions(question)
+    piece_prompt, combine_prompt = instructions(question)
     cfg = _config(config, settings).merge(context="text")
     calls = _Calls(engine, cfg)
     pieces, _ = _pieces(engine, documents, piece_tokens, store)
@@ -328,7 +336,7 @@ def tree_summarize(engine: Engine, documents: Sequence[Any], *, question: str | 
         >>> r.model_calls >= r.pieces                                   # doctest: +SKIP
         True
     """
-    piece_prompt, combine_prompt = _instructions(question)
+    piece_prompt, combine_prompt = instructions(question)
     cfg = _config(config, settings).merge(context="text")
     calls = _Calls(engine, cfg)
     pieces, splitter = _pieces(engine, documents, piece_tokens, store)
