@@ -28,6 +28,9 @@ from typing import Any
 
 from llama_index.core import SummaryIndex
 from llama_index.core.base.base_query_engine import BaseQueryEngine
+from llama_index.core.indices.prompt_helper import PromptHelper
+from llama_index.core.prompts.chat_prompts import TEXT_QA_SYSTEM_PROMPT
+from llama_index.core.response_synthesizers import ResponseMode, get_response_synthesizer
 from llama_index.core.schema import TextNode
 
 from refrag_rasd_core.errors import InvalidInputError
@@ -85,7 +88,8 @@ def summary_query_engine(index: SummaryIndex, llm: RefragRasdLLM, *, response_mo
                          streaming: bool = False, **kwargs: Any) -> BaseQueryEngine:
     """``index.as_query_engine`` on ``llm``: ``response_mode="whole"`` hands every node (with its chunk
     embeddings) to one call of the engine (:class:`RefragSynthesizer`); another mode is LlamaIndex's own
-    synthesizer (``"tree_summarize"``: the baseline) on a copy of ``llm`` with passage recognition off.
+    synthesizer (``"tree_summarize"``: the baseline) on a copy of ``llm`` with passage recognition off, packing
+    the nodes by the target's own tokenizer within the LLM's ``context_window``.
     ``kwargs`` go to ``as_query_engine`` (``system_prompt`` to the synthesizer for ``"whole"``).
 
     Example:
@@ -99,5 +103,23 @@ def summary_query_engine(index: SummaryIndex, llm: RefragRasdLLM, *, response_mo
     if response_mode == WHOLE:
         synth = RefragSynthesizer(llm=llm, streaming=streaming, system_prompt=kwargs.pop("system_prompt", None))
         return index.as_query_engine(llm=llm, response_synthesizer=synth, **kwargs)
+    try:
+        mode = ResponseMode(response_mode)
+    except ValueError as exc:
+        raise InvalidInputError(f"unknown response_mode {response_mode!r}; choose {WHOLE} or one of LlamaIndex's: "
+                                f"{', '.join(m.value for m in ResponseMode)}") from exc
     plain = llm.model_copy(update={"recognize_passages": False})
-    return index.as_query_engine(llm=plain, response_mode=response_mode, streaming=streaming, **kwargs)
+    tok = plain.target_tokenizer()
+
+    def count(text: str) -> list[int]:
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+
+    # LlamaIndex packs by the target's own tokens (not tiktoken's), and measures the text template while a chat
+    # model reads the chat template's system message too: its room is kept free
+    meta = plain.metadata
+    reserve = len(count(TEXT_QA_SYSTEM_PROMPT.content or "")) + 64  # + the role tags and the query
+    helper = PromptHelper(context_window=max(meta.context_window - reserve, 256), num_output=meta.num_output,
+                          tokenizer=count)
+    synth = get_response_synthesizer(llm=plain, response_mode=mode, streaming=streaming,
+                                     prompt_helper=helper)
+    return index.as_query_engine(llm=plain, response_synthesizer=synth, **kwargs)
