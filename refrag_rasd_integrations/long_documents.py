@@ -44,8 +44,8 @@ from .store.splitting import DEFAULT_PASSAGE_TOKENS, PassageSplitter
 
 __all__ = ["COMBINE_INSTRUCTION", "DEFAULT_PIECE_TOKENS", "LONG_DOCUMENT_COLLECTION", "PIECE_INSTRUCTION",
            "STRATEGIES", "SUMMARIZE_INSTRUCTION", "LongDocumentResult", "ask_whole_document", "document_passages",
-           "document_text", "instructions", "map_reduce", "pack", "passage_handles", "read_document", "summarize",
-           "tree_summarize"]
+           "document_text", "instructions", "map_reduce", "pack", "passage_handles", "read_document", "read_with",
+           "summarize", "tree_summarize"]
 
 SUMMARIZE_INSTRUCTION = "Summarize the document in a few sentences."
 """What the model is asked when it reads the whole document to summarize it."""
@@ -142,7 +142,8 @@ class _Calls:
 # ---- documents into passages --------------------------------------------------------------------------------
 def document_passages(documents: Sequence[Any], tokenizer: Any, *, passage_tokens: int = DEFAULT_PASSAGE_TOKENS,
                       store: Any = None, registry: PassageRegistry | None = None) -> list[Passage]:
-    """The passages of ``documents`` in order: stored passages (:class:`Passage` s with arrays, passage
+    """The passages of ``documents`` (strings, ``(text, metadata)`` pairs, framework documents and nodes,
+    passages or handles) in order: stored passages (:class:`Passage` s with arrays, passage
     handles, documents and nodes a store's retriever or :meth:`RefragChromaStore.document_passages
     <refrag_rasd_integrations.store.RefragChromaStore.document_passages>` handed out) as they are, with their
     token ids and chunk embeddings; any other text split into passages of at most ``passage_tokens`` tokens of
@@ -159,7 +160,7 @@ def document_passages(documents: Sequence[Any], tokenizer: Any, *, passage_token
                                 f"got {type(documents).__name__}")
     splitter = PassageSplitter(tokenizer, passage_tokens)
     out: list[Passage] = []
-    for item in resolve(list(documents), store=store, registry=registry):
+    for item in resolve(_items(documents), store=store, registry=registry):
         if item.token_ids is not None or item.chunk_embeddings is not None:
             out.append(item)  # stored: its arrays are kept
             continue
@@ -170,6 +171,13 @@ def document_passages(documents: Sequence[Any], tokenizer: Any, *, passage_token
     if not out:
         raise InvalidInputError("the documents have no text")
     return out
+
+
+def _items(documents: Sequence[Any]) -> list[Any]:
+    """The documents, a ``(text, metadata)`` pair (what :func:`~.store.iter_file_documents` yields) as a
+    text-only passage."""
+    return [Passage(text=str(d[0]), metadata=dict(d[1] or {})) if isinstance(d, tuple) and len(d) == 2 else d
+            for d in documents]
 
 
 def passage_handles(passages: Sequence[Passage], registry: PassageRegistry | None = None,
@@ -200,7 +208,7 @@ def document_text(documents: Sequence[Any], store: Any = None, registry: Passage
         >>> document_text(["First part.", "Second part."])
         'First part.\\n\\nSecond part.'
     """
-    texts = [p.text.strip() for p in resolve(list(documents), store=store, registry=registry)]
+    texts = [p.text.strip() for p in resolve(_items(documents), store=store, registry=registry)]
     return "\n\n".join(t for t in texts if t)
 
 
@@ -347,3 +355,27 @@ def tree_summarize(engine: Engine, documents: Sequence[Any], *, question: str | 
         level = [calls.generate(combine_prompt, [g]).text.strip() for g in groups]
         partials.extend(level)
     return calls.result(calls.last_text, "tree-summarize", pieces=len(pieces), partials=partials[:-1])
+
+
+def read_with(strategy: str, engine: Engine, documents: Sequence[Any], *, question: str | None = None,
+              piece_tokens: int = DEFAULT_PIECE_TOKENS, passage_tokens: int = DEFAULT_PASSAGE_TOKENS,
+              config: GenerationConfig | None = None, store: Any = None, **settings: Any) -> LongDocumentResult:
+    """Summarize ``documents`` (or answer ``question`` about them) by one of :data:`STRATEGIES`: ``whole``
+    (:func:`summarize` / :func:`ask_whole_document`), ``map-reduce`` (:func:`map_reduce`) or ``tree-summarize``
+    (:func:`tree_summarize`); every strategy behind the same call, for the command line and the benchmarks.
+
+    Example:
+        >>> read_with("sideways", None, ["text"])
+        Traceback (most recent call last):
+        ...
+        refrag_rasd_core.errors.InvalidInputError: unknown strategy 'sideways'; choose one of whole, ...
+    """
+    if strategy not in STRATEGIES:
+        raise InvalidInputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy == "whole":
+        prompt = SUMMARIZE_INSTRUCTION if question is None else question
+        return read_document(engine, prompt, documents, config=config, passage_tokens=passage_tokens, store=store,
+                             **settings)
+    baseline = map_reduce if strategy == "map-reduce" else tree_summarize
+    return baseline(engine, documents, question=question, piece_tokens=piece_tokens, config=config, store=store,
+                    **settings)

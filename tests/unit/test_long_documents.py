@@ -221,3 +221,46 @@ def test_llama_index_tree_summarize_baseline_reads_text(parts, store, calls):
     assert str(response) and llm.recognize_passages
     with pytest.raises(InvalidInputError, match="response_mode"):
         summary_query_engine(index, llm, response_mode="bogus")
+
+
+# ---- the command line -----------------------------------------------------------------------------------------------
+@pytest.fixture
+def cli(parts, store, tmp_path, monkeypatch):
+    """``main`` on the tiny engine, with ``--collection long-docs`` opening the module's store."""
+    from refrag_rasd_integrations.cli import main
+
+    monkeypatch.setattr("refrag_rasd_integrations.engines.get_engine", lambda *a, **k: parts[0])
+    monkeypatch.setattr("refrag_rasd_integrations.cli.long_commands.open_store", lambda args, engine=None: store)
+    (tmp_path / "rivers.md").write_text(DOC)
+    monkeypatch.chdir(tmp_path)
+    return main
+
+
+def test_cli_summarize_files_and_indexed_documents(cli, calls, store, capsys):
+    import json
+
+    assert cli(["summarize", "rivers.md", "--context", "compressed", "--max-tokens", "3", "--method", "vanilla"]) == 0
+    out, err = capsys.readouterr()
+    assert "[whole] 1 model call(s)" in err and "context compressed" in err
+    assert len(calls) == 1 and len(calls[0][1]) > 1 and calls[0][0] == ld.SUMMARIZE_INSTRUCTION
+    assert cli(["summarize", "rivers", "--collection", "long-docs", "--strategy", "map-reduce", "--piece-tokens",
+                "400", "--max-tokens", "3", "--method", "vanilla", "--json"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out[out.index("{"):])
+    assert result["strategy"] == "map-reduce" and result["model_calls"] == len(calls) - 1 > 2
+    assert "[map-reduce]" in err
+
+
+def test_cli_ask_whole_document_reads_the_stored_passages(cli, calls, store, capsys, encoder_forwards):
+    assert cli(["ask", "Where does river 3 flow?", "--whole-document", "--collection", "long-docs", "--source",
+                "rivers", "--context", "compressed", "--max-tokens", "3", "--method", "vanilla"]) == 0
+    stored = store.document_passages("rivers")
+    prompt, passages, config = calls[-1]
+    assert prompt == "Where does river 3 flow?" and [p.id for p in passages] == [p.id for p in stored]
+    assert config.context == "compressed" and encoder_forwards == []
+    assert cli(["ask", "Where does river 3 flow?", "--whole-document", "--file", "rivers.md", "--strategy",
+                "tree-summarize", "--piece-tokens", "600", "--max-tokens", "3", "--method", "vanilla"]) == 0
+    assert "[tree-summarize]" in capsys.readouterr().err and len(calls) > 3
+    assert cli(["ask", "Where?", "--whole-document", "--collection", "long-docs", "--filter", '{"source": "note"}',
+                "--max-tokens", "2", "--method", "vanilla"]) == 0
+    assert [p.text for p in calls[-1][1]] == ["A short note about something else entirely."]
