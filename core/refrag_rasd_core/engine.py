@@ -182,7 +182,8 @@ class Engine:
         limit = self.runner.max_positions
         request.check_fits(limit)  # here, not in the loop: a server can refuse before streaming
         cfg = request.config
-        stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context)
+        stats = GenerationStats(method=cfg.method, prompt_tokens=request.prompt_tokens, context=cfg.context,
+                                context_reason=request.context_reason)
         fmt = cfg.constraint_format()
         if fmt is not None and self._grammars is None:
             self._grammars = Grammars(self.tokenizer, self._requests.vocab_size, self.eos_ids)
@@ -236,7 +237,8 @@ class Engine:
         compression happens in the loop."""
         return self._requests.build(prompt, passages, cfg,
                                     auto_point=lambda n: self.auto_context(passage_tokens=n),
-                                    require_refrag=self._refrag.require)
+                                    require_refrag=self._refrag.require, limit=self.runner.max_positions,
+                                    window_point=self._refrag.window_point)
 
     def _compress(self, request: EngineRequest, stats: GenerationStats) -> Any:
         """The mixed (compressed + expanded) prefill input of a request."""

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ContextTooLongError, InvalidInputError
@@ -42,6 +42,8 @@ class EngineRequest:
     """Passages (layout order) of a compressed layout read as text: all their chunks stay raw tokens."""
     datastore: Any = None
     """The call's corpus datastore (``None``: the engine's)."""
+    context_reason: str = ""
+    """Why ``context="auto"`` chose what it did when it is not the usual point (passages past the window)."""
 
     @property
     def compressed(self) -> bool:
@@ -112,11 +114,15 @@ class RequestBuilder:
 
     def build(self, prompt: Prompt, passages: Sequence[Any] | None, cfg: GenerationConfig, *,
               auto_point: Callable[[int], dict[str, Any]] | None = None,
-              require_refrag: Callable[[], Any] | None = None) -> EngineRequest:
+              require_refrag: Callable[[], Any] | None = None, limit: int | None = None,
+              window_point: Callable[[], dict[str, Any] | None] | None = None) -> EngineRequest:
         """The request of one call. ``passages`` go with the question; in a conversation an earlier user
         message may carry its own under ``"passages"`` (laid out in that message as they were in its turn).
         ``auto_point(passage_tokens)`` gives the operating point ``context="auto"`` stands for when passages
-        come along (default: plain RAG); ``require_refrag()`` raises when compression cannot run."""
+        come along (default: plain RAG); ``require_refrag()`` raises when compression cannot run. With ``auto``,
+        passages that do not fit the window ``limit`` as text (with room for ``max_tokens``) are compressed
+        with ``window_point()``'s setting, its raw-token budget capped to what the window leaves (``None``:
+        no REFRAG, the request is refused as too long)."""
         from .refrag.context import layout_prompt, question_text
 
         prompt = _with_tools(prompt, cfg)
@@ -125,6 +131,7 @@ class RequestBuilder:
         point = None
         if cfg.context == "auto" and pids:
             point = auto_point(sum(map(len, pids))) if auto_point is not None else {"context": "text"}
+        asked = cfg
         cfg = cfg.resolve_context(point)
         plain = [{k: v for k, v in m.items() if k != "passages"} if isinstance(m, dict) else m for m in prompt] \
             if isinstance(prompt, list) else prompt
@@ -141,6 +148,14 @@ class RequestBuilder:
             ids = self.encode_prompt([{"role": "user", "content": plain}] if isinstance(plain, str) else plain)
             return EngineRequest(cfg, prompt_ids=ids, prompt_tokens=len(ids), passage_ids=pids)
         full = layout.full_ids()
+        reason = ""
+        if (not compressed and asked.context == "auto" and limit is not None and window_point is not None
+                and len(full) + cfg.max_tokens > limit):
+            point = window_point()
+            if point is not None and require_refrag is not None:
+                cfg, reason = _past_window(asked.resolve_context(point), layout, len(full), limit,
+                                           require_refrag().k)
+                compressed, history = True, "compressed"
         if not compressed:
             return EngineRequest(cfg, prompt_ids=full, prompt_tokens=len(full),
                                  context_tokens=layout.context_tokens, passage_ids=pids)
@@ -148,7 +163,8 @@ class RequestBuilder:
         return EngineRequest(cfg, layout=layout, prompt_tokens=len(full), context_tokens=layout.context_tokens,
                              passages=kept, passage_ids=pids, question=question_text(plain),
                              raw_passages=[i for i in range(len(layout.passages)) if (
-                                 history != "compressed" if i < earlier else cfg.context != "compressed")])
+                                 history != "compressed" if i < earlier else cfg.context != "compressed")],
+                             context_reason=reason)
 
     def _message_passages(self, prompt: Prompt, passages: Sequence[Any] | None
                           ) -> tuple[Prompt, list[Any], list[list[int]]]:
@@ -192,6 +208,23 @@ class RequestBuilder:
         self.check_token_ids(ids, "the prompt")
         return EngineRequest(cfg.resolve_context(None), prompt_ids=ids, prompt_tokens=len(ids),
                              passage_ids=self.passage_token_ids(passages))
+
+
+def _past_window(cfg: GenerationConfig, layout: Any, text_tokens: int, limit: int,
+                 k: int) -> tuple[GenerationConfig, str]:
+    """``cfg`` (compressed, from the past-the-window point) with its raw-token budget capped so that the
+    compressed prompt and ``max_tokens`` fit ``limit``, and the reason to report in the stats."""
+    from .refrag.chunking import num_chunks
+
+    base = text_tokens - layout.context_tokens + sum(num_chunks(len(p), k) for p in layout.passages)
+    room = max(limit - cfg.max_tokens - base, 0) * k // max(k - 1, 1)  # an expanded chunk adds k - 1 positions
+    budget = cfg.expand_tokens
+    if cfg.expand is None:
+        budget = min(budget if budget is not None else room, room)
+        cfg = replace(cfg, expand_tokens=budget)
+    return cfg, (f"the passages ({layout.context_tokens:,} tokens) do not fit the {limit:,}-position window as "
+                 f"text: compressed (REFRAG, {k} tokens per position), {budget or 0:,} tokens kept raw "
+                 f"({cfg.policy} policy)")
 
 
 def _with_tools(prompt: Prompt, cfg: GenerationConfig) -> Prompt:

@@ -36,6 +36,7 @@ class GenerationStats:
     retrieval_s: float = 0.0
     tree_nodes: int = 0
     context: str = "none"
+    context_reason: str = ""  # why ``context="auto"`` left its usual point (e.g. passages past the window)
     prefill_positions: int = 0
     cached_tokens: int = 0  # prefill positions reused from an earlier request (the engine's prefix cache)
     chunks: int = 0

@@ -1,4 +1,5 @@
-"""``refrag-rasd bench``: the benchmark suites (decode, prefill, rag, qa, chat, structured) from one command.
+"""``refrag-rasd bench``: the benchmark suites (decode, prefill, rag, qa, chat, structured, code, long) from one
+command.
 
 Example:
     $ refrag-rasd bench --suite decode --data questions.jsonl --category rag --limit 5 \\
@@ -14,6 +15,7 @@ from typing import Any
 
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError, RefragRasdError
+from refrag_rasd_core.generation_config import METHODS
 
 from .checks import at_least, check_model_args, check_store_args, json_option, jsonl_file, number_list
 from .registry import command, model_args, weights_arg
@@ -25,7 +27,7 @@ PEERS = ("llamacpp", "llamacpp-pld")
 
 def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="decode",
-                   choices=["decode", "prefill", "rag", "qa", "chat", "structured", "code"])
+                   choices=["decode", "prefill", "rag", "qa", "chat", "structured", "code", "long"])
     p.add_argument("--data", default=None,
                    help="Spec-Bench style .jsonl file (qa suite: NQ-open / SQuAD style lines, or Spec-Bench; code "
                         "suite: HumanEval-format lines); required except for --suite code --source DIR")
@@ -69,7 +71,8 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     g.add_argument("--settings", default=None,
                    help="comma-separated: none, text, text:K (plain RAG over the best K < top-k passages), "
                         "compressed:P[:POLICY], default (text is always run); chat suite: recompute, cached, "
-                        "cached+compressed, default")
+                        "cached+compressed, default; long suite: truncate, map-reduce, tree, retrieve:K, "
+                        "compressed:P[:POLICY], default")
     g = p.add_argument_group("chat suite (RAG conversations from a qa file, or MT-Bench two-turn lines)")
     g.add_argument("--turns", type=int, default=5, help="questions per RAG conversation")
     g = p.add_argument_group("code suite (function completion; methods default to the suite's own list)")
@@ -80,7 +83,41 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                    "corpus datastore")
     g.add_argument("--execute", action="store_true", help="pass@1: run each task's tests (HumanEval 'test') in a "
                    "subprocess with a time limit and sockets disabled")
+    g = p.add_argument_group("long suite (whole documents: summaries, or SQuAD-style articles joined)")
+    g.add_argument("--min-tokens", type=int, default=0, help="only documents of at least this many tokens")
+    g.add_argument("--questions-per-document", type=int, default=4, help="QA: questions asked of each document")
+    g.add_argument("--method", default=None, help="decoding method of every setting (default: the engine's)")
+    g.add_argument("--lengths", default=None, help="instead: one document grown to these token counts "
+                   "(e.g. 2048,8192,65536), read in one compressed pass, by map-reduce and as text while it fits")
+    g.add_argument("--map-reduce-up-to", type=int, default=None, help="with --lengths: skip map-reduce past this")
     model_args(p)
+
+
+def _bench_long(args: argparse.Namespace) -> dict:
+    from .bench.long import DEFAULT_SETTINGS, format_long_table, parse_long_settings, run_long_suite
+    from .bench.long_tasks import load_long_tasks
+
+    settings = parse_long_settings(args.settings or DEFAULT_SETTINGS)
+    engine, _store = _engine_and_store(args, None)
+    if args.lengths:
+        from .bench.long_scaling import format_scaling_table, grown_documents, run_scaling
+
+        lengths = number_list(args.lengths, "--lengths", int, 16)
+        docs, _ = load_long_tasks(args.data, engine, limit=args.limit or 10)  # the longest documents
+        by_document = {t.document_id: t.passages for t in docs}
+        passages = [p for ps in by_document.values() for p in ps]
+        res = run_scaling(engine, grown_documents(passages, lengths), max_tokens=args.max_new_tokens or 128,
+                          method=args.method, map_reduce_up_to=args.map_reduce_up_to)
+        res["settings"]["data"] = Path(args.data).name
+        print(format_scaling_table(res))
+        return res
+    tasks, index_s = load_long_tasks(args.data, engine, limit=args.limit, min_tokens=args.min_tokens,
+                                     questions_per_document=args.questions_per_document)
+    res = run_long_suite(engine, tasks, settings, max_tokens=args.max_new_tokens or 128, method=args.method,
+                         index_s=index_s)
+    res["settings"]["data"] = Path(args.data).name
+    print(format_long_table(res))
+    return res
 
 
 def _bench_prefill(args: argparse.Namespace, questions: list, exclude: set) -> dict:
@@ -318,6 +355,17 @@ def check_bench_args(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"{option}: unknown {', '.join(bad)} (known: {', '.join(known)})")
     if args.suite == "qa":
         parse_settings(args.settings or "text", k=args.top_k)
+    if args.suite == "long":
+        from .bench.long import parse_long_settings
+
+        parse_long_settings(args.settings or "default")
+        at_least(args.min_tokens, "--min-tokens", 0)
+        at_least(args.questions_per_document, "--questions-per-document", 1)
+        if args.lengths:
+            number_list(args.lengths, "--lengths", int, 16)
+        at_least(args.map_reduce_up_to, "--map-reduce-up-to", 1)
+        if args.method is not None and args.method not in METHODS:
+            raise InvalidInputError(f"--method: unknown {args.method} (known: {', '.join(METHODS)})")
     if args.suite == "chat":
         from .bench.chat import SETTINGS
 
@@ -341,9 +389,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     check_bench_args(args)
     exclude = set() if args.include_train else training_question_ids()
-    if args.suite in ("prefill", "rag", "qa", "chat", "structured", "code"):
+    if args.suite in ("prefill", "rag", "qa", "chat", "structured", "code", "long"):
         if args.suite == "code":
             res = _bench_code(args)
+        elif args.suite == "long":
+            res = _bench_long(args)
         elif args.suite == "prefill":
             questions = load_questions(args.data, args.category or "rag", args.limit or 2, exclude_ids=exclude)
             res = _bench_prefill(args, questions, exclude)

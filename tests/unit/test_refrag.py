@@ -238,6 +238,36 @@ def test_compression_reaches_past_the_position_limit():
         engine.generate("Q?", passages=long * 3, context="compressed", max_new_tokens=2)
 
 
+def test_auto_compresses_what_does_not_fit_and_says_so():
+    loaded = tiny_loaded(0, max_positions=160)
+    enc = tiny_chunk_encoder(loaded.tokenizer, k=4)
+    engine = Engine(loaded, drafter=None, refrag=tiny_refrag(loaded, enc), refrag_encoder=enc)
+    short = engine.generate("Q?", passages=["word " * 4], max_new_tokens=4, method="vanilla")
+    assert (short.stats.context, short.stats.context_reason) == ("text", "")
+    long = ["word " * 40]  # ~200 byte tokens: past the 160-position window as text
+    out = engine.generate("Q?", passages=long, max_new_tokens=8, method="vanilla")
+    assert out.stats.context == "compressed" and "do not fit the 160-position window" in out.stats.context_reason
+    assert 0 < out.stats.expanded_chunks < out.stats.chunks  # a raw budget, capped to what the window leaves
+    assert out.stats.prefill_positions + 8 <= 160
+    # the same as asking for it with the budget the reason names
+    budget = int(out.stats.context_reason.split("), ")[1].split(" tokens")[0].replace(",", ""))
+    same = engine.generate("Q?", passages=long, max_new_tokens=8, method="vanilla", context="compressed",
+                           expand_tokens=budget, policy="rank")
+    assert same.token_ids == out.token_ids and same.stats.expanded == out.stats.expanded
+    with pytest.raises(ContextTooLongError):  # an explicit context is never changed
+        engine.generate("Q?", passages=long, context="text", max_new_tokens=2)
+    plain = Engine(loaded, drafter=None)  # no REFRAG checkpoint: refused as before
+    with pytest.raises(ContextTooLongError, match="compressed"):
+        plain.generate("Q?", passages=long, max_new_tokens=2)
+
+
+def test_an_expand_tokens_budget_alone_expands(setup):
+    *_, engine = setup
+    out = engine.generate("Q?", passages=["word " * 12], context="compressed", expand_tokens=8, policy="rank",
+                          max_new_tokens=2, method="vanilla")
+    assert out.stats.expanded_chunks == 2
+
+
 def test_no_passages_answers_the_question_alone(setup):
     *_, engine = setup
     out = engine.generate("Hello?", passages=[], context="compressed", max_new_tokens=3)

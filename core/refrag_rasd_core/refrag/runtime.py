@@ -19,6 +19,10 @@ from .refrag_model import RefragModel
 __all__ = ["RefragRuntime"]
 
 POINT_KEYS = ("history", "expand", "expand_tokens", "policy")
+PAST_WINDOW_POINT: dict[str, Any] = {"context": "compressed", "expand_tokens": 2048, "policy": "rank"}
+"""``context="auto"`` past the window, when the checkpoint records no ``auto.window`` point: every chunk
+compressed except a budget of raw tokens (capped to what the window leaves), chosen by ``policy``. Measured on
+long documents by ``refrag-rasd bench --suite long`` (docs/long_documents.md)."""
 
 
 class RefragRuntime:
@@ -73,6 +77,16 @@ class RefragRuntime:
             point = long
         if point.get("context") != "compressed":
             return {"context": "text"}
+        return {"context": "compressed", **{k: point[k] for k in POINT_KEYS if k in point}}
+
+    def window_point(self) -> dict[str, Any] | None:
+        """The setting ``context="auto"`` takes when a request's passages do not fit the window as text:
+        the checkpoint's recorded ``auto.window`` point, else :data:`PAST_WINDOW_POINT`; ``None`` without a
+        REFRAG checkpoint (the request is refused as too long)."""
+        rm = self.model_parts
+        if rm is None:
+            return None
+        point = dict((rm.meta.get("auto") or {}).get("window") or PAST_WINDOW_POINT)
         return {"context": "compressed", **{k: point[k] for k in POINT_KEYS if k in point}}
 
     def runner_for(self, runner: Any, compressed: bool) -> Any:

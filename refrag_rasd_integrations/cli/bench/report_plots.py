@@ -166,3 +166,50 @@ def plot_rag(res: dict, out: Path) -> bool:
     total = [res["methods"][n].get("total_s") or 0.0 for n in names]
     return _bars(names, {"time to first token (s)": ttft, "total latency (s)": total}, "seconds (median)", out,
                  hline=None)
+
+
+def plot_long_quality(files: list[Path], out: Path) -> bool:
+    """Long documents: quality (ROUGE-L, or answer recall) against total time per setting, documents past the
+    window (the newest long-suite file with per-setting summaries)."""
+    plt = _plt()
+    runs = [json.loads(p.read_text()) for p in files]
+    runs = [r for r in runs if (r.get("summary") or {}).get("past_window")]
+    if plt is None or not runs:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for res in runs[-2:]:
+        for name, s in res["summary"]["past_window"].items():
+            y = s.get("rougeL") if s.get("rougeL") is not None else s.get("answer_recall")
+            if y is None or not s.get("total_s"):
+                continue
+            ax.scatter(s["total_s"], y)
+            ax.annotate(name, (s["total_s"], y), fontsize=7)
+    ax.set_xlabel("total time per request (s)")
+    ax.set_ylabel("ROUGE-L F (summaries) / answer recall (QA)")
+    ax.set_xscale("log")
+    return _save(plt, fig, out)
+
+
+def plot_long_scaling(files: list[Path], out: Path) -> bool:
+    """Long documents: first-token time and peak KV bytes against the document's length, per way of reading
+    (the newest long-suite file with a ``scaling`` table)."""
+    plt = _plt()
+    runs = [json.loads(p.read_text()) for p in files]
+    runs = [r for r in runs if r.get("scaling")]
+    if plt is None or not runs:
+        return False
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    ways: dict[str, list[dict]] = {}
+    for row in runs[-1]["scaling"]:
+        ways.setdefault(row["way"], []).append(row)
+    for way, rows in ways.items():
+        xs = [r["tokens"] for r in rows]
+        a1.plot(xs, [r["ttft_s"] for r in rows], marker="o", label=way)
+        a2.plot(xs, [r["peak_kv_bytes"] / 2**20 for r in rows], marker="o", label=way)
+    for ax, label in ((a1, "time to first token (s)"), (a2, "peak KV cache of one call (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("document (tokens)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    return _save(plt, fig, out)
