@@ -74,7 +74,9 @@ class LongDocumentResult:
     first token of the final answer (for a baseline: every earlier call, then the final call's prefill);
     ``model_calls``: engine calls; ``prefill_positions``: prefill positions summed over the calls (a compressed
     chunk is one position); ``context`` / ``context_reason``: how the final call read its passages;
-    ``partials``: the intermediate answers (a baseline's), in order; ``calls``: each call's statistics.
+    ``partials``: the intermediate answers (a baseline's), in order; ``call_stats``: each call's statistics;
+    ``calls`` (= ``model_calls``) and ``peak_positions`` (the most positions one call held: prefill and
+    generated tokens, what its KV cache peaks at) as the benchmark harness reads them.
 
     Example:
         >>> r = LongDocumentResult(text="A summary.", strategy="whole", model_calls=1)
@@ -94,12 +96,22 @@ class LongDocumentResult:
     context: str = ""
     context_reason: str = ""
     partials: list[str] = field(default_factory=list)
-    calls: list[GenerationStats] = field(default_factory=list)
+    call_stats: list[GenerationStats] = field(default_factory=list)
 
     @property
     def stats(self) -> GenerationStats | None:
         """The final call's statistics (``None`` before any call)."""
-        return self.calls[-1] if self.calls else None
+        return self.call_stats[-1] if self.call_stats else None
+
+    @property
+    def calls(self) -> int:
+        """Model calls (``model_calls``)."""
+        return self.model_calls
+
+    @property
+    def peak_positions(self) -> int:
+        """The most positions one call held (its prefill plus its generated tokens)."""
+        return max((s.prefill_positions + s.new_tokens for s in self.call_stats), default=0)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain values (each call's statistics as :meth:`GenerationStats.to_dict`)."""
@@ -108,7 +120,7 @@ class LongDocumentResult:
                 "prefill_positions": self.prefill_positions, "prompt_tokens": self.prompt_tokens,
                 "new_tokens": self.new_tokens, "pieces": self.pieces, "context": self.context,
                 "context_reason": self.context_reason, "partials": list(self.partials),
-                "calls": [s.to_dict() for s in self.calls]}
+                "peak_positions": self.peak_positions, "call_stats": [s.to_dict() for s in self.call_stats]}
 
 
 class _Calls:
@@ -136,7 +148,7 @@ class _Calls:
             prefill_positions=sum(s.prefill_positions for s in self.stats),
             prompt_tokens=sum(s.prompt_tokens for s in self.stats), new_tokens=sum(s.new_tokens for s in self.stats),
             pieces=pieces, context=final.context, context_reason=str(getattr(final, "context_reason", "") or ""),
-            partials=list(partials), calls=list(self.stats))
+            partials=list(partials), call_stats=list(self.stats))
 
 
 # ---- documents into passages --------------------------------------------------------------------------------

@@ -132,11 +132,12 @@ def test_map_reduce_calls_and_costs(parts, calls):
     assert [c[1][0] for c in calls[:-1]] == pieces  # each piece as the passage of its own call
     assert all(c[0] == ld.PIECE_INSTRUCTION for c in calls[:-1]) and calls[-1][0] == ld.COMBINE_INSTRUCTION
     assert calls[-1][1] == [p for p in r.partials if p] and len(r.partials) == len(pieces)
-    assert all(s.context == "text" for s in r.calls)  # the baseline reads text whatever context was asked
-    assert r.prefill_positions == sum(s.prefill_positions for s in r.calls)
-    maps = sum(s.total_s for s in r.calls[:-1])
-    assert maps < r.ttft_s < r.total_s and r.ttft_s >= maps + r.calls[-1].ttft_s
-    assert r.to_dict()["model_calls"] == r.model_calls
+    assert all(s.context == "text" for s in r.call_stats)  # the baseline reads text whatever context was asked
+    assert r.prefill_positions == sum(s.prefill_positions for s in r.call_stats)
+    maps = sum(s.total_s for s in r.call_stats[:-1])
+    assert maps < r.ttft_s < r.total_s and r.ttft_s >= maps + r.call_stats[-1].ttft_s
+    assert r.to_dict()["model_calls"] == r.model_calls == r.calls  # the benchmark harness reads .calls
+    assert r.peak_positions == max(s.prefill_positions + s.new_tokens for s in r.call_stats)
     q = ld.map_reduce(engine, [DOC], question="Where does river 3 flow?", piece_tokens=400, max_tokens=3,
                       method="vanilla")
     assert "river 3" in calls[-1][0] and "river 3" in calls[-2][0] and q.model_calls == r.model_calls
@@ -155,7 +156,7 @@ def test_tree_summarize_recurses_until_one(parts, calls):
     assert levels[:r.pieces] == [ld.PIECE_INSTRUCTION] * r.pieces
     assert set(levels[r.pieces:]) == {ld.COMBINE_INSTRUCTION}
     assert r.partials[:r.pieces] == [ld.PIECE_INSTRUCTION and p for p in r.partials[:r.pieces]]
-    assert sum(s.total_s for s in r.calls[:-1]) < r.ttft_s < r.total_s
+    assert sum(s.total_s for s in r.call_stats[:-1]) < r.ttft_s < r.total_s
     single = ld.tree_summarize(engine, ["A short document."], max_tokens=3, method="vanilla")
     assert single.model_calls == 1 and single.partials == []
 
