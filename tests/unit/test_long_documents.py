@@ -265,3 +265,14 @@ def test_cli_ask_whole_document_reads_the_stored_passages(cli, calls, store, cap
     assert cli(["ask", "Where?", "--whole-document", "--collection", "long-docs", "--filter", '{"source": "note"}',
                 "--max-tokens", "2", "--method", "vanilla"]) == 0
     assert [p.text for p in calls[-1][1]] == ["A short note about something else entirely."]
+
+
+def test_auto_context_compresses_a_document_past_the_window(parts, calls):
+    """The default ``context="auto"``: the engine compresses what does not fit as text, and says so."""
+    engine, _ = parts
+    llm = ChatRefragRasd(engine=engine, max_tokens=3, method="vanilla")
+    msg = summarize_documents(llm, [DOC])
+    stats = msg.response_metadata["stats"]
+    assert msg.response_metadata["context"] == "compressed" and stats["context_reason"]
+    r = ld.summarize(engine, [DOC], max_tokens=3, method="vanilla")
+    assert r.context == "compressed" and r.context_reason and r.prefill_positions < WINDOW
