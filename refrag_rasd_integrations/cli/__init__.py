@@ -1,8 +1,8 @@
 """The ``refrag-rasd`` command.
 
 Each subcommand is one function registered in :data:`~.registry.COMMANDS` with its argument setup
-(:mod:`.commands`, :mod:`.store_commands`, :mod:`.bench_command`; their values are checked before any model
-loads, :mod:`.checks`); ``train-refrag`` and ``train-draft`` own their whole argument list.
+(:mod:`.commands`, :mod:`.store_commands`, :mod:`.long_commands`, :mod:`.bench_command`; their values are
+checked before any model loads, :mod:`.checks`); ``train-refrag`` and ``train-draft`` own their whole argument list.
 The benchmark suites (:mod:`.bench`) and the demo (:mod:`.demo`) live beside the commands that run them.
 
 Example:
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from refrag_rasd_core.errors import RefragRasdError
 
-from . import bench_command, chat_command, commands, store_commands  # noqa: F401  (register their subcommands)
+from . import bench_command, chat_command, commands, long_commands, store_commands  # noqa: F401  (register them)
 from .registry import COMMANDS
 
 

@@ -1,12 +1,13 @@
 """The ``refrag-rasd`` subcommands that use the model: ``models``, ``generate``, ``ask``, ``demo`` and
 ``serve`` (``bench`` is in :mod:`.bench_command`; ``index``, ``delete``, ``collections`` in
-:mod:`.store_commands`).
+:mod:`.store_commands`; ``summarize`` and ``ask --whole-document`` in :mod:`.long_commands`).
 
 Example:
     $ refrag-rasd models
     $ refrag-rasd generate "Why is the sky blue?" --max-new-tokens 64 --method pld
     $ refrag-rasd index docs/ --collection mydocs
     $ refrag-rasd ask "How do I install it?" --collection mydocs --compare
+    $ refrag-rasd ask "What does the guide conclude?" --collection mydocs --whole-document --source docs/guide.md
     $ refrag-rasd serve --replicas 2 --collection mydocs --chroma-url http://127.0.0.1:8000
 """
 
@@ -22,6 +23,7 @@ from refrag_rasd_core.errors import InvalidInputError
 from ..errors import CollectionNotFoundError
 from ..settings import CONTEXTS
 from .checks import at_least, check_model_args, check_store_args, json_option
+from .long_commands import long_args
 from .registry import (
     command,
     generation_args,
@@ -125,6 +127,15 @@ def _setup_ask(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", action="store_true",
                    help="also answer with plain RAG (full text context, vanilla decoding) and compare")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    p.add_argument("--whole-document", action="store_true",
+                   help="read whole documents instead of the top-k passages: the collection's (--source, or all of "
+                        "it, narrowed by --filter) with their stored chunk embeddings, or files (--file)")
+    p.add_argument("--source", action="append", default=None, metavar="PATH",
+                   help="with --whole-document: an indexed document to read (a file's path or a source id; "
+                        "repeatable)")
+    p.add_argument("--file", action="append", default=None, metavar="PATH",
+                   help="with --whole-document: a text file to read instead of the collection (repeatable)")
+    long_args(p)
     model_args(p)
     generation_args(p)
 
@@ -134,8 +145,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from ..engines import get_engine
     from ..generation import GenerationRequest
     from ..settings import ModelSettings
+    from .long_commands import check_long_args, whole_document_answer
 
     settings = generation_settings(args)
+    if args.whole_document:
+        return whole_document_answer(args)
+    check_long_args(args, whole_document=False)
     where = json_option(args.filter, "--filter")
     at_least(args.k, "--top-k-passages", 1)
     check_store_args(args)

@@ -34,7 +34,7 @@ from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 
 from ..errors import CollectionNotFoundError, StoreError
-from ..passages import HANDLE_KEY, PASSAGES, Passage, PassageRegistry, is_handle
+from ..passages import DOC_KEY, HANDLE_KEY, INDEX_KEY, PASSAGES, SOURCE_KEY, Passage, PassageRegistry, is_handle
 from .client import make_client
 from .code_documents import iter_code_documents
 from .configuration import check_collection, collection_metadata
@@ -45,7 +45,7 @@ from .errors import chroma_failure
 from .faces import FrameworkFaces
 from .indexing import IndexReport, delete_ids, drop_collection, replace_rows, write_missing
 from .records import PassageRecord, decode_passage, encode_arrays, flat_metadata, token_dtype_for
-from .sources import check_cleanup, delete_source, source_counts, stale_ids
+from .sources import check_cleanup, delete_source, file_source, source_counts, stale_ids
 from .splitting import DEFAULT_PASSAGE_TOKENS, PassageSplitter, check_passage_tokens
 
 __all__ = ["DEFAULT_COLLECTION", "IndexReport", "RefragChromaStore"]
@@ -429,6 +429,32 @@ class RefragChromaStore(FrameworkFaces):
         res = self._get(where, ["documents", "metadatas"])
         return [self._passage(pid, text or "", dict(meta or {}))
                 for pid, text, meta in zip(res["ids"], res["documents"], res["metadatas"], strict=True)]
+
+    def document_passages(self, source: str | os.PathLike | None = None, *,
+                          where: dict[str, Any] | None = None) -> list[Passage]:
+        """Every passage of a document, in the document's order, with its token ids and chunk embeddings (no
+        encoder runs): the passages of ``source`` (as given, or a file's resolved path, as indexing records it),
+        or of a metadata filter ``where``, or of the whole collection. Several documents come one after the
+        other (in the order the collection returns them, each in its own order). What "summarize this indexed
+        document" reads (:mod:`~refrag_rasd_integrations.long_documents`).
+
+        Example:
+            >>> ps = store.document_passages("hamlet")                   # doctest: +REAL_MODEL
+            >>> [p.metadata["refrag_index"] for p in ps]                 # doctest: +REAL_MODEL
+            [0]
+        """
+        if source is not None:
+            names = sorted({str(source), file_source(source)} if isinstance(source, os.PathLike)
+                           or os.sep in str(source) or os.path.exists(str(source)) else {str(source)})
+            by_source: dict[str, Any] = {SOURCE_KEY: names[0]} if len(names) == 1 else {SOURCE_KEY: {"$in": names}}
+            where = {"$and": [where, by_source]} if where else by_source
+        self.collection(create=False)  # a missing collection: CollectionNotFoundError
+        passages = self.passages_where(where)
+        first: dict[str, int] = {}
+        for p in passages:
+            first.setdefault(str(p.metadata.get(DOC_KEY, "")), len(first))
+        return sorted(passages, key=lambda p: (first[str(p.metadata.get(DOC_KEY, ""))],
+                                               int(p.metadata.get(INDEX_KEY, 0))))
 
     def get_passages(self, ids_or_handles: Sequence[str]) -> list[Passage]:
         """Passages by id or handle (``"<collection>/<id>"``), in the order asked (missing ones left out)."""

@@ -12,13 +12,14 @@ from integration_fakes import fake_store
 
 from refrag_rasd_integrations.cli import build_parser, main
 
-COMMANDS = ("index", "ask", "chat", "delete", "collections", "generate", "bench", "demo")
+COMMANDS = ("index", "ask", "chat", "delete", "collections", "generate", "bench", "demo", "summarize")
 
 # options whose every value is acceptable (nothing to check), with the reason
 FREE = {
     ("generate", "--system"): "any text is a system message",
     ("generate", "--stop"): "any text is a stop string",
     ("ask", "--stop"): "any text is a stop string",
+    ("summarize", "--stop"): "any text is a stop string",
     ("bench", "--variant"): "checked (empty), but any other name is fine",
     ("chat", "--stop"): "any text is a stop string",
     ("chat", "--system"): "any text is a system message",
@@ -83,7 +84,39 @@ def _bad_values(d: dict[str, str]) -> dict[str, list[list[str]]]:
             ["q", "--compare=1"],
             ["q", "--json=1"],
             ["q", "--collection", "never-made"],
+            ["q", "--whole-document=1"],
+            ["q", "--source", "it"],
+            ["q", "--file", d["text"]],
+            ["q", "--strategy", "bogus"],
+            ["q", "--piece-tokens", "0"],
+            ["q", "--whole-document", "--strategy", "sideways"],
+            ["q", "--whole-document", "--piece-tokens", "8"],
+            ["q", "--whole-document", "--collection", "docs", "--source", "never-indexed"],
+            ["q", "--whole-document", "--collection", "never-made"],
+            ["q", "--whole-document", "--file", d["missing"]],
+            ["q", "--whole-document", "--file", d["binary"]],
+            ["q", "--whole-document", "--file", d["text"], "--source", "it"],
+            ["q", "--whole-document", "--compare"],
+            ["q", "--whole-document", "--filter", "[1]"],
+            ["", "--whole-document", "--file", d["text"]],
             *[["q", *a] for a in store + model + gen],
+            *[["q", "--whole-document", *a] for a in store + model + gen],
+        ],
+        "summarize": [
+            [],
+            [d["missing"]],
+            [d["binary"]],
+            [d["empty_dir"]],
+            [d["bad_jsonl"]],
+            [d["text"], "--strategy", "bogus"],
+            [d["text"], "--piece-tokens", "0"],
+            [d["text"], "--piece-tokens", "x"],
+            [d["text"], "--context", "bogus"],
+            [d["text"], "--json=1"],
+            ["it", "--collection", "never-made"],
+            ["never-indexed", "--collection", "docs"],
+            *[["it", "--collection", "docs", *a] for a in store],
+            *[[d["text"], *a] for a in model + gen],
         ],
         "chat": [
             ["-k", "0"],
