@@ -363,13 +363,13 @@ def check_bench_args(args: argparse.Namespace) -> None:
         from .bench.long import parse_long_settings
 
         parse_long_settings(args.settings or "default")
-        at_least(args.min_tokens, "--min-tokens", 0)
-        at_least(args.questions_per_document, "--questions-per-document", 1)
-        if args.lengths:
-            number_list(args.lengths, "--lengths", int, 16)
-        at_least(args.map_reduce_up_to, "--map-reduce-up-to", 1)
-        if args.method is not None and args.method not in METHODS:
-            raise InvalidInputError(f"--method: unknown {args.method} (known: {', '.join(METHODS)})")
+    at_least(args.min_tokens, "--min-tokens", 0)
+    at_least(args.questions_per_document, "--questions-per-document", 1)
+    at_least(args.map_reduce_up_to, "--map-reduce-up-to", 1)
+    if args.lengths is not None:
+        number_list(args.lengths, "--lengths", int, 16)
+    if args.method is not None and args.method not in METHODS:
+        raise InvalidInputError(f"--method: unknown {args.method} (known: {', '.join(METHODS)})")
     if args.suite == "chat":
         from .bench.chat import SETTINGS
 

@@ -189,6 +189,13 @@ def _bad_values(d: dict[str, str]) -> dict[str, list[list[str]]]:
                     ["--suite", "qa", "--settings", "bogus"],
                     ["--suite", "chat", "--settings", "cold"],
                     ["--turns", "0"],
+                    ["--suite", "long", "--settings", "compressed:3:nope"],
+                    ["--min-tokens", "-1"],
+                    ["--questions-per-document", "0"],
+                    ["--method", "bogus"],
+                    ["--lengths", "x"],
+                    ["--lengths", "8"],
+                    ["--map-reduce-up-to", "0"],
                     *model,
                 ]
             ],

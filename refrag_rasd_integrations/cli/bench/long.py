@@ -35,6 +35,7 @@ from typing import Any
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 
+from ...long_documents import DEFAULT_PIECE_TOKENS, map_reduce, tree_summarize
 from .long_tasks import LongTask
 from .metrics import answer_f1, answer_recall
 from .results import Column, format_table_of, machine_line, results_header
@@ -148,10 +149,9 @@ def run_setting(engine: Engine, task: LongTask, setting: LongSetting, *, max_tok
     texts = [p.text for p in task.passages]
     t0 = time.perf_counter()
     if setting.kind in ("map-reduce", "tree"):
-        from ...long_documents import map_reduce, tree_summarize
-
         fn = map_reduce if setting.kind == "map-reduce" else tree_summarize
-        out = fn(engine, texts, question=None if task.kind == "summary" else task.prompt, **gen)
+        piece = min(DEFAULT_PIECE_TOKENS, (engine.max_positions or 1 << 30) // 2)  # a piece and its answer fit
+        out = fn(engine, texts, question=None if task.kind == "summary" else task.prompt, piece_tokens=piece, **gen)
         total = time.perf_counter() - t0
         return {"text": out.text, "total_s": total, "ttft_s": out.ttft_s, "calls": out.calls,
                 "prefill_positions": out.prefill_positions, "peak_positions": out.peak_positions, "context": "text",

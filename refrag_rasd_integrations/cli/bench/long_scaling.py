@@ -19,9 +19,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from refrag_rasd_core.engine import Engine
+from refrag_rasd_core.refrag import Passage
 
+from ...long_documents import SUMMARIZE_INSTRUCTION
 from .long import LongSetting, kv_bytes_per_position, run_setting
-from .long_tasks import SUMMARY_INSTRUCTION, DocumentPassage, LongTask
+from .long_tasks import LongTask
 from .results import Column, format_table_of, machine_line, results_header
 
 __all__ = ["grown_documents", "run_scaling", "format_scaling_table"]
@@ -29,7 +31,7 @@ __all__ = ["grown_documents", "run_scaling", "format_scaling_table"]
 WAYS = ("text", "default", "map-reduce")
 
 
-def grown_documents(passages: Sequence[DocumentPassage], lengths: Sequence[int]) -> list[LongTask]:
+def grown_documents(passages: Sequence[Passage], lengths: Sequence[int]) -> list[LongTask]:
     """A summarization task per length: the first passages holding at most that many tokens."""
     tasks = []
     for n in sorted(lengths):
@@ -39,7 +41,7 @@ def grown_documents(passages: Sequence[DocumentPassage], lengths: Sequence[int])
                 break
             kept.append(p)
             total += len(p.token_ids)
-        tasks.append(LongTask(f"grown-{n}", "summary", SUMMARY_INSTRUCTION, f"grown-{n}", [""], kept))
+        tasks.append(LongTask(f"grown-{n}", "summary", SUMMARIZE_INSTRUCTION, f"grown-{n}", [""], kept))
     return tasks
 
 

@@ -19,27 +19,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
+from refrag_rasd_core.refrag import Passage
 
-from ...store.splitting import PassageSplitter
+from ...long_documents import SUMMARIZE_INSTRUCTION, document_passages
 
-__all__ = ["DocumentPassage", "LongTask", "join_articles", "kind_of", "load_long_tasks", "split_document"]
-
-SUMMARY_INSTRUCTION = "Summarize the document in a few sentences."
-
-
-@dataclass
-class DocumentPassage:
-    """One passage of a document: its text, token ids and the chunk embeddings a store keeps for it."""
-
-    text: str
-    token_ids: list[int]
-    chunk_embeddings: Any = None
+__all__ = ["LongTask", "join_articles", "kind_of", "load_long_tasks", "split_document"]
 
 
 @dataclass
@@ -51,7 +41,7 @@ class LongTask:
     prompt: str
     document_id: str
     references: list[str]
-    passages: list[DocumentPassage] = field(default_factory=list)
+    passages: list[Passage] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -83,15 +73,14 @@ def join_articles(articles: Mapping[str, Sequence[str]], min_words: int) -> list
     return [g for g in groups if g]
 
 
-def split_document(engine: Engine, text: str, passage_tokens: int = 256) -> tuple[list[DocumentPassage], float]:
-    """A document as passages of at most ``passage_tokens`` tokens with their chunk embeddings, and the seconds
-    the embeddings took (the indexing cost a store pays once, outside any request)."""
-    tok = engine.tokenizer
-    pieces = PassageSplitter(tok, passage_tokens)(text)
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in pieces]
+def split_document(engine: Engine, text: str, passage_tokens: int = 256) -> tuple[list[Passage], float]:
+    """A document as passages of at most ``passage_tokens`` tokens with their token ids and chunk embeddings, and
+    the seconds the embeddings took (the indexing cost a store pays once, outside any request)."""
+    passages = document_passages([text], engine.tokenizer, passage_tokens=passage_tokens)
+    ids = [engine.tokenizer(p.text, add_special_tokens=False)["input_ids"] for p in passages]
     t0 = time.perf_counter()
     vectors = engine.refrag_encoder().encode_passages(ids) if engine.has_chunk_encoder else [None] * len(ids)
-    return [DocumentPassage(p, i, v) for p, i, v in zip(pieces, ids, vectors, strict=True)], \
+    return [replace(p, token_ids=i, chunk_embeddings=v) for p, i, v in zip(passages, ids, vectors, strict=True)], \
         time.perf_counter() - t0
 
 
@@ -129,7 +118,7 @@ def load_long_tasks(path: str | Path, engine: Engine, *, limit: int | None = Non
     for doc_id, text, qrows in docs:
         passages, index_s[doc_id] = split_document(engine, text, passage_tokens)
         if kind == "summary":
-            tasks.append(LongTask(doc_id, "summary", SUMMARY_INSTRUCTION, doc_id, [str(qrows[0]["summary"])],
+            tasks.append(LongTask(doc_id, "summary", SUMMARIZE_INSTRUCTION, doc_id, [str(qrows[0]["summary"])],
                                   passages))
         else:
             tasks += [LongTask(str(r["id"]), "qa", str(r["question"]), doc_id, [str(a) for a in r["answers"]],
