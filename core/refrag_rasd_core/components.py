@@ -35,6 +35,21 @@ def load_refrag(target: LoadedModel, refrag: Any) -> Any:
     return rm
 
 
+def load_refrag_long(target: LoadedModel, refrag_long: Any, main: Any, main_was_default: bool) -> Any:
+    """Resolve the engine's ``refrag_long`` argument (the checkpoint for passages past the window) to a
+    :class:`~refrag_rasd_core.refrag.RefragModel` or ``None``: ``"auto"`` is the shipped long-document checkpoint
+    when the engine runs the shipped checkpoint and that file exists; none without a main checkpoint."""
+    from .refrag.checkpoint import DEFAULT_LONG_REFRAG_CHECKPOINT
+
+    if refrag_long is None or main is None:
+        return None
+    if isinstance(refrag_long, str) and refrag_long == "auto":
+        if not main_was_default or not Path(DEFAULT_LONG_REFRAG_CHECKPOINT).exists():
+            return None
+        refrag_long = DEFAULT_LONG_REFRAG_CHECKPOINT
+    return load_refrag(target, refrag_long)
+
+
 def default_drafter(target: LoadedModel) -> Any:
     """The shipped EAGLE draft head for the default target (``None`` for any other model)."""
     if not target.is_default:

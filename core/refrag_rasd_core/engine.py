@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from .components import check_drafter_vocab, default_drafter, load_refrag
-from .errors import ContextTooLongError, InvalidInputError
+from .components import check_drafter_vocab, default_drafter, load_refrag, load_refrag_long
+from .errors import InvalidInputError
 from .forward import Runner, make_runner, runner_kind, sync_device
 from .generation_config import METHODS, GenerationConfig, Prompt
 from .generation_stream import GenerationStream, ModelLock
@@ -37,7 +37,7 @@ from .rasd.budget import CPU_COSTS, GPU_COSTS, DraftGate, TreeBudget, runner_ver
 from .rasd.proposers import PROPOSERS
 from .rasd.step import speculative_step
 from .refrag.runtime import RefragRuntime
-from .request import EngineRequest, RequestBuilder
+from .request import EngineRequest, RequestBuilder, check_compressed_fits
 from .sampling import SamplingParams, make_generator
 from .stats import GenerationResult, GenerationStats
 from .structured.constraint import UNCONSTRAINED, Grammars
@@ -60,12 +60,16 @@ class Engine:
 
     def __init__(self, target: LoadedModel, *, drafter: Any = "auto", datastore: Any = None,
                  refrag: Any = "auto", refrag_encoder: Any = None, forward: str = "auto",
-                 weights: str = "exact", prefix_cache: PrefixCache | int | None = None) -> None:
+                 weights: str = "exact", prefix_cache: PrefixCache | int | None = None,
+                 refrag_long: Any = "auto") -> None:
         """``drafter``: a :class:`~refrag_rasd_core.rasd.draft_tree.Drafter`, ``None`` (retrieval-only
         speculation) or ``"auto"`` (the shipped EAGLE head for the default model). ``datastore``: a shared
         :class:`~refrag_rasd_core.rasd.datastore.RestDatastore` for ``rest`` / ``rasd``. ``refrag``: the REFRAG
         checkpoint for compressed requests (a path, a :class:`~refrag_rasd_core.refrag.RefragModel`, ``None``
-        or ``"auto"``: the shipped one); other requests run the stock target. ``refrag_encoder``: the chunk
+        or ``"auto"``: the shipped one); other requests run the stock target. ``refrag_long``: the checkpoint
+        for passages that ``context="auto"`` compresses because they do not fit the window (same encoder and k;
+        ``"auto"``: the shipped long-document one with the shipped checkpoint; ``None``: ``refrag``'s).
+        ``refrag_encoder``: the chunk
         encoder for passages without stored chunk embeddings (default: the checkpoint's). ``forward``:
         ``"auto"`` (the lean forward for LLaMA / Qwen2 / Mistral, transformers' otherwise), ``"lean"`` or ``"hf"``
         (:mod:`~refrag_rasd_core.forward`; same greedy outputs). ``weights``: ``"exact"``
@@ -89,6 +93,8 @@ class Engine:
         self.refrag = load_refrag(target, refrag)
         self._refrag = RefragRuntime(self.refrag, model=self.model, tokenizer=self.tokenizer,
                                      target_name=target.name, encoder=refrag_encoder)
+        self.refrag_long = load_refrag_long(target, refrag_long, self.refrag, refrag == "auto")
+        self._refrag_long = self._refrag.sibling(self.refrag_long) if self.refrag_long is not None else None
         self._lock = ModelLock()
         self.prefix_cache = PrefixCache(prefix_cache) if isinstance(prefix_cache, int) else prefix_cache
         self._requests = RequestBuilder(self.tokenizer, int(self.model.get_input_embeddings().weight.shape[0]))
@@ -130,16 +136,17 @@ class Engine:
         """What this engine runs, for results files and reports: the target's name and dtype, the device,
         the forward and weights chosen at load (``forward_choices``: what the lean forward measured here),
         the drafter and the REFRAG checkpoint (chunk size, encoder, sha256, whether it has a trained policy,
-        its measured ``auto`` operating point), or ``None`` without one.
+        its measured ``auto`` operating point, the long-document checkpoint's sha256), or ``None`` without one.
 
         Example:
             >>> info = engine.describe()                                        # doctest: +REAL_MODEL
             >>> info["refrag"]["k"], info["weights"]                            # doctest: +REAL_MODEL
             (16, 'exact')
         """
-        rm = self.refrag
+        rm, long = self.refrag, self.refrag_long
         refrag = None if rm is None else {"k": rm.k, "encoder": rm.encoder_id, "sha256": rm.meta.get("sha256"),
-                                          "policy": rm.policy is not None, "auto": dict(rm.meta.get("auto") or {})}
+                                          "policy": rm.policy is not None, "auto": dict(rm.meta.get("auto") or {}),
+                                          "long_sha256": long.meta.get("sha256") if long is not None else None}
         return {"model": self.name, "dtype": str(self.model.dtype).replace("torch.", ""), "device": str(self.device),
                 "forward": self.forward, "weights": self.weights, "forward_choices": self.runner.describe(),
                 "drafter": type(self.drafter).__name__ if self.drafter is not None else None, "refrag": refrag}
@@ -222,15 +229,19 @@ class Engine:
         """
         return self._refrag.auto_context(passage_tokens)
 
-    def runner_for(self, compressed: bool) -> Runner:
+    def runner_for(self, compressed: bool, long_document: bool = False) -> Runner:
         """The decoder a request runs on: the REFRAG-adapted weight set for a compressed request when the
-        checkpoint has decoder adapters for every position (built once), else the stock target."""
-        return self._refrag.runner_for(self.runner, compressed)
+        checkpoint (``long_document``: the long-document one) has decoder adapters for every position (built
+        once), else the stock target."""
+        return self._runtime(long_document).runner_for(self.runner, compressed)
 
-    def prefill_adapter(self, compressed: bool) -> Any:
+    def prefill_adapter(self, compressed: bool, long_document: bool = False) -> Any:
         """The row-scoped decoder adapters a compressed request's prefill adds at its chunk positions, or
         ``None``."""
-        return self._refrag.prefill_adapter(compressed)
+        return self._runtime(long_document).prefill_adapter(compressed)
+
+    def _runtime(self, long_document: bool) -> RefragRuntime:
+        return self._refrag_long if long_document and self._refrag_long is not None else self._refrag
 
     def _request(self, prompt: Prompt, passages: Sequence[Any] | None, cfg: GenerationConfig) -> EngineRequest:
         """Tokenize the prompt and the passages (once) and resolve ``context="auto"`` for one call;
@@ -238,18 +249,8 @@ class Engine:
         return self._requests.build(prompt, passages, cfg,
                                     auto_point=lambda n: self.auto_context(passage_tokens=n),
                                     require_refrag=self._refrag.require, limit=self.runner.max_positions,
-                                    window_point=self._refrag.window_point)
-
-    def _compress(self, request: EngineRequest, stats: GenerationStats) -> Any:
-        """The mixed (compressed + expanded) prefill input of a request."""
-        cfg = request.config
-        mixed = self._refrag.compress(request.layout, request.passages, request.question, expand=cfg.expand,
-                                      expand_tokens=cfg.expand_tokens, policy=cfg.policy, seed=cfg.seed,
-                                      raw_passages=request.raw_passages)
-        stats.chunks = mixed.n_chunks
-        stats.expanded_chunks = len(mixed.expanded)
-        stats.expanded = list(mixed.expanded)
-        return mixed
+                                    window_point=self._runtime(True).window_point,
+                                    long_checkpoint=self._refrag_long is not None)
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _run(self, request: EngineRequest, stats: GenerationStats, out_ids: list[int], limit: int | None,
@@ -260,7 +261,7 @@ class Engine:
     def _decode(self, request: EngineRequest, stats: GenerationStats, out_ids: list[int], limit: int | None,
                 constraint: Any) -> Iterator[str]:
         cfg = request.config
-        runner = self.runner_for(request.compressed)
+        runner = self.runner_for(request.compressed, request.long_document)
         device = runner.device
         params = cfg.sampling
         gen = make_generator(cfg.seed, device)
@@ -276,8 +277,8 @@ class Engine:
         if limit is not None:
             max_new = min(max_new, limit - stats.prefill_positions)
         committed = list(prompt_ids)
-        pre = prefill_forward(runner, prompt_ids, mixed, want_hidden, self.prefill_adapter(mixed is not None),
-                              prefix=self.prefix_cache)
+        pre = prefill_forward(runner, prompt_ids, mixed, want_hidden,
+                              self.prefill_adapter(mixed is not None, request.long_document), prefix=self.prefix_cache)
         cache, logits, hidden, stats.cached_tokens = pre.cache, pre.logits, pre.hidden, pre.cached
         token = constraint.choose(logits[0], params, gen)
         sync_device(device)
@@ -326,18 +327,18 @@ class Engine:
 
     def _prefill_input(self, request: EngineRequest, stats: GenerationStats,
                        limit: int | None) -> tuple[list[int], int, Any]:
-        """(raw prompt tokens, compressed positions, mixed input or None) of a request."""
-        mixed = self._compress(request, stats) if request.compressed else None
-        if mixed is None:
+        """(raw prompt tokens, compressed positions, mixed input or None) of a request; a compressed request's
+        mixed (compressed + expanded) input is built here."""
+        if not request.compressed:
             ids = request.prompt_ids or []
             stats.prefill_positions = len(ids)
             return ids, 0, None
-        if limit is not None and mixed.length >= limit:
-            raise ContextTooLongError(
-                f"the compressed prompt takes {mixed.length} positions but the model reads at most {limit} "
-                f"(at k={self.refrag.k} that is about {limit * self.refrag.k} tokens of passages): pass "
-                "fewer passages or expand fewer chunks"
-            )
+        cfg = request.config
+        mixed = self._runtime(request.long_document).compress(
+            request.layout, request.passages, request.question, expand=cfg.expand, expand_tokens=cfg.expand_tokens,
+            policy=cfg.policy, seed=cfg.seed, raw_passages=request.raw_passages)
+        stats.chunks, stats.expanded_chunks, stats.expanded = mixed.n_chunks, len(mixed.expanded), list(mixed.expanded)
+        check_compressed_fits(mixed.length, limit, self._refrag.require().k)
         prompt_ids = [t for t in mixed.token_ids if t is not None]
         stats.prefill_positions = mixed.length
         return prompt_ids, mixed.length - len(prompt_ids), mixed  # compressed positions: cached, not tokens
@@ -360,10 +361,11 @@ class Engine:
         limit = self.runner.max_positions
         request.check_fits(limit)
         with self._lock:
-            runner = self.runner_for(request.compressed)
+            runner = self.runner_for(request.compressed, request.long_document)
             t0 = time.perf_counter()
             prompt_ids, _, mixed = self._prefill_input(request, stats, limit)
-            pre = prefill_forward(runner, prompt_ids, mixed, False, self.prefill_adapter(mixed is not None))
+            pre = prefill_forward(runner, prompt_ids, mixed, False,
+                                  self.prefill_adapter(mixed is not None, request.long_document))
             cache, logits = pre.cache, pre.logits
             int(logits[0].argmax())
             sync_device(runner.device)
@@ -373,19 +375,9 @@ class Engine:
 
     def continuation_nll(self, prefill: Prefill, token_ids: Sequence[int]) -> float:
         """Mean negative log-likelihood per token of ``token_ids`` following a :meth:`prefill` (consumes
-        its cache). The first token is scored by the prefill's own logits."""
-        ids = [int(t) for t in token_ids]
-        if not ids:
-            raise InvalidInputError("the continuation is empty")
-        lps = [torch.log_softmax(prefill.logits.float(), -1)[ids[0]]]
-        if len(ids) > 1:
-            runner = prefill.runner or self.runner
-            with self._lock:
-                logits, _ = runner.forward(torch.tensor([ids[:-1]], device=runner.device),
-                                           prefill.cache, logits_at=None)
-            lp = torch.log_softmax(logits.float(), -1)
-            lps.extend(lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:], device=lp.device)])
-        return float(-torch.stack([x.to(lps[0].device) for x in lps]).mean())
+        its cache; :meth:`Prefill.continuation_nll`)."""
+        with self._lock:
+            return prefill.continuation_nll(token_ids, self.runner)
 
     def _speculate(self, runner: Runner, proposer: Any, cache: Any, committed: list[int],
                    hidden: torch.Tensor | None, params: SamplingParams, gen: torch.Generator | None,

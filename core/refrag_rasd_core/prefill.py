@@ -16,11 +16,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .errors import InvalidInputError
 from .forward import Runner
 from .prefix_cache import KVSnapshot, PrefixCache, PrefixHit, position_keys
 from .stats import GenerationStats
@@ -84,6 +86,22 @@ class Prefill:
     positions: int
     stats: GenerationStats
     runner: Runner | None = None
+
+    def continuation_nll(self, token_ids: Sequence[int], runner: Runner | None = None) -> float:
+        """Mean negative log-likelihood per token of ``token_ids`` following this prefill (consumes its cache;
+        ``runner``: the decoder, when the prefill does not name one). The first token is scored by the
+        prefill's own logits."""
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise InvalidInputError("the continuation is empty")
+        lps = [torch.log_softmax(self.logits.float(), -1)[ids[0]]]
+        if len(ids) > 1:
+            run = self.runner or runner
+            assert run is not None, "a prefill without its decoder needs one"
+            logits, _ = run.forward(torch.tensor([ids[:-1]], device=run.device), self.cache, logits_at=None)
+            lp = torch.log_softmax(logits.float(), -1)
+            lps.extend(lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:], device=lp.device)])
+        return float(-torch.stack([x.to(lps[0].device) for x in lps]).mean())
 
     def kv_bytes(self) -> int:
         """Bytes the KV cache holds (keys and values of every layer)."""

@@ -21,7 +21,7 @@ from .errors import ContextTooLongError, InvalidInputError
 from .generation_config import GenerationConfig, Prompt
 from .structured.tool_calls import render_tool_messages, with_system_note
 
-__all__ = ["EngineRequest", "RequestBuilder"]
+__all__ = ["EngineRequest", "RequestBuilder", "check_compressed_fits"]
 
 
 @dataclass
@@ -44,6 +44,8 @@ class EngineRequest:
     """The call's corpus datastore (``None``: the engine's)."""
     context_reason: str = ""
     """Why ``context="auto"`` chose what it did when it is not the usual point (passages past the window)."""
+    long_document: bool = False
+    """Compressed because it does not fit the window: read by the engine's long-document checkpoint, if any."""
 
     @property
     def compressed(self) -> bool:
@@ -115,14 +117,16 @@ class RequestBuilder:
     def build(self, prompt: Prompt, passages: Sequence[Any] | None, cfg: GenerationConfig, *,
               auto_point: Callable[[int], dict[str, Any]] | None = None,
               require_refrag: Callable[[], Any] | None = None, limit: int | None = None,
-              window_point: Callable[[], dict[str, Any] | None] | None = None) -> EngineRequest:
+              window_point: Callable[[], dict[str, Any] | None] | None = None,
+              long_checkpoint: bool = False) -> EngineRequest:
         """The request of one call. ``passages`` go with the question; in a conversation an earlier user
         message may carry its own under ``"passages"`` (laid out in that message as they were in its turn).
         ``auto_point(passage_tokens)`` gives the operating point ``context="auto"`` stands for when passages
         come along (default: plain RAG); ``require_refrag()`` raises when compression cannot run. With ``auto``,
         passages that do not fit the window ``limit`` as text (with room for ``max_tokens``) are compressed
         with ``window_point()``'s setting, its raw-token budget capped to what the window leaves (``None``:
-        no REFRAG, the request is refused as too long)."""
+        no REFRAG, the request is refused as too long), read by the long-document checkpoint when the engine has
+        one (``long_checkpoint``)."""
         from .refrag.context import layout_prompt, question_text
 
         prompt = _with_tools(prompt, cfg)
@@ -148,14 +152,15 @@ class RequestBuilder:
             ids = self.encode_prompt([{"role": "user", "content": plain}] if isinstance(plain, str) else plain)
             return EngineRequest(cfg, prompt_ids=ids, prompt_tokens=len(ids), passage_ids=pids)
         full = layout.full_ids()
-        reason = ""
+        reason, long_document = "", False
         if (not compressed and asked.context == "auto" and limit is not None and window_point is not None
                 and len(full) + cfg.max_tokens > limit):
             point = window_point()
             if point is not None and require_refrag is not None:
                 cfg, reason = _past_window(asked.resolve_context(point), layout, len(full), limit,
                                            require_refrag().k)
-                compressed, history = True, "compressed"
+                compressed, history, long_document = True, "compressed", long_checkpoint
+                reason += "; the long-document checkpoint" if long_checkpoint else ""
         if not compressed:
             return EngineRequest(cfg, prompt_ids=full, prompt_tokens=len(full),
                                  context_tokens=layout.context_tokens, passage_ids=pids)
@@ -164,7 +169,7 @@ class RequestBuilder:
                              passages=kept, passage_ids=pids, question=question_text(plain),
                              raw_passages=[i for i in range(len(layout.passages)) if (
                                  history != "compressed" if i < earlier else cfg.context != "compressed")],
-                             context_reason=reason)
+                             context_reason=reason, long_document=long_document)
 
     def _message_passages(self, prompt: Prompt, passages: Sequence[Any] | None
                           ) -> tuple[Prompt, list[Any], list[list[int]]]:
@@ -208,6 +213,14 @@ class RequestBuilder:
         self.check_token_ids(ids, "the prompt")
         return EngineRequest(cfg.resolve_context(None), prompt_ids=ids, prompt_tokens=len(ids),
                              passage_ids=self.passage_token_ids(passages))
+
+
+def check_compressed_fits(positions: int, limit: int | None, k: int) -> None:
+    """Raise :class:`ContextTooLongError` when a compressed prompt of ``positions`` does not fit ``limit``."""
+    if limit is not None and positions >= limit:
+        raise ContextTooLongError(
+            f"the compressed prompt takes {positions} positions but the model reads at most {limit} (at k={k} that "
+            f"is about {limit * k} tokens of passages): pass fewer passages or expand fewer chunks")
 
 
 def _past_window(cfg: GenerationConfig, layout: Any, text_tokens: int, limit: int,

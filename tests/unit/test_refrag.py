@@ -263,6 +263,32 @@ def test_auto_compresses_what_does_not_fit_and_says_so():
         plain.generate("Q?", passages=long, max_new_tokens=2)
 
 
+def test_a_long_document_checkpoint_reads_what_does_not_fit():
+    loaded = tiny_loaded(0, max_positions=160)
+    enc = tiny_chunk_encoder(loaded.tokenizer, k=4)
+    main, long_rm = tiny_refrag(loaded, enc), tiny_refrag(loaded, enc, seed=5)
+    engine = Engine(loaded, drafter=None, refrag=main, refrag_encoder=enc, refrag_long=long_rm)
+    assert Engine(loaded, drafter=None, refrag=main, refrag_encoder=enc).refrag_long is None  # "auto": shipped only
+    long = ["word " * 40]
+    out = engine.generate("Q?", passages=long, max_new_tokens=8, method="vanilla")
+    assert out.stats.context == "compressed" and "long-document checkpoint" in out.stats.context_reason
+    budget = int(out.stats.context_reason.split("), ")[1].split(" tokens")[0].replace(",", ""))
+    alone = Engine(loaded, drafter=None, refrag=long_rm, refrag_encoder=enc)  # the long checkpoint as the main one
+    same = alone.generate("Q?", passages=long, max_new_tokens=8, method="vanilla", context="compressed",
+                          expand_tokens=budget, policy="rank")
+    assert same.token_ids == out.token_ids
+    main_only = engine.generate("Q?", passages=long, max_new_tokens=8, method="vanilla", context="compressed",
+                                expand_tokens=budget, policy="rank")  # asked for: the main checkpoint reads it
+    ref = Engine(loaded, drafter=None, refrag=main, refrag_encoder=enc).generate(
+        "Q?", passages=long, max_new_tokens=8, method="vanilla", context="compressed", expand_tokens=budget,
+        policy="rank")
+    assert main_only.token_ids == ref.token_ids
+    assert ref.token_ids != same.token_ids  # the two checkpoints read the chunks differently: the choice shows
+    other = tiny_refrag(loaded, tiny_chunk_encoder(loaded.tokenizer, k=8))
+    with pytest.raises(CheckpointError, match="same encoder"):
+        Engine(loaded, drafter=None, refrag=main, refrag_encoder=enc, refrag_long=other)
+
+
 def test_an_expand_tokens_budget_alone_expands(setup):
     *_, engine = setup
     out = engine.generate("Q?", passages=["word " * 12], context="compressed", expand_tokens=8, policy="rank",

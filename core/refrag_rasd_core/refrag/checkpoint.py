@@ -35,9 +35,13 @@ FORMAT = "refrag-rasd-refrag"
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_REFRAG_CHECKPOINT = CHECKPOINT_DIR / "smollm2-135m-instruct-refrag-k16.safetensors"
+DEFAULT_LONG_REFRAG_CHECKPOINT = CHECKPOINT_DIR / "smollm2-135m-instruct-refrag-k16-long.safetensors"
+"""The shipped checkpoint for documents past the window (when it exists): the same encoder and k as
+:data:`DEFAULT_REFRAG_CHECKPOINT`, trained to summarize whole long documents."""
 WHAT = "REFRAG checkpoint"
 
-__all__ = ["DEFAULT_REFRAG_CHECKPOINT", "decoder_info", "save_refrag_checkpoint", "load_refrag_checkpoint"]
+__all__ = ["DEFAULT_LONG_REFRAG_CHECKPOINT", "DEFAULT_REFRAG_CHECKPOINT", "decoder_info", "save_refrag_checkpoint",
+           "load_refrag_checkpoint"]
 
 
 def decoder_info(model: Any, tokenizer: Any | None = None) -> dict[str, Any]:

@@ -10,10 +10,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import CheckpointError, InvalidInputError
 from .refrag_model import RefragModel
 
 __all__ = ["RefragRuntime"]
@@ -30,12 +30,13 @@ class RefragRuntime:
     ``tokenizer``, and an optional chunk ``encoder`` given instead of the checkpoint's."""
 
     def __init__(self, refrag: RefragModel | None, *, model: Any, tokenizer: Any, target_name: str,
-                 encoder: Any = None) -> None:
+                 encoder: Any = None, encoder_from: Callable[[], Any] | None = None) -> None:
         self.model_parts = refrag
         self.model = model
         self.tokenizer = tokenizer
         self.target_name = target_name
         self._encoder = encoder
+        self._encoder_from = encoder_from  # a sibling's encoder (one encoder serves both checkpoints)
         self._adapted: Any = None  # the adapted sibling of the engine's runner, built on first need
         self._row_lora: Any = None
 
@@ -57,8 +58,22 @@ class RefragRuntime:
         """The :class:`~refrag_rasd_core.refrag.ChunkEncoder` matching the checkpoint (loaded on first use;
         only passages WITHOUT stored chunk embeddings need it)."""
         if self._encoder is None:
-            self._encoder = self.require().load_encoder(self.tokenizer)
+            self._encoder = (self._encoder_from() if self._encoder_from is not None
+                             else self.require().load_encoder(self.tokenizer))
         return self._encoder
+
+    def sibling(self, refrag: RefragModel) -> RefragRuntime:
+        """A runtime for a second checkpoint of this target (e.g. the one for documents past the window) that
+        reads the same chunk embeddings: same encoder, pooling, width and k, else :class:`CheckpointError`; the
+        chunk encoder is shared."""
+        mine = self.require()
+        if mine.signature(self.tokenizer) != refrag.signature(self.tokenizer):
+            raise CheckpointError(
+                f"the long-document REFRAG checkpoint reads chunk embeddings of {refrag.encoder_id} "
+                f"({refrag.pooling}, k={refrag.k}) but the engine's checkpoint reads {mine.encoder_id} "
+                f"({mine.pooling}, k={mine.k}): both must read what a store holds; train it from the same encoder")
+        return RefragRuntime(refrag, model=self.model, tokenizer=self.tokenizer, target_name=self.target_name,
+                             encoder_from=self.encoder)
 
     def signature(self) -> dict[str, Any]:
         """What a store's chunk embeddings must match to be read (encoder, k, tokenizer...)."""
