@@ -252,7 +252,7 @@ def test_auto_compresses_what_does_not_fit_and_says_so():
     # the same as asking for it with the budget the reason names
     budget = int(out.stats.context_reason.split("), ")[1].split(" tokens")[0].replace(",", ""))
     same = engine.generate("Q?", passages=long, max_new_tokens=8, method="vanilla", context="compressed",
-                           expand_tokens=budget, policy="rank")
+                           expand_tokens=budget, policy="auto")
     assert same.token_ids == out.token_ids and same.stats.expanded == out.stats.expanded
     with pytest.raises(ContextTooLongError):  # an explicit context is never changed
         engine.generate("Q?", passages=long, context="text", max_new_tokens=2)
@@ -275,13 +275,13 @@ def test_a_long_document_checkpoint_reads_what_does_not_fit():
     budget = int(out.stats.context_reason.split("), ")[1].split(" tokens")[0].replace(",", ""))
     alone = Engine(loaded, drafter=None, refrag=long_rm, refrag_encoder=enc)  # the long checkpoint as the main one
     same = alone.generate("Q?", passages=long, max_new_tokens=8, method="vanilla", context="compressed",
-                          expand_tokens=budget, policy="rank")
+                          expand_tokens=budget, policy="auto")
     assert same.token_ids == out.token_ids
     main_only = engine.generate("Q?", passages=long, max_new_tokens=8, method="vanilla", context="compressed",
-                                expand_tokens=budget, policy="rank")  # asked for: the main checkpoint reads it
+                                expand_tokens=budget, policy="auto")  # asked for: the main checkpoint reads it
     ref = Engine(loaded, drafter=None, refrag=main, refrag_encoder=enc).generate(
         "Q?", passages=long, max_new_tokens=8, method="vanilla", context="compressed", expand_tokens=budget,
-        policy="rank")
+        policy="auto")
     assert main_only.token_ids == ref.token_ids
     assert ref.token_ids != same.token_ids  # the two checkpoints read the chunks differently: the choice shows
     other = tiny_refrag(loaded, tiny_chunk_encoder(loaded.tokenizer, k=8))
