@@ -85,7 +85,8 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     g.add_argument("--execute", action="store_true", help="pass@1: run each task's tests (HumanEval 'test') in a "
                    "subprocess with a time limit and sockets disabled")
     g = p.add_argument_group("long suite (whole documents: summaries, or SQuAD-style articles joined)")
-    g.add_argument("--min-tokens", type=int, default=0, help="only documents of at least this many tokens")
+    g.add_argument("--min-document-tokens", type=int, default=0, help="only documents of at least this many tokens")
+    g.add_argument("--max-document-tokens", type=int, default=None, help="only documents of at most this many tokens")
     g.add_argument("--questions-per-document", type=int, default=4, help="QA: questions asked of each document")
     g.add_argument("--method", default=None, help="decoding method of every setting (default: the engine's)")
     g.add_argument("--lengths", default=None, help="instead: one document grown to these token counts "
@@ -115,7 +116,8 @@ def _bench_long(args: argparse.Namespace) -> dict:
     from .bench.data import trained_ids
 
     exclude = set() if args.include_train else trained_ids()
-    tasks, index_s = load_long_tasks(args.data, engine, limit=args.limit, min_tokens=args.min_tokens,
+    tasks, index_s = load_long_tasks(args.data, engine, limit=args.limit, min_tokens=args.min_document_tokens,
+                                     max_tokens=args.max_document_tokens,
                                      questions_per_document=args.questions_per_document, exclude_ids=exclude)
     res = run_long_suite(engine, tasks, settings, max_tokens=args.max_new_tokens or 128, method=args.method,
                          index_s=index_s)
@@ -363,7 +365,8 @@ def check_bench_args(args: argparse.Namespace) -> None:
         from .bench.long import parse_long_settings
 
         parse_long_settings(args.settings or "default")
-    at_least(args.min_tokens, "--min-tokens", 0)
+    at_least(args.min_document_tokens, "--min-document-tokens", 0)
+    at_least(args.max_document_tokens, "--max-document-tokens", 1)
     at_least(args.questions_per_document, "--questions-per-document", 1)
     at_least(args.map_reduce_up_to, "--map-reduce-up-to", 1)
     if args.lengths is not None:

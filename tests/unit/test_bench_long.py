@@ -80,6 +80,7 @@ def test_tasks_from_both_kinds_of_file(engine, summaries, squad):
         json.loads(summaries.read_text().splitlines()[0])["document"].replace(" ", "").replace("\n", "")
     assert set(index_s) == {"long", "short"}
     assert [t.id for t in load_long_tasks(summaries, engine, min_tokens=WINDOW)[0]] == ["long"]
+    assert [t.id for t in load_long_tasks(summaries, engine, max_tokens=WINDOW)[0]] == ["short"]
     qa, _ = load_long_tasks(squad, engine, questions_per_document=2, min_words=150, passage_tokens=64)
     docs = {t.document_id for t in qa}
     assert docs == {"Alpha+Beta", "Gamma"} and all(t.kind == "qa" for t in qa)

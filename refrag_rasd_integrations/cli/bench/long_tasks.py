@@ -85,10 +85,10 @@ def split_document(engine: Engine, text: str, passage_tokens: int = 256) -> tupl
 
 
 def load_long_tasks(path: str | Path, engine: Engine, *, limit: int | None = None, min_tokens: int = 0,
-                    questions_per_document: int = 4, min_words: int = 7000, passage_tokens: int = 256,
+                    max_tokens: int | None = None, questions_per_document: int = 4, min_words: int = 7000, passage_tokens: int = 256,
                     exclude_ids: set[str] | None = None) -> tuple[list[LongTask], dict[str, float]]:
-    """The tasks of a data file (see the module docstring) whose documents hold at least ``min_tokens`` tokens,
-    at most ``limit`` documents (the longest first), and the indexing seconds per document. ``exclude_ids``:
+    """The tasks of a data file (see the module docstring) whose documents hold ``min_tokens`` to ``max_tokens``
+    tokens, at most ``limit`` documents (the longest first), and the indexing seconds per document. ``exclude_ids``:
     documents (summaries) or questions (QA) left out, e.g. what a shipped checkpoint was trained on."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     if not rows:
@@ -112,7 +112,8 @@ def load_long_tasks(path: str | Path, engine: Engine, *, limit: int | None = Non
             step = max(len(qs) // max(questions_per_document, 1), 1)
             docs.append(("+".join(group), text, qs[::step][:questions_per_document]))
     lengths = {d[0]: len(engine.tokenizer(d[1], add_special_tokens=False)["input_ids"]) for d in docs}
-    docs = sorted((d for d in docs if lengths[d[0]] >= min_tokens), key=lambda d: -lengths[d[0]])[:limit]
+    docs = sorted((d for d in docs if min_tokens <= lengths[d[0]] <= (max_tokens or lengths[d[0]])),
+                  key=lambda d: -lengths[d[0]])[:limit]
     tasks: list[LongTask] = []
     index_s: dict[str, float] = {}
     for doc_id, text, qrows in docs:
