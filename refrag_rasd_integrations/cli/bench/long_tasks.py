@@ -86,7 +86,8 @@ def split_document(engine: Engine, text: str, passage_tokens: int = 256) -> tupl
 
 def load_long_tasks(path: str | Path, engine: Engine, *, limit: int | None = None, min_tokens: int = 0,
                     max_tokens: int | None = None, questions_per_document: int = 4, min_words: int = 7000,
-                    passage_tokens: int = 256, exclude_ids: set[str] | None = None) -> tuple[list[LongTask], dict[str, float]]:
+                    passage_tokens: int = 256, exclude_ids: set[str] | None = None
+                    ) -> tuple[list[LongTask], dict[str, float]]:
     """The tasks of a data file (see the module docstring) whose documents hold ``min_tokens`` to ``max_tokens``
     tokens, at most ``limit`` documents (the longest first), and the indexing seconds per document. ``exclude_ids``:
     documents (summaries) or questions (QA) left out, e.g. what a shipped checkpoint was trained on."""
