@@ -109,7 +109,7 @@ def _bench_long(args: argparse.Namespace) -> dict:
         by_document = {t.document_id: t.passages for t in docs}
         passages = [p for ps in by_document.values() for p in ps]
         res = run_scaling(engine, grown_documents(passages, lengths), max_tokens=args.max_new_tokens or 128,
-                          method=args.method, map_reduce_up_to=args.map_reduce_up_to)
+                          method=args.method, map_reduce_up_to=args.map_reduce_up_to, fresh_process=True)
         res["settings"]["data"] = Path(args.data).name
         print(format_scaling_table(res))
         return res

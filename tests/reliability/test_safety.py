@@ -222,6 +222,9 @@ REVIEWED_SUBPROCESS = {
     # tests) written to a temporary file and run as `python -I FILE` (argument list, no shell, sockets disabled,
     # a bare environment, a time limit): running that code is what the option is for.
     "refrag_rasd_integrations/cli/bench/code.py",
+    # The long suite's scaling run: the package's own `summarize` command on a temporary file the benchmark wrote
+    # (argument list, no shell), to measure a user's peak memory in a fresh process.
+    "refrag_rasd_integrations/cli/bench/long_scaling.py",
 }
 
 

@@ -13,9 +13,14 @@ Example:
 
 from __future__ import annotations
 
+import json
 import resource
+import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from refrag_rasd_core.engine import Engine
@@ -26,7 +31,7 @@ from .long import LongSetting, kv_bytes_per_position, run_setting
 from .long_tasks import LongTask
 from .results import Column, format_table_of, machine_line, results_header
 
-__all__ = ["grown_documents", "run_scaling", "format_scaling_table"]
+__all__ = ["format_scaling_table", "grown_documents", "run_scaling", "summarize_in_fresh_process"]
 
 WAYS = ("text", "default", "map-reduce")
 
@@ -45,18 +50,45 @@ def grown_documents(passages: Sequence[Passage], lengths: Sequence[int]) -> list
     return tasks
 
 
-def _peak_rss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _peak_rss_bytes(who: int = resource.RUSAGE_SELF) -> int:
+    rss = resource.getrusage(who).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def summarize_in_fresh_process(task: LongTask, *, max_tokens: int, method: str | None = None) -> dict[str, Any]:
+    """What a user's ``refrag-rasd summarize FILE`` costs on ``task``'s document: the command in a new process
+    (the model loaded, the text split and its chunks encoded on the fly, one call), with its peak resident memory
+    (``RUSAGE_CHILDREN``: the only child this process has run to completion, when called first) and wall time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "document.txt"
+        path.write_text("\n\n".join(p.text for p in task.passages))
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "refrag_rasd_integrations.cli", "summarize", str(path),
+                               "--max-tokens", str(max_tokens), "--method", method or "rasd", "--json"],
+                              capture_output=True, text=True, check=False, timeout=3600)
+        wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"refrag-rasd summarize failed: {done.stderr[-2000:]}")
+    out = json.loads(done.stdout[done.stdout.rindex("\n{\n") + 1:])  # the summary, then the JSON
+    return {"tokens": task.tokens, "wall_s": wall, "ttft_s": out["ttft_s"], "total_s": out["total_s"],
+            "context": out["context"], "prefill_positions": out["prefill_positions"],
+            "peak_rss_bytes": _peak_rss_bytes(resource.RUSAGE_CHILDREN)}
+
+
 def run_scaling(engine: Engine, tasks: Sequence[LongTask], *, max_tokens: int = 128, method: str | None = None,
-                map_reduce_up_to: int | None = None, progress: bool = True) -> dict[str, Any]:
+                map_reduce_up_to: int | None = None, fresh_process: bool = False,
+                progress: bool = True) -> dict[str, Any]:
     """Each grown document read each way (``text`` only while it fits the window; ``map-reduce`` up to
-    ``map_reduce_up_to`` tokens)."""
+    ``map_reduce_up_to`` tokens); with ``fresh_process``, first the longest through ``refrag-rasd summarize`` in a
+    new process (:func:`summarize_in_fresh_process`: a user's peak memory)."""
     limit = engine.max_positions
     per_pos = kv_bytes_per_position(engine)
     rows: list[dict[str, Any]] = []
+    fresh = summarize_in_fresh_process(max(tasks, key=lambda t: t.tokens), max_tokens=max_tokens, method=method) \
+        if fresh_process and tasks else None
+    if progress and fresh:
+        print(f"{fresh['tokens']:,} tokens in a fresh `refrag-rasd summarize`: {fresh['wall_s']:.1f} s, first token "
+              f"{fresh['ttft_s']:.1f} s, peak RSS {fresh['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
     for task in tasks:
         for way in WAYS:
             if way == "text" and limit is not None and task.tokens + max_tokens > limit:
@@ -78,6 +110,7 @@ def run_scaling(engine: Engine, tasks: Sequence[LongTask], *, max_tokens: int = 
                          method=method or "default", kv_bytes_per_position=per_pos, window=limit,
                          map_reduce_up_to=map_reduce_up_to)
     res["scaling"] = rows
+    res["fresh_process"] = fresh
     return res
 
 
@@ -92,4 +125,10 @@ def format_scaling_table(res: dict[str, Any], markdown: bool = False) -> str:
     """The scaling table: a row per document length and way of reading."""
     rows = {f"{r['tokens']:,} tokens, {r['way']}": r for r in res["scaling"]}
     table = format_table_of(rows, COLUMNS, first="document, reading", markdown=markdown)
+    fresh = res.get("fresh_process")
+    if fresh:
+        table += (f"\n\n`refrag-rasd summarize` on the {fresh['tokens']:,}-token document in a fresh process (model "
+                  f"load, on-the-fly chunk encoding, one {fresh['context']} call of {fresh['prefill_positions']:,} "
+                  f"positions): {fresh['wall_s']:.1f} s, first token {fresh['ttft_s']:.1f} s after the text was read, "
+                  f"peak RSS {fresh['peak_rss_bytes'] / 2**30:.2f} GiB.")
     return table if markdown else f"{table}\nmachine: {machine_line(res['machine'])}"
