@@ -38,6 +38,7 @@ from refrag_rasd_core.errors import InvalidInputError
 from ...long_documents import DEFAULT_PIECE_TOKENS, map_reduce, tree_summarize
 from .long_tasks import LongTask
 from .metrics import answer_f1, answer_recall
+from .qa import compressed_amount_and_policy
 from .results import Column, format_table_of, machine_line, results_header
 
 __all__ = ["DEFAULT_SETTINGS", "LongSetting", "kv_bytes_per_position", "parse_long_settings", "run_long_suite"]
@@ -71,11 +72,7 @@ class LongSetting:
         if parts[0] == "retrieve" and len(parts) == 2 and parts[1].isdigit() and int(parts[1]) >= 1:
             return cls(name.strip(), "retrieve", float(parts[1]))
         if parts[0] == "compressed" and len(parts) in (2, 3):
-            try:
-                p = float(parts[1])
-            except ValueError:
-                p = -1.0
-            policy = parts[2] if len(parts) == 3 else "auto"
+            p, policy = compressed_amount_and_policy(parts)
             if p >= 0 and (p <= 1 or p.is_integer()) and policy in POLICIES:
                 return cls(name.strip(), "compressed", p, policy)
         raise InvalidInputError(

@@ -80,11 +80,7 @@ class Setting:
                 raise InvalidInputError(f"bad setting {name!r}: text:K takes a passage count K >= 1")
             return cls(name=f"text:{int(parts[1])}", context="text", passages=int(parts[1]))
         if parts[0] == "compressed" and len(parts) in (2, 3):
-            try:
-                p = float(parts[1])
-            except ValueError:
-                p = -1.0
-            policy = parts[2] if len(parts) == 3 else "auto"
+            p, policy = compressed_amount_and_policy(parts)
             if not 0.0 <= p <= 1.0 or policy not in POLICIES:
                 raise InvalidInputError(f"bad setting {name!r}: compressed:P[:POLICY] takes 0 <= P <= 1 and a "
                                         f"policy of {', '.join(POLICIES)}")
@@ -100,6 +96,21 @@ class Setting:
         if self.context == "compressed":
             kw["engine_kwargs"] = {"expand": self.expand, "policy": self.policy}
         return kw
+
+
+def compressed_amount_and_policy(parts: Sequence[str]) -> tuple[float, str]:
+    """``["compressed", P, POLICY?]`` -> ``(P, POLICY)`` (``P`` = -1 when it is not a number; POLICY ``auto``
+    when absent).
+
+    Example:
+        >>> compressed_amount_and_policy(["compressed", "0.25"])
+        (0.25, 'auto')
+    """
+    try:
+        p = float(parts[1])
+    except ValueError:
+        p = -1.0
+    return p, parts[2] if len(parts) == 3 else "auto"
 
 
 def parse_settings(spec: str, k: int | None = None) -> list[Setting]:
