@@ -70,8 +70,10 @@ def trained_ids() -> set[str]:
         except (OSError, ValueError, AttributeError):
             continue
         for key in ("qa_trained_on", "long_trained_on"):
-            for source in recipe.get(key) or []:
-                ids.update(str(i) for i in (source.get("trained_ids") or []) if isinstance(source, dict))
+            sources = recipe.get(key) or []
+            for source in sources if isinstance(sources, list) else [sources]:  # one source file, or a list
+                if isinstance(source, dict):
+                    ids.update(str(i) for i in source.get("trained_ids") or [])
     return ids
 
 
