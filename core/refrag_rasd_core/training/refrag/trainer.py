@@ -47,7 +47,7 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
     def __init__(self, decoder: Any, tokenizer: Any, encoder: Any, corpus: ChunkCorpus, cfg: RefragTrainConfig,
                  out_dir: str | os.PathLike, *, log: Callable[[str], None] = print, progress: bool = True,
                  sft_records: list[dict] | None = None, recipe: dict | None = None,
-                 qa_examples: list[Any] | None = None) -> None:
+                 qa_examples: list[Any] | None = None, long_examples: list[Any] | None = None) -> None:
         for p in cfg.phases:
             if p not in PHASES:
                 raise InvalidInputError(f"unknown phase {p!r}; choose from {', '.join(PHASES)}")
@@ -59,6 +59,7 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
         self.log, self.progress = log, progress
         self.sft_records = sft_records or []
         self.qa_examples = list(qa_examples or [])
+        self.long_examples = list(long_examples or [])
         if cfg.policy_query not in ("decoder", "question"):
             raise InvalidInputError(f"policy_query must be 'decoder' or 'question', got {cfg.policy_query!r}")
         self.recipe = dict(recipe or {})
@@ -123,7 +124,7 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
         cfg = self.cfg
         if phase == "recon":
             groups = [("projector", proj, cfg.lr_recon), ("encoder", enc, cfg.lr_encoder)]
-        elif phase in ("cpt", "mixed", "sft"):
+        elif phase in ("cpt", "mixed", "sft", "long"):
             groups = [("projector", proj, cfg.lr_projector), ("lora", lora, cfg.lr_lora),
                       ("encoder", enc, cfg.lr_encoder)]
         else:
@@ -280,6 +281,13 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
         rng = step_rng(cfg.seed, phase, step)
         u = step / max(1, cfg.steps_for(phase))
         k, o, start = cfg.k, cfg.continuation, self.start_ids
+        if phase == "long":
+            if not self.long_examples:
+                raise InvalidInputError("the long phase needs long-document training data (--long-data)")
+            from .long_rows import long_batch
+
+            return long_batch(self.long_examples, self.tokenizer, k, rng, rows=cfg.long_batch,
+                              budgets=cfg.long_budgets, max_positions=cfg.long_max_positions)
         if phase == "recon":
             top = min(cfg.recon_max_chunks, self.sampler.max_chunks(0))
             n = curriculum_chunks(u, top, rng)
