@@ -149,3 +149,35 @@ def test_the_long_phase_trains_and_resumes_exactly(tmp_path: Path) -> None:
               for o in ("a", "b"))
     assert len(la) == 4 and la == lb and all(x == x for x in la)
     assert (tmp_path / "a" / "refrag.safetensors").exists()
+
+
+def test_the_frozen_lead_runs_without_gradient_with_the_same_loss_and_gradients(tmp_path: Path) -> None:
+    lm = tiny_loaded(0)
+    tok, enc = lm.tokenizer, tiny_chunk_encoder(lm.tokenizer, k=K)
+    train, _ = held_out_split(load_long_records(long_file(tmp_path)))
+    ex = build_long_examples(train, tok, enc, tmp_path / "c", log=lambda m: None)
+    corpus = ChunkCorpus.build([Document(doc_text(9), "x")], tok, K, encoder=enc)
+    cfg = RefragTrainConfig(k=K, phases=["long"], steps_long=2, lora_rank=4, lora_alpha=8.0, policy_width=16,
+                            lora_scope="chunks")
+    tr = RefragTrainer(lm.model, tok, enc, corpus, cfg, tmp_path / "r", log=lambda m: None, progress=False,
+                       long_examples=ex)
+    tr._set_trainable("long")
+    with torch.no_grad():  # non-zero adapters, so the scope matters
+        for p in tr.lora_params.values():
+            p.normal_(0, 0.05)
+    batch = long_batch(ex, tok, K, random.Random(3), rows=2, budgets=[16, 40], max_positions=400)
+    assert len({len(r.slots(K, 0)[0]) for r in batch.rows}) == 2  # padded: rows of different lengths
+    out = {}
+    for split in (False, True):
+        tr.split_lead = split
+        for p in tr.named_trainables().values():
+            p.grad = None
+        nll, rows, _ = tr.row_nll(batch.rows, tr.projector(batch.vectors))
+        nll.mean().backward()
+        out[split] = (nll.detach(), {n: p.grad.clone() for n, p in tr.named_trainables().items() if p.grad is not None})
+    vm = assemble(batch.rows, torch.zeros(len(batch.vectors), 64), lm.model.get_input_embeddings(), K)
+    assert tr._frozen_lead(vm["vector_mask"], vm["pred_pos"]) >= 64  # the split happened
+    assert torch.allclose(out[True][0], out[False][0], atol=1e-5)
+    assert out[True][1].keys() == out[False][1].keys() and out[True][1]
+    for n, g in out[False][1].items():
+        assert torch.allclose(out[True][1][n], g, atol=1e-5, rtol=1e-4), n

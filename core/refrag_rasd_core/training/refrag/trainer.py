@@ -104,6 +104,7 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
         self.phase_index, self.step = 0, 0
         self.history: dict[str, dict[str, float]] = {}
         self._sft_rows: list[tuple[Row, torch.Tensor]] | None = None
+        self.split_lead = True  # row_nll: the frozen leading positions' forward without gradient (_frozen_lead)
 
     # ------------------------------------------------------------------ parameters
     def named_trainables(self) -> dict[str, torch.nn.Parameter]:
@@ -255,17 +256,42 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
         attn = None if bool(mask.all()) else mask
         ctx = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                else torch.autocast(self.device.type, enabled=False))
-        if self.cfg.lora_scope == "chunks":
-            self._scope_mask = inp["vector_mask"][..., None]
+        vm = inp["vector_mask"]
+        lead = self._frozen_lead(vm, inp["pred_pos"])
         try:
             with ctx:
-                h = self.body(inputs_embeds=inp["inputs_embeds"], attention_mask=attn).last_hidden_state
-                logits = self.head(h[inp["pred_rows"], inp["pred_pos"]])
+                emb, pos, cache = inp["inputs_embeds"], inp["pred_pos"], None
+                if lead:  # no trainable tensor reaches these positions: one forward without gradient, then its cache
+                    from transformers import DynamicCache
+
+                    cache = DynamicCache(config=self.lm.config)
+                    self._scope_mask = vm[:, :lead, None]
+                    with torch.no_grad():
+                        self.body(inputs_embeds=emb[:, :lead], attention_mask=None if attn is None else attn[:, :lead],
+                                  cache=cache, use_cache=True)
+                    emb, pos = emb[:, lead:], pos - lead
+                if self.cfg.lora_scope == "chunks":
+                    self._scope_mask = vm[:, lead:, None]
+                h = self.body(inputs_embeds=emb, attention_mask=attn, cache=cache,
+                              use_cache=cache is not None).last_hidden_state
+                logits = self.head(h[inp["pred_rows"], pos])
         finally:
             self._scope_mask = None
         logits = logits.float()
         nll = F.cross_entropy(logits, inp["labels"], reduction="none")
         return nll, inp["pred_rows"], (logits.argmax(-1) == inp["labels"])
+
+    def _frozen_lead(self, vector_mask: torch.Tensor, pred_pos: torch.Tensor) -> int:
+        """How many leading positions of every row no trainable tensor reaches (0: none worth splitting off): with
+        chunk-scoped adapters and a frozen encoder, the raw tokens before the first compressed chunk (a long
+        row's prompt and expanded lead) read the stock decoder, so their keys and values need no gradient and
+        :meth:`row_nll` computes them once without it (less memory and time; the same numbers)."""
+        if not self.split_lead or self.cfg.lora_scope != "chunks" or self.cfg.train_encoder:
+            return 0
+        cols = vector_mask.any(0).nonzero()
+        first = int(cols[0]) if len(cols) else vector_mask.shape[1]
+        first = min(first, int(pred_pos.min()) if pred_pos.numel() else first)
+        return first if first >= 64 else 0
 
     def batch_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         vecs = self.chunk_vectors(batch, grad=True)
