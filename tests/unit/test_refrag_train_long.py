@@ -17,13 +17,20 @@ from refrag_rasd_core.training.refrag import RefragTrainConfig, RefragTrainer
 from refrag_rasd_core.training.refrag.batches import assemble
 from refrag_rasd_core.training.refrag.cli import long_training_record
 from refrag_rasd_core.training.refrag.corpus import ChunkCorpus, Document
-from refrag_rasd_core.training.refrag.long_rows import (INSTRUCTION, build_long_examples, held_out_split,
-                                                        load_long_records, long_batch, long_row, summary_target,
-                                                        trim_to_positions)
+from refrag_rasd_core.training.refrag.long_rows import (
+    INSTRUCTION,
+    build_long_examples,
+    held_out_split,
+    load_long_records,
+    long_batch,
+    long_row,
+    summary_target,
+    trim_to_positions,
+)
 from tiny import tiny_chunk_encoder, tiny_loaded
 
 K = 4
-WORDS = "alpha beta gamma delta owl river mill tower kale wren hill bell".split()
+WORDS = ["alpha", "beta", "gamma", "delta", "owl", "river", "mill", "tower", "kale", "wren", "hill", "bell"]
 
 
 def doc_text(i: int, paragraphs: int = 6) -> str:
