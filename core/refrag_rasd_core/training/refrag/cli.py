@@ -66,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "are the held-out evaluation text when --heldout is not given)")
     p.add_argument("--qa-limit", type=int, default=None, help="training questions per QA file (default all)")
     p.add_argument("--qa-top-k", type=int, default=5, help="passages retrieved per training question")
+    p.add_argument("--long-data", default=None,
+                   help="long documents with reference summaries (jsonl: id, document, summary; e.g. "
+                        "../shared/data/peps_dev.jsonl, read at run time): the long phase trains on the lines whose "
+                        "index % 3 != 0 (the others are held out)")
+    p.add_argument("--long-budgets", default=",".join(str(b) for b in d.long_budgets),
+                   help="expanded lead tokens a long row draws from (the engine's rank policy)")
+    p.add_argument("--long-max-positions", type=int, default=d.long_max_positions,
+                   help="decoder positions of a long row's prompt at most (the document's tail is dropped)")
+    p.add_argument("--long-summary-tokens", type=int, default=d.long_summary_tokens)
+    p.add_argument("--long-max-doc-tokens", type=int, default=d.long_max_doc_tokens)
+    p.add_argument("--long-batch", type=int, default=d.long_batch, help="long rows per step")
+    p.add_argument("--long-limit", type=int, default=None,
+                   help="train on the first N training documents only (default all; their chunks are encoded once)")
     p.add_argument("--init", default=None,
                    help="start from a REFRAG checkpoint's projector and decoder LoRA (same encoder and "
                         "pooling; another k is allowed: both parts are k-agnostic)")
@@ -135,6 +148,9 @@ def config_from_args(args: argparse.Namespace) -> RefragTrainConfig:
                        entropy_coef=args.entropy_coef, select_batch=args.select_batch,
                        select_shuffle=args.select_shuffle,
                        sft_answer_tokens=args.sft_answer_tokens, sft_batch=args.sft_batch,
+                       long_batch=args.long_batch, long_max_positions=args.long_max_positions,
+                       long_budgets=[int(b) for b in str(args.long_budgets).split(",") if b.strip()],
+                       long_summary_tokens=args.long_summary_tokens, long_max_doc_tokens=args.long_max_doc_tokens,
                        policy_contexts=args.policy_contexts, policy_chunks=args.policy_chunks,
                        ckpt_every=args.ckpt_every, seed=args.seed, device=args.device, dtype=args.dtype,
                        train_encoder=args.train_encoder, pooling=args.pooling, **kw)
@@ -151,6 +167,17 @@ def qa_training_record(files: list[str], splits: list, holdout: int, limit: int 
                     "held_out": f"the first {holdout} questions ({held[0].qid}..{held[-1].qid}) and their gold "
                                 "passages", "trained_ids": [it.qid for it in train[:limit]]})
     return out
+
+
+def long_training_record(path: str, train: list[dict], held: list[dict]) -> dict:
+    """What a checkpoint trained on from a long-document file: name, sha256, the split rule and the ids (no
+    text)."""
+    from ...shared_data import file_sha256
+    from .long_rows import HELD_OUT_EVERY
+
+    return {"file": Path(path).name, "sha256": file_sha256(path),
+            "split": f"line index % {HELD_OUT_EVERY} == 0 held out (never trained on), the rest trained on",
+            "trained_ids": [str(r["id"]) for r in train], "held_out": [str(r["id"]) for r in held]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +241,17 @@ def main(argv: list[str] | None = None) -> int:
               "heldout": args.heldout, "torch_threads": torch.get_num_threads(), "init": args.init}
     if qa_splits:
         recipe["qa_trained_on"] = qa_training_record(args.qa_data, qa_splits, args.qa_holdout, args.qa_limit)
+    long_data = None
+    if args.long_data:
+        from ...shared_data import resolve_data_path
+        from .long_rows import held_out_split, load_long_records
+
+        long_path = resolve_data_path(args.long_data, Path(args.long_data).name, what="long documents",
+                                      flag="--long-data")
+        long_train, long_held = held_out_split(load_long_records(long_path))
+        long_data = (long_train[:args.long_limit], long_held)
+        recipe["long_trained_on"] = long_training_record(str(long_path), *long_data)
+        recipe["held_out"] = recipe["long_trained_on"]["held_out"]
     if "spec_bench_train" in args.corpus or ("sft" in cfg.phases and not args.qa_data):
         from ..spec_bench import spec_bench_training_record
 
@@ -253,8 +291,17 @@ def main(argv: list[str] | None = None) -> int:
         with_answer = sum(1 for e in qa_examples if e.answer_chunks)
         log(f"qa: {len(qa_examples)} training questions, {with_answer} with an answer in their passages")
         sft_records = []
+    long_examples = []
+    if long_data is not None and "long" in cfg.phases:
+        from .long_rows import build_long_examples
+
+        long_examples = build_long_examples(long_data[0], tok, encoder, out, summary_tokens=cfg.long_summary_tokens,
+                                            max_doc_tokens=cfg.long_max_doc_tokens, log=log)
+        log(f"long: {len(long_examples)} training documents, {sum(len(e.vectors) for e in long_examples)} chunks; "
+            f"{len(long_data[1])} held out")
     trainer = RefragTrainer(decoder, tok, encoder, corpus, cfg, out, log=log, progress=not args.no_progress,
-                            sft_records=sft_records, recipe=recipe, qa_examples=qa_examples)
+                            sft_records=sft_records, recipe=recipe, qa_examples=qa_examples,
+                            long_examples=long_examples)
     if args.init and not (out / STATE_FILE).exists():
         trainer.init_from(args.init)
         log(f"initialized the projector and decoder LoRA from {args.init}")

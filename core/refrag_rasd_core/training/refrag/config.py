@@ -5,7 +5,7 @@ Example:
     >>> RefragTrainConfig().steps_for("recon")
     600
     >>> PHASES
-    ('recon', 'cpt', 'mixed', 'sft', 'select', 'policy')
+    ('recon', 'cpt', 'mixed', 'sft', 'long', 'select', 'policy')
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ...refrag.encoder import DEFAULT_POOLING
 
 __all__ = ["EXPORT_FILE", "LOG_FILE", "PHASES", "STATE_FILE", "RefragTrainConfig"]
 
-PHASES = ("recon", "cpt", "mixed", "sft", "select", "policy")
+PHASES = ("recon", "cpt", "mixed", "sft", "long", "select", "policy")
 STATE_FILE = "state.safetensors"
 EXPORT_FILE = "refrag.safetensors"
 LOG_FILE = "train_log.jsonl"
@@ -32,6 +32,7 @@ class RefragTrainConfig:
     steps_cpt: int = 600
     steps_mixed: int = 300
     steps_sft: int = 0
+    steps_long: int = 0
     steps_select: int = 0
     steps_policy: int = 200
     batch_tokens: int = 272          # decoder positions per step (sets the samples per step)
@@ -71,6 +72,11 @@ class RefragTrainConfig:
     sft_answer_tokens: int = 48
     sft_batch: int = 2
     sft_fractions: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25])  # expanded share, QA rows
+    long_batch: int = 1              # long-document rows per step (the long phase)
+    long_budgets: list[int] = field(default_factory=lambda: [512, 1024, 2048])  # expanded lead tokens (rank)
+    long_max_positions: int = 3000   # a long row's prompt is cut (document tail) to this many decoder positions
+    long_summary_tokens: int = 128   # the target summary's longest length (cut at a sentence end), then EOS
+    long_max_doc_tokens: int = 24576 # document tokens kept per training document (before the position cut)
     source_weights: dict[str, float] = field(default_factory=lambda: {"spec_bench": 4.0})
     ckpt_every: int = 50
     seed: int = 0

@@ -12,6 +12,9 @@ Phases, in the paper's order (any subset, in this order):
   training split's passages + question; the chunks are compressed, a random share (0, 10% or 25%) of them
   expanded in place; the targets are the UNADAPTED decoder's greedy answers with the full text
   (self-distillation: the compressed model learns to answer as plain RAG does), made once and cached.
+* ``long``   long-document summarization in the engine's layout (:mod:`.long_rows`, ``--long-data``): a whole
+  training document's passages compressed, its first 512 / 1,024 / 2,048 tokens expanded (``rank``), the
+  instruction, and the document's reference summary as the target.
 * ``select`` supervised warm start of the expansion policy on QA data: the chunks holding a gold answer
   are the ones to expand first (listwise cross-entropy).
 * ``policy`` the expansion policy, by PPO with a group baseline and an entropy bonus (:mod:`.rl`); with QA

@@ -47,7 +47,7 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
     def __init__(self, decoder: Any, tokenizer: Any, encoder: Any, corpus: ChunkCorpus, cfg: RefragTrainConfig,
                  out_dir: str | os.PathLike, *, log: Callable[[str], None] = print, progress: bool = True,
                  sft_records: list[dict] | None = None, recipe: dict | None = None,
-                 qa_examples: list[Any] | None = None) -> None:
+                 qa_examples: list[Any] | None = None, long_examples: list[Any] | None = None) -> None:
         for p in cfg.phases:
             if p not in PHASES:
                 raise InvalidInputError(f"unknown phase {p!r}; choose from {', '.join(PHASES)}")
@@ -59,6 +59,7 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
         self.log, self.progress = log, progress
         self.sft_records = sft_records or []
         self.qa_examples = list(qa_examples or [])
+        self.long_examples = list(long_examples or [])
         if cfg.policy_query not in ("decoder", "question"):
             raise InvalidInputError(f"policy_query must be 'decoder' or 'question', got {cfg.policy_query!r}")
         self.recipe = dict(recipe or {})
@@ -103,6 +104,7 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
         self.phase_index, self.step = 0, 0
         self.history: dict[str, dict[str, float]] = {}
         self._sft_rows: list[tuple[Row, torch.Tensor]] | None = None
+        self.split_lead = True  # row_nll: the frozen leading positions' forward without gradient (_frozen_lead)
 
     # ------------------------------------------------------------------ parameters
     def named_trainables(self) -> dict[str, torch.nn.Parameter]:
@@ -123,7 +125,7 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
         cfg = self.cfg
         if phase == "recon":
             groups = [("projector", proj, cfg.lr_recon), ("encoder", enc, cfg.lr_encoder)]
-        elif phase in ("cpt", "mixed", "sft"):
+        elif phase in ("cpt", "mixed", "sft", "long"):
             groups = [("projector", proj, cfg.lr_projector), ("lora", lora, cfg.lr_lora),
                       ("encoder", enc, cfg.lr_encoder)]
         else:
@@ -254,17 +256,42 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
         attn = None if bool(mask.all()) else mask
         ctx = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                else torch.autocast(self.device.type, enabled=False))
-        if self.cfg.lora_scope == "chunks":
-            self._scope_mask = inp["vector_mask"][..., None]
+        vm = inp["vector_mask"]
+        lead = self._frozen_lead(vm, inp["pred_pos"])
         try:
             with ctx:
-                h = self.body(inputs_embeds=inp["inputs_embeds"], attention_mask=attn).last_hidden_state
-                logits = self.head(h[inp["pred_rows"], inp["pred_pos"]])
+                emb, pos, cache = inp["inputs_embeds"], inp["pred_pos"], None
+                if lead:  # no trainable tensor reaches these positions: one forward without gradient, then its cache
+                    from transformers import DynamicCache
+
+                    cache = DynamicCache(config=self.lm.config)
+                    self._scope_mask = vm[:, :lead, None]
+                    with torch.no_grad():
+                        self.body(inputs_embeds=emb[:, :lead], attention_mask=None if attn is None else attn[:, :lead],
+                                  cache=cache, use_cache=True)
+                    emb, pos = emb[:, lead:], pos - lead
+                if self.cfg.lora_scope == "chunks":
+                    self._scope_mask = vm[:, lead:, None]
+                h = self.body(inputs_embeds=emb, attention_mask=attn, cache=cache,
+                              use_cache=cache is not None).last_hidden_state
+                logits = self.head(h[inp["pred_rows"], pos])
         finally:
             self._scope_mask = None
         logits = logits.float()
         nll = F.cross_entropy(logits, inp["labels"], reduction="none")
         return nll, inp["pred_rows"], (logits.argmax(-1) == inp["labels"])
+
+    def _frozen_lead(self, vector_mask: torch.Tensor, pred_pos: torch.Tensor) -> int:
+        """How many leading positions of every row no trainable tensor reaches (0: none worth splitting off): with
+        chunk-scoped adapters and a frozen encoder, the raw tokens before the first compressed chunk (a long
+        row's prompt and expanded lead) read the stock decoder, so their keys and values need no gradient and
+        :meth:`row_nll` computes them once without it (less memory and time; the same numbers)."""
+        if not self.split_lead or self.cfg.lora_scope != "chunks" or self.cfg.train_encoder:
+            return 0
+        cols = vector_mask.any(0).nonzero()
+        first = int(cols[0]) if len(cols) else vector_mask.shape[1]
+        first = min(first, int(pred_pos.min()) if pred_pos.numel() else first)
+        return first if first >= 64 else 0
 
     def batch_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         vecs = self.chunk_vectors(batch, grad=True)
@@ -280,6 +307,13 @@ class RefragTrainer(TrainerState, SftData, PhaseLoop):
         rng = step_rng(cfg.seed, phase, step)
         u = step / max(1, cfg.steps_for(phase))
         k, o, start = cfg.k, cfg.continuation, self.start_ids
+        if phase == "long":
+            if not self.long_examples:
+                raise InvalidInputError("the long phase needs long-document training data (--long-data)")
+            from .long_rows import long_batch
+
+            return long_batch(self.long_examples, self.tokenizer, k, rng, rows=cfg.long_batch,
+                              budgets=cfg.long_budgets, max_positions=cfg.long_max_positions)
         if phase == "recon":
             top = min(cfg.recon_max_chunks, self.sampler.max_chunks(0))
             n = curriculum_chunks(u, top, rng)
