@@ -41,6 +41,24 @@ def test_shipped_checkpoints_record_their_training_questions():
         assert set(spec_bench_training_record(dev)["question_ids"]) == ids
 
 
+def test_shipped_checkpoints_record_their_trained_documents_and_questions():
+    import json as _json
+
+    from refrag_rasd_core.refrag.checkpoint import DEFAULT_LONG_REFRAG_CHECKPOINT, DEFAULT_REFRAG_CHECKPOINT
+    from refrag_rasd_integrations.cli.bench.data import trained_ids
+
+    ids = trained_ids()  # the long and qa suites leave these out unless --include-train
+    for path in (DEFAULT_REFRAG_CHECKPOINT, DEFAULT_LONG_REFRAG_CHECKPOINT):
+        recipe = _json.loads(path.with_suffix(".json").read_text())["recipe"]
+        for key in ("qa_trained_on", "long_trained_on"):
+            sources = recipe.get(key) or []
+            for source in sources if isinstance(sources, list) else [sources]:
+                assert source["trained_ids"] and set(source["trained_ids"]) <= ids
+                held = source.get("held_out")
+                if isinstance(held, list):  # the long checkpoint names its held-out documents
+                    assert held and not set(held) & ids
+
+
 def test_load_questions_filters(data_file):
     qs = load_questions(data_file, "rag", limit=1)
     assert [q.question_id for q in qs] == [1]
