@@ -54,13 +54,17 @@ def _key(p: Path) -> tuple[str, str, str, str]:
     return date, suite, machine, variant
 
 
+PER_VARIANT = ("long",)
+"""Suites whose variants are different measurements (summaries, questions, scaling): the newest of each variant."""
+
+
 def latest_per_suite_machine(files: Sequence[Path]) -> list[Path]:
-    """The newest file of each (suite, machine): the latest date; of several runs that day, the fullest (most
-    methods or settings), then the last by name."""
-    newest: dict[tuple[str, str], Path] = {}
+    """The newest file of each (suite, machine) (of each variant too for :data:`PER_VARIANT` suites): the latest
+    date; of several runs that day, the fullest (most methods or settings), then the last by name."""
+    newest: dict[tuple[str, ...], Path] = {}
     for p in sorted(files, key=lambda p: (_key(p)[0], _n_methods(p), _key(p)[3])):
-        suite, _, machine, _ = parse_results_path(p)
-        newest[(suite, machine)] = p
+        suite, _, machine, variant = parse_results_path(p)
+        newest[(suite, machine, variant) if suite in PER_VARIANT else (suite, machine)] = p
     return sorted(newest.values(), key=lambda p: (_key(p)[1], _key(p)[2]))
 
 
