@@ -184,8 +184,9 @@ def run_long_suite(engine: Engine, tasks: Sequence[LongTask], settings: Sequence
         past = limit is not None and task.tokens + max_tokens > limit
         for setting in settings:
             r = run_setting(engine, task, setting, max_tokens=max_tokens, method=method)
-            r.update(_score(task, r["text"], scorer), id=task.id, document=task.document_id, kind=task.kind,
-                     setting=setting.name, document_tokens=task.tokens, past_window=past,
+            text = r.pop("text")  # scored, not kept: an answer may quote the document, which is not ours to copy
+            r.update(_score(task, text, scorer), answer_chars=len(text), id=task.id, document=task.document_id,
+                     kind=task.kind, setting=setting.name, document_tokens=task.tokens, past_window=past,
                      peak_kv_bytes=r.pop("peak_positions") * per_pos)
             rows.append(r)
             if progress:
