@@ -318,6 +318,18 @@ def instructions(question: str | None) -> tuple[str, str]:
     return PIECE_QUESTION.format(question=question.strip()), COMBINE_QUESTION.format(question=question.strip())
 
 
+def _map(engine: Engine, documents: Sequence[Any], question: str | None, piece_tokens: int,
+         config: GenerationConfig | None, store: Any, settings: dict[str, Any]
+         ) -> tuple[_Calls, list[str], str, PassageSplitter]:
+    """The baselines' first step: the document's text in pieces, one plain-text call per piece (summarize it,
+    or note what it says about ``question``). Returns the calls so far, each piece's answer, what the combining
+    calls ask, and the splitter (its token count packs the answers)."""
+    piece_prompt, combine_prompt = instructions(question)
+    calls = _Calls(engine, _config(config, settings).merge(context="text"))
+    pieces, splitter = _pieces(engine, documents, piece_tokens, store)
+    return calls, [calls.generate(piece_prompt, [p]).text.strip() for p in pieces], combine_prompt, splitter
+
+
 def map_reduce(engine: Engine, documents: Sequence[Any], *, question: str | None = None,
                piece_tokens: int = DEFAULT_PIECE_TOKENS, config: GenerationConfig | None = None, store: Any = None,
                **settings: Any) -> LongDocumentResult:
@@ -332,15 +344,11 @@ def map_reduce(engine: Engine, documents: Sequence[Any], *, question: str | None
         >>> r.model_calls == r.pieces + 1                               # doctest: +SKIP
         True
     """
-    piece_prompt, combine_prompt = instructions(question)
-    cfg = _config(config, settings).merge(context="text")
-    calls = _Calls(engine, cfg)
-    pieces, _ = _pieces(engine, documents, piece_tokens, store)
-    partials = [calls.generate(piece_prompt, [p]).text.strip() for p in pieces]
-    if len(pieces) == 1:
+    calls, partials, combine_prompt, _ = _map(engine, documents, question, piece_tokens, config, store, settings)
+    if len(partials) == 1:
         return calls.result(partials[0], "map-reduce", pieces=1, partials=partials)
     final = calls.generate(combine_prompt, [p for p in partials if p] or [""])
-    return calls.result(final.text, "map-reduce", pieces=len(pieces), partials=partials)
+    return calls.result(final.text, "map-reduce", pieces=len(partials), partials=partials)
 
 
 def tree_summarize(engine: Engine, documents: Sequence[Any], *, question: str | None = None,
@@ -356,17 +364,14 @@ def tree_summarize(engine: Engine, documents: Sequence[Any], *, question: str | 
         >>> r.model_calls >= r.pieces                                   # doctest: +SKIP
         True
     """
-    piece_prompt, combine_prompt = instructions(question)
-    cfg = _config(config, settings).merge(context="text")
-    calls = _Calls(engine, cfg)
-    pieces, splitter = _pieces(engine, documents, piece_tokens, store)
-    level = [calls.generate(piece_prompt, [p]).text.strip() for p in pieces]
-    partials = list(level)
+    calls, level, combine_prompt, splitter = _map(engine, documents, question, piece_tokens, config, store,
+                                                  settings)
+    n_pieces, partials = len(level), list(level)
     while len(level) > 1:
         groups = pack([t for t in level if t] or [""], splitter.count, piece_tokens)
         level = [calls.generate(combine_prompt, [g]).text.strip() for g in groups]
         partials.extend(level)
-    return calls.result(calls.last_text, "tree-summarize", pieces=len(pieces), partials=partials[:-1])
+    return calls.result(calls.last_text, "tree-summarize", pieces=n_pieces, partials=partials[:-1])
 
 
 def read_with(strategy: str, engine: Engine, documents: Sequence[Any], *, question: str | None = None,

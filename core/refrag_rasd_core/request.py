@@ -240,9 +240,9 @@ def _past_window(cfg: GenerationConfig, layout: Any, text_tokens: int, limit: in
     if cfg.expand is None:
         budget = min(budget if budget is not None else room, room)
         cfg = replace(cfg, expand_tokens=budget)
+    kept = f"{cfg.expand:.0%} of the chunks" if cfg.expand is not None else f"{budget or 0:,} tokens"
     return cfg, (f"the passages ({layout.context_tokens:,} tokens) do not fit the {limit:,}-position window as "
-                 f"text: compressed (REFRAG, {k} tokens per position), {budget or 0:,} tokens kept raw "
-                 f"({cfg.policy} policy)")
+                 f"text: compressed (REFRAG, {k} tokens per position), {kept} kept raw ({cfg.policy} policy)")
 
 
 def _with_tools(prompt: Prompt, cfg: GenerationConfig) -> Prompt:

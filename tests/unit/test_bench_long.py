@@ -131,6 +131,21 @@ def test_a_setting_on_its_own(engine, summaries):
     assert r["expanded_chunks"] == 4 and r["chunks"] > 4  # a budget of 16 raw tokens = 4 chunks at k = 4
 
 
+def test_retrieve_reads_the_closest_passages_embedded_once(engine, squad, monkeypatch):
+    from refrag_rasd_integrations.cli.bench import long as suite
+
+    tasks, _ = load_long_tasks(squad, engine, questions_per_document=2, min_words=150, passage_tokens=64)
+    embedded = []
+    real = suite.passage_vectors
+    monkeypatch.setattr(suite, "passage_vectors", lambda task: embedded.append(task.document_id) or real(task))
+    res = run_long_suite(engine, tasks, parse_long_settings("retrieve:1"), max_tokens=2, method="vanilla",
+                         progress=False)
+    assert sorted(embedded) == sorted({t.document_id for t in tasks})  # once per document, not per question
+    for task, row in zip(tasks, res["rows"], strict=True):
+        assert row["prefill_positions"] < task.tokens  # one passage of the document, as text
+        assert row["context"] == "text"
+
+
 def test_scaling_grows_one_document(engine, summaries):
     task = load_long_tasks(summaries, engine, passage_tokens=64)[0][0]
     grown = grown_documents(task.passages, [600, 100])

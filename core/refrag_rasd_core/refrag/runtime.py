@@ -94,7 +94,7 @@ class RefragRuntime:
             point = long
         if point.get("context") != "compressed":
             return {"context": "text"}
-        return {"context": "compressed", **{k: point[k] for k in POINT_KEYS if k in point}}
+        return _compressed(point)
 
     def window_point(self) -> dict[str, Any] | None:
         """The setting ``context="auto"`` takes when a request's passages do not fit the window as text:
@@ -103,8 +103,7 @@ class RefragRuntime:
         rm = self.model_parts
         if rm is None:
             return None
-        point = dict((rm.meta.get("auto") or {}).get("window") or PAST_WINDOW_POINT)
-        return {"context": "compressed", **{k: point[k] for k in POINT_KEYS if k in point}}
+        return _compressed((rm.meta.get("auto") or {}).get("window") or PAST_WINDOW_POINT)
 
     def runner_for(self, runner: Any, compressed: bool) -> Any:
         """The decoder a request runs on: for a compressed request, when the checkpoint has decoder adapters
@@ -141,3 +140,8 @@ class RefragRuntime:
         return mixed_input(self.require(), self.model, layout, passages, expand=expand,
                            expand_tokens=expand_tokens, policy=policy, seed=seed, encoder=self.encoder,
                            question=question, raw_passages=raw_passages)
+
+
+def _compressed(point: dict[str, Any]) -> dict[str, Any]:
+    """A recorded compressed operating point as ``GenerationConfig`` settings (its :data:`POINT_KEYS` only)."""
+    return {"context": "compressed", **{k: point[k] for k in POINT_KEYS if k in point}}

@@ -9,7 +9,8 @@ embeddings are computed once beforehand (a store's indexing, reported apart as `
 * ``map-reduce``               pieces of 3,000 tokens each summarized (QA: the question answered from each), then
                                one call over the partial answers (LangChain's map-reduce);
 * ``tree``                     partial summaries combined recursively (LlamaIndex's ``tree_summarize``);
-* ``retrieve:K``               the K passages closest to the question (the store's embedder) as text (QA);
+* ``retrieve:K``               the K passages closest to the question as text (QA; the store's embedder, the
+                               passages' vectors computed beforehand as indexing would);
 * ``compressed:P[:POLICY]``    every chunk compressed, ``P`` expanded as raw tokens by ``POLICY`` (``rank``: the
                                document's beginning; ``rl``, ``question``, ``similarity``...): ``P`` <= 1 is a
                                share of the chunks, ``P`` > 1 a budget of raw tokens;
@@ -35,7 +36,7 @@ from typing import Any
 from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 
-from ...long_documents import DEFAULT_PIECE_TOKENS, map_reduce, tree_summarize
+from ...long_documents import DEFAULT_PIECE_TOKENS, read_with
 from .long_tasks import LongTask
 from .metrics import answer_f1, answer_recall
 from .qa import compressed_amount_and_policy
@@ -125,20 +126,30 @@ def _truncated(engine: Engine, task: LongTask, max_tokens: int) -> list[list[int
     return kept
 
 
-def _retrieved(task: LongTask, k: int) -> list[list[int]]:
-    """The ``k`` passages closest to the question (the store's retrieval embedder), in document order."""
+def passage_vectors(task: LongTask) -> Any:
+    """The document's passages embedded by the store's retrieval embedder (normalized): what a store holds after
+    indexing, computed once per document outside any timing."""
     from ...store.embedder import default_embedder
 
-    emb = default_embedder()
-    vecs = emb.encode([p.text for p in task.passages] + [task.prompt], normalize_embeddings=True)
-    sims = vecs[:-1] @ vecs[-1]
+    return default_embedder().encode([p.text for p in task.passages], normalize_embeddings=True)
+
+
+def _retrieved(task: LongTask, k: int, vectors: Any) -> list[list[int]]:
+    """The ``k`` passages whose ``vectors`` are closest to the question's (embedded now, as a retriever does), in
+    document order."""
+    from ...store.embedder import default_embedder
+
+    sims = vectors @ default_embedder().encode([task.prompt], normalize_embeddings=True)[0]
     best = sorted(sorted(range(len(task.passages)), key=lambda i: -float(sims[i]))[:k])
     return [task.passages[i].token_ids for i in best]
 
 
-def run_setting(engine: Engine, task: LongTask, setting: LongSetting, *, max_tokens: int, method: str | None
-                ) -> dict[str, Any]:
-    """One request under one setting: the answer and what it cost (see the module docstring)."""
+def run_setting(engine: Engine, task: LongTask, setting: LongSetting, *, max_tokens: int, method: str | None,
+                vectors: Any = None) -> dict[str, Any]:
+    """One request under one setting: the answer and what it cost (see the module docstring); ``vectors``: the
+    passages' retrieval vectors for ``retrieve:K`` (:func:`passage_vectors`, computed here when not given)."""
+    if setting.kind == "retrieve" and vectors is None:
+        vectors = passage_vectors(task)
     gen: dict[str, Any] = {"max_tokens": max_tokens}
     if method is not None:
         gen["method"] = method
@@ -146,9 +157,9 @@ def run_setting(engine: Engine, task: LongTask, setting: LongSetting, *, max_tok
     texts = [p.text for p in task.passages]
     t0 = time.perf_counter()
     if setting.kind in ("map-reduce", "tree"):
-        fn = map_reduce if setting.kind == "map-reduce" else tree_summarize
         piece = min(DEFAULT_PIECE_TOKENS, (engine.max_positions or 1 << 30) // 2)  # a piece and its answer fit
-        out = fn(engine, texts, question=None if task.kind == "summary" else task.prompt, piece_tokens=piece, **gen)
+        out = read_with("map-reduce" if setting.kind == "map-reduce" else "tree-summarize", engine, texts,
+                        question=None if task.kind == "summary" else task.prompt, piece_tokens=piece, **gen)
         total = time.perf_counter() - t0
         return {"text": out.text, "total_s": total, "ttft_s": out.ttft_s, "calls": out.calls,
                 "prefill_positions": out.prefill_positions, "peak_positions": out.peak_positions, "context": "text",
@@ -156,7 +167,8 @@ def run_setting(engine: Engine, task: LongTask, setting: LongSetting, *, max_tok
     if setting.kind == "truncate":
         res = engine.generate(messages, passages=_truncated(engine, task, max_tokens), context="text", **gen)
     elif setting.kind == "retrieve":
-        res = engine.generate(messages, passages=_retrieved(task, int(setting.amount or 5)), context="text", **gen)
+        res = engine.generate(messages, passages=_retrieved(task, int(setting.amount or 5), vectors),
+                              context="text", **gen)
     elif setting.kind == "compressed":
         amount = float(setting.amount or 0.0)
         budget = {"expand": amount} if amount <= 1 else {"expand_tokens": int(amount)}
@@ -180,10 +192,14 @@ def run_long_suite(engine: Engine, tasks: Sequence[LongTask], settings: Sequence
     limit = engine.max_positions
     per_pos = kv_bytes_per_position(engine)
     rows: list[dict[str, Any]] = []
+    vectors: dict[str, Any] = {}  # document -> its passages' retrieval vectors (indexing, not timed)
     for i, task in enumerate(tasks):
         past = limit is not None and task.tokens + max_tokens > limit
         for setting in settings:
-            r = run_setting(engine, task, setting, max_tokens=max_tokens, method=method)
+            if setting.kind == "retrieve" and task.document_id not in vectors:
+                vectors[task.document_id] = passage_vectors(task)
+            r = run_setting(engine, task, setting, max_tokens=max_tokens, method=method,
+                            vectors=vectors.get(task.document_id))
             text = r.pop("text")  # scored, not kept: an answer may quote the document, which is not ours to copy
             r.update(_score(task, text, scorer), answer_chars=len(text), id=task.id, document=task.document_id,
                      kind=task.kind, setting=setting.name, document_tokens=task.tokens, past_window=past,
