@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,12 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                    help="with --out auto: the file name's last part (default: the categories, the data file's name)")
     p.add_argument("--draft-model", default=None,
                    help="a separate draft model sharing the target's tokenizer, for the hf-assisted peer")
+    p.add_argument("--datastore-corpus", default=None,
+                   help="decode and rag suites: comma-separated files or folders (Spec-Bench, NQ-open / SQuAD, "
+                        "{\"text\"} .jsonl lines; text files) whose texts, minus the measured questions' own "
+                        "lines, prompts and references, make a REST corpus datastore; adds rest-corpus / "
+                        "rasd-corpus (decode) or default-corpus / refrag-rasd-corpus (rag). rag suite: 'store' "
+                        "uses the suite's store's own datastore (every indexed passage)")
     weights_arg(p)
     g = p.add_argument_group("prefill suite")
     g.add_argument("--k", type=int, default=16, help="chunk size the REFRAG checkpoint must have")
@@ -149,20 +156,45 @@ def _bench_prefill(args: argparse.Namespace, questions: list, exclude: set) -> d
 
 def _bench_rag(args: argparse.Namespace) -> dict:
     from ..store import RefragChromaStore, chroma_dir
-    from .bench.rag import format_table, index_rows, load_rag_rows, run_rag_suite
+    from .bench.datastore_corpus import Measured, build_corpus_datastore, corpus_texts, datastore_info
+    from .bench.rag import format_table, index_rows, load_rag_rows, measured_rows, run_rag_suite
 
     rows = load_rag_rows(args.data)
+    limit = args.limit or 3
+    from_store = (args.datastore_corpus or "").strip() == "store"
+    texts, corpus = (corpus_texts(_corpus_paths(args), Measured.of_rows(measured_rows(rows, limit), args.data))
+                     if args.datastore_corpus and not from_store else (None, {}))  # before the model loads
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights,
                          refrag=_refrag(args))
     if not args.no_calibrate:
         engine.calibrate_verify_costs()
-    store = RefragChromaStore("bench-rag", path=args.store_dir or chroma_dir() / "bench", engine=engine)
+    store = RefragChromaStore("bench-rag", path=args.store_dir or chroma_dir() / "bench", engine=engine,
+                              datastore=from_store)
     index_rows(store, rows)
     peers = _without_missing_llamacpp([m.strip() for m in args.peers.split(",") if m.strip()])
-    res = run_rag_suite(engine, rows, store, limit=args.limit or 3, k=args.top_k,
-                        max_new_tokens=args.max_new_tokens or 64, repeats=args.repeats, peers=peers)
+    with tempfile.TemporaryDirectory(prefix="refrag-bench-datastore-") as tmp:
+        ds, info = None, None
+        prompts = ["\n".join([*r["passages"], r["question"]]) for r in measured_rows(rows, limit)]
+        if from_store:
+            ds = store.datastore()
+            info = datastore_info(ds, prompts, engine.tokenizer, corpus={
+                "sources": ["the rag suite's store"], "texts": ds.describe()["passages"],
+                "policy": "the store's own corpus datastore: every indexed passage of the file's rag lines (the "
+                          "measured questions' own passages too, which their retrieved passages already give rasd)"})
+        elif texts is not None:
+            ds, build = build_corpus_datastore(texts, engine.tokenizer, tmp)
+            info = datastore_info(ds, prompts, engine.tokenizer, corpus=corpus, build=build)
+        res = run_rag_suite(engine, rows, store, limit=limit, k=args.top_k, max_new_tokens=args.max_new_tokens or 64,
+                            repeats=args.repeats, peers=peers, datastore=ds, datastore_info=info)
+    res["settings"]["datastore_corpus"] = args.datastore_corpus and (
+        "store" if from_store else [Path(p).name for p in _corpus_paths(args)])
     print(format_table(res))
     return res
+
+
+def _corpus_paths(args: argparse.Namespace) -> list[str]:
+    """``--datastore-corpus``'s files and folders."""
+    return [p.strip() for p in (args.datastore_corpus or "").split(",") if p.strip()]
 
 
 def _bench_chat(args: argparse.Namespace) -> dict:
@@ -326,6 +358,31 @@ def _check_code_args(args: argparse.Namespace) -> None:
         raise InvalidInputError("--source and --data are two ways to get code tasks: give one")
 
 
+def _check_datastore_corpus(args: argparse.Namespace, corpus_methods: tuple[str, ...]) -> None:
+    """``--datastore-corpus``: the decode and rag suites only; files and folders that exist, or ``store`` (rag);
+    the decode suite's corpus methods need it."""
+    value = args.datastore_corpus
+    if value is None:
+        named = [m for m in (x.strip() for x in args.methods.split(",")) if m in corpus_methods]
+        if args.suite == "decode" and named:
+            raise InvalidInputError(f"--methods {','.join(named)}: give --datastore-corpus FILE[,FILE...] (the "
+                                    "corpus those methods read)")
+        return
+    if args.suite not in ("decode", "rag"):
+        raise InvalidInputError("--datastore-corpus is for the decode and rag suites (the code suite builds its own "
+                                "from --source / --corpus-source)")
+    if value.strip() == "store":
+        if args.suite != "rag":
+            raise InvalidInputError("--datastore-corpus store: only the rag suite has a store; give files or folders")
+        return
+    paths = _corpus_paths(args)
+    if not paths:
+        raise InvalidInputError("--datastore-corpus is empty: give files or folders (or 'store' with --suite rag)")
+    for p in paths:
+        if not Path(p).expanduser().exists():
+            raise InvalidInputError(f"--datastore-corpus: no such file or folder: {p}")
+
+
 def check_bench_args(args: argparse.Namespace) -> None:
     """Every ``bench`` value that can be checked without the model: files, numbers, lists, ``--spec``."""
     from ..store import jsonl_objects
@@ -349,10 +406,11 @@ def check_bench_args(args: argparse.Namespace) -> None:
                           ("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k), ("--turns", args.turns)):
         at_least(value, option, 1)
     at_least(args.temperature, "--temperature", 0)
-    known = (*ALL_METHODS, *CORPUS_METHODS) if args.suite == "code" else ALL_METHODS
+    known = (*ALL_METHODS, *CORPUS_METHODS) if args.suite in ("code", "decode") else ALL_METHODS
     unknown = [m for m in (x.strip() for x in args.methods.split(",")) if m and m not in known]
     if unknown:
         raise InvalidInputError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    _check_datastore_corpus(args, CORPUS_METHODS)
     number_list(args.contexts, "--contexts", int, 1)
     number_list(args.expand, "--expand", float, 0, 1)
     for option, value, known in (("--policy", args.policy, POLICIES), ("--peers", args.peers, PEERS)):
@@ -415,6 +473,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _write(args, res)
         return 0
     questions = load_questions(args.data, args.category, args.limit or 2, exclude_ids=exclude)
+    texts: list[str] | None = None
+    corpus: dict[str, Any] = {}
+    if args.datastore_corpus:  # read (and checked) before the model loads
+        from .bench.datastore_corpus import Measured, corpus_texts
+
+        texts, corpus = corpus_texts(_corpus_paths(args), Measured.of_questions(questions, args.data))
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     spec = json_option(args.spec, "--spec")
@@ -428,9 +492,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
               "tokenizer offline)", file=sys.stderr)
         methods.remove("hf-assisted")
     methods = _without_missing_llamacpp(methods)
-    res = run_decode_suite(engine, questions, methods, max_new_tokens=args.max_new_tokens or 64,
-                           temperature=args.temperature, repeats=args.repeats, spec=spec,
-                           calibrate=not args.no_calibrate, assistant=assistant)
+    with tempfile.TemporaryDirectory(prefix="refrag-bench-datastore-") as tmp:
+        ds, info = None, None
+        if texts is not None:
+            from .bench.datastore_corpus import build_corpus_datastore, datastore_info
+            from .bench.decode import with_corpus_methods
+
+            ds, build = build_corpus_datastore(texts, engine.tokenizer, tmp)
+            info = datastore_info(ds, [q.prompt for q in questions], engine.tokenizer, corpus=corpus, build=build)
+            methods = with_corpus_methods(methods)
+        res = run_decode_suite(engine, questions, methods, max_new_tokens=args.max_new_tokens or 64,
+                               temperature=args.temperature, repeats=args.repeats, spec=spec,
+                               calibrate=not args.no_calibrate, assistant=assistant, datastore=ds,
+                               datastore_info=info)
+    res["settings"]["datastore_corpus"] = [Path(p).name for p in _corpus_paths(args)] or None
     _write(args, res)
     print(format_table(res))
     return 0

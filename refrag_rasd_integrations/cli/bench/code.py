@@ -24,59 +24,23 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from refrag_rasd_core.engine import Engine
 
 from .code_tasks import CodeTask, similarity
-from .decode import make_method, run_decode_suite
+from .datastore_corpus import lookup_cost, measure_build
+from .decode import CORPUS_METHODS, run_decode_suite
 from .results import Column, format_table_of, machine_line
 
-CORPUS_METHODS = ("rest-corpus", "rasd-corpus")
+__all__ = ["CORPUS_METHODS", "DEFAULT_METHODS", "format_code_table", "lookup_cost", "measure_build",
+           "run_code_suite", "run_tests"]
 DEFAULT_METHODS = "vanilla,hf,hf-pld,pld,rest,rest-corpus,draft,rasd,rasd-corpus"
 SINGLE = ("pld", "rest", "rest-corpus", "draft")
 _NO_NET = ("import socket\n"
            "def _blocked(*a, **k):\n    raise OSError('network disabled in the code suite')\n"
            "socket.socket = _blocked\nsocket.create_connection = _blocked\n")
-
-
-def lookup_cost(datastore: Any, tasks: Sequence[CodeTask], tokenizer: Any, *, per_task: int = 50) -> dict[str, Any]:
-    """Mean time of one corpus-datastore lookup (16-token suffixes taken from the tasks' prompts)."""
-    if datastore is None:
-        return {}
-    suffixes = []
-    for t in tasks:
-        ids = tokenizer(t.prompt, add_special_tokens=False)["input_ids"]
-        step = max(1, (len(ids) - 16) // per_task)
-        suffixes.extend(ids[i - 16:i] for i in range(16, len(ids), step))
-    datastore.candidates(suffixes[0] if suffixes else [0], max_len=10)  # maps the pages in
-    t0 = time.perf_counter()
-    hits = sum(datastore.candidates(s, max_len=10).suffix_len > 0 for s in suffixes)
-    dt = time.perf_counter() - t0
-    return {"lookups": len(suffixes), "lookup_ms": round(1000 * dt / max(1, len(suffixes)), 4),
-            "matched_share": round(hits / max(1, len(suffixes)), 3)}
-
-
-def measure_build(datastore: Any, backends: Sequence[str] = ("divsufsort", "numpy")) -> dict[str, Any]:
-    """Build speed (tokens/s) of the corpus datastore's tokens rebuilt in memory by each suffix-array backend."""
-    import numpy as np
-
-    from refrag_rasd_core.rasd.datastore import SEPARATOR, RestDatastore
-
-    seqs = []
-    for seg in datastore.current().segments:
-        t = np.asarray(seg._r[::-1])
-        cuts = np.flatnonzero(t == SEPARATOR)
-        seqs.extend(p[p != SEPARATOR] for p in np.split(t, cuts))
-    n = sum(len(s) for s in seqs)
-    out: dict[str, Any] = {"build_tokens": n}
-    for b in backends:
-        t0 = time.perf_counter()
-        RestDatastore.build(seqs, backend=b)
-        out[f"build_tokens_per_s_{b}"] = round(n / (time.perf_counter() - t0))
-    return out
 
 
 def run_tests(task: CodeTask, completion: str, timeout_s: float = 10.0) -> bool:
@@ -104,10 +68,8 @@ def run_code_suite(engine: Engine, tasks: Sequence[CodeTask], methods: Sequence[
                    progress: bool = True) -> dict[str, Any]:
     """Run the suite; the decode suite's results dict with the code columns, the datastore and similarity."""
     methods = [m for m in methods if m not in CORPUS_METHODS or datastore is not None]
-    extra = {m: make_method(m.removesuffix("-corpus"), engine, max_new_tokens, 0.0, spec, datastore=datastore)
-             for m in methods if m in CORPUS_METHODS}
     res = run_decode_suite(engine, tasks, methods, max_new_tokens=max_new_tokens, repeats=repeats, spec=spec,
-                           progress=progress, extra_methods=extra, calibrate=calibrate, keep_ids=True)
+                           progress=progress, calibrate=calibrate, keep_ids=True, datastore=datastore)
     res["suite"] = "code"
     by_id = {t.question_id: t for t in tasks}
     tok = engine.tokenizer

@@ -7,6 +7,11 @@ wall time, prefill included), ``speedup_vs_vanilla`` (median over questions of t
 against vanilla's tokens/s), ``mean_accepted`` (tokens emitted per target decoding forward),
 ``ttft_s`` (median), ``equal_to_vanilla`` (share of questions whose token ids equal vanilla's) and ``n``.
 
+With a corpus ``datastore`` (REST's setting: a generic corpus beside the request's passages, see
+:mod:`.datastore_corpus`), ``rest-corpus`` and ``rasd-corpus`` are ``rest`` and ``rasd`` reading it too; the
+results then carry a ``datastore`` block (the corpus, its size, build time, matches, and ``effect``: each method
+without and with it).
+
 Example (needs a question file and minutes of model time, so the test suite does not run it):
     >>> from refrag_rasd_integrations.cli.bench.decode import run_decode_suite      # doctest: +SKIP
     >>> res = run_decode_suite(engine, questions, methods=["vanilla", "hf"])   # doctest: +SKIP
@@ -34,6 +39,23 @@ from .results import Column, format_table_of, machine_line, results_header
 
 HF_METHODS = ("hf", "hf-pld", "hf-assisted")
 ALL_METHODS = (*ENGINE_METHODS, *HF_METHODS, *LLAMACPP_METHODS)
+CORPUS_METHODS = ("rest-corpus", "rasd-corpus")
+"""``rest`` / ``rasd`` with a corpus datastore (the decode suite's ``--datastore-corpus``, the code suite's)."""
+
+
+def with_corpus_methods(methods: Sequence[str]) -> list[str]:
+    """``methods`` with ``rest-corpus`` / ``rasd-corpus`` right after ``rest`` / ``rasd`` (where not named already).
+
+    Example:
+        >>> with_corpus_methods(["vanilla", "rest", "draft", "rasd"])
+        ['vanilla', 'rest', 'rest-corpus', 'draft', 'rasd', 'rasd-corpus']
+    """
+    out: list[str] = []
+    for m in methods:
+        out.append(m)
+        if f"{m}-corpus" in CORPUS_METHODS and f"{m}-corpus" not in methods:
+            out.append(f"{m}-corpus")
+    return list(dict.fromkeys(out))
 
 
 @dataclass
@@ -116,14 +138,23 @@ def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods
                      max_new_tokens: int = 128, temperature: float = 0.0, repeats: int = 1,
                      spec: dict[str, Any] | None = None, progress: bool = True,
                      extra_methods: dict[str, Callable[[BenchQuestion], MethodRun]] | None = None,
-                     calibrate: bool = False, assistant: Any = None, keep_ids: bool = False) -> dict[str, Any]:
+                     calibrate: bool = False, assistant: Any = None, keep_ids: bool = False,
+                     datastore: Any = None, datastore_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the suite and return the results dict (the contract's JSON shape). ``calibrate`` measures the
     verify-cost curve on this machine first (:meth:`Engine.calibrate_verify_costs`); ``keep_ids``: each
-    method's output token ids stay in the per-question rows (``token_ids``)."""
+    method's output token ids stay in the per-question rows (``token_ids``). ``datastore``: the corpus datastore
+    that ``rest-corpus`` / ``rasd-corpus`` read; with ``datastore_info`` (what
+    :func:`~.datastore_corpus.datastore_info` says of it) the results carry it as ``datastore``."""
     costs = engine.calibrate_verify_costs() if calibrate else engine.verify_costs
     methods = list(dict.fromkeys(["vanilla", *methods]))  # vanilla is always the baseline
-    runners = {m: make_method(m, engine, max_new_tokens, temperature, spec, assistant) for m in methods
-               if m not in (extra_methods or {})}
+    missing = [m for m in methods if m in CORPUS_METHODS and datastore is None and m not in (extra_methods or {})]
+    if missing:
+        raise InvalidInputError(f"{', '.join(missing)} need a corpus datastore (datastore=...; the CLI's "
+                                "--datastore-corpus)")
+    runners = {m: make_method(m.removesuffix("-corpus"), engine, max_new_tokens, temperature, spec, assistant,
+                              datastore=datastore) if m in CORPUS_METHODS else
+               make_method(m, engine, max_new_tokens, temperature, spec, assistant)
+               for m in methods if m not in (extra_methods or {})}
     runners.update(extra_methods or {})
     if not questions:
         raise InvalidInputError("no questions to run")
@@ -161,7 +192,7 @@ def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods
             if keep_ids:
                 row["methods"][m]["token_ids"] = first.token_ids
         rows.append(row)
-    return {
+    res = {
         **results_header(engine, "decode", max_new_tokens=max_new_tokens, temperature=temperature, repeats=repeats,
                          methods=methods, n_questions=len(questions),
                          categories=sorted({q.category for q in questions}), spec=dict(spec or {}),
@@ -172,6 +203,15 @@ def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods
                         for c in sorted({r["category"] for r in rows})},
         "per_question": rows,
     }
+    if datastore_info is not None:
+        from .datastore_corpus import corpus_effect
+
+        pairs = [(m.removesuffix("-corpus"), m) for m in CORPUS_METHODS]
+        keys = ("mean_accepted", "speedup_vs_vanilla", "tokens_per_s")
+        res["datastore"] = {**datastore_info, "effect": corpus_effect(res["methods"], pairs, keys),
+                            "effect_by_category": {c: corpus_effect(s, pairs, keys)
+                                                   for c, s in res["by_category"].items()}}
+    return res
 
 
 def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -204,7 +244,14 @@ COLUMNS = (Column("tokens/s", "tokens_per_s"), Column("speedup vs vanilla", "spe
 def format_table(results: dict[str, Any], markdown: bool = False) -> str:
     """The table of a run: printed at its end, and rendered into docs/benchmarks.md (``markdown``)."""
     table = format_table_of(results["methods"], COLUMNS, first="method", markdown=markdown)
-    return table if markdown else f"{table}\nmachine: {machine_line(results['machine'])}"
+    lines = [table]
+    if results.get("datastore"):
+        from .datastore_corpus import datastore_lines
+
+        lines += datastore_lines(results["datastore"], "mean_accepted")
+    if not markdown:
+        lines.append(f"machine: {machine_line(results['machine'])}")
+    return ("\n\n" if markdown else "\n").join(lines)
 
 
 def _first_difference(a: Sequence[int], b: Sequence[int]) -> int:

@@ -6,7 +6,11 @@ LCEL chain ``{"context": retriever, "question": passthrough} | PassagePrompt() |
 with two model settings, interleaved after a warm-up:
 
 * ``plain-rag``    full text context (the retrieved passages as tokens) + vanilla decoding;
-* ``refrag-rasd``  REFRAG compressed context (the stored chunk embeddings) + RASD speculative decoding.
+* ``refrag-rasd``  REFRAG compressed context (the stored chunk embeddings) + RASD speculative decoding;
+* with a corpus ``datastore`` (REST's setting), ``default-corpus`` and ``refrag-rasd-corpus``: the same two
+  pipelines reading it too (``ChatRefragRasd(datastore=...)``): the store's own (every indexed passage) or one
+  built from other files (:mod:`.datastore_corpus`). The results then carry a ``datastore`` block (the corpus,
+  its size, build time, and ``effect``: ``accepted_per_forward`` and speed without and with it).
 
 Measured from the caller's side (``chain.stream``): ``ttft_s`` (to the first streamed text, retrieval
 included), ``total_s``, ``decode_tokens_per_s`` (after the first token), plus the engine's own
@@ -38,6 +42,8 @@ PIPELINES: dict[str, dict[str, Any]] = {
     "plain-rag": {"context": "text", "method": "vanilla"},
     "refrag-rasd": {"context": "compressed", "method": "rasd"},
 }
+CORPUS_PIPELINES = ("default", "refrag-rasd")
+"""The pipelines run a second time with a corpus datastore, as ``<name>-corpus``."""
 
 
 def load_rag_rows(path: str | Path | None = None) -> list[dict[str, Any]]:
@@ -149,16 +155,35 @@ def _measured(answer: str, t0: float, first: float | None, meta: dict[str, Any],
             "expanded": stats.get("expanded") if stats.get("chunks") else None}
 
 
+def measured_rows(rows: Sequence[dict[str, Any]], limit: int = 3) -> list[dict[str, Any]]:
+    """The rows a run measures: the first ``limit`` held-out ones."""
+    return [r for r in rows if r.get("held_out", True)][:limit]
+
+
+def pipelines(datastore: Any = None) -> dict[str, dict[str, Any]]:
+    """The pipelines' model settings: :data:`PIPELINES`, and with a ``datastore`` each of
+    :data:`CORPUS_PIPELINES` again as ``<name>-corpus`` (right after it) reading that datastore too."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, kw in PIPELINES.items():
+        out[name] = dict(kw)
+        if datastore is not None and name in CORPUS_PIPELINES:
+            out[f"{name}-corpus"] = {**kw, "datastore": datastore}
+    return out
+
+
 def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *, limit: int = 3, k: int = 5,
                   max_new_tokens: int = 64, repeats: int = 1, progress: bool = True,
-                  peers: Sequence[str] = ()) -> dict[str, Any]:
+                  peers: Sequence[str] = (), datastore: Any = None,
+                  datastore_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the pipelines on the first ``limit`` held-out questions; returns the results dict. ``peers``:
-    llama.cpp peers (``llamacpp``, ``llamacpp-pld``) run as plain RAG end to end beside them."""
-    questions = [r for r in rows if r.get("held_out", True)][:limit]
+    llama.cpp peers (``llamacpp``, ``llamacpp-pld``) run as plain RAG end to end beside them. ``datastore``: a
+    corpus datastore for the ``-corpus`` pipelines (``datastore_info``: what the results record of it)."""
+    questions = measured_rows(rows, limit)
     if not questions:
         raise InvalidInputError("no held-out rag questions to run")
+    settings = pipelines(datastore)
     chains: dict[str, Any] = {name: make_chain(store, engine, k=k, max_new_tokens=max_new_tokens, **kw)
-                              for name, kw in PIPELINES.items()}
+                              for name, kw in settings.items()}
     runners: dict[str, Any] = {name: (lambda q, c=chain: run_chain(c, q)) for name, chain in chains.items()}
     if peers:
         from .llamacpp import LlamaCppPeer
@@ -188,12 +213,21 @@ def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *,
             cell["answer_recall"] = answer_recall(cell["answer"], r.get("reference") or [])
             row["methods"][name] = cell
         per_q.append(row)
-    return {
+    recorded = {n: {key: ("corpus" if key == "datastore" else v) for key, v in kw.items()}
+                for n, kw in settings.items()}
+    res = {
         **results_header(engine, "rag", n_questions=len(questions), k=k, max_new_tokens=max_new_tokens,
-                         repeats=repeats, pipelines=PIPELINES, peers=list(peers), store_passages=store.count()),
+                         repeats=repeats, pipelines=recorded, peers=list(peers), store_passages=store.count()),
         "methods": summarize(per_q, list(runners)),
         "per_question": per_q,
     }
+    if datastore_info is not None:
+        from .datastore_corpus import corpus_effect
+
+        res["datastore"] = {**datastore_info, "effect": corpus_effect(
+            res["methods"], [(n, f"{n}-corpus") for n in CORPUS_PIPELINES],
+            ("accepted_per_forward", "decode_tokens_per_s", "total_s"))}
+    return res
 
 
 def summarize(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
@@ -226,4 +260,11 @@ COLUMNS = (Column("TTFT s", "ttft_s", ".3f"), Column("decode tokens/s", "decode_
 def format_table(res: dict[str, Any], markdown: bool = False) -> str:
     """The table of a run: printed at its end, and rendered into docs/benchmarks.md (``markdown``)."""
     table = format_table_of(res["methods"], COLUMNS, first="pipeline", markdown=markdown)
-    return table if markdown else f"{table}\nmachine: {machine_line(res['machine'])}"
+    lines = [table]
+    if res.get("datastore"):
+        from .datastore_corpus import datastore_lines
+
+        lines += datastore_lines(res["datastore"], "accepted_per_forward")
+    if not markdown:
+        lines.append(f"machine: {machine_line(res['machine'])}")
+    return ("\n\n" if markdown else "\n").join(lines)
