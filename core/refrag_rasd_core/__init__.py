@@ -2,7 +2,11 @@
 
 from pathlib import Path
 
-from .errors import (
+from .heap import bound_kernel_caches
+
+bound_kernel_caches()  # before any oneDNN kernel runs: refrag_rasd_core.heap says why
+
+from .errors import (  # noqa: E402
     CheckpointError,
     ContextTooLongError,
     InvalidInputError,

@@ -31,7 +31,7 @@ from .forward import Runner, make_runner, runner_kind, sync_device
 from .generation_config import METHODS, GenerationConfig, Prompt
 from .generation_stream import GenerationStream, ModelLock
 from .models import LoadedModel, load_target
-from .prefill import Prefill, prefill_forward
+from .prefill import KeptAnswer, Prefill, prefill_forward
 from .prefix_cache import PrefixCache
 from .rasd.budget import CPU_COSTS, GPU_COSTS, DraftGate, TreeBudget, runner_verify_costs
 from .rasd.proposers import PROPOSERS
@@ -69,15 +69,14 @@ class Engine:
         or ``"auto"``: the shipped one); other requests run the stock target. ``refrag_long``: the checkpoint
         for passages that ``context="auto"`` compresses because they do not fit the window (same encoder and k;
         ``"auto"``: the shipped long-document one with the shipped checkpoint; ``None``: ``refrag``'s).
-        ``refrag_encoder``: the chunk
-        encoder for passages without stored chunk embeddings (default: the checkpoint's). ``forward``:
-        ``"auto"`` (the lean forward for LLaMA / Qwen2 / Mistral, transformers' otherwise), ``"lean"`` or ``"hf"``
-        (:mod:`~refrag_rasd_core.forward`; same greedy outputs). ``weights``: ``"exact"``
-        (default: as loaded) or ``"int4"`` (opt-in, lean forward on CPU: 4-bit-grid linears, as the default
-        model's Q4_1 ones, run with the int4 kernel and bf16 activations; faster decoding, outputs may differ
-        slightly from exact's; with the batch-invariant kernels speculation equals plain int4 decoding exactly:
-        :mod:`refrag_rasd_core.lean.invariant`). ``prefix_cache``: a byte budget (or a
-        :class:`~refrag_rasd_core.prefix_cache.PrefixCache`) for reusing earlier requests' prefill KV (off)."""
+        ``refrag_encoder``: the chunk encoder for passages without stored chunk embeddings (default: the
+        checkpoint's). ``forward``: ``"auto"`` (the lean forward for LLaMA / Qwen2 / Mistral, transformers'
+        otherwise), ``"lean"`` or ``"hf"`` (:mod:`~refrag_rasd_core.forward`; same greedy outputs). ``weights``:
+        ``"exact"`` (default: as loaded) or ``"int4"`` (opt-in, lean forward on CPU: 4-bit-grid linears, as the
+        default model's Q4_1 ones, run with the int4 kernel and bf16 activations; outputs may differ slightly from
+        exact's; speculation equals plain int4 decoding exactly: :mod:`refrag_rasd_core.lean.invariant`).
+        ``prefix_cache``: a byte budget (or a :class:`~refrag_rasd_core.prefix_cache.PrefixCache`) for reusing
+        earlier requests' prompt and answer KV (off)."""
         if weights not in WEIGHTS:
             raise InvalidInputError(f"weights must be one of {WEIGHTS}, got {weights!r}")
         self.target = target
@@ -255,11 +254,11 @@ class Engine:
     # ---- the loop --------------------------------------------------------------------------------------
     def _run(self, request: EngineRequest, stats: GenerationStats, out_ids: list[int], limit: int | None,
              constraint: Any) -> Iterator[str]:
-        with self._lock:
-            yield from self._decode(request, stats, out_ids, limit, constraint)
+        with self._lock, KeptAnswer(self.prefix_cache, out_ids) as kept:  # the next turn starts with both
+            yield from self._decode(request, stats, out_ids, limit, constraint, kept)
 
     def _decode(self, request: EngineRequest, stats: GenerationStats, out_ids: list[int], limit: int | None,
-                constraint: Any) -> Iterator[str]:
+                constraint: Any, kept: KeptAnswer) -> Iterator[str]:
         cfg = request.config
         runner = self.runner_for(request.compressed, request.long_document)
         device = runner.device
@@ -277,8 +276,8 @@ class Engine:
         if limit is not None:
             max_new = min(max_new, limit - stats.prefill_positions)
         committed = list(prompt_ids)
-        pre = prefill_forward(runner, prompt_ids, mixed, want_hidden,
-                              self.prefill_adapter(mixed is not None, request.long_document), prefix=self.prefix_cache)
+        kept.prefill = pre = prefill_forward(runner, prompt_ids, mixed, want_hidden, self.prefill_adapter(
+            mixed is not None, request.long_document), prefix=self.prefix_cache, keep=False)
         cache, logits, hidden, stats.cached_tokens = pre.cache, pre.logits, pre.hidden, pre.cached
         token = constraint.choose(logits[0], params, gen)
         sync_device(device)
@@ -317,7 +316,7 @@ class Engine:
             stats.accepted_hist[1] = stats.target_forwards
         elif not done:
             yield from self._speculate(runner, proposer, cache, committed, hidden, params, gen, stats, emit,
-                                       shift, constraint)
+                                       shift, constraint, kept.hidden)
         if proposer is not None:  # proposal time = retrieval + drafting / tree building
             stats.retrieval_s = proposer.retrieval_s
             stats.draft_s = max(stats.draft_s - proposer.retrieval_s, 0.0)
@@ -381,17 +380,17 @@ class Engine:
 
     def _speculate(self, runner: Runner, proposer: Any, cache: Any, committed: list[int],
                    hidden: torch.Tensor | None, params: SamplingParams, gen: torch.Generator | None,
-                   stats: GenerationStats, emit: Any, shift: int = 0, constraint: Any = UNCONSTRAINED) -> Iterator[str]:
-        """Speculative steps (:func:`~refrag_rasd_core.rasd.step.speculative_step`) until ``emit`` says done."""
+                   stats: GenerationStats, emit: Any, shift: int, constraint: Any,
+                   kept_hidden: list[torch.Tensor]) -> Iterator[str]:
+        """Speculative steps (:func:`~refrag_rasd_core.rasd.step.speculative_step`) until ``emit`` says done;
+        each step's hidden states of the positions it cached go to ``kept_hidden``."""
         done = False
         while not done:
             step = speculative_step(runner, proposer, cache, committed, hidden, params, gen, shift=shift,
                                     constraint=constraint)
             hidden = step.hidden
-            stats.draft_s += step.propose_s
-            stats.verify_s += step.verify_s
-            stats.tree_nodes += step.tree_nodes
-            stats.target_forwards += 1
+            kept_hidden += [] if hidden is None else [hidden]
+            stats.count_step(step)
             used = 0
             for tok in step.tokens:
                 used += 1

@@ -27,7 +27,7 @@ from .forward import Runner
 from .prefix_cache import KVSnapshot, PrefixCache, PrefixHit, position_keys
 from .stats import GenerationStats
 
-__all__ = ["Prefill", "PrefillOutput", "prefill_forward"]
+__all__ = ["KeptAnswer", "Prefill", "PrefillOutput", "prefill_forward"]
 
 
 @dataclass
@@ -39,14 +39,60 @@ class PrefillOutput:
     logits: torch.Tensor
     hidden: torch.Tensor | None
     cached: int = 0
+    keys: list[Any] | None = None  # the prefix-cache keys of the prefilled positions (with a prefix cache)
+    namespace: Any = None
+    all_hidden: torch.Tensor | None = None  # hidden states of every prefilled position (when computed)
+
+
+class KeptAnswer:
+    """What a generation leaves in the prefix cache when it ends: its prompt *and its answer* (the next turn
+    of a conversation starts with both), as vLLM's prefix cache keeps a finished sequence. The decoding loop
+    sets ``prefill`` (whose cache it goes on filling) and appends the target's hidden states of the answer's
+    cached positions, step by step, to ``hidden`` (the draft head reads them: without them, when the prompt's
+    were kept, nothing is kept past the prompt). Kept when the loop ends or its stream is closed, not when it
+    fails.
+
+    Example:
+        >>> with KeptAnswer(None, []) as kept:      # no prefix cache: nothing to keep
+        ...     kept.prefill is None
+        True
+    """
+
+    def __init__(self, prefix: PrefixCache | None, answer_ids: list[int]) -> None:
+        self.prefix = prefix
+        self.answer_ids = answer_ids
+        self.prefill: PrefillOutput | None = None
+        self.hidden: list[torch.Tensor] = []
+
+    def __enter__(self) -> KeptAnswer:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is None or kind is GeneratorExit:
+            self.keep()
+
+    def keep(self) -> None:
+        """Store the prompt and the answer's emitted, cached positions."""
+        pre = self.prefill
+        if self.prefix is None or pre is None or pre.keys is None:
+            return
+        length = min(int(pre.cache.get_seq_length()), len(pre.keys) + len(self.answer_ids))
+        feats = pre.all_hidden
+        if feats is not None and length > len(pre.keys):
+            feats = torch.cat([feats, *self.hidden])[:length] if self.hidden else None
+            if feats is None or feats.shape[0] < length:  # the answer's features are missing: the prompt only
+                length, feats = len(pre.keys), pre.all_hidden
+        keys = pre.keys + [int(t) for t in self.answer_ids[:length - len(pre.keys)]]
+        self.prefix.store(pre.namespace, keys, KVSnapshot.of_cache(pre.cache, length), feats)
 
 
 def prefill_forward(runner: Runner, prompt_ids: list[int], mixed: Any, want_hidden: bool, adapter: Any = None,
-                    *, prefix: PrefixCache | None = None) -> PrefillOutput:
+                    *, prefix: PrefixCache | None = None, keep: bool = True) -> PrefillOutput:
     """One forward over the prompt (``prompt_ids``, or the ``mixed`` compressed input) into a new KV cache.
     ``adapter``: row-scoped decoder adapters added at the compressed chunks' positions. With a ``prefix``
     cache, the longest prefix an earlier request read comes from there and only the rest is computed; this
-    request's prefill is kept for the next ones."""
+    request's prefill is kept for the next ones (``keep``; the decoding loop keeps it with the answer instead,
+    after the first token: :class:`KeptAnswer`)."""
     positions = list(prompt_ids) if mixed is None else list(mixed.token_ids)
     embeds = None if mixed is None else mixed.inputs_embeds
     namespace = (id(runner), adapter is not None)
@@ -68,12 +114,13 @@ def prefill_forward(runner: Runner, prompt_ids: list[int], mixed: Any, want_hidd
                                         inputs_embeds=embeds[:, start:], adapter=adapter, adapter_rows=rows)
     if hidden is not None and hit.hidden is not None and start:
         hidden = torch.cat([hit.hidden[:start].to(hidden.device, hidden.dtype), hidden])
-    if prefix is not None:
+    if prefix is not None and keep:
         prefix.store(namespace, keys, KVSnapshot.of_cache(cache, len(positions)), hidden)
+    out = PrefillOutput(cache, logits, hidden, start, keys if prefix is not None else None, namespace, hidden)
     if hidden is not None and mixed is not None:  # the draft head sees the raw-token positions only
         raw = [i for i, t in enumerate(positions) if t is not None]
-        hidden = hidden.index_select(0, torch.tensor(raw, device=hidden.device))
-    return PrefillOutput(cache, logits, hidden, start)
+        out.hidden = hidden.index_select(0, torch.tensor(raw, device=hidden.device))
+    return out
 
 
 @dataclass

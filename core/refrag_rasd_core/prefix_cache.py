@@ -14,8 +14,8 @@ Example:
     >>> kv = KVSnapshot.of_tensors(torch.zeros(1, 1, 5, 4), torch.zeros(1, 1, 5, 4))
     >>> cache.store("ns", [1, 2, 3, 4, 5], kv)
     >>> hit = cache.lookup("ns", [1, 2, 3, 4, 9, 9])      # the first 4 positions were read before
-    >>> hit.length, cache.lookup("ns", [7, 7, 7]).length
-    (4, 0)
+    >>> hit.length, cache.lookup("ns", [1, 2, 3, 4, 5, 6]).length, cache.lookup("ns", [7, 7, 7]).length
+    (4, 5, 0)
 """
 
 from __future__ import annotations
@@ -149,8 +149,9 @@ class PrefixCache:
         return out
 
     def lookup(self, namespace: Hashable, keys: Sequence[Hashable], *, need_hidden: bool = False) -> PrefixHit:
-        """The longest prefix of ``keys`` (whole blocks, at most ``len(keys) - 1`` positions: the last one is
-        always computed, its logits are the request's first token) read by an earlier request."""
+        """The longest prefix of ``keys`` (at most ``len(keys) - 1`` positions: the last one is always computed,
+        its logits are the request's first token) read by an earlier request: found by whole blocks, then
+        extended position by position into the entry's next, partly shared block."""
         with self._lock:
             self.lookups += 1
             best: _Entry | None = None
@@ -165,6 +166,9 @@ class PrefixCache:
             length = blocks * self.block
             if list(best.keys[:length]) != list(keys[:length]):  # a hash collision: never use it
                 return PrefixHit()
+            most = min(len(best.keys), len(keys) - 1)
+            while length < most and best.keys[length] == keys[length]:
+                length += 1
             self._entries.move_to_end(id(best))
             self.hits += 1
             return PrefixHit(length, best.kv, best.hidden)

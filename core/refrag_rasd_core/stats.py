@@ -68,6 +68,13 @@ class GenerationStats:
             return 1.0 if self.target_forwards else 0.0
         return sum(k * v for k, v in self.accepted_hist.items()) / n
 
+    def count_step(self, step: Any) -> None:
+        """Add one speculative step's costs (a :class:`~refrag_rasd_core.rasd.step.StepResult`)."""
+        self.draft_s += step.propose_s
+        self.verify_s += step.verify_s
+        self.tree_nodes += step.tree_nodes
+        self.target_forwards += 1
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["accepted_hist"] = {str(k): v for k, v in sorted(self.accepted_hist.items())}

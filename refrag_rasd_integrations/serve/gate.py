@@ -16,6 +16,8 @@ from __future__ import annotations
 import threading
 import time
 
+from refrag_rasd_core.heap import trim
+
 from .errors import RequestTimeoutError, ServerBusyError
 
 
@@ -71,6 +73,9 @@ class EngineGate:
             self._held += 1
 
     def release(self) -> None:
+        """Give the slot back, after handing the request's freed memory back to the system (a few ms; it keeps
+        the replica's RSS flat: :mod:`refrag_rasd_core.heap`)."""
+        trim()
         with self._mu:
             self._held -= 1
         self._slots.release()

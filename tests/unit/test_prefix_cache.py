@@ -51,12 +51,52 @@ def test_second_turn_reuses_the_first_and_answers_as_a_recompute(parts, forward,
     again = cached.generate(_turn2(first.text), passages=PASSAGES[1:], **kw)
     fresh = plain.generate(_turn2(first.text), passages=PASSAGES[1:], **kw)
     assert again.token_ids == fresh.token_ids
-    assert again.stats.cached_tokens % 16 == 0
-    # everything the first turn read is reused (all but its last partial block), compressed turns included:
-    # a turn's chunks are expanded the same way in every later turn
-    assert again.stats.cached_tokens >= first.stats.prefill_positions - 16
+    # everything the first turn read is reused, compressed turns included (a turn's chunks are expanded the
+    # same way in every later turn), and so is the answer it decoded, as far as its text tokenizes the same
+    head = first.stats.prefill_positions
+    assert again.stats.cached_tokens >= head
     assert again.stats.cached_tokens < again.stats.prefill_positions
+    ids = first.token_ids[:-1]  # the last token was emitted, never fed back: its KV was not computed
+    retokenized = cached.encode_prompt(_turn2(first.text))
+    shared = next((i for i, (a, b) in enumerate(zip(ids, retokenized[head:], strict=False)) if a != b),
+                  min(len(ids), len(retokenized) - head))
+    if context == "none":  # the prompt is the messages alone: the answer's retokenized head was reused too
+        assert shared > 0 and again.stats.cached_tokens >= head + shared
     assert fresh.stats.cached_tokens == 0
+
+
+@pytest.mark.parametrize("forward", ["lean", "hf"])
+@pytest.mark.parametrize("drafter", ["eagle", "causal"])
+@pytest.mark.parametrize("method", ["vanilla", "pld", "draft", "rasd"])
+def test_the_next_request_reuses_the_answer_decoded_into_the_cache(parts, forward, drafter, method):
+    """A conversation's next prompt starts with the last prompt and its answer: the answer's KV (and, for the
+    EAGLE head, the target's hidden states of it) computed while decoding are reused, not re-read; the output
+    equals a recompute's."""
+    from refrag_rasd_core.eagle.head import DraftHead
+
+    loaded, _, _ = parts
+    torch.manual_seed(1)
+    d = (DraftHead.for_target(loaded.model, draft_vocab_size=64).eval() if drafter == "eagle"
+         else CausalLMDrafter(loaded.model, tokenizer=loaded.tokenizer, target_tokenizer=loaded.tokenizer))
+    cached = Engine(loaded, drafter=d, forward=forward, refrag=None, prefix_cache=64 << 20)
+    plain = Engine(loaded, drafter=d, forward=forward, refrag=None)
+    prompt = cached.encode_prompt(TURN1)
+    first = cached.generate_ids(prompt, method=method, max_tokens=20)
+    assert first.stats.finish_reason == "length"
+    turn2 = prompt + first.token_ids + cached.encode_prompt("And by whom?")
+    again = cached.generate_ids(turn2, method=method, max_tokens=20)
+    assert again.token_ids == plain.generate_ids(turn2, method=method, max_tokens=20).token_ids
+    # every position whose KV the first request computed: its prompt and all of its answer but the last token
+    assert again.stats.cached_tokens == len(prompt) + len(first.token_ids) - 1
+
+
+def test_a_closed_stream_keeps_what_it_read(parts):
+    cached, _ = _engines(parts)
+    stream = cached.stream(TURN1, passages=PASSAGES, context="text", method="vanilla", max_tokens=16)
+    next(iter(stream))
+    stream.close()
+    again = cached.generate(TURN1, passages=PASSAGES, context="text", method="vanilla", max_tokens=4)
+    assert again.stats.cached_tokens == again.stats.prefill_positions - 1
 
 
 def test_repeating_a_request_reuses_all_but_its_last_position(parts):
@@ -66,7 +106,7 @@ def test_repeating_a_request_reuses_all_but_its_last_position(parts):
     assert a.token_ids == b.token_ids == plain.generate(TURN1, passages=PASSAGES, context="text",
                                                          method="vanilla", max_tokens=8).token_ids
     n = b.stats.prefill_positions
-    assert b.stats.cached_tokens == (n - 1) // 16 * 16
+    assert b.stats.cached_tokens == n - 1  # whole blocks, then the entry's partly shared block position by position
 
 
 def test_other_passages_or_modes_do_not_share_a_prefix_they_do_not_have(parts):

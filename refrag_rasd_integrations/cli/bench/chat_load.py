@@ -98,10 +98,13 @@ def run_chat_load(engine: Any, conversations: list[list[str]], *, clients: int =
     for t in threads:
         t.start()
     warm_rss = None
+    timeline: list[tuple[int, float]] = []  # (conversations answered, RSS MB) every 10 conversations
     while any(t.is_alive() for t in threads):
         time.sleep(0.5)
         if warm_rss is None and len(done) >= warmup:
             warm_rss = proc.memory_info().rss
+        if len(done) >= 10 * (len(timeline) + 1):
+            timeline.append((len(done), round(proc.memory_info().rss / 2**20, 1)))
     seconds = time.perf_counter() - t0
     finished.set()
     end_rss = proc.memory_info().rss
@@ -131,7 +134,7 @@ def run_chat_load(engine: Any, conversations: list[list[str]], *, clients: int =
             if turns2 else None,
             "rss_after_warmup_mb": round(warm / 2**20, 1), "rss_end_mb": round(end_rss / 2**20, 1),
             "rss_max_mb": round(max(r for _, r in rss) / 2**20, 1) if rss else None,
-            "rss_growth_after_warmup": round(end_rss / warm - 1, 4),
+            "rss_growth_after_warmup": round(end_rss / warm - 1, 4), "rss_timeline_mb": timeline,
             "checked_against_a_run_alone": min(check, len(done)), "equal_to_a_run_alone": equal}
 
 
