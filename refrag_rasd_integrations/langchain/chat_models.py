@@ -19,6 +19,7 @@ With a retriever, hand the passages over WITH their stored chunk embeddings (no 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -149,7 +150,7 @@ class ChatRefragRasd(LangChainFace, ModelSettings, BaseChatModel):
         req = self._request(messages, stop, kwargs)
         stream = req.stream()
         calls = ToolCallStream() if req.config.offers_tools else None
-        for piece in [*stream, None]:
+        for piece in itertools.chain(stream, [None]):  # as they come (a list would wait for the end)
             for chunk in _chunks(piece, calls):
                 if run_manager:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)

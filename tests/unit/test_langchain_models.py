@@ -86,6 +86,33 @@ def test_stream_calls_on_llm_new_token_and_sends_usage_once(chat):
     assert full.response_metadata["model_name"] == "tiny-llama-0"
 
 
+@pytest.mark.parametrize("tools", [False, True])
+def test_stream_yields_each_piece_as_it_is_decoded(parts, tools):
+    """The first chunk reaches the caller while the engine is still decoding (not all at the end), with tools
+    offered or not, and through an LCEL chain."""
+    engine = parts[0]
+    chat = ChatRefragRasd(engine=engine, max_tokens=12, method="vanilla")
+    if tools:
+        def lookup(q: str) -> str:
+            """Look something up."""
+            return q
+
+        chat = chat.bind_tools([lookup], tool_choice="none")
+    for runnable in (chat, ChatPromptTemplate.from_messages([("human", "{q}")]) | chat):
+        before = engine.runner.forward
+        forwards = []
+        engine.runner.forward = lambda *a, **k: forwards.append(1) or before(*a, **k)
+        try:
+            it = iter(runnable.stream("Hello there" if runnable is chat else {"q": "Hello there"}))
+            first = next(c for c in it if c.content)
+            at_first = len(forwards)
+            rest = list(it)
+        finally:
+            engine.runner.forward = before
+        assert first.content and at_first < len(forwards), "every forward ran before the first chunk"
+        assert rest[-1].chunk_position == "last"
+
+
 def test_async_and_settings(chat):
     async def run():
         a = await chat.ainvoke("Hi", max_tokens=3)

@@ -35,7 +35,7 @@ from refrag_rasd_core.errors import InvalidInputError
 
 from .data import BenchQuestion
 from .llamacpp import LLAMACPP_METHODS, LlamaCppPeer
-from .results import Column, format_table_of, machine_line, results_header
+from .results import Column, format_run_table, results_header
 
 HF_METHODS = ("hf", "hf-pld", "hf-assisted")
 ALL_METHODS = (*ENGINE_METHODS, *HF_METHODS, *LLAMACPP_METHODS)
@@ -243,15 +243,7 @@ COLUMNS = (Column("tokens/s", "tokens_per_s"), Column("speedup vs vanilla", "spe
 
 def format_table(results: dict[str, Any], markdown: bool = False) -> str:
     """The table of a run: printed at its end, and rendered into docs/benchmarks.md (``markdown``)."""
-    table = format_table_of(results["methods"], COLUMNS, first="method", markdown=markdown)
-    lines = [table]
-    if results.get("datastore"):
-        from .datastore_corpus import datastore_lines
-
-        lines += datastore_lines(results["datastore"], "mean_accepted")
-    if not markdown:
-        lines.append(f"machine: {machine_line(results['machine'])}")
-    return ("\n\n" if markdown else "\n").join(lines)
+    return format_run_table(results, COLUMNS, first="method", accepted="mean_accepted", markdown=markdown)
 
 
 def _first_difference(a: Sequence[int], b: Sequence[int]) -> int:

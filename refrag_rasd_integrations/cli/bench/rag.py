@@ -35,7 +35,7 @@ from refrag_rasd_core.engine import Engine
 from refrag_rasd_core.errors import InvalidInputError
 
 from .metrics import answer_recall
-from .results import Column, format_table_of, machine_line, results_header
+from .results import Column, format_run_table, results_header
 
 PIPELINES: dict[str, dict[str, Any]] = {
     "default": {},  # ChatRefragRasd() as a user gets it: context="auto" (the checkpoint's measured point), rasd
@@ -259,12 +259,4 @@ COLUMNS = (Column("TTFT s", "ttft_s", ".3f"), Column("decode tokens/s", "decode_
 
 def format_table(res: dict[str, Any], markdown: bool = False) -> str:
     """The table of a run: printed at its end, and rendered into docs/benchmarks.md (``markdown``)."""
-    table = format_table_of(res["methods"], COLUMNS, first="pipeline", markdown=markdown)
-    lines = [table]
-    if res.get("datastore"):
-        from .datastore_corpus import datastore_lines
-
-        lines += datastore_lines(res["datastore"], "accepted_per_forward")
-    if not markdown:
-        lines.append(f"machine: {machine_line(res['machine'])}")
-    return ("\n\n" if markdown else "\n").join(lines)
+    return format_run_table(res, COLUMNS, first="pipeline", accepted="accepted_per_forward", markdown=markdown)

@@ -138,3 +138,17 @@ def format_table_of(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[Col
     fmt = [lambda s, w: s.ljust(w)] + [lambda s, w: s.rjust(w)] * len(columns)
     lines = [head, ["-" * w for w in widths], *body]
     return "\n".join("  ".join(f(s, w) for f, s, w in zip(fmt, x, widths, strict=True)).rstrip() for x in lines)
+
+
+def format_run_table(res: dict[str, Any], columns: Sequence[Column], *, first: str, accepted: str,
+                     markdown: bool = False) -> str:
+    """A suite's table of ``res["methods"]``, then what its corpus datastore did (``accepted``: the key of
+    accepted tokens per forward), then the machine (printed runs only)."""
+    lines = [format_table_of(res["methods"], columns, first=first, markdown=markdown)]
+    if res.get("datastore"):
+        from .datastore_corpus import datastore_lines
+
+        lines += datastore_lines(res["datastore"], accepted)
+    if not markdown:
+        lines.append(f"machine: {machine_line(res['machine'])}")
+    return ("\n\n" if markdown else "\n").join(lines)
