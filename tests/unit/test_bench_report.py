@@ -89,3 +89,18 @@ def test_bench_names_the_recipe_of_a_removed_checkpoint(capsys, tmp_path: Path) 
     assert main(["bench", "--suite", "rag", "--data", str(data), "--refrag", str(missing)]) == 2
     err = capsys.readouterr().err
     assert "no REFRAG checkpoint at" in err and "docs/training-refrag.md" in err
+
+
+def test_results_files_keep_no_answer_text(tmp_path):
+    """A model's answer can quote the benchmark's passages (data from other repositories): the writer keeps a
+    digest and a length, never the text; the committed results hold none either."""
+    import json
+
+    res = {"methods": {"a": {"answer": "The mill was built in 1820.", "answer_recall": 1.0}},
+           "per_question": [{"methods": {"a": {"answer": "The mill was built in 1820."}}}]}
+    text = write_results(res, tmp_path / "r.json").read_text()
+    assert "1820" not in text and '"answer"' not in text
+    rows = json.loads(text)["per_question"][0]["methods"]["a"]
+    assert rows["answer_chars"] == 27 and rows["answer_sha1"] == json.loads(text)["methods"]["a"]["answer_sha1"]
+    committed = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "results").rglob("*.json"))
+    assert committed and not [p.name for p in committed if '"answer": "' in p.read_text()]

@@ -101,7 +101,7 @@ def test_stream_yields_each_piece_as_it_is_decoded(parts, tools):
     for runnable in (chat, ChatPromptTemplate.from_messages([("human", "{q}")]) | chat):
         before = engine.runner.forward
         forwards = []
-        engine.runner.forward = lambda *a, **k: forwards.append(1) or before(*a, **k)
+        engine.runner.forward = lambda *a, _f=forwards, _b=before, **k: _f.append(1) or _b(*a, **k)
         try:
             it = iter(runnable.stream("Hello there" if runnable is chat else {"q": "Hello there"}))
             first = next(c for c in it if c.content)

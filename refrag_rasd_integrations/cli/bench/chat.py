@@ -178,11 +178,14 @@ def summarize_chat(rows: Sequence[dict[str, Any]], settings: Sequence[str]) -> d
 
 
 def format_chat_table(res: dict[str, Any], markdown: bool = False) -> str:
-    """Per setting and turn: TTFT (speedup vs recompute), cached share, recall, equality."""
+    """Per setting and turn: TTFT (speedup vs recompute), cached share, recall, equality (``markdown``, for the
+    docs: the first, middle and last turns only)."""
     rows: dict[str, dict[str, Any]] = {}
     for name, m in res["methods"].items():
+        n = len(m["per_turn"])
         for i, t in enumerate(m["per_turn"], 1):
-            rows[f"{name}, turn {i}"] = {**t, "conversation_s": m["conversation_s"] if i == 1 else None}
+            if not markdown or i in (1, (n + 1) // 2, n):
+                rows[f"{name}, turn {i}"] = {**t, "conversation_s": m["conversation_s"] if i == 1 else None}
     cols = [Column("TTFT s", "ttft_s", ".3f"), Column("vs recompute", "ttft_speedup_vs_recompute", ".2f", "x"),
             Column("prefill positions", "prefill_positions", ".0f"), Column("cached", "cached_share", ".2f"),
             Column("answer recall", "answer_recall", ".2f"), Column("equal to recompute", "equal_to_recompute", ".2f"),

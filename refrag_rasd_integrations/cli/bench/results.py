@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -78,11 +79,35 @@ def resolve_out(out: str | None, suite: str, variant: str, machine: Mapping[str,
     return results_path(suite, variant, slug, root=root)
 
 
+def without_answers(value: Any) -> Any:
+    """``value`` with every generated ``"answer"`` text replaced by ``answer_sha1`` (12 hex digits: equal answers
+    stay comparable across files) and ``answer_chars``: a model's answer can quote the benchmark's passages or
+    prompts, which come from other repositories and must not be copied into this one.
+
+    Example:
+        >>> without_answers({"rows": [{"answer": "Paris", "answer_recall": 1.0}]})
+        {'rows': [{'answer_sha1': '22390ad11c32', 'answer_chars': 5, 'answer_recall': 1.0}]}
+    """
+    if isinstance(value, list):
+        return [without_answers(v) for v in value]
+    if not isinstance(value, Mapping):
+        return value
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if key == "answer" and isinstance(v, str):
+            out["answer_sha1"] = hashlib.sha1(v.encode()).hexdigest()[:12]
+            out["answer_chars"] = len(v)
+        else:
+            out[key] = without_answers(v)
+    return out
+
+
 def write_results(res: Mapping[str, Any], path: Path | str) -> Path:
-    """Write ``res`` as indented JSON (folders made); returns the path."""
+    """Write ``res`` as indented JSON (folders made), its answers' texts left out (:func:`without_answers`);
+    returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1) + "\n")
+    path.write_text(json.dumps(without_answers(res), indent=1) + "\n")
     return path
 
 
@@ -148,7 +173,8 @@ def format_run_table(res: dict[str, Any], columns: Sequence[Column], *, first: s
     if res.get("datastore"):
         from .datastore_corpus import datastore_lines
 
-        lines += datastore_lines(res["datastore"], accepted)
+        found = datastore_lines(res["datastore"], accepted)
+        lines += ["; ".join(found)] if markdown else found  # one paragraph in the docs
     if not markdown:
         lines.append(f"machine: {machine_line(res['machine'])}")
     return ("\n\n" if markdown else "\n").join(lines)
