@@ -277,7 +277,7 @@ class Engine:
             max_new = min(max_new, limit - stats.prefill_positions)
         committed = list(prompt_ids)
         kept.prefill = pre = prefill_forward(runner, prompt_ids, mixed, want_hidden, self.prefill_adapter(
-            mixed is not None, request.long_document), prefix=self.prefix_cache, keep=False)
+            mixed is not None, request.long_document), prefix=self.prefix_cache)
         cache, logits, hidden, stats.cached_tokens = pre.cache, pre.logits, pre.hidden, pre.cached
         token = constraint.choose(logits[0], params, gen)
         sync_device(device)
@@ -389,7 +389,8 @@ class Engine:
             step = speculative_step(runner, proposer, cache, committed, hidden, params, gen, shift=shift,
                                     constraint=constraint)
             hidden = step.hidden
-            kept_hidden += [] if hidden is None else [hidden]
+            if hidden is not None:
+                kept_hidden.append(hidden)
             stats.count_step(step)
             used = 0
             for tok in step.tokens:

@@ -87,12 +87,11 @@ class KeptAnswer:
 
 
 def prefill_forward(runner: Runner, prompt_ids: list[int], mixed: Any, want_hidden: bool, adapter: Any = None,
-                    *, prefix: PrefixCache | None = None, keep: bool = True) -> PrefillOutput:
+                    *, prefix: PrefixCache | None = None) -> PrefillOutput:
     """One forward over the prompt (``prompt_ids``, or the ``mixed`` compressed input) into a new KV cache.
     ``adapter``: row-scoped decoder adapters added at the compressed chunks' positions. With a ``prefix``
-    cache, the longest prefix an earlier request read comes from there and only the rest is computed; this
-    request's prefill is kept for the next ones (``keep``; the decoding loop keeps it with the answer instead,
-    after the first token: :class:`KeptAnswer`)."""
+    cache, the longest prefix an earlier request read comes from there and only the rest is computed; the
+    output carries what storing this request needs, which :class:`KeptAnswer` does once it has answered."""
     positions = list(prompt_ids) if mixed is None else list(mixed.token_ids)
     embeds = None if mixed is None else mixed.inputs_embeds
     namespace = (id(runner), adapter is not None)
@@ -114,8 +113,6 @@ def prefill_forward(runner: Runner, prompt_ids: list[int], mixed: Any, want_hidd
                                         inputs_embeds=embeds[:, start:], adapter=adapter, adapter_rows=rows)
     if hidden is not None and hit.hidden is not None and start:
         hidden = torch.cat([hit.hidden[:start].to(hidden.device, hidden.dtype), hidden])
-    if prefix is not None and keep:
-        prefix.store(namespace, keys, KVSnapshot.of_cache(cache, len(positions)), hidden)
     out = PrefillOutput(cache, logits, hidden, start, keys if prefix is not None else None, namespace, hidden)
     if hidden is not None and mixed is not None:  # the draft head sees the raw-token positions only
         raw = [i for i, t in enumerate(positions) if t is not None]

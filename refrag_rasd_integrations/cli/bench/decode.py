@@ -152,8 +152,7 @@ def run_decode_suite(engine: Engine, questions: Sequence[BenchQuestion], methods
         raise InvalidInputError(f"{', '.join(missing)} need a corpus datastore (datastore=...; the CLI's "
                                 "--datastore-corpus)")
     runners = {m: make_method(m.removesuffix("-corpus"), engine, max_new_tokens, temperature, spec, assistant,
-                              datastore=datastore) if m in CORPUS_METHODS else
-               make_method(m, engine, max_new_tokens, temperature, spec, assistant)
+                              datastore=datastore if m in CORPUS_METHODS else None)
                for m in methods if m not in (extra_methods or {})}
     runners.update(extra_methods or {})
     if not questions:
