@@ -99,6 +99,10 @@ class Int4Linear:
         self.long: Callable[[torch.Tensor], torch.Tensor] | None = None
         """What runs forwards of more than :data:`DECODE_ROWS` rows instead of the kernel (the fp32 weights'
         linear, when :func:`measure_prefill` found it faster), or ``None``."""
+        self.q4: tuple[Any, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] | None = None
+        """``(ops, packed weights)`` when forwards of up to :data:`DECODE_ROWS` rows run the int8-activation
+        kernel of :mod:`refrag_rasd_core.lean.q4` instead (set by :meth:`use_q4`)."""
+        self._grid = (q, scales_and_zeros)
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> Int4Linear | None:
@@ -114,9 +118,18 @@ class Int4Linear:
             return None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.long is not None and x.shape[0] > DECODE_ROWS:
-            return self.long(x)
+        if x.shape[0] > DECODE_ROWS:
+            return self.long(x) if self.long is not None else self.int4(x)
+        if self.q4 is not None:
+            return self.q4[0].rows_linear_q4(x, *self.q4[1], self.bias)
         return self.int4(x)
+
+    def use_q4(self, ops: Any) -> None:
+        """Run forwards of up to :data:`DECODE_ROWS` rows with ``ops.rows_linear_q4`` (int8 activations)."""
+        from .q4 import q4_pack
+
+        q, sz = self._grid
+        self.q4 = (ops, q4_pack(q, sz[..., 0].T, (sz[..., 1] - 8 * sz[..., 0]).T))
 
     def int4(self, x: torch.Tensor) -> torch.Tensor:
         """The int4 kernel at any row count."""

@@ -42,9 +42,12 @@ from typing import Any
 
 import torch
 
+from .q4 import q8_pack
+
 __all__ = ["InvariantHead", "attend", "kernels", "kernels_problem", "q8_grid", "tree_tails"]
 
-_SOURCE = Path(__file__).with_name("csrc") / "invariant.cpp"
+_SOURCES = [Path(__file__).with_name("csrc") / name for name in ("invariant.cpp", "q4_rows.cpp", "layers.cpp")]
+_HEADERS = [Path(__file__).with_name("csrc") / "vec.h"]
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off"]
 _LOCK = threading.Lock()
 _STATE: dict[str, Any] = {}
@@ -77,11 +80,11 @@ def _load() -> tuple[Any, str | None]:
     if os.environ.get("REFRAG_RASD_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
         return None, "REFRAG_RASD_KERNELS=0"
     name = "refrag_rasd_invariant"
-    if hasattr(torch.ops, name) and hasattr(getattr(torch.ops, name), "attend"):
+    if hasattr(torch.ops, name) and hasattr(getattr(torch.ops, name), "decoder_layers"):
         return getattr(torch.ops, name), None
     from ..models import cache_dir
 
-    key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), torch.__version__.encode(), " ".join(_FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([*(src.read_bytes() for src in _SOURCES + _HEADERS), torch.__version__.encode(), " ".join(_FLAGS).encode(),
                                      _cpu_key().encode()])).hexdigest()[:16]
     build = cache_dir() / "kernels" / key
     try:
@@ -94,7 +97,7 @@ def _load() -> tuple[Any, str | None]:
 
             _ninja_on_path()
 
-            load(name=name, sources=[str(_SOURCE)], extra_cflags=_FLAGS, build_directory=str(build),
+            load(name=name, sources=[str(src) for src in _SOURCES], extra_cflags=_FLAGS, build_directory=str(build),
                  is_python_module=False, verbose=False)
         return getattr(torch.ops, name), None
     except Exception as exc:  # no compiler, no ninja, a read-only cache: the int4 path keeps torch's kernels
@@ -138,7 +141,7 @@ class InvariantHead:
         self.bias = bias
         self.ops = ops
         grid = q8_grid(weight)
-        self.q8 = grid
+        self.q8 = q8_pack(*grid) if grid is not None else None
         self.fp32 = weight.float().contiguous() if grid is None else None
 
     @classmethod
@@ -154,7 +157,7 @@ class InvariantHead:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.q8 is not None:
-            return self.ops.rows_linear_q8(x, self.q8[0], self.q8[1], self.bias)
+            return self.ops.rows_linear_q8x(x, *self.q8, self.bias)
         return self.ops.rows_linear(x, self.fp32, self.bias)
 
 

@@ -137,7 +137,11 @@ class LeanRunner:
         text = f"lean forward; decoder: {self.plans['decoder'].describe()}; head: {self.plans['head'].describe()}"
         if self.int4:
             n, total = self.int4_linears
+            q4 = sum(getattr(lin, "q4", None) is not None for layer in self.weights.layers
+                     for lin in (layer.qkv, layer.o, layer.gate_up, layer.down))
             text += f"; int4 kernel (bf16 activations) on {n} of {total} linears, the rest as planned"
+            if q4:
+                text += f"; up to {DECODE_ROWS} rows, {q4} of them as Q4_1 x int8 (AVX-512 VNNI)"
             head = self.weights.row_head
             text += (f"; batch-invariant attention and LM head ({head.kind}) up to {DECODE_ROWS} rows"
                      if head is not None else f"; NOT batch-invariant ({self.weights.invariant_problem})")
@@ -196,7 +200,11 @@ class LeanRunner:
         heads, kv, hd = w.heads, w.kv_heads, w.head_dim
         qk_width, inter = (heads + kv) * hd, w.intermediate
         keys, values = cache.keys, cache.values
-        for i, layer in enumerate(w.layers):
+        fused = inv is not None and tails is not None and w.fused is not None and rows is None
+        if fused:  # every layer in one C++ call (Q4_1 x int8 linears, batch-invariant: csrc/layers.cpp)
+            x = inv.decoder_layers(x, w.fused, cos[:, 0], sin[:, 0], keys, values, start, tails[0], tails[1],
+                                   heads, kv, inter, w.eps, w.scaling)
+        for i, layer in enumerate(() if fused else w.layers):
             d = deltas[i] if rows is not None else None
             h = _rms_norm(x, layer.attn_norm, w.eps)
             qkv = _adapted(layer.qkv(h).to(x.dtype), h, d and d.qkv, rows)

@@ -70,6 +70,7 @@ class LeanWeights:
     invariant: Any = None      # the batch-invariant kernels (int4 with them loaded; :mod:`.invariant`), or None
     row_head: Any = None       # the LM head through them (forwards of up to DECODE_ROWS rows), or None
     invariant_problem: str | None = None  # why an int4 forward is not batch-invariant here, if it is not
+    fused: list[torch.Tensor] | None = None  # every layer's weights for ``decoder_layers`` when all run Q4_1 x int8
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -206,13 +207,32 @@ def lean_weights(model: Any, plans: dict[str, PackPlan] | None = None,
     if ops is not None and not _int4_rows_invariant(layers):
         ops, problem = None, "the int4 kernel's rows depend on the row count on this machine"
     row_head = InvariantHead(head.weight.detach(), _bias(head), ops) if ops is not None else None
+    if ops is not None and ops.q4_vnni():  # int8 activations on VNNI: faster than torch's int4 kernel (AVX2: slower)
+        for lin in {id(x): x for layer in layers for x in (layer.qkv, layer.o, layer.gate_up, layer.down)
+                    if isinstance(x, Int4Linear) and x.q4 is None}.values():
+            lin.use_q4(ops)
+    fused = _fused_layers(layers) if ops is not None else None
     return LeanWeights(
         embed=model.get_input_embeddings().weight.detach(), layers=layers, norm=inner.norm.weight.detach(),
         head=linear(head.weight.detach(), _bias(head), head_plan), rotary=inner.rotary_emb,
         heads=heads, kv_heads=kv_heads, head_dim=head_dim, intermediate=int(first.mlp.gate_proj.weight.shape[0]),
         eps=float(first.input_layernorm.variance_epsilon),
         scaling=float(getattr(first.self_attn, "scaling", head_dim ** -0.5)), int4_prefill=prefill,
-        invariant=ops, row_head=row_head, invariant_problem=problem)
+        invariant=ops, row_head=row_head, invariant_problem=problem, fused=fused)
+
+
+def _fused_layers(layers: list[LeanLayer]) -> list[torch.Tensor] | None:
+    """The 14 tensors per layer that ``decoder_layers`` takes, when every linear runs the Q4_1 x int8 kernel
+    without a bias (else ``None``: the forward runs its Python loop)."""
+    out: list[torch.Tensor] = []
+    for layer in layers:
+        lins = (layer.qkv, layer.o, layer.gate_up, layer.down)
+        if not all(isinstance(lin, Int4Linear) and lin.q4 is not None and lin.bias is None for lin in lins):
+            return None
+        packed = [lin.q4[1][:3] for lin in lins]  # type: ignore[union-attr]
+        out += [layer.attn_norm.float().contiguous(), *packed[0], *packed[1], layer.mlp_norm.float().contiguous(),
+                *packed[2], *packed[3]]
+    return out
 
 
 def _int4_rows_invariant(layers: list[LeanLayer]) -> bool:

@@ -1,0 +1,109 @@
+"""The Q4_1 x int8 and Q8_0 x int8 kernels (refrag_rasd_core.lean.q4, csrc/q4_rows.cpp): the packed layouts hold
+the weights as documented, each output equals the exact arithmetic on int8-quantized activations up to float
+rounding, and a row gives the same bits alone and among up to 64 rows, for shapes that need padding."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from refrag_rasd_core.lean.invariant import kernels, kernels_problem
+from refrag_rasd_core.lean.q4 import TILE, q4_pack, q8_pack
+
+pytestmark = pytest.mark.skipif(os.environ.get("REFRAG_RASD_KERNELS", "1") == "0", reason="REFRAG_RASD_KERNELS=0")
+
+
+@pytest.fixture(scope="module")
+def ops():
+    got = kernels()
+    assert got is not None, f"the kernels did not build: {kernels_problem()}"
+    return got
+
+
+def quantized(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(xq [M, K / 32, 32], dx [M, K / 32, 1])``: the kernels' int8 view of ``x`` (float32 arithmetic)."""
+    g = x.reshape(x.shape[0], -1, 32)
+    amax = g.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+    return (g * inv).round(), amax / 127
+
+
+def q4_reference(x: torch.Tensor, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    xq, dx = (t.double() for t in quantized(x))
+    qb = q.double().reshape(q.shape[0], -1, 32)
+    dots = torch.einsum("mbk,nbk->mnb", xq, qb)
+    return (dots * d.double()[None] * dx[..., 0][:, None] + m.double()[None] * (xq.sum(-1) * dx[..., 0])[:, None]
+            ).sum(-1)
+
+
+def random_q4(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 16, (n, k), generator=g), torch.rand(n, k // 32, generator=g) * 0.02,
+            -torch.rand(n, k // 32, generator=g) * 0.1)
+
+
+def test_q4_pack_layout():
+    q, d, m = random_q4(20, 96, 0)
+    w, dp, mp, n = q4_pack(q, d, m)
+    assert n == 20 and w.shape == (2, 3, 256) and dp.shape == mp.shape == (2, 3, TILE)
+    for t, b, r, k in [(0, 0, 0, 0), (0, 2, 5, 13), (1, 1, 3, 31), (1, 0, 3, 4), (0, 1, 15, 7)]:
+        j, low = (k // 4) // 2, (k // 4) % 2 == 0
+        byte = int(w[t, b, 64 * j + 4 * r + k % 4])
+        assert (byte & 15 if low else byte >> 4) == int(q[16 * t + r, 32 * b + k])
+        assert float(dp[t, b, r]) == float(d[16 * t + r, b]) and float(mp[t, b, r]) == float(m[16 * t + r, b])
+    assert int(w[1, :, :].reshape(3, 4, 16, 4)[:, :, 4:].abs().sum()) == 0  # rows 20..31: zero padding
+    with pytest.raises(ValueError, match="multiple of 32"):
+        q4_pack(q[:, :40], d[:, :1], m[:, :1])
+
+
+def test_q8_pack_layout():
+    q = torch.randint(-127, 128, (17, 64), generator=torch.Generator().manual_seed(1), dtype=torch.int8)
+    d = torch.rand(17, 2)
+    w, dp, qsum, n = q8_pack(q, d)
+    assert n == 17 and w.shape == (2, 2, 512) and qsum.dtype == torch.int32
+    for t, b, r, k in [(0, 0, 0, 0), (0, 1, 9, 30), (1, 0, 0, 17)]:
+        assert int(w[t, b, 64 * (k // 4) + 4 * r + k % 4]) == int(q[16 * t + r, 32 * b + k])
+        assert int(qsum[t, b, r]) == int(q[16 * t + r, 32 * b:32 * b + 32].int().sum())
+
+
+@pytest.mark.parametrize(("n", "k"), [(20, 96), (48, 64), (100, 160)])
+def test_q4_rows_equal_the_exact_arithmetic_and_rows_alone(ops, n, k):
+    q, d, m = random_q4(n, k, n)
+    packed = q4_pack(q, d, m)
+    x = torch.randn(64, k, generator=torch.Generator().manual_seed(k))
+    x[3] = 0  # an all-zero row: every block's scale is 0
+    y = ops.rows_linear_q4(x, *packed, None)
+    assert y.shape == (64, n)
+    torch.testing.assert_close(y.double(), q4_reference(x, q, d, m), rtol=1e-5, atol=1e-5)
+    assert not bool(y[3].any())
+    for rows in (1, 2, 3, 5, 8, 9, 17, 33, 64):
+        assert torch.equal(ops.rows_linear_q4(x[:rows], *packed, None), y[:rows]), rows
+        assert torch.equal(ops.rows_linear_q4(x[rows - 1:rows], *packed, None), y[rows - 1:rows]), rows
+    bias = torch.randn(n)
+    torch.testing.assert_close(ops.rows_linear_q4(x, *packed, bias), y + bias)
+
+
+def test_q8x_rows_equal_the_exact_arithmetic_and_rows_alone(ops):
+    g = torch.Generator().manual_seed(2)
+    q = torch.randint(-127, 128, (70, 96), generator=g, dtype=torch.int8)
+    d = torch.rand(70, 3, generator=g) * 0.01
+    packed = q8_pack(q, d)
+    x = torch.randn(40, 96, generator=g) * 3
+    y = ops.rows_linear_q8x(x, *packed, None)
+    xq, dx = quantized(x)
+    ref = (torch.einsum("mbk,nbk->mnb", xq.double(), q.double().reshape(70, 3, 32)) * d.double()[None]
+           * dx.double()[..., 0][:, None]).sum(-1)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    for rows in (1, 4, 7, 16, 40):
+        assert torch.equal(ops.rows_linear_q8x(x[rows - 1:rows], *packed, None), y[rows - 1:rows]), rows
+
+
+def test_bad_layouts_are_refused(ops):
+    q, d, m = random_q4(16, 64, 3)
+    w, dp, mp, n = q4_pack(q, d, m)
+    with pytest.raises(RuntimeError, match="rows_linear_q4"):
+        ops.rows_linear_q4(torch.randn(2, 96), w, dp, mp, n, None)  # K larger than the weights'
+    with pytest.raises(RuntimeError, match="rows_linear_q4"):
+        ops.rows_linear_q4(torch.randn(2, 64), w.view(torch.int8), dp, mp, n, None)
