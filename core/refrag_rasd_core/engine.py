@@ -27,7 +27,7 @@ import torch
 
 from .components import check_drafter_vocab, default_drafter, load_refrag, load_refrag_long
 from .errors import InvalidInputError
-from .forward import Runner, make_runner, runner_kind, sync_device
+from .forward import Runner, make_runner, resolve_weights, runner_kind, sync_device
 from .generation_config import METHODS, GenerationConfig, Prompt
 from .generation_stream import GenerationStream, ModelLock
 from .models import LoadedModel, load_target
@@ -48,8 +48,9 @@ __all__ = ["METHODS", "Engine", "GenerationConfig", "GenerationResult", "Generat
            "Prefill", "Prompt", "Runner"]
 
 
-WEIGHTS = ("exact", "int4")
-"""How the target's linears run: as loaded, or (opt-in) 4-bit weights through the int4 kernel."""
+WEIGHTS = ("auto", "exact", "int4")
+"""How the target's linears run: ``auto`` (the model's own format: ``int4`` for a 4-bit checkpoint on CPU, else
+``exact``), as loaded (fp32), or 4-bit weights through the int4 kernels (:func:`~refrag_rasd_core.forward.resolve_weights`)."""
 
 
 class Engine:
@@ -82,9 +83,9 @@ class Engine:
         self.target = target
         self.model = target.model
         self.tokenizer = target.tokenizer
-        self.weights = weights
+        self.weights = resolve_weights(target.model, forward, weights)  # "auto" resolved: "int4" or "exact"
         self.runner: Runner = make_runner(
-            target.model, forward, **({"int4": True} if weights == "int4" else {}))
+            target.model, forward, **({"int4": True} if self.weights == "int4" else {}))
         self.forward = runner_kind(self.runner)  # "lean" or "hf": what ``forward="auto"`` resolved to
         self.drafter = default_drafter(target) if isinstance(drafter, str) and drafter == "auto" else drafter
         check_drafter_vocab(self.drafter, target)

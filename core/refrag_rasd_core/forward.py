@@ -26,7 +26,7 @@ from .errors import InvalidInputError
 from .lean import LeanRunner, unsupported_reason
 from .target import TargetRunner
 
-__all__ = ["FORWARDS", "Runner", "make_runner", "runner_kind", "sync_device"]
+__all__ = ["FORWARDS", "Runner", "int4_problem", "make_runner", "resolve_weights", "runner_kind", "sync_device"]
 
 
 @runtime_checkable
@@ -66,6 +66,33 @@ FORWARDS = ("auto", "lean", "hf")
 _LEAN_DEVICES = ("cpu", "cuda")
 
 
+def int4_problem(model: Any, forward: str = "auto") -> str | None:
+    """Why ``model`` cannot run ``weights="int4"`` under ``forward`` (``None``: it can)."""
+    from .lean.int4 import int4_available
+
+    reason = unsupported_reason(model)
+    device = next(model.parameters()).device
+    return ("forward='hf' was asked" if forward == "hf" else reason if reason is not None
+            else f"the model is on {device.type}" if device.type != "cpu"
+            else "this torch build lacks the CPU int4 kernels" if not int4_available() else None)
+
+
+def resolve_weights(model: Any, forward: str = "auto", weights: str = "auto") -> str:
+    """``"int4"`` or ``"exact"``: what ``weights`` means for ``model``. ``"auto"`` is ``"int4"`` when the model's
+    decoder linears are stored on a 4-bit grid (the default model's Q4_1: its own values), the lean forward runs
+    it on CPU, and the batch-invariant kernels load (so speculation stays exact at int4); otherwise
+    ``"exact"`` (a full-precision checkpoint, a GPU, ``forward="hf"``, no C++ compiler)."""
+    if weights != "auto":
+        return weights
+    if int4_problem(model, forward) is not None:
+        return "exact"
+    from .lean.int4 import int4_grid
+    from .lean.invariant import kernels
+
+    first = model.model.layers[0].self_attn.o_proj.weight
+    return "int4" if int4_grid(first) is not None and kernels() is not None else "exact"
+
+
 def make_runner(model: Any, forward: str = "auto", **lean_options: Any) -> Runner:
     """The runner for ``model`` under the ``forward`` setting (see the module docstring); ``lean_options`` go
     to :class:`~refrag_rasd_core.lean.LeanRunner` (``prepack=False`` turns MKL prepacking off, ``int4=True``
@@ -73,13 +100,7 @@ def make_runner(model: Any, forward: str = "auto", **lean_options: Any) -> Runne
     if forward not in FORWARDS:
         raise InvalidInputError(f"forward must be one of {FORWARDS}, got {forward!r}")
     if lean_options.get("int4"):
-        from .lean.int4 import int4_available
-
-        reason = unsupported_reason(model)
-        device = next(model.parameters()).device
-        problem = ("forward='hf' was asked" if forward == "hf" else reason if reason is not None
-                   else f"the model is on {device.type}" if device.type != "cpu"
-                   else "this torch build lacks the CPU int4 kernels" if not int4_available() else None)
+        problem = int4_problem(model, forward)
         if problem is not None:
             raise InvalidInputError(f"weights='int4' runs on the lean forward on CPU only ({problem})")
         return LeanRunner(model, **lean_options)

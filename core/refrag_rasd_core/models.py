@@ -304,6 +304,17 @@ def load_encoder(name: str | os.PathLike | None = None, *, device: str | torch.d
         raise ModelNotFoundError(f"could not load encoder {name!r}: {exc}") from exc
 
 
+def stored_formats(gguf_path: str | os.PathLike) -> dict[str, int]:
+    """How a GGUF file stores its weight matrices: ``{ggml type name: count}`` over its 2-D tensors (the default
+    model: ``{"Q4_1": 210, "Q8_0": 1}``: every decoder linear 4-bit, the tied embedding / LM head 8-bit)."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf_path))
+    return dict(Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) == 2))
+
+
 def installed_defaults() -> dict[str, dict[str, Any]]:
     """What :func:`load_target` / :func:`load_encoder` would use by default, and whether it is ready."""
     out: dict[str, dict[str, Any]] = {}
@@ -311,7 +322,8 @@ def installed_defaults() -> dict[str, dict[str, Any]]:
         gguf = default_target_gguf()
         conv = converted_gguf_dir(gguf)
         out["target"] = {"name": DEFAULT_TARGET_NAME, "installed": True, "gguf": str(gguf),
-                         "cached": (conv / "refrag_rasd_conversion.json").is_file(), "cache": str(conv)}
+                         "cached": (conv / "refrag_rasd_conversion.json").is_file(), "cache": str(conv),
+                         "stored": stored_formats(gguf)}
     except ModelNotFoundError as exc:
         out["target"] = {"name": DEFAULT_TARGET_NAME, "installed": False, "error": str(exc)}
     try:

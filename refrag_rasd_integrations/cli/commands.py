@@ -57,7 +57,21 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{role:<8} {d['name']:<24} {state}{extra}")
         if not d["installed"]:
             print(f"         {d['error']}")
+        elif role == "target":
+            print(f"weights  stored as {', '.join(f'{k} x {v}' for k, v in d['stored'].items())}; "
+                  f"{_weights_default()}")
     return 0
+
+
+def _weights_default() -> str:
+    """What the engines run the default model's weights as, by default."""
+    import inspect
+
+    default = inspect.signature(Engine.__init__).parameters["weights"].default
+    if default == "auto":
+        return ("run as stored by default (weights='auto': 4-bit linears through the int4 kernels on CPU; "
+                "--weights exact for fp32)")
+    return f"run as {default} by default (--weights auto: as stored, 4-bit on CPU)"
 
 
 def _setup_generate(p: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ def model_args(p: argparse.ArgumentParser) -> None:
 
 
 def weights_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default="exact", choices=("exact", "int4"),
+    p.add_argument("--weights", default="exact", choices=("auto", "exact", "int4"),
                    help="int4 (opt-in): run 4-bit weights (the default model's Q4_1 linears) with the int4 kernel "
                         "and bf16 activations on CPU: faster decoding, outputs may differ slightly from the exact "
                         "model's (transformers' peers in the benchmarks stay exact)")

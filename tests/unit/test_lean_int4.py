@@ -181,3 +181,21 @@ def test_int4_refuses_what_it_cannot_run():
         Engine(loaded, drafter=None, weights="int8")
     with pytest.raises(InvalidInputError, match="lean forward on CPU only"):
         Engine(loaded, drafter=None, weights="int4", forward="hf")
+
+
+def test_auto_weights_run_a_4bit_checkpoint_as_stored_and_leave_full_precision_exact():
+    """``weights="auto"``: the model's own format. A 4-bit checkpoint runs int4 on the lean CPU forward (with the
+    batch-invariant kernels: speculation stays exact); full precision, ``forward="hf"`` stay exact."""
+    from tiny import tiny_loaded
+
+    from refrag_rasd_core.forward import resolve_weights
+    from refrag_rasd_core.lean.invariant import kernels
+
+    four = four_bit_tiny()
+    expected = "int4" if kernels() is not None else "exact"
+    assert resolve_weights(four.model, "auto", "auto") == expected
+    assert Engine(four, drafter=None, refrag=None, weights="auto").weights == expected
+    assert resolve_weights(four.model, "hf", "auto") == "exact"
+    assert resolve_weights(tiny_loaded(0).model, "auto", "auto") == "exact"
+    assert Engine(tiny_loaded(0), drafter=None, refrag=None, weights="auto").weights == "exact"
+    assert resolve_weights(four.model, "auto", "exact") == "exact"

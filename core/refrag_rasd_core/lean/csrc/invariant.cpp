@@ -95,18 +95,16 @@ void attend_group(const float* q, int64_t G, const float* kbase, const float* vb
     }
     denom[h] = hsum(sum);
   }
-  v16 o[MAX_GROUP * DC] = {};
-  for (int64_t j = 0; j < L; ++j) {
-    const float* vr = row(vbase, j);
-    v16 v[DC];
-    for (int c = 0; c < DC; ++c) v[c] = load(vr + 16 * c);
-    for (int64_t h = 0; h < G; ++h) {
-      const v16 e = splat(s[h * L16 + j]);
-      for (int c = 0; c < DC; ++c) o[h * DC + c] = fma(e, v[c], o[h * DC + c]);
+  for (int64_t h = 0; h < G; ++h) {  // one head at a time: its DC accumulators stay in registers
+    v16 o[DC] = {};
+    const float* sh = s + h * L16;
+    for (int64_t j = 0; j < L; ++j) {
+      const float* vr = row(vbase, j);
+      const v16 e = splat(sh[j]);
+      for (int c = 0; c < DC; ++c) o[c] = fma(e, load(vr + 16 * c), o[c]);
     }
+    for (int c = 0; c < DC; ++c) store(out + h * D + 16 * c, o[c] / splat(denom[h]));
   }
-  for (int64_t h = 0; h < G; ++h)
-    for (int c = 0; c < DC; ++c) store(out + h * D + 16 * c, o[h * DC + c] / splat(denom[h]));
 }
 
 }  // namespace
