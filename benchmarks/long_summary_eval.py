@@ -36,6 +36,8 @@ def main() -> None:
     p.add_argument("--long-docs", type=int, default=5, help="at most this many past-the-window documents")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--weights", default="exact", choices=("auto", "exact", "int4"),
+                   help="how the target's linears run (Engine(weights=...)); recorded in the results")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -50,7 +52,7 @@ def main() -> None:
     _, held = held_out_split(recs)
     scorer = rouge_scorer.RougeScorer(["rougeL", "rouge1"], use_stemmer=True)
     engines = {}
-    base = Engine.load(refrag=None)
+    base = Engine.load(refrag=None, weights=a.weights)
     tok = base.tokenizer
     n_tok = {r["id"]: len(tok(r["document"], add_special_tokens=False)["input_ids"]) for r in held}
     long_ = [r for r in held if n_tok[r["id"]] > 8000][: a.long_docs]
@@ -59,12 +61,13 @@ def main() -> None:
     print("documents:", [(r["id"], n_tok[r["id"]]) for r in docs], flush=True)
     for spec in a.refrag:
         label, path = spec.split("=", 1)
-        engines[label] = Engine.load(refrag=path)
+        engines[label] = Engine.load(refrag=path, weights=a.weights)
     split = PassageSplitter(tok, 256)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     res: dict = {"data": Path(a.data).name, "documents": [], "settings": {}, "max_tokens": a.max_tokens,
-                 "threads": torch.get_num_threads(), "instruction": INSTRUCTION,
+                 "threads": torch.get_num_threads(), "instruction": INSTRUCTION, "weights": base.weights,
+                 "forward": base.runner.describe(),
                  "checkpoints": {s.split("=", 1)[0]: s.split("=", 1)[1] for s in a.refrag}}
     msgs = [{"role": "user", "content": INSTRUCTION}]
     enc = next(iter(engines.values())).refrag_encoder() if engines else None

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .models import LoadedModel
 
 __all__ = ["check_drafter_vocab", "default_drafter", "load_refrag"]
@@ -59,6 +61,20 @@ def default_drafter(target: LoadedModel) -> Any:
     if not Path(DEFAULT_CHECKPOINT).exists():
         return None
     return load_default_draft_head(target.model)
+
+
+def drafter_for_weights(drafter: Any, weights: str) -> Any:
+    """``drafter``, its linears run as Q8_0 x int8 when the target runs ``weights="int4"`` and the drafter is an
+    EAGLE head on CPU (:meth:`~refrag_rasd_core.eagle.head.DraftHead.use_int8`): at int4 a target step is so cheap
+    that the head's fp32 matmuls cost as much as the step they draft for."""
+    if weights != "int4" or not hasattr(drafter, "use_int8") or getattr(drafter, "_lm_q8", None) is not None:
+        return drafter
+    from .lean.invariant import kernels
+
+    ops = kernels()
+    if ops is not None and drafter.fc.weight.device.type == "cpu" and drafter.fc.weight.dtype == torch.float32:
+        drafter.use_int8(ops)
+    return drafter
 
 
 def check_drafter_vocab(drafter: Any, target: LoadedModel) -> None:

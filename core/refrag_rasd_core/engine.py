@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .components import check_drafter_vocab, default_drafter, load_refrag, load_refrag_long
+from .components import check_drafter_vocab, default_drafter, drafter_for_weights, load_refrag, load_refrag_long
 from .errors import InvalidInputError
 from .forward import Runner, make_runner, resolve_weights, runner_kind, sync_device
 from .generation_config import METHODS, GenerationConfig, Prompt
@@ -50,7 +50,8 @@ __all__ = ["METHODS", "Engine", "GenerationConfig", "GenerationResult", "Generat
 
 WEIGHTS = ("auto", "exact", "int4")
 """How the target's linears run: ``auto`` (the model's own format: ``int4`` for a 4-bit checkpoint on CPU, else
-``exact``), as loaded (fp32), or 4-bit weights through the int4 kernels (:func:`~refrag_rasd_core.forward.resolve_weights`)."""
+``exact``), as loaded (fp32), or 4-bit weights through the int4 kernels (see
+:func:`~refrag_rasd_core.forward.resolve_weights`)."""
 
 
 class Engine:
@@ -87,7 +88,8 @@ class Engine:
         self.runner: Runner = make_runner(
             target.model, forward, **({"int4": True} if self.weights == "int4" else {}))
         self.forward = runner_kind(self.runner)  # "lean" or "hf": what ``forward="auto"`` resolved to
-        self.drafter = default_drafter(target) if isinstance(drafter, str) and drafter == "auto" else drafter
+        self.drafter = drafter_for_weights(
+            default_drafter(target) if isinstance(drafter, str) and drafter == "auto" else drafter, self.weights)
         check_drafter_vocab(self.drafter, target)
         self.datastore = datastore
         self.refrag = load_refrag(target, refrag)

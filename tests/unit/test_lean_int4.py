@@ -186,10 +186,9 @@ def test_int4_refuses_what_it_cannot_run():
 def test_auto_weights_run_a_4bit_checkpoint_as_stored_and_leave_full_precision_exact():
     """``weights="auto"``: the model's own format. A 4-bit checkpoint runs int4 on the lean CPU forward (with the
     batch-invariant kernels: speculation stays exact); full precision, ``forward="hf"`` stay exact."""
-    from tiny import tiny_loaded
-
     from refrag_rasd_core.forward import resolve_weights
     from refrag_rasd_core.lean.invariant import kernels
+    from tiny import tiny_loaded
 
     four = four_bit_tiny()
     expected = "int4" if kernels() is not None else "exact"

@@ -107,3 +107,41 @@ def test_bad_layouts_are_refused(ops):
         ops.rows_linear_q4(torch.randn(2, 96), w, dp, mp, n, None)  # K larger than the weights'
     with pytest.raises(RuntimeError, match="rows_linear_q4"):
         ops.rows_linear_q4(torch.randn(2, 64), w.view(torch.int8), dp, mp, n, None)
+
+
+def test_q8_linear_is_close_to_its_linear_and_falls_back_past_its_rows(ops):
+    from refrag_rasd_core.lean.q4 import Q8Linear, int8_linears
+
+    torch.manual_seed(4)
+    lin = torch.nn.Linear(64, 40)
+    q8 = Q8Linear(lin, ops)
+    x = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        y, ref = q8(x), lin(x)
+    assert y.shape == ref.shape
+    assert float((y - ref).abs().max() / ref.abs().max()) < 0.03  # int8 weights and activations
+    big = torch.randn(65, 64)  # past max_rows: the fp32 weights, exactly
+    with torch.no_grad():
+        assert torch.equal(q8(big), torch.nn.functional.linear(big, lin.weight, lin.bias))
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8), torch.nn.Linear(8, 2))
+    assert int8_linears(net, ops) == 2 and isinstance(net[3], torch.nn.Linear)  # 8 inputs: not a multiple of 32
+
+
+def test_int4_engine_runs_an_eagle_head_int8_and_stays_exact():
+    """At int4 the EAGLE head's linears run Q8_0 x int8 (cheap next to the int4 step); its state dict is
+    unchanged and greedy rasd still equals plain int4 decoding."""
+    from test_lean_int4 import PROMPT, four_bit_tiny
+
+    from refrag_rasd_core.eagle.head import DraftHead
+    from refrag_rasd_core.engine import Engine
+
+    loaded = four_bit_tiny()
+    head = DraftHead.for_target(loaded.model, draft_vocab_size=64)
+    keys = set(head.state_dict())
+    engine = Engine(loaded, drafter=head, refrag=None, weights="int4")
+    assert engine.drafter is head and head._lm_q8 is not None and set(head.state_dict()) == keys
+    base = engine.generate(PROMPT, max_new_tokens=30, method="vanilla")
+    for method in ("draft", "rasd"):
+        out = engine.generate(PROMPT, max_new_tokens=30, method=method, context="none",
+                              passages=[base.token_ids[2:20]])
+        assert out.token_ids == base.token_ids, method

@@ -74,6 +74,7 @@ class DraftHead(nn.Module):
         self._embed: torch.Tensor | None = None
         self._lm_w: torch.Tensor | None = None
         self._lm_full: torch.Tensor | None = None
+        self._lm_q8: nn.Module | None = None  # the draft LM head rows as Q8_0 (use_int8), or None
         self._init_weights()
         self.reset()
 
@@ -162,6 +163,7 @@ class DraftHead(nn.Module):
         if self._embed is not None:
             self._embed = fn(self._embed)
             self._lm_w = fn(self._lm_w)
+        self.__dict__["_lm_q8"] = None  # packed for the old device / values
         self._cos = torch.empty(0)
         self.reset()
         return out
@@ -185,7 +187,26 @@ class DraftHead(nn.Module):
 
     def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the draft vocabulary (column j is target id ``vocab_ids[j]``)."""
+        if self._lm_q8 is not None and hidden.dtype == torch.float32:
+            return self._lm_q8(hidden)
         return hidden @ self._lm_w.T
+
+    def use_int8(self, ops: object) -> int:
+        """Run the head's linears and its LM head rows as Q8_0 weights times int8 activations (the batch-invariant
+        kernels' ``rows_linear_q8x``: a quarter of the bytes; for a target whose own steps run int4, where the
+        fp32 head would cost as much as the target's step). The proposals change slightly; what is accepted
+        never does (the target verifies). Returns how many linears now run int8."""
+        from ..lean.q4 import Q8Linear, int8_linears
+
+        n = 0
+        if isinstance(self.fc, nn.Linear):
+            self.fc = Q8Linear(self.fc, ops)  # its weight / bias stay registered as fc.weight / fc.bias
+            n += 1
+        n += int8_linears(self.layers, ops)
+        lm = nn.Linear(self._lm_w.shape[1], self._lm_w.shape[0], bias=False)
+        lm.weight = nn.Parameter(self._lm_w, requires_grad=False)
+        self.__dict__["_lm_q8"] = Q8Linear(lm, ops)  # not a submodule: never in the state dict
+        return n + 1
 
     def fuse(self, token_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """The head's input: ``fc(cat(embed(token), feature))``."""

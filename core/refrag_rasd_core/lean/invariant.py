@@ -84,8 +84,8 @@ def _load() -> tuple[Any, str | None]:
         return getattr(torch.ops, name), None
     from ..models import cache_dir
 
-    key = hashlib.sha256(b"\0".join([*(src.read_bytes() for src in _SOURCES + _HEADERS), torch.__version__.encode(), " ".join(_FLAGS).encode(),
-                                     _cpu_key().encode()])).hexdigest()[:16]
+    parts = [*(src.read_bytes() for src in _SOURCES + _HEADERS), torch.__version__.encode(), " ".join(_FLAGS).encode()]
+    key = hashlib.sha256(b"\0".join([*parts, _cpu_key().encode()])).hexdigest()[:16]
     build = cache_dir() / "kernels" / key
     try:
         build.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TILE", "q4_pack", "q8_pack"]
+__all__ = ["TILE", "Q8Linear", "int8_linears", "q4_pack", "q8_pack", "q8_quantize"]
 
 TILE = 16
 """Weight rows per tile (the kernel sums 16 outputs at once)."""
@@ -80,3 +80,45 @@ def q8_pack(q: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     w = _tiles(q.to(torch.int8)).view(-1, TILE, b, 8, 4).permute(0, 2, 3, 1, 4).reshape(-1, b, 512).contiguous()
     qsum = q.to(torch.int32).view(n, b, 32).sum(-1, dtype=torch.int32)
     return (w, _tiles(d.float()).transpose(1, 2).contiguous(), _tiles(qsum).transpose(1, 2).contiguous(), n)
+
+
+def q8_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q int8 [N, K], d fp32 [N, K / 32])``: ``weight`` rounded to a Q8_0 grid as ggml quantizes
+    (``d = max |w| / 127`` per block of 32 inputs, ``q = round(w / d)``)."""
+    n, k = weight.shape
+    g = weight.detach().float().reshape(n, k // 32, 32)
+    d = g.abs().amax(-1) / 127
+    q = (g / torch.where(d > 0, d, torch.ones_like(d))[..., None]).round_().clamp_(-127, 127)
+    return q.to(torch.int8).reshape(n, k), d.contiguous()
+
+
+class Q8Linear(torch.nn.Module):
+    """An ``nn.Linear`` run as Q8_0 weights times int8 activations (``rows_linear_q8x``) for calls of up to
+    ``max_rows`` rows, its own fp32 weights beyond (a long prefill): a quarter of the bytes per decoding call,
+    for a small model beside the target (the EAGLE draft head). ``weight`` / ``bias`` stay the module's."""
+
+    def __init__(self, linear: torch.nn.Linear, ops: object, max_rows: int = 64) -> None:
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.ops, self.max_rows = ops, max_rows
+        self.packed = q8_pack(*q8_quantize(linear.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.shape[0] > self.max_rows or flat.dtype != torch.float32 or flat.device.type != "cpu":
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        y = self.ops.rows_linear_q8x(flat, *self.packed, self.bias)  # type: ignore[attr-defined]
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def int8_linears(module: torch.nn.Module, ops: object) -> int:
+    """Replace every ``nn.Linear`` under ``module`` whose inputs are a multiple of 32 by a :class:`Q8Linear`;
+    returns how many."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.Linear) and child.in_features % 32 == 0 and child.weight.device.type == "cpu":
+            setattr(module, name, Q8Linear(child, ops))
+            count += 1
+        else:
+            count += int8_linears(child, ops)
+    return count

@@ -28,7 +28,10 @@ namespace {
 inline int32_t word(const int8_t* p) { int32_t v; std::memcpy(&v, p, 4); return v; }
 
 constexpr int64_t R = 16;  // weight rows per tile: the 16 lanes
-constexpr int MC = 4;      // activation rows per pass over a tile's block
+#ifndef Q4_MC
+#define Q4_MC 4
+#endif
+constexpr int MC = Q4_MC;  // activation rows per pass over a tile's block
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define Q4_VNNI 1
