@@ -167,7 +167,8 @@ def tree_tails(attention_mask: torch.Tensor | None, n: int, start: int) -> tuple
     the additive or boolean ``[1, 1, n, start + n]`` mask allows). ``None`` if the mask hides a cached position
     (then the rows' key sequences are not a plain step's)."""
     if attention_mask is None:
-        vis = torch.ones(n, n, dtype=torch.bool).tril_()
+        idx = torch.arange(n)
+        vis = idx[:, None] >= idx[None]  # causal (a comparison: torch's bool tril is ~100x slower on CPU)
     else:
         m = attention_mask[0, 0]
         allowed = m if m.dtype == torch.bool else m == 0

@@ -192,11 +192,14 @@ class LeanRunner:
             position_ids = torch.arange(start, total, device=x.device)[None]
         cos, sin = w.rotary(x, position_ids)
         inv = w.invariant if n <= DECODE_ROWS and deltas is None else None
+        if attention_mask is not None:  # checked (and cast) first, whichever attention reads it
+            attention_mask, _ = self._mask(attention_mask, n, start, x.dtype, x.device)
         tails = tree_tails(attention_mask, n, start) if inv is not None else None
         inv = inv if tails is not None else None  # batch-invariant: elementwise rotary, row-by-row attention
         rot = _rotations(cos[0], sin[0]) if n <= ROTATION_ROWS and inv is None else None
         cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # [n, 1, head_dim]: broadcast over heads
-        mask, causal = self._mask(attention_mask, n, start, x.dtype, x.device)
+        # the SDPA mask only where SDPA runs (a causal one costs a [n, start + n] tril per forward)
+        mask, causal = (None, False) if inv is not None else self._mask(attention_mask, n, start, x.dtype, x.device)
         heads, kv, hd = w.heads, w.kv_heads, w.head_dim
         qk_width, inter = (heads + kv) * hd, w.intermediate
         keys, values = cache.keys, cache.values
@@ -256,5 +259,6 @@ class LeanRunner:
             return None, False
         if start == 0:
             return None, True
-        allowed = torch.ones(n, start + n, dtype=torch.bool, device=device).tril(start)
+        allowed = (torch.arange(start, start + n, device=device)[:, None]
+                   >= torch.arange(start + n, device=device)[None])  # causal; torch's bool tril is slow on CPU
         return allowed, False
