@@ -112,6 +112,15 @@ def real_engine():
 
 
 @pytest.fixture(scope="session")
+def exact_engine(real_engine):
+    """The real default model with ``weights="exact"`` (fp32, as transformers runs it): the tests that compare
+    with transformers' own forward or ``generate``. The default engine runs it as stored (4-bit)."""
+    from refrag_rasd_core.engine import Engine
+
+    return real_engine if real_engine.weights == "exact" else Engine(real_engine.target, weights="exact")
+
+
+@pytest.fixture(scope="session")
 def real_target(real_engine):
     return real_engine.target
 

@@ -62,7 +62,7 @@ class Engine:
 
     def __init__(self, target: LoadedModel, *, drafter: Any = "auto", datastore: Any = None,
                  refrag: Any = "auto", refrag_encoder: Any = None, forward: str = "auto",
-                 weights: str = "exact", prefix_cache: PrefixCache | int | None = None,
+                 weights: str = "auto", prefix_cache: PrefixCache | int | None = None,
                  refrag_long: Any = "auto") -> None:
         """``drafter``: a :class:`~refrag_rasd_core.rasd.draft_tree.Drafter`, ``None`` (retrieval-only
         speculation) or ``"auto"`` (the shipped EAGLE head for the default model). ``datastore``: a shared
@@ -74,9 +74,10 @@ class Engine:
         ``refrag_encoder``: the chunk encoder for passages without stored chunk embeddings (default: the
         checkpoint's). ``forward``: ``"auto"`` (the lean forward for LLaMA / Qwen2 / Mistral, transformers'
         otherwise), ``"lean"`` or ``"hf"`` (:mod:`~refrag_rasd_core.forward`; same greedy outputs). ``weights``:
-        ``"exact"`` (default: as loaded) or ``"int4"`` (opt-in, lean forward on CPU: 4-bit-grid linears, as the
-        default model's Q4_1 ones, run with the int4 kernel and bf16 activations; outputs may differ slightly from
-        exact's; speculation equals plain int4 decoding exactly: :mod:`refrag_rasd_core.lean.invariant`).
+        ``"auto"`` (default: the model's own format: a 4-bit checkpoint, as the default model's Q4_1 linears, runs
+        4-bit on the lean CPU forward, Q4_1 x int8 as llama.cpp computes it; anything else as loaded), ``"exact"``
+        (fp32, as loaded) or ``"int4"`` (4-bit or an error); speculation equals the engine's own plain decoding
+        exactly at every setting (:mod:`refrag_rasd_core.lean.invariant`); ``self.weights`` says what ran.
         ``prefix_cache``: a byte budget (or a :class:`~refrag_rasd_core.prefix_cache.PrefixCache`) for reusing
         earlier requests' prompt and answer KV (off)."""
         if weights not in WEIGHTS:
@@ -143,7 +144,7 @@ class Engine:
         Example:
             >>> info = engine.describe()                                        # doctest: +REAL_MODEL
             >>> info["refrag"]["k"], info["weights"]                            # doctest: +REAL_MODEL
-            (16, 'exact')
+            (16, 'int4')
         """
         rm, long = self.refrag, self.refrag_long
         refrag = None if rm is None else {"k": rm.k, "encoder": rm.encoder_id, "sha256": rm.meta.get("sha256"),

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from refrag_rasd_core.engine import Engine
 
 from .bench.metrics import answer_recall
-from .bench.rag import PIPELINES, make_chain, run_chain, run_query_engine
+from .bench.rag import PIPELINES, make_chain, plain_rag_engine, run_chain, run_query_engine
 from .demo_corpus import WARM_UP_QUESTION, demo_passages, demo_questions, index_demo_corpus
 
 DEMO_COLLECTION = "refrag-rasd-demo"
@@ -58,7 +58,8 @@ def run_demo(engine: Engine, store: Any, n_questions: int = 3, max_new_tokens: i
     print(f"corpus: {store.count()} passages in Chroma collection {store.collection_name!r} "
           f"({report.added} indexed now, {report.skipped} already there{gone}; {time.perf_counter() - t:.1f} s)",
           file=out)
-    runners = {name: _runner(framework, store, engine, name, max_new_tokens, k) for name in PIPELINES}
+    runners = {name: _runner(framework, store, plain_rag_engine(engine) if name == "plain-rag" else engine, name,
+                             max_new_tokens, k) for name in PIPELINES}
     print("warming up (measuring this machine's verify costs; one unshown question per pipeline)...", file=out)
     engine.calibrate_verify_costs()
     for run in runners.values():
@@ -101,8 +102,8 @@ def print_table(results: list[dict[str, Any]], out: TextIO = sys.stdout) -> None
         print(f"{r['question']:>2} {r['pipeline']:<12} {r['ttft_s']:>7.2f} {r['decode_tokens_per_s']:>6.1f} "
               f"{(acc if acc is not None else float('nan')):>7.2f} {r['total_s']:>7.2f} {ref:>4}  {ans}", file=out)
     plain = [r for r in results if r["pipeline"] == "plain-rag"]
-    print(f"\nAgainst plain RAG (text context, vanilla decoding), measured in this run (median over {len(plain)} "
-          "questions):", file=out)
+    print(f"\nAgainst plain RAG (text context, vanilla decoding, fp32 weights), measured in this run (median over "
+          f"{len(plain)} questions):", file=out)
     for name in ("default", "refrag-rasd"):
         fast = [r for r in results if r["pipeline"] == name]
         if not fast or len(fast) != len(plain):

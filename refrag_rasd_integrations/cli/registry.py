@@ -40,10 +40,9 @@ def model_args(p: argparse.ArgumentParser) -> None:
 
 
 def weights_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default="exact", choices=("auto", "exact", "int4"),
-                   help="int4 (opt-in): run 4-bit weights (the default model's Q4_1 linears) with the int4 kernel "
-                        "and bf16 activations on CPU: faster decoding, outputs may differ slightly from the exact "
-                        "model's (transformers' peers in the benchmarks stay exact)")
+    p.add_argument("--weights", default="auto", choices=("auto", "exact", "int4"),
+                   help="auto (default): as the model is stored (the default model's 4-bit linears run 4-bit on CPU, "
+                        "Q4_1 x int8 as llama.cpp); exact: fp32; int4: 4-bit or an error. Recorded in results files")
 
 
 def generation_args(p: argparse.ArgumentParser) -> None:

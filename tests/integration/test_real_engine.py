@@ -17,11 +17,11 @@ def rag_questions():
     return demo_rag_questions(limit=2)
 
 
-def test_greedy_equals_generate_on_rag_prompts(real_engine, rag_questions):
+def test_greedy_equals_generate_on_rag_prompts(exact_engine, rag_questions):
     for q in rag_questions:
-        res = real_engine.generate(q.messages, max_new_tokens=24)
-        ids = torch.tensor([real_engine.encode_prompt(q.messages)])
-        ref = real_engine.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
+        res = exact_engine.generate(q.messages, max_new_tokens=24)
+        ids = torch.tensor([exact_engine.encode_prompt(q.messages)])
+        ref = exact_engine.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
                                          do_sample=False)
         assert res.token_ids == ref[0, ids.shape[1]:].tolist()
         assert res.stats.prompt_tokens > 300 and res.stats.ttft_s > 0

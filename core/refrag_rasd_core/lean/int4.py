@@ -124,6 +124,12 @@ class Int4Linear:
             return self.q4[0].rows_linear_q4(x, *self.q4[1], self.bias)
         return self.int4(x)
 
+    def fp32(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear on its fp32 weights (the model's own values: how prompts are read), at any row count."""
+        if self.long is not None:
+            return self.long(x)
+        return torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias)
+
     def use_q4(self, ops: Any) -> None:
         """Run forwards of up to :data:`DECODE_ROWS` rows with ``ops.rows_linear_q4`` (int8 activations)."""
         from .q4 import q4_pack

@@ -93,6 +93,15 @@ def _rotations(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return torch.diag_embed(cos) + turn * sin[:, None, :]
 
 
+def _call(linear: Any, x: torch.Tensor) -> torch.Tensor:
+    return linear(x)
+
+
+def _fp32(linear: Any, x: torch.Tensor) -> torch.Tensor:
+    """``linear`` on its fp32 weights (an :class:`~.int4.Int4Linear`'s own), whatever runs it by default."""
+    return linear.fp32(x) if hasattr(linear, "fp32") else linear(x)
+
+
 def _adapted(y: torch.Tensor, x: torch.Tensor, delta: Any, rows: torch.Tensor | None) -> torch.Tensor:
     """``y`` (a linear's output on ``x``) with a row-scoped adapter's delta added at ``rows``, if any."""
     return y if delta is None or rows is None else delta.add_(x, y, rows)
@@ -170,6 +179,7 @@ class LeanRunner:
         want_hidden: bool = False,
         adapter: Any = None,
         adapter_rows: torch.Tensor | None = None,
+        exact: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One forward of ``input_ids`` ``[1, n]`` (or ``inputs_embeds`` ``[1, n, H]``) appended to ``cache``.
 
@@ -177,8 +187,9 @@ class LeanRunner:
         causal. ``position_ids`` ``[1, n]``: default ``cached .. cached + n - 1``. ``logits_at``: ``-1`` for
         the last position only, ``None`` for all, an index tensor for some. ``adapter`` (a
         :class:`~refrag_rasd_core.refrag.scoped_lora.RowScopedLora`): its deltas are added at the new
-        positions ``adapter_rows`` only (a compressed prefill's chunk positions). Returns
-        ``(logits [m, V] float, hidden [n, H] after the final norm, or None)``.
+        positions ``adapter_rows`` only (a compressed prefill's chunk positions). ``exact``: with int4 weights,
+        run every linear on the model's fp32 weights (how the engine reads a prompt; steps and verifies run
+        4-bit). Returns ``(logits [m, V] float, hidden [n, H] after the final norm, or None)``.
         """
         w = self.weights
         deltas = adapter.lean_layers(self.model, self.device) if adapter is not None else None
@@ -191,7 +202,8 @@ class LeanRunner:
         if position_ids is None:
             position_ids = torch.arange(start, total, device=x.device)[None]
         cos, sin = w.rotary(x, position_ids)
-        inv = w.invariant if n <= DECODE_ROWS and deltas is None else None
+        exact = exact and self.int4
+        inv = w.invariant if n <= DECODE_ROWS and deltas is None and not exact else None
         if attention_mask is not None:  # checked (and cast) first, whichever attention reads it
             attention_mask, _ = self._mask(attention_mask, n, start, x.dtype, x.device)
         tails = tree_tails(attention_mask, n, start) if inv is not None else None
@@ -207,10 +219,11 @@ class LeanRunner:
         if fused:  # every layer in one C++ call (Q4_1 x int8 linears, batch-invariant: csrc/layers.cpp)
             x = inv.decoder_layers(x, w.fused, cos[:, 0], sin[:, 0], keys, values, start, tails[0], tails[1],
                                    heads, kv, inter, w.eps, w.scaling)
+        run = _fp32 if exact else _call
         for i, layer in enumerate(() if fused else w.layers):
             d = deltas[i] if rows is not None else None
             h = _rms_norm(x, layer.attn_norm, w.eps)
-            qkv = _adapted(layer.qkv(h).to(x.dtype), h, d and d.qkv, rows)
+            qkv = _adapted(run(layer.qkv, h).to(x.dtype), h, d and d.qkv, rows)
             qk = qkv[:, :qk_width].view(n, heads + kv, hd)
             qk = torch.bmm(qk, rot) if rot is not None else qk * cos + _rotate_half(qk) * sin
             keys[i, :, start:total] = qk[:, heads:].transpose(0, 1)
@@ -222,11 +235,11 @@ class LeanRunner:
                     qk[:, :heads].transpose(0, 1)[None], keys[i, :, :total][None], values[i, :, :total][None],
                     attn_mask=mask, is_causal=causal, scale=w.scaling, enable_gqa=heads != kv)
                 a = att[0].transpose(0, 1).reshape(n, heads * hd)
-            x = x + _adapted(layer.o(a), a, d and d.o, rows)
+            x = x + _adapted(run(layer.o, a), a, d and d.o, rows)
             h = _rms_norm(x, layer.mlp_norm, w.eps)
-            gu = _adapted(layer.gate_up(h), h, d and d.gate_up, rows)
+            gu = _adapted(run(layer.gate_up, h), h, d and d.gate_up, rows)
             m = F.silu(gu[:, :inter]) * gu[:, inter:]
-            x = x + _adapted(layer.down(m), m, d and d.down, rows)
+            x = x + _adapted(run(layer.down, m), m, d and d.down, rows)
         cache.length = total
         if want_hidden:
             hidden = _rms_norm(x, w.norm, w.eps)
@@ -234,7 +247,7 @@ class LeanRunner:
         else:
             hidden = None
             sel = _rms_norm(x if logits_at is None else x[self._rows(logits_at, n)], w.norm, w.eps)
-        head = w.row_head if w.row_head is not None and sel.shape[0] <= DECODE_ROWS else w.head
+        head = w.row_head if w.row_head is not None and sel.shape[0] <= DECODE_ROWS and not exact else w.head
         return head(sel).float(), hidden
 
     @staticmethod

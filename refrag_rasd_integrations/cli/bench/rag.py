@@ -78,6 +78,19 @@ def index_rows(store: Any, rows: Sequence[dict[str, Any]], progress: bool = True
     return store.add_texts([d for d, _ in docs], [m for _, m in docs], progress=progress)
 
 
+def plain_rag_engine(engine: Engine) -> Engine:
+    """The engine plain RAG runs on in these comparisons: what a user ran before, the model's fp32 weights
+    (``engine`` itself when it is exact; else an exact engine over the same loaded model, no drafter or REFRAG
+    checkpoint, made once per engine)."""
+    if engine.weights == "exact":
+        return engine
+    exact = getattr(engine, "_plain_rag_engine", None)
+    if exact is None:
+        exact = Engine(engine.target, drafter=None, refrag=None, refrag_long=None, weights="exact")
+        engine._plain_rag_engine = exact  # type: ignore[attr-defined]
+    return exact
+
+
 def make_chain(store: Any, engine: Engine, *, k: int, max_new_tokens: int, **model_kwargs: Any) -> Any:
     """The LCEL chain a user writes: retriever -> documents-aware prompt -> chat model."""
     from langchain_core.runnables import RunnablePassthrough
@@ -182,7 +195,8 @@ def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *,
     if not questions:
         raise InvalidInputError("no held-out rag questions to run")
     settings = pipelines(datastore)
-    chains: dict[str, Any] = {name: make_chain(store, engine, k=k, max_new_tokens=max_new_tokens, **kw)
+    chains: dict[str, Any] = {name: make_chain(store, plain_rag_engine(engine) if name == "plain-rag" else engine,
+                                               k=k, max_new_tokens=max_new_tokens, **kw)
                               for name, kw in settings.items()}
     runners: dict[str, Any] = {name: (lambda q, c=chain: run_chain(c, q)) for name, chain in chains.items()}
     if peers:
@@ -217,7 +231,8 @@ def run_rag_suite(engine: Engine, rows: Sequence[dict[str, Any]], store: Any, *,
                 for n, kw in settings.items()}
     res = {
         **results_header(engine, "rag", n_questions=len(questions), k=k, max_new_tokens=max_new_tokens,
-                         repeats=repeats, pipelines=recorded, peers=list(peers), store_passages=store.count()),
+                         repeats=repeats, pipelines=recorded, peers=list(peers), store_passages=store.count(),
+                         plain_rag_weights=plain_rag_engine(engine).weights),
         "methods": summarize(per_q, list(runners)),
         "per_question": per_q,
     }
