@@ -24,19 +24,22 @@ DEFAULT_K = 16
 DEFAULT_PREFIX_CACHE_MB = 512
 """The shared engines' prefix cache (``$REFRAG_RASD_PREFIX_CACHE_MB``; 0 turns it off): earlier requests'
 prefill KV, reused by a request that starts the same way (a conversation's next turn)."""
-_ENGINES: dict[tuple[str | None, str, str | None], Engine] = {}
+_ENGINES: dict[tuple[str | None, str, str | None, str], Engine] = {}
 _LOCK = threading.Lock()
 _DEFAULT_ENCODERS: weakref.WeakKeyDictionary[Engine, Any] = weakref.WeakKeyDictionary()
 _ENCODER_LOCK = threading.Lock()
 
 
-def get_engine(model: str | None = None, *, device: str = "auto", dtype: str | None = None) -> Engine:
-    """The shared :class:`~refrag_rasd_core.engine.Engine` for a configuration (loaded on first use)."""
-    key = (None if model in (None, "default") else str(model), str(device), dtype)
+def get_engine(model: str | None = None, *, device: str = "auto", dtype: str | None = None,
+               weights: str = "auto") -> Engine:
+    """The shared :class:`~refrag_rasd_core.engine.Engine` for a configuration (loaded on first use;
+    ``weights``: the engine's, ``auto`` = as the model is stored)."""
+    key = (None if model in (None, "default") else str(model), str(device), dtype, str(weights))
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            engine = Engine.load(key[0], device=device, dtype=dtype, prefix_cache=prefix_cache_bytes())
+            engine = Engine.load(key[0], device=device, dtype=dtype, weights=weights,
+                                 prefix_cache=prefix_cache_bytes())
             _ENGINES[key] = engine
         return engine
 
@@ -55,11 +58,11 @@ def prefix_cache_bytes() -> int | None:
     return int(mb * (1 << 20)) if mb > 0 else None
 
 
-def register_engine(engine: Engine, model: str | None = None, *, device: str = "auto", dtype: str | None = None
-                    ) -> None:
+def register_engine(engine: Engine, model: str | None = None, *, device: str = "auto", dtype: str | None = None,
+                    weights: str = "auto") -> None:
     """Make ``engine`` the shared one for a configuration (e.g. an engine built on a custom drafter)."""
     with _LOCK:
-        _ENGINES[(None if model in (None, "default") else str(model), str(device), dtype)] = engine
+        _ENGINES[(None if model in (None, "default") else str(model), str(device), dtype, str(weights))] = engine
 
 
 def clear_engines() -> None:

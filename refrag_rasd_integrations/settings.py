@@ -21,7 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from refrag_rasd_core.engine import Engine
+from refrag_rasd_core.engine import WEIGHTS, Engine
+from refrag_rasd_core.errors import InvalidInputError
 from refrag_rasd_core.generation_config import CONTEXTS, GenerationConfig
 from refrag_rasd_core.models import DEFAULT_TARGET_NAME
 
@@ -51,6 +52,9 @@ class ModelSettings(BaseModel):
     """Target model: ``None`` = SmolLM2-135M-Instruct (offline), a HF id, a local folder or a ``.gguf`` file."""
     device: str = "auto"
     dtype: str | None = None
+    weights: str = "auto"
+    """How the target's linears run: ``auto`` (as stored: the default model's 4-bit linears run 4-bit on CPU),
+    ``exact`` (fp32) or ``int4`` (:class:`~refrag_rasd_core.engine.Engine`'s ``weights``)."""
     method: str | None = None
     """Decoding: ``rasd`` (the default), ``pld``, ``rest``, ``draft`` or ``vanilla``."""
     context: str | None = None
@@ -83,6 +87,8 @@ class ModelSettings(BaseModel):
 
     def __init__(self, /, **data: Any) -> None:
         generation_settings(data)  # GenerationConfig checks every generation setting, before pydantic sees it
+        if data.get("weights", "auto") not in WEIGHTS:
+            raise InvalidInputError(f"weights must be one of {WEIGHTS}, got {data['weights']!r}")
         super().__init__(**data)
 
     def generation_config(self) -> GenerationConfig:
@@ -98,7 +104,7 @@ class ModelSettings(BaseModel):
         cfg = self.generation_config()
         return {"model": self.target_name(), "method": cfg.method, "context": cfg.context,
                 "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                "top_k": cfg.top_k, "device": self.device}
+                "top_k": cfg.top_k, "device": self.device, "weights": self.weights}
 
     def resolve_engine(self, model: str | None = None) -> Engine:
         """The engine a call runs on: ``engine`` when one was given (and no other ``model`` is asked for),
@@ -107,7 +113,7 @@ class ModelSettings(BaseModel):
 
         if self.engine is not None and (model is None or model == self.model):
             return self.engine
-        return get_engine(model or self.model, device=self.device, dtype=self.dtype)
+        return get_engine(model or self.model, device=self.device, dtype=self.dtype, weights=self.weights)
 
     def target_tokenizer(self) -> Any:
         """The target's tokenizer (loads the shared engine if none was given)."""

@@ -112,3 +112,22 @@ def test_cli_refuses_before_any_model_loads(monkeypatch, capsys, key, value):
     command = ["ask", "a question"] if key == "context" else ["generate", "Hi"]
     assert main([*command, *CLI[key]]) == 2
     assert capsys.readouterr().err.strip() == f"refrag-rasd: error: {expected(key, value)}"
+
+
+def test_weights_are_checked_by_every_framework_class_and_key_the_shared_engines(engine, monkeypatch):
+    """``weights=`` on the LangChain / LlamaIndex classes: a bad value is refused at construction, and the shared
+    engines are kept apart per weights setting (``ChatRefragRasd(weights="exact")`` gets its own engine)."""
+    from refrag_rasd_integrations import engines
+    from refrag_rasd_integrations.langchain import ChatRefragRasd
+    from refrag_rasd_integrations.llama_index import RefragRasdLLM
+
+    for cls in (ChatRefragRasd, RefragRasdLLM):
+        with pytest.raises(InvalidInputError, match="weights must be one of"):
+            cls(weights="int8")
+    monkeypatch.setattr(engines, "_ENGINES", {})
+    exact = Engine(engine.target, drafter=None, refrag=None, weights="exact")
+    engines.register_engine(engine)
+    engines.register_engine(exact, weights="exact")
+    assert ChatRefragRasd().resolve_engine() is engine
+    assert ChatRefragRasd(weights="exact").resolve_engine() is exact
+    assert RefragRasdLLM(weights="exact").resolve_engine() is exact
