@@ -1,18 +1,16 @@
-"""Q4_1 weights times int8 activations: the decoding-step kernel of the int4 path.
+"""Q4_1 / Q8_0 weights times int8 activations: the decoding-step kernels of the int4 path.
 
-The default target's decoder linears are GGUF Q4_1 blocks (32 weights ``w = d * q + m``, ``q`` in 0..15). As
-llama.cpp does, ``csrc/q4_rows.cpp`` quantizes each row of activations per block of 32 to int8 (``x ~ dx * xq``)
-and computes each block as ``d * dx * (q . xq) + m * dx * sum(xq)``: the integer dot with AVX-512 VNNI's
-``vpdpbusd`` (or AVX2's ``vpmaddubsw`` + ``vpmaddwd``, the same integers), then a fixed sequence of float
-operations per output. So it reads 5 bits per weight, runs 64 multiply-adds per instruction, and a row's outputs
-are the same bits alone and among any number of rows, on either instruction set (batch-invariant, as
-speculative decoding needs). The activations' int8 rounding adds ~0.5% relative error per linear (llama.cpp's
-own arithmetic for this format; torch's int4 kernel with bf16 activations: ~0.3%).
+The default target's decoder linears are GGUF Q4_1 blocks (32 weights ``w = d * q + m``, ``q`` in 0..15) and its LM
+head Q8_0 (``w = d * q``). As llama.cpp does, ``csrc/q4_rows.cpp`` quantizes each row of activations per block of
+32 to int8 (``x ~ dx * xq``) and computes each block as an exact integer dot times ``d * dx`` (plus
+``m * dx * sum(xq)`` for Q4_1): AVX-512 VNNI's ``vpdpbusd`` (or AVX2's ``vpmaddubsw`` + ``vpmaddwd``, the same
+integers), 16 output rows per vector (each lane one row), then a fixed sequence of float operations per output.
+So a step reads 5 bits per decoder weight, and a row's outputs are the same bits alone and among any number of
+rows, on either instruction set (batch-invariant, as speculative decoding needs). The activations' int8 rounding
+adds ~0.5% relative error per linear (llama.cpp's own arithmetic for these formats).
 
-:func:`q4_pack` lays a 4-bit grid out for the kernel: per row, per pair of blocks (64 values), 32 bytes (byte
-``j``: value ``j`` in the low nibble, value ``32 + j`` in the high one); rows padded to a multiple of 16 and
-columns to a multiple of 64 with zero blocks; the offsets ``m`` as ``[N / 16, K / 32, 16]`` (each 16-row tile's,
-block-major).
+:func:`q4_pack` / :func:`q8_pack` lay weights out for the kernels in tiles of 16 rows (zero rows pad the last);
+:class:`Q8Linear` runs any ``nn.Linear`` that way (the EAGLE head beside an int4 target).
 
 Example:
     >>> import torch
@@ -21,7 +19,7 @@ Example:
     >>> d, m = torch.rand(20, 2) * 0.01, -torch.rand(20, 2) * 0.05
     >>> packed, dp, mp, n = q4_pack(q, d, m)
     >>> tuple(packed.shape), tuple(dp.shape), tuple(mp.shape), n
-    ((32, 32), (32, 2), (2, 2, 16), 20)
+    ((2, 2, 256), (2, 2, 16), (2, 2, 16), 20)
     >>> ops = kernels()
     >>> if ops is not None:
     ...     w = (q.view(20, 2, 32) * d[..., None] + m[..., None]).view(20, 64)
