@@ -517,7 +517,7 @@ def _write(args: argparse.Namespace, res: dict) -> None:
     from .bench.results import resolve_out, write_results
 
     res["settings"].update(data=args.data and str(args.data), held_out_only=not args.include_train,
-                           weights=args.weights)
+                           weights=res["settings"].get("weights") or args.weights, weights_asked=args.weights)
     variant = args.variant or ("-".join(res["settings"]["categories"]) if args.suite == "decode"
                                else Path(args.data or args.source).stem.removesuffix("_dev").replace("_open", ""))
     path = resolve_out(args.out, args.suite, variant, res["machine"])
