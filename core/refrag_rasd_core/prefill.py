@@ -99,7 +99,7 @@ def prefill_forward(runner: Runner, prompt_ids: list[int], mixed: Any, want_hidd
     hit = prefix.lookup(namespace, keys, need_hidden=want_hidden) if prefix is not None else PrefixHit()
     start = hit.length
     cache = hit.kv.restore(runner, start) if hit.kv is not None else runner.new_cache()
-    exact = {"exact": True} if getattr(runner, "int4", False) else {}  # int4 weights: the prompt is read at fp32
+    exact = {"prompt": True} if getattr(runner, "int4", False) else {}  # int4 weights: prompts read wide (bf16/fp32)
     if mixed is None:
         ids = torch.tensor([positions[start:]], device=runner.device)
         logits, hidden = runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden, **exact)

@@ -198,3 +198,23 @@ def test_auto_weights_run_a_4bit_checkpoint_as_stored_and_leave_full_precision_e
     assert resolve_weights(tiny_loaded(0).model, "auto", "auto") == "exact"
     assert Engine(tiny_loaded(0), drafter=None, refrag=None, weights="auto").weights == "exact"
     assert resolve_weights(four.model, "auto", "exact") == "exact"
+
+
+def test_prompts_are_read_wide_and_steps_4bit():
+    """``forward(prompt=True)`` (how the engine reads a prompt) runs the linears on their fp32 weights, or in
+    bf16 when that measured faster at load; plain forwards of up to 64 rows run the 4-bit kernels."""
+    loaded = four_bit_tiny()
+    exact = LeanRunner(loaded.model, prepack=False)
+    fast = LeanRunner(loaded.model, prepack=False, int4=True)
+    ids = torch.randint(3, 250, (1, 20), generator=torch.Generator().manual_seed(9))
+    ref, _ = exact.forward(ids, exact.new_cache(), logits_at=None)
+    for lin in (x for layer in fast.weights.layers for x in (layer.qkv, layer.o, layer.gate_up, layer.down)):
+        lin.bf16 = None
+    wide, _ = fast.forward(ids, fast.new_cache(), logits_at=None, prompt=True)
+    torch.testing.assert_close(wide, ref, rtol=1e-4, atol=1e-4)   # fp32 weights: the exact model
+    narrow, _ = fast.forward(ids, fast.new_cache(), logits_at=None)
+    assert float((narrow - ref).abs().max()) > 1e-4                 # 4-bit kernels: not the exact bits
+    for lin in (x for layer in fast.weights.layers for x in (layer.qkv, layer.o, layer.gate_up, layer.down)):
+        lin.bf16 = lin.weight.detach().to(torch.bfloat16)
+    half, _ = fast.forward(ids, fast.new_cache(), logits_at=None, prompt=True)
+    assert float((half - ref).abs().max() / ref.abs().max()) < 0.05  # bf16: close to the exact model

@@ -103,6 +103,8 @@ class Int4Linear:
         """``(ops, packed weights)`` when forwards of up to :data:`DECODE_ROWS` rows run the int8-activation
         kernel of :mod:`refrag_rasd_core.lean.q4` instead (set by :meth:`use_q4`)."""
         self._grid = (q, scales_and_zeros)
+        self.bf16: torch.Tensor | None = None
+        """The weights in bfloat16 when prompts are read that way (:meth:`prompt`), else ``None``."""
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> Int4Linear | None:
@@ -124,8 +126,12 @@ class Int4Linear:
             return self.q4[0].rows_linear_q4(x, *self.q4[1], self.bias)
         return self.int4(x)
 
-    def fp32(self, x: torch.Tensor) -> torch.Tensor:
-        """The linear on its fp32 weights (the model's own values: how prompts are read), at any row count."""
+    def prompt(self, x: torch.Tensor) -> torch.Tensor:
+        """How a prompt is read, at any row count: bf16 weights and activations with fp32 output where
+        :func:`measure_prefill` found them faster (AVX-512 BF16), else the fp32 weights (the model's own values)."""
+        if self.bf16 is not None:
+            b = None if self.bias is None else self.bias.to(torch.bfloat16)
+            return torch.nn.functional.linear(x.to(torch.bfloat16), self.bf16, b).float()
         if self.long is not None:
             return self.long(x)
         return torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias)
@@ -149,8 +155,9 @@ def measure_prefill(pairs: Sequence[tuple[Int4Linear, Callable[[torch.Tensor], t
                     rows: int = PREFILL_ROWS, repeats: int = 2) -> dict[str, Any]:
     """Time ``rows``-row forwards through a sample of a model's linears, each as the int4 kernel and as its fp32
     alternative (``pairs``: ``(int4 linear, fp32 linear)``, a few layers' worth); the faster of each repeat's
-    pass is kept. Returns ``{"rows", "int4_ms", "fp32_ms", "long": "fp32" | "int4"}`` (the choice for
-    forwards longer than :data:`DECODE_ROWS` rows).
+    pass is kept; bf16 weights and activations too. Returns ``{"rows", "int4_ms", "fp32_ms", "bf16_ms", "long":
+    "fp32" | "int4", "prompt": "bf16" | "fp32"}``: the choice for forwards longer than :data:`DECODE_ROWS` rows,
+    and how prompts are read (bf16 where at least 1.25x faster than the better of the two).
 
     Example:
         >>> q = torch.randint(0, 16, (64, 64)).float()
@@ -160,14 +167,22 @@ def measure_prefill(pairs: Sequence[tuple[Int4Linear, Callable[[torch.Tensor], t
         >>> measure_prefill([(lin, lambda x: x @ w.T)], rows=8, repeats=1)["long"] in ("fp32", "int4")
         True
     """
-    best = {"int4": float("inf"), "fp32": float("inf")}
+    best = {"int4": float("inf"), "fp32": float("inf"), "bf16": float("inf")}
     xs = [torch.randn(rows, lin.weight.shape[1]) for lin, _ in pairs]
+    wb = [lin.weight.detach().to(torch.bfloat16) for lin, _ in pairs]
     for rep in range(max(1, repeats) + 1):  # the first round warms up
         for name in best:
             t0 = time.perf_counter()
-            for (lin, fp32), x in zip(pairs, xs, strict=True):
-                lin.int4(x) if name == "int4" else fp32(x)
+            for (lin, fp32), x, w in zip(pairs, xs, wb, strict=True):
+                if name == "int4":
+                    lin.int4(x)
+                elif name == "fp32":
+                    fp32(x)
+                else:
+                    torch.nn.functional.linear(x.to(torch.bfloat16), w).float()
             if rep:
                 best[name] = min(best[name], time.perf_counter() - t0)
+    long = "fp32" if best["fp32"] < best["int4"] else "int4"
     return {"rows": rows, "int4_ms": round(best["int4"] * 1e3, 3), "fp32_ms": round(best["fp32"] * 1e3, 3),
-            "long": "fp32" if best["fp32"] < best["int4"] else "int4"}
+            "bf16_ms": round(best["bf16"] * 1e3, 3), "long": long,
+            "prompt": "bf16" if best["bf16"] < 0.8 * min(best["fp32"], best["int4"]) else "fp32"}

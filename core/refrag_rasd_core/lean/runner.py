@@ -97,9 +97,9 @@ def _call(linear: Any, x: torch.Tensor) -> torch.Tensor:
     return linear(x)
 
 
-def _fp32(linear: Any, x: torch.Tensor) -> torch.Tensor:
-    """``linear`` on its fp32 weights (an :class:`~.int4.Int4Linear`'s own), whatever runs it by default."""
-    return linear.fp32(x) if hasattr(linear, "fp32") else linear(x)
+def _prompt(linear: Any, x: torch.Tensor) -> torch.Tensor:
+    """``linear`` as a prompt is read (an :class:`~.int4.Int4Linear`'s :meth:`~.int4.Int4Linear.prompt`)."""
+    return linear.prompt(x) if hasattr(linear, "prompt") else linear(x)
 
 
 def _adapted(y: torch.Tensor, x: torch.Tensor, delta: Any, rows: torch.Tensor | None) -> torch.Tensor:
@@ -158,7 +158,11 @@ class LeanRunner:
             if pre:
                 text += (f"; forwards over {DECODE_ROWS} rows on "
                          f"{'the fp32 weights' if pre['long'] == 'fp32' else 'int4'}"
-                         f" (at {pre['rows']} rows: int4 {pre['int4_ms']} ms, fp32 {pre['fp32_ms']} ms)")
+                         f" (at {pre['rows']} rows: int4 {pre['int4_ms']} ms, fp32 {pre['fp32_ms']} ms"
+                         f", bf16 {pre.get('bf16_ms')} ms)")
+                bf16 = any(getattr(lin, "bf16", None) is not None for layer in self.weights.layers
+                           for lin in (layer.qkv, layer.o, layer.gate_up, layer.down))
+                text += f"; prompts read {'bf16' if bf16 else 'fp32'}"
         return text
 
     def new_cache(self, capacity: int = 0) -> LeanCache:
@@ -179,7 +183,7 @@ class LeanRunner:
         want_hidden: bool = False,
         adapter: Any = None,
         adapter_rows: torch.Tensor | None = None,
-        exact: bool = False,
+        prompt: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One forward of ``input_ids`` ``[1, n]`` (or ``inputs_embeds`` ``[1, n, H]``) appended to ``cache``.
 
@@ -187,9 +191,10 @@ class LeanRunner:
         causal. ``position_ids`` ``[1, n]``: default ``cached .. cached + n - 1``. ``logits_at``: ``-1`` for
         the last position only, ``None`` for all, an index tensor for some. ``adapter`` (a
         :class:`~refrag_rasd_core.refrag.scoped_lora.RowScopedLora`): its deltas are added at the new
-        positions ``adapter_rows`` only (a compressed prefill's chunk positions). ``exact``: with int4 weights,
-        run every linear on the model's fp32 weights (how the engine reads a prompt; steps and verifies run
-        4-bit). Returns ``(logits [m, V] float, hidden [n, H] after the final norm, or None)``.
+        positions ``adapter_rows`` only (a compressed prefill's chunk positions). ``prompt``: with int4 weights,
+        read a prompt: every linear through :meth:`~.int4.Int4Linear.prompt` (bf16 where measured faster, else
+        fp32), the fp32 LM head; steps and verifies run 4-bit. Returns ``(logits [m, V] float, hidden [n, H]
+        after the final norm, or None)``.
         """
         w = self.weights
         deltas = adapter.lean_layers(self.model, self.device) if adapter is not None else None
@@ -202,7 +207,7 @@ class LeanRunner:
         if position_ids is None:
             position_ids = torch.arange(start, total, device=x.device)[None]
         cos, sin = w.rotary(x, position_ids)
-        exact = exact and self.int4
+        exact = prompt and self.int4
         inv = w.invariant if n <= DECODE_ROWS and deltas is None and not exact else None
         if attention_mask is not None:  # checked (and cast) first, whichever attention reads it
             attention_mask, _ = self._mask(attention_mask, n, start, x.dtype, x.device)
@@ -219,7 +224,7 @@ class LeanRunner:
         if fused:  # every layer in one C++ call (Q4_1 x int8 linears, batch-invariant: csrc/layers.cpp)
             x = inv.decoder_layers(x, w.fused, cos[:, 0], sin[:, 0], keys, values, start, tails[0], tails[1],
                                    heads, kv, inter, w.eps, w.scaling)
-        run = _fp32 if exact else _call
+        run = _prompt if exact else _call
         for i, layer in enumerate(() if fused else w.layers):
             d = deltas[i] if rows is not None else None
             h = _rms_norm(x, layer.attn_norm, w.eps)
