@@ -229,9 +229,9 @@ def test_concurrent_threads_and_tasks(chat):
 def test_engines_are_shared_and_lazy(monkeypatch):
     loads = []
 
-    def fake_load(model=None, device="auto", dtype=None, prefix_cache=None):
+    def fake_load(model=None, device="auto", dtype=None, weights="auto", prefix_cache=None):
         assert prefix_cache == engines.prefix_cache_bytes() == engines.DEFAULT_PREFIX_CACHE_MB << 20
-        loads.append(model)
+        loads.append((model, weights))
         return object()
 
     monkeypatch.setattr(Engine, "load", staticmethod(fake_load))
@@ -240,7 +240,7 @@ def test_engines_are_shared_and_lazy(monkeypatch):
         a, b = ChatRefragRasd(model="m1"), RefragRasdLLM(model="m1")
         assert loads == []  # construction loads nothing
         assert engines.get_engine("m1") is engines.get_engine("m1", device="auto")
-        assert loads == ["m1"]  # one load, shared by both calls
+        assert loads == [("m1", "auto")]  # one load, shared by both calls (weights as stored, the default)
         assert a.target_name() == "m1" and b.model == "m1"
     finally:
         engines.clear_engines()
