@@ -101,8 +101,9 @@ class Int4Linear:
         linear, when :func:`measure_prefill` found it faster), or ``None``."""
         self.q4: tuple[Any, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] | None = None
         """``(ops, packed weights)`` when forwards of up to :data:`DECODE_ROWS` rows run the int8-activation
-        kernel of :mod:`refrag_rasd_core.lean.q4` instead (set by :meth:`use_q4`)."""
-        self._grid = (q, scales_and_zeros)
+        kernel of :mod:`refrag_rasd_core.lean.q4` instead (set by :meth:`settle`)."""
+        self._grid: tuple[torch.Tensor, torch.Tensor] | None = (q, scales_and_zeros)
+        """The grid (``q`` int32 ``[N, K]``: 4 bytes per weight) until :meth:`settle` packs or drops it."""
         self.bf16: torch.Tensor | None = None
         """The weights in bfloat16 when prompts are read that way (:meth:`prompt`), else ``None``."""
 
@@ -136,12 +137,18 @@ class Int4Linear:
             return self.long(x)
         return torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
-    def use_q4(self, ops: Any) -> None:
-        """Run forwards of up to :data:`DECODE_ROWS` rows with ``ops.rows_linear_q4`` (int8 activations)."""
-        from .q4 import q4_pack
+    def settle(self, ops: Any) -> None:
+        """Decide the decoding kernel once: with ``ops``, forwards of up to :data:`DECODE_ROWS` rows run
+        ``ops.rows_linear_q4`` (int8 activations); without, torch's int4 kernel. Either way the int32 grid is
+        released (it is as large as the fp32 weights). Later calls (a shared linear) change nothing."""
+        if self._grid is None:
+            return
+        if ops is not None:
+            from .q4 import q4_pack
 
-        q, sz = self._grid
-        self.q4 = (ops, q4_pack(q, sz[..., 0].T, (sz[..., 1] - 8 * sz[..., 0]).T))
+            q, sz = self._grid
+            self.q4 = (ops, q4_pack(q, sz[..., 0].T, (sz[..., 1] - 8 * sz[..., 0]).T))
+        self._grid = None
 
     def int4(self, x: torch.Tensor) -> torch.Tensor:
         """The int4 kernel at any row count."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ..heap import trim
 from .int4 import DECODE_ROWS, Int4Linear, measure_prefill
 from .invariant import InvariantHead, kernels, kernels_problem
 from .linear import NO_PACKING, PackedLinear, PackPlan
@@ -208,10 +209,12 @@ def lean_weights(model: Any, plans: dict[str, PackPlan] | None = None,
     if ops is not None and not _int4_rows_invariant(layers):
         ops, problem = None, "the int4 kernel's rows depend on the row count on this machine"
     row_head = InvariantHead(head.weight.detach(), _bias(head), ops) if ops is not None else None
-    if ops is not None and ops.q4_vnni():  # int8 activations on VNNI: faster than torch's int4 kernel (AVX2: slower)
-        for lin in {id(x): x for layer in layers for x in (layer.qkv, layer.o, layer.gate_up, layer.down)
-                    if isinstance(x, Int4Linear) and x.q4 is None}.values():
-            lin.use_q4(ops)
+    q4_ops = ops if ops is not None and ops.q4_vnni() else None  # int8 activations on VNNI (AVX2: torch's is faster)
+    for lin in (x for layer in layers for x in (layer.qkv, layer.o, layer.gate_up, layer.down)):
+        if isinstance(lin, Int4Linear):
+            lin.settle(q4_ops)
+    if int4:
+        trim()  # the int4 grids just released (~300 MB for the default model) go back to the system
     fused = _fused_layers(layers) if ops is not None else None
     return LeanWeights(
         embed=model.get_input_embeddings().weight.detach(), layers=layers, norm=inner.norm.weight.detach(),
