@@ -18,7 +18,7 @@ import threading
 import weakref
 from typing import Any
 
-from refrag_rasd_core.engine import Engine
+from refrag_rasd_core.engine import DEFAULT_WEIGHTS, Engine
 
 DEFAULT_K = 16
 DEFAULT_PREFIX_CACHE_MB = 512
@@ -30,11 +30,16 @@ _DEFAULT_ENCODERS: weakref.WeakKeyDictionary[Engine, Any] = weakref.WeakKeyDicti
 _ENCODER_LOCK = threading.Lock()
 
 
+def _key(model: str | None, device: str, dtype: str | None, weights: str) -> tuple[str | None, str, str | None, str]:
+    """A configuration's place in the shared engines (``None`` and ``"default"`` name the same model)."""
+    return (None if model in (None, "default") else str(model), str(device), dtype, str(weights))
+
+
 def get_engine(model: str | None = None, *, device: str = "auto", dtype: str | None = None,
-               weights: str = "auto") -> Engine:
+               weights: str = DEFAULT_WEIGHTS) -> Engine:
     """The shared :class:`~refrag_rasd_core.engine.Engine` for a configuration (loaded on first use;
     ``weights``: the engine's, ``auto`` = as the model is stored)."""
-    key = (None if model in (None, "default") else str(model), str(device), dtype, str(weights))
+    key = _key(model, device, dtype, weights)
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
@@ -59,10 +64,10 @@ def prefix_cache_bytes() -> int | None:
 
 
 def register_engine(engine: Engine, model: str | None = None, *, device: str = "auto", dtype: str | None = None,
-                    weights: str = "auto") -> None:
+                    weights: str = DEFAULT_WEIGHTS) -> None:
     """Make ``engine`` the shared one for a configuration (e.g. an engine built on a custom drafter)."""
     with _LOCK:
-        _ENGINES[(None if model in (None, "default") else str(model), str(device), dtype, str(weights))] = engine
+        _ENGINES[_key(model, device, dtype, weights)] = engine
 
 
 def clear_engines() -> None:

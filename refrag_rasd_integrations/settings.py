@@ -21,8 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from refrag_rasd_core.engine import WEIGHTS, Engine
-from refrag_rasd_core.errors import InvalidInputError
+from refrag_rasd_core.engine import DEFAULT_WEIGHTS, Engine, check_weights
 from refrag_rasd_core.generation_config import CONTEXTS, GenerationConfig
 from refrag_rasd_core.models import DEFAULT_TARGET_NAME
 
@@ -52,7 +51,7 @@ class ModelSettings(BaseModel):
     """Target model: ``None`` = SmolLM2-135M-Instruct (offline), a HF id, a local folder or a ``.gguf`` file."""
     device: str = "auto"
     dtype: str | None = None
-    weights: str = "auto"
+    weights: str = DEFAULT_WEIGHTS
     """How the target's linears run: ``auto`` (as stored: the default model's 4-bit linears run 4-bit on CPU),
     ``exact`` (fp32) or ``int4`` (:class:`~refrag_rasd_core.engine.Engine`'s ``weights``)."""
     method: str | None = None
@@ -87,8 +86,7 @@ class ModelSettings(BaseModel):
 
     def __init__(self, /, **data: Any) -> None:
         generation_settings(data)  # GenerationConfig checks every generation setting, before pydantic sees it
-        if data.get("weights", "auto") not in WEIGHTS:
-            raise InvalidInputError(f"weights must be one of {WEIGHTS}, got {data['weights']!r}")
+        check_weights(data.get("weights", DEFAULT_WEIGHTS))
         super().__init__(**data)
 
     def generation_config(self) -> GenerationConfig:

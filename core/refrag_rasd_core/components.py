@@ -67,7 +67,7 @@ def drafter_for_weights(drafter: Any, weights: str) -> Any:
     """``drafter``, its linears run as Q8_0 x int8 when the target runs ``weights="int4"`` and the drafter is an
     EAGLE head on CPU (:meth:`~refrag_rasd_core.eagle.head.DraftHead.use_int8`): at int4 a target step is so cheap
     that the head's fp32 matmuls cost as much as the step they draft for."""
-    if weights != "int4" or not hasattr(drafter, "use_int8") or getattr(drafter, "_lm_q8", None) is not None:
+    if weights != "int4" or not hasattr(drafter, "use_int8"):
         return drafter
     from .lean.invariant import kernels
 

@@ -52,6 +52,14 @@ WEIGHTS = ("auto", "exact", "int4")
 """How the target's linears run: ``auto`` (the model's own format: ``int4`` for a 4-bit checkpoint on CPU, else
 ``exact``), as loaded (fp32), or 4-bit weights through the int4 kernels (see
 :func:`~refrag_rasd_core.forward.resolve_weights`)."""
+DEFAULT_WEIGHTS = "auto"
+
+
+def check_weights(weights: str) -> str:
+    """``weights`` if it is one of :data:`WEIGHTS`, else an :class:`InvalidInputError` that lists them."""
+    if weights not in WEIGHTS:
+        raise InvalidInputError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    return weights
 
 
 class Engine:
@@ -62,7 +70,7 @@ class Engine:
 
     def __init__(self, target: LoadedModel, *, drafter: Any = "auto", datastore: Any = None,
                  refrag: Any = "auto", refrag_encoder: Any = None, forward: str = "auto",
-                 weights: str = "auto", prefix_cache: PrefixCache | int | None = None,
+                 weights: str = DEFAULT_WEIGHTS, prefix_cache: PrefixCache | int | None = None,
                  refrag_long: Any = "auto") -> None:
         """``drafter``: a :class:`~refrag_rasd_core.rasd.draft_tree.Drafter`, ``None`` (retrieval-only
         speculation) or ``"auto"`` (the shipped EAGLE head for the default model). ``datastore``: a shared
@@ -80,8 +88,7 @@ class Engine:
         exactly at every setting (:mod:`refrag_rasd_core.lean.invariant`); ``self.weights`` says what ran.
         ``prefix_cache``: a byte budget (or a :class:`~refrag_rasd_core.prefix_cache.PrefixCache`) for reusing
         earlier requests' prompt and answer KV (off)."""
-        if weights not in WEIGHTS:
-            raise InvalidInputError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+        check_weights(weights)
         self.target = target
         self.model = target.model
         self.tokenizer = target.tokenizer

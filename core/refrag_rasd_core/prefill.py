@@ -99,10 +99,10 @@ def prefill_forward(runner: Runner, prompt_ids: list[int], mixed: Any, want_hidd
     hit = prefix.lookup(namespace, keys, need_hidden=want_hidden) if prefix is not None else PrefixHit()
     start = hit.length
     cache = hit.kv.restore(runner, start) if hit.kv is not None else runner.new_cache()
-    exact = {"prompt": True} if getattr(runner, "int4", False) else {}  # int4 weights: prompts read wide (bf16/fp32)
+    read = {"prompt": True} if getattr(runner, "int4", False) else {}  # int4 weights: prompts read wide (bf16/fp32)
     if mixed is None:
         ids = torch.tensor([positions[start:]], device=runner.device)
-        logits, hidden = runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden, **exact)
+        logits, hidden = runner.forward(ids, cache, logits_at=-1, want_hidden=want_hidden, **read)
     else:
         assert embeds is not None
         rows = None
@@ -111,7 +111,7 @@ def prefill_forward(runner: Runner, prompt_ids: list[int], mixed: Any, want_hidd
                                 dtype=torch.long)
             adapter = adapter if len(rows) else None
         logits, hidden = runner.forward(None, cache, logits_at=-1, want_hidden=want_hidden,
-                                        inputs_embeds=embeds[:, start:], adapter=adapter, adapter_rows=rows, **exact)
+                                        inputs_embeds=embeds[:, start:], adapter=adapter, adapter_rows=rows, **read)
     if hidden is not None and hit.hidden is not None and start:
         hidden = torch.cat([hit.hidden[:start].to(hidden.device, hidden.dtype), hidden])
     out = PrefillOutput(cache, logits, hidden, start, keys if prefix is not None else None, namespace, hidden)

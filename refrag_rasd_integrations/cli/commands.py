@@ -65,13 +65,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _weights_default() -> str:
     """What the engines run the default model's weights as, by default."""
-    import inspect
+    from refrag_rasd_core.engine import DEFAULT_WEIGHTS
 
-    default = inspect.signature(Engine.__init__).parameters["weights"].default
-    if default == "auto":
+    if DEFAULT_WEIGHTS == "auto":
         return ("run as stored by default (weights='auto': 4-bit linears through the int4 kernels on CPU; "
                 "--weights exact for fp32)")
-    return f"run as {default} by default (--weights auto: as stored, 4-bit on CPU)"
+    return f"run as {DEFAULT_WEIGHTS} by default (--weights auto: as stored, 4-bit on CPU)"
 
 
 def _setup_generate(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from refrag_rasd_core.engine import METHODS, Engine
+from refrag_rasd_core.engine import DEFAULT_WEIGHTS, METHODS, WEIGHTS, Engine
 from refrag_rasd_core.generation_config import GenerationConfig
 
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
@@ -40,7 +40,7 @@ def model_args(p: argparse.ArgumentParser) -> None:
 
 
 def weights_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default="auto", choices=("auto", "exact", "int4"),
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS, choices=WEIGHTS,
                    help="auto (default): as the model is stored (the default model's 4-bit linears run 4-bit on CPU, "
                         "Q4_1 x int8 as llama.cpp); exact: fp32; int4: 4-bit or an error. Recorded in results files")
 

@@ -123,7 +123,7 @@ def test_the_default_runs_the_default_model_as_stored(real_engine):
 
     assert kernels() is not None
     assert real_engine.weights == "int4" and real_engine.runner.int4_linears == (120, 121)
-    assert real_engine.drafter is not None and real_engine.drafter._lm_q8 is not None
+    assert real_engine.drafter is not None and real_engine.drafter.int8
 
 
 def test_int4_runs_every_q4_linear_and_stays_close(exact_engine, int4_engine, question):

@@ -139,7 +139,7 @@ def test_int4_engine_runs_an_eagle_head_int8_and_stays_exact():
     head = DraftHead.for_target(loaded.model, draft_vocab_size=64)
     keys = set(head.state_dict())
     engine = Engine(loaded, drafter=head, refrag=None, weights="int4")
-    assert engine.drafter is head and head._lm_q8 is not None and set(head.state_dict()) == keys
+    assert engine.drafter is head and head.int8 and set(head.state_dict()) == keys
     base = engine.generate(PROMPT, max_new_tokens=30, method="vanilla")
     for method in ("draft", "rasd"):
         out = engine.generate(PROMPT, max_new_tokens=30, method=method, context="none",

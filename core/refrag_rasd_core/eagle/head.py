@@ -191,13 +191,20 @@ class DraftHead(nn.Module):
             return self._lm_q8(hidden)
         return hidden @ self._lm_w.T
 
+    @property
+    def int8(self) -> bool:
+        """Whether :meth:`use_int8` runs the head's matmuls as Q8_0 x int8."""
+        return self._lm_q8 is not None
+
     def use_int8(self, ops: object) -> int:
         """Run the head's linears and its LM head rows as Q8_0 weights times int8 activations (the batch-invariant
         kernels' ``rows_linear_q8x``: a quarter of the bytes; for a target whose own steps run int4, where the
         fp32 head would cost as much as the target's step). The proposals change slightly; what is accepted
-        never does (the target verifies). Returns how many linears now run int8."""
+        never does (the target verifies). Returns how many linears now run int8 (0 when they already did)."""
         from ..lean.q4 import Q8Linear, int8_linears
 
+        if self.int8:
+            return 0
         n = 0
         if isinstance(self.fc, nn.Linear):
             self.fc = Q8Linear(self.fc, ops)  # its weight / bias stay registered as fc.weight / fc.bias

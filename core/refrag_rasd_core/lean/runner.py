@@ -207,8 +207,8 @@ class LeanRunner:
         if position_ids is None:
             position_ids = torch.arange(start, total, device=x.device)[None]
         cos, sin = w.rotary(x, position_ids)
-        exact = prompt and self.int4
-        inv = w.invariant if n <= DECODE_ROWS and deltas is None and not exact else None
+        wide = prompt and self.int4  # a prompt read on the wide weights, not the 4-bit kernels
+        inv = w.invariant if n <= DECODE_ROWS and deltas is None and not wide else None
         if attention_mask is not None:  # checked (and cast) first, whichever attention reads it
             attention_mask, _ = self._mask(attention_mask, n, start, x.dtype, x.device)
         tails = tree_tails(attention_mask, n, start) if inv is not None else None
@@ -224,7 +224,7 @@ class LeanRunner:
         if fused:  # every layer in one C++ call (Q4_1 x int8 linears, batch-invariant: csrc/layers.cpp)
             x = inv.decoder_layers(x, w.fused, cos[:, 0], sin[:, 0], keys, values, start, tails[0], tails[1],
                                    heads, kv, inter, w.eps, w.scaling)
-        run = _prompt if exact else _call
+        run = _prompt if wide else _call
         for i, layer in enumerate(() if fused else w.layers):
             d = deltas[i] if rows is not None else None
             h = _rms_norm(x, layer.attn_norm, w.eps)
@@ -252,7 +252,7 @@ class LeanRunner:
         else:
             hidden = None
             sel = _rms_norm(x if logits_at is None else x[self._rows(logits_at, n)], w.norm, w.eps)
-        head = w.row_head if w.row_head is not None and sel.shape[0] <= DECODE_ROWS and not exact else w.head
+        head = w.row_head if w.row_head is not None and sel.shape[0] <= DECODE_ROWS and not wide else w.head
         return head(sel).float(), hidden
 
     @staticmethod
