@@ -100,6 +100,33 @@ def test_q8x_rows_equal_the_exact_arithmetic_and_rows_alone(ops):
         assert torch.equal(ops.rows_linear_q8x(x[rows - 1:rows], *packed, None), y[rows - 1:rows]), rows
 
 
+def test_kernels_give_the_same_bits_on_any_number_of_threads(ops):
+    """The kernels split their outputs over threads (OpenMP), never one output's sums: one thread and all of
+    them give the same bits, for the 4-bit and 8-bit linears and attention over a shared context and tails."""
+    q, d, m = random_q4(200, 160, 7)
+    packed = q4_pack(q, d, m)
+    q8 = q8_pack(torch.randint(-127, 128, (90, 160), dtype=torch.int8), torch.rand(90, 5) * 0.01)
+    x = torch.randn(24, 160, generator=torch.Generator().manual_seed(3))
+    kv, heads, hd, start, n = 2, 6, 64, 77, 13
+    keys, values = torch.randn(kv, 128, hd), torch.randn(kv, 128, hd)
+    qa = torch.randn(n, heads, hd)
+    tails = (torch.arange(n)[None].expand(n, n) + start).contiguous(), torch.arange(1, n + 1)
+    threads = torch.get_num_threads()
+
+    def run() -> list[torch.Tensor]:
+        return [ops.rows_linear_q4(x, *packed, None), ops.rows_linear_q8x(x, *q8, None),
+                ops.attend(qa, keys, values, start, *tails, 0.125)]
+
+    try:
+        torch.set_num_threads(1)
+        alone = run()
+        torch.set_num_threads(max(2, threads))
+        for a, b in zip(alone, run()):
+            assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_bad_layouts_are_refused(ops):
     q, d, m = random_q4(16, 64, 3)
     w, dp, mp, n = q4_pack(q, d, m)

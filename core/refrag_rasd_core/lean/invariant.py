@@ -49,6 +49,7 @@ __all__ = ["InvariantHead", "attend", "kernels", "kernels_problem", "q8_grid", "
 _SOURCES = [Path(__file__).with_name("csrc") / name for name in ("invariant.cpp", "q4_rows.cpp", "layers.cpp")]
 _HEADERS = [Path(__file__).with_name("csrc") / "vec.h"]
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off"]
+_OPENMP = ["-fopenmp"]  # ATen's parallel_for is inline: without OpenMP in the build, the kernels run on one thread
 _LOCK = threading.Lock()
 _STATE: dict[str, Any] = {}
 
@@ -82,26 +83,35 @@ def _load() -> tuple[Any, str | None]:
     name = "refrag_rasd_invariant"
     if hasattr(torch.ops, name) and hasattr(getattr(torch.ops, name), "decoder_layers"):
         return getattr(torch.ops, name), None
+    problem = ""
+    for flags in (_FLAGS + _OPENMP, _FLAGS):  # a compiler without OpenMP still builds them, single-threaded
+        try:
+            _build(name, flags)
+            return getattr(torch.ops, name), None
+        except Exception as exc:  # no compiler, no ninja, a read-only cache: the int4 path keeps torch's kernels
+            problem = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    return None, problem
+
+
+def _build(name: str, flags: list[str]) -> None:
+    """Load the kernels built with ``flags`` (built first, about 15 s, unless cached for these sources, torch
+    version, flags and CPU)."""
     from ..models import cache_dir
 
-    parts = [*(src.read_bytes() for src in _SOURCES + _HEADERS), torch.__version__.encode(), " ".join(_FLAGS).encode()]
+    parts = [*(src.read_bytes() for src in _SOURCES + _HEADERS), torch.__version__.encode(), " ".join(flags).encode()]
     key = hashlib.sha256(b"\0".join([*parts, _cpu_key().encode()])).hexdigest()[:16]
     build = cache_dir() / "kernels" / key
-    try:
-        build.mkdir(parents=True, exist_ok=True)
-        lib = build / f"{name}.so"
-        if lib.exists():
-            torch.ops.load_library(str(lib))
-        else:
-            from torch.utils.cpp_extension import load
+    build.mkdir(parents=True, exist_ok=True)
+    lib = build / f"{name}.so"
+    if lib.exists():
+        torch.ops.load_library(str(lib))
+        return
+    from torch.utils.cpp_extension import load
 
-            _ninja_on_path()
-
-            load(name=name, sources=[str(src) for src in _SOURCES], extra_cflags=_FLAGS, build_directory=str(build),
-                 is_python_module=False, verbose=False)
-        return getattr(torch.ops, name), None
-    except Exception as exc:  # no compiler, no ninja, a read-only cache: the int4 path keeps torch's kernels
-        return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    _ninja_on_path()
+    openmp = [f for f in flags if f in _OPENMP]
+    load(name=name, sources=[str(src) for src in _SOURCES], extra_cflags=flags, extra_ldflags=openmp,
+         build_directory=str(build), is_python_module=False, verbose=False)
 
 
 def _ninja_on_path() -> None:
