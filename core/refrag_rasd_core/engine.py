@@ -33,7 +33,7 @@ from .generation_stream import GenerationStream, ModelLock
 from .models import LoadedModel, load_target
 from .prefill import KeptAnswer, Prefill, prefill_forward
 from .prefix_cache import PrefixCache
-from .rasd.budget import CPU_COSTS, GPU_COSTS, DraftGate, TreeBudget, runner_verify_costs
+from .rasd.budget import DraftGate, TreeBudget, default_verify_costs, runner_verify_costs
 from .rasd.proposers import PROPOSERS
 from .rasd.step import speculative_step
 from .refrag.runtime import RefragRuntime
@@ -446,7 +446,7 @@ class Engine:
         """The engine's :class:`~refrag_rasd_core.rasd.budget.TreeBudget` for ``method`` (its calibration
         carries over from one request to the next)."""
         if method not in self._budgets:
-            costs = self.verify_costs or (GPU_COSTS if self.runner.device.type == "cuda" else CPU_COSTS)
+            costs = self.verify_costs or default_verify_costs(self.runner)
             self._budgets[method] = TreeBudget(costs)
         return self._budgets[method]
 

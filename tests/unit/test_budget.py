@@ -64,3 +64,21 @@ def test_calibrate_verify_costs_on_tiny_model(tiny):
     assert costs[1] == 1.0 and set(costs) == {1, 2, 4, 8, 16, 32, 64}
     assert all(v >= 1.0 for v in costs.values())
     assert engine.tree_budget("pld").cost(1) == 1.0
+
+
+def test_uncalibrated_engines_take_the_table_of_their_weights(tiny):
+    """An engine that never calibrated budgets with the table of what its steps run: fp32 or 4-bit on a CPU."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from refrag_rasd_core.rasd.budget import CPU_COSTS, CPU_INT4_COSTS, GPU_COSTS, default_verify_costs
+
+    cpu = torch.device("cpu")
+    assert default_verify_costs(SimpleNamespace(device=cpu, int4=False)) is CPU_COSTS
+    assert default_verify_costs(SimpleNamespace(device=cpu, int4=True)) is CPU_INT4_COSTS
+    assert default_verify_costs(SimpleNamespace(device=torch.device("cuda"), int4=True)) is GPU_COSTS
+    assert CPU_INT4_COSTS[16] > CPU_COSTS[16]  # a 4-bit step is cheap, so a wide verify weighs more
+    engine = Engine(tiny)
+    assert engine.verify_costs is None
+    assert engine.tree_budget("pld").cost(16) == CPU_COSTS[16]  # the tiny fp32 model's lean or hf runner

@@ -121,7 +121,7 @@ def test_kernels_give_the_same_bits_on_any_number_of_threads(ops):
         torch.set_num_threads(1)
         alone = run()
         torch.set_num_threads(max(2, threads))
-        for a, b in zip(alone, run()):
+        for a, b in zip(alone, run(), strict=True):
             assert torch.equal(a, b)
     finally:
         torch.set_num_threads(threads)

@@ -35,15 +35,28 @@ from .token_tree import SOURCE_DRAFT, SOURCE_RETRIEVAL, TokenTree
 if TYPE_CHECKING:
     from ..forward import Runner
 
-__all__ = ["DraftGate", "TreeBudget", "measure_verify_costs", "CPU_COSTS", "GPU_COSTS"]
+__all__ = ["DraftGate", "TreeBudget", "default_verify_costs", "measure_verify_costs", "CPU_COSTS",
+           "CPU_INT4_COSTS", "GPU_COSTS"]
 
 CPU_COSTS = {1: 1.0, 2: 1.28, 4: 1.5, 8: 1.8, 16: 2.05, 32: 2.75, 64: 4.7}
 """Default relative verify costs on a small CPU: SmolLM2-135M fp32 on the lean forward, 2-core AMD EPYC, ~700
 cached positions (the calibrations of ``benchmarks/results/decode/2026-12-01-cpu2-*.json`` and
 ``forward-cost/2026-12-01-cpu2-exact.json``). Engines that calibrate (``Engine.calibrate_verify_costs``, the server's
 replicas, the benchmarks) use their own machine's curve instead."""
+CPU_INT4_COSTS = {1: 1.0, 2: 1.13, 4: 1.27, 8: 1.84, 16: 3.08, 32: 5.3, 64: 9.9}
+"""The same at the 4-bit default (``weights="auto"`` on a CPU with AVX-512 VNNI: Q4_1 x int8 kernels on both
+cores; a plain step is ~4x cheaper than fp32's, so a wide verify weighs more): the median of the calibrations at
+512 cached positions of ``benchmarks/results/{decode,code}/2026-12-07-cpu2genoa-*-openmp.json``."""
 GPU_COSTS = {1: 1.0, 2: 1.02, 4: 1.04, 8: 1.06, 16: 1.1, 32: 1.2, 64: 1.4}
 """Default relative verify costs on a datacenter GPU (a small model is launch-bound up to ~64 positions)."""
+
+
+def default_verify_costs(runner: Runner) -> dict[int, float]:
+    """The verify-cost table an uncalibrated engine uses for ``runner``: :data:`GPU_COSTS` on a GPU,
+    :data:`CPU_INT4_COSTS` for a CPU runner whose steps run 4-bit, else :data:`CPU_COSTS`."""
+    if runner.device.type == "cuda":
+        return GPU_COSTS
+    return CPU_INT4_COSTS if getattr(runner, "int4", False) else CPU_COSTS
 
 _MAX_DEPTH = 16
 

@@ -20,7 +20,8 @@ typedef int32_t vi16 __attribute__((vector_size(64)));
 
 inline v16 load(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
 inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
-inline v16 splat(float a) { return v16{} + a; }
+// a in every lane: a broadcast only (v16{} + a would also add 0.0f, an instruction the compiler must keep)
+inline v16 splat(float a) { return v16{a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
 
 // a * b + c with one rounding, written out (the build sets -ffp-contract=off: no other product is fused, so every
 // kernel's arithmetic is exactly what its source says, whatever code path or loop shape reaches it).
