@@ -83,7 +83,7 @@ class Engine:
         checkpoint's). ``forward``: ``"auto"`` (the lean forward for LLaMA / Qwen2 / Mistral, transformers'
         otherwise), ``"lean"`` or ``"hf"`` (:mod:`~refrag_rasd_core.forward`; same greedy outputs). ``weights``:
         ``"auto"`` (default: the model's own format: a 4-bit checkpoint, as the default model's Q4_1 linears, runs
-        4-bit on the lean CPU forward, Q4_1 x int8 as llama.cpp computes it; anything else as loaded), ``"exact"``
+        4-bit on the lean CPU forward, Q4_1 x two-level int8 activations; anything else as loaded), ``"exact"``
         (fp32, as loaded) or ``"int4"`` (4-bit or an error); speculation equals the engine's own plain decoding
         exactly at every setting (:mod:`refrag_rasd_core.lean.invariant`); ``self.weights`` says what ran.
         ``prefix_cache``: a byte budget (or a :class:`~refrag_rasd_core.prefix_cache.PrefixCache`) for reusing

@@ -43,11 +43,16 @@ def snap_to_q8(w: torch.Tensor) -> torch.Tensor:
 
 
 def int8_activations(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as the kernels see it: per row and block of 32, ``dx * round(x / dx)`` with ``dx = max |x| / 127``."""
+    """``x`` as the kernels see it: per row and block of 32, ``dx * round(x / dx)`` with ``dx = max |x| / 127``,
+    plus the remainder in steps of ``dx / 254`` (the kernels' second level)."""
     g = x.reshape(x.shape[0], -1, 32)
     amax = g.abs().amax(-1, keepdim=True)
     inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
-    return ((g * inv).round() * (amax / 127)).reshape(x.shape).double().float()
+    dx = amax / 127
+    xq = (g * inv).round().clamp(-127, 127)
+    dr = dx / 254
+    xr = ((g - dx * xq) * torch.where(dr > 0, 1 / dr, torch.zeros_like(dr))).round().clamp(-127, 127)
+    return (xq.double() * dx.double() + xr.double() * dr.double()).reshape(x.shape).float()
 
 
 @pytest.mark.parametrize("q8", [False, True])
@@ -62,7 +67,7 @@ def test_head_rows_equal_rows_alone(ops, q8):
     alone = torch.cat([head(x[i:i + 1]) for i in range(len(x))])
     for m in (2, 3, 5, 8, 16, 17, 33, LARGEST_TREE):
         assert torch.equal(head(x[:m]), alone[:m]), m
-    if q8:  # Q8_0 x int8 activations (llama.cpp's arithmetic): exact up to float rounding against that reference
+    if q8:  # Q8_0 x two-level int8 activations: exact up to float rounding against that reference
         torch.testing.assert_close(alone, int8_activations(x) @ w.T, rtol=1e-4, atol=1e-4)
     else:
         torch.testing.assert_close(alone, x @ w.T, rtol=1e-5, atol=1e-5)  # torch's kernel: close, not identical
@@ -162,7 +167,7 @@ def test_fused_layers_compute_the_python_loops_function():
     finally:
         runner.weights.fused = kept
     torch.testing.assert_close(fused, loop, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(fused_cache.keys[:, :, :40], loop_cache.keys[:, :, :40], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused_cache.keys[:, :, :40], loop_cache.keys[:, :, :40], rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("q8_head", [False, True])

@@ -22,20 +22,31 @@ def ops():
     return got
 
 
-def quantized(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(xq [M, K / 32, 32], dx [M, K / 32, 1])``: the kernels' int8 view of ``x`` (float32 arithmetic)."""
+def quantized(x: torch.Tensor, fine: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The kernels' view of ``x``, per level ``(xq [M, K / 32, 32], scale [M, K / 32, 1])`` (float32 arithmetic):
+    int8 per block of 32 (``dx = max |x| / 127``), and with ``fine`` the remainder again in steps of
+    ``dx / 254``; ``x`` ~ the levels' sum of ``scale * xq``."""
     g = x.reshape(x.shape[0], -1, 32)
     amax = g.abs().amax(-1, keepdim=True)
     inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
-    return (g * inv).round(), amax / 127
+    xq, dx = (g * inv).round().clamp(-127, 127), amax / 127
+    if not fine:
+        return [(xq, dx)]
+    dr = dx / 254
+    rest = g - dx * xq
+    xr = (rest * torch.where(dr > 0, 1 / dr, torch.zeros_like(dr))).round().clamp(-127, 127)
+    return [(xq, dx), (xr, dr)]
 
 
-def q4_reference(x: torch.Tensor, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    xq, dx = (t.double() for t in quantized(x))
+def q4_reference(x: torch.Tensor, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor, fine: bool = True
+                 ) -> torch.Tensor:
     qb = q.double().reshape(q.shape[0], -1, 32)
-    dots = torch.einsum("mbk,nbk->mnb", xq, qb)
-    return (dots * d.double()[None] * dx[..., 0][:, None] + m.double()[None] * (xq.sum(-1) * dx[..., 0])[:, None]
-            ).sum(-1)
+    out = torch.zeros(x.shape[0], q.shape[0], dtype=torch.float64)
+    for xq, scale in quantized(x, fine):
+        xq, scale = xq.double(), scale.double()[..., 0]
+        dots = torch.einsum("mbk,nbk->mnb", xq, qb)
+        out += (dots * d.double()[None] * scale[:, None] + m.double()[None] * (xq.sum(-1) * scale)[:, None]).sum(-1)
+    return out
 
 
 def random_q4(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -77,6 +88,11 @@ def test_q4_rows_equal_the_exact_arithmetic_and_rows_alone(ops, n, k):
     y = ops.rows_linear_q4(x, *packed, None)
     assert y.shape == (64, n)
     torch.testing.assert_close(y.double(), q4_reference(x, q, d, m), rtol=1e-5, atol=1e-5)
+    coarse = ops.rows_linear_q4(x, *packed, None, False)  # int8 activations alone, as llama.cpp computes
+    torch.testing.assert_close(coarse.double(), q4_reference(x, q, d, m, fine=False), rtol=1e-5, atol=1e-5)
+    exact = x.double() @ (q.double().view(n, -1, 32) * d.double()[..., None] + m.double()[..., None]).view(n, k).T
+    scale = float(exact.abs().max())
+    assert float((y - exact).abs().max()) < 2e-4 * scale < float((coarse - exact).abs().max())
     assert not bool(y[3].any())
     for rows in (1, 2, 3, 5, 8, 9, 17, 33, 64):
         assert torch.equal(ops.rows_linear_q4(x[:rows], *packed, None), y[:rows]), rows
@@ -91,13 +107,13 @@ def test_q8x_rows_equal_the_exact_arithmetic_and_rows_alone(ops):
     d = torch.rand(70, 3, generator=g) * 0.01
     packed = q8_pack(q, d)
     x = torch.randn(40, 96, generator=g) * 3
-    y = ops.rows_linear_q8x(x, *packed, None)
-    xq, dx = quantized(x)
-    ref = (torch.einsum("mbk,nbk->mnb", xq.double(), q.double().reshape(70, 3, 32)) * d.double()[None]
-           * dx.double()[..., 0][:, None]).sum(-1)
-    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
-    for rows in (1, 4, 7, 16, 40):
-        assert torch.equal(ops.rows_linear_q8x(x[rows - 1:rows], *packed, None), y[rows - 1:rows]), rows
+    for fine in (True, False):
+        y = ops.rows_linear_q8x(x, *packed, None, fine)
+        ref = sum((torch.einsum("mbk,nbk->mnb", xq.double(), q.double().reshape(70, 3, 32)) * d.double()[None]
+                   * scale.double()[..., 0][:, None]).sum(-1) for xq, scale in quantized(x, fine))
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+        for rows in (1, 4, 7, 16, 40):
+            assert torch.equal(ops.rows_linear_q8x(x[rows - 1:rows], *packed, None, fine), y[rows - 1:rows]), rows
 
 
 def test_kernels_give_the_same_bits_on_any_number_of_threads(ops):

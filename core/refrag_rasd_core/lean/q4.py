@@ -6,8 +6,12 @@ head Q8_0 (``w = d * q``). As llama.cpp does, ``csrc/q4_rows.cpp`` quantizes eac
 ``m * dx * sum(xq)`` for Q4_1): AVX-512 VNNI's ``vpdpbusd`` (or AVX2's ``vpmaddubsw`` + ``vpmaddwd``, the same
 integers), 16 output rows per vector (each lane one row), then a fixed sequence of float operations per output.
 So a step reads 5 bits per decoder weight, and a row's outputs are the same bits alone and among any number of
-rows, on either instruction set (batch-invariant, as speculative decoding needs). The activations' int8 rounding
-adds ~0.5% relative error per linear (llama.cpp's own arithmetic for these formats).
+rows, on either instruction set (batch-invariant, as speculative decoding needs). llama.cpp stops at one int8
+level, ~0.5% relative error per linear, enough to change ~5% of the default model's short answers against the
+fp32 arithmetic on the same weights; by default (``fine=True``) the kernels quantize each block's remainder
+again (``x ~ dx * xq + dr * xr``, ``dr = dx / 254``) and add its integer dot: the activations then carry ~16 bits
+(2e-5 relative error per linear) for twice the integer work. ``fine=False`` is llama.cpp's arithmetic (the EAGLE
+head's :class:`Q8Linear`, a proposer, runs that way).
 
 :func:`q4_pack` / :func:`q8_pack` lay weights out for the kernels in tiles of 16 rows (zero rows pad the last);
 :class:`Q8Linear` runs any ``nn.Linear`` that way (the EAGLE head beside an int4 target).
@@ -105,7 +109,7 @@ class Q8Linear(torch.nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         if flat.shape[0] > self.max_rows or flat.dtype != torch.float32 or flat.device.type != "cpu":
             return torch.nn.functional.linear(x, self.weight, self.bias)
-        y = self.ops.rows_linear_q8x(flat, *self.packed, self.bias)  # type: ignore[attr-defined]
+        y = self.ops.rows_linear_q8x(flat, *self.packed, self.bias, False)  # type: ignore[attr-defined]
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

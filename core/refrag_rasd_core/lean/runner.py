@@ -150,7 +150,7 @@ class LeanRunner:
                      for lin in (layer.qkv, layer.o, layer.gate_up, layer.down))
             text += f"; int4 kernel (bf16 activations) on {n} of {total} linears, the rest as planned"
             if q4:
-                text += f"; up to {DECODE_ROWS} rows, {q4} of them as Q4_1 x int8 (AVX-512 VNNI)"
+                text += f"; up to {DECODE_ROWS} rows, {q4} of them as Q4_1 x int8, two levels (AVX-512 VNNI)"
             head = self.weights.row_head
             text += (f"; batch-invariant attention and LM head ({head.kind}) up to {DECODE_ROWS} rows"
                      if head is not None else f"; NOT batch-invariant ({self.weights.invariant_problem})")

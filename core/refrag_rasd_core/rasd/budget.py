@@ -43,10 +43,11 @@ CPU_COSTS = {1: 1.0, 2: 1.28, 4: 1.5, 8: 1.8, 16: 2.05, 32: 2.75, 64: 4.7}
 cached positions (the calibrations of ``benchmarks/results/decode/2026-12-01-cpu2-*.json`` and
 ``forward-cost/2026-12-01-cpu2-exact.json``). Engines that calibrate (``Engine.calibrate_verify_costs``, the server's
 replicas, the benchmarks) use their own machine's curve instead."""
-CPU_INT4_COSTS = {1: 1.0, 2: 1.13, 4: 1.27, 8: 1.84, 16: 3.08, 32: 5.3, 64: 9.9}
-"""The same at the 4-bit default (``weights="auto"`` on a CPU with AVX-512 VNNI: Q4_1 x int8 kernels on both
-cores; a plain step is ~4x cheaper than fp32's, so a wide verify weighs more): the median of the calibrations at
-512 cached positions of ``benchmarks/results/{decode,code}/2026-12-07-cpu2genoa-*-openmp.json``."""
+CPU_INT4_COSTS = {1: 1.0, 2: 1.16, 4: 1.44, 8: 2.5, 16: 4.19, 32: 7.65, 64: 14.4}
+"""The same at the 4-bit default (``weights="auto"`` on a CPU with AVX-512 VNNI: Q4_1 x two-level int8 kernels
+on both cores; a plain step is ~4x cheaper than fp32's and reads memory, a verify doubles the integer work per
+row, so a wide verify weighs more): the median of the calibrations at 512 cached positions of
+``benchmarks/results/{decode,code}/2026-12-08-cpu2genoa-*-int4-fine.json``."""
 GPU_COSTS = {1: 1.0, 2: 1.02, 4: 1.04, 8: 1.06, 16: 1.1, 32: 1.2, 64: 1.4}
 """Default relative verify costs on a datacenter GPU (a small model is launch-bound up to ~64 positions)."""
 

@@ -84,7 +84,7 @@ at::Tensor decoder_layers(const at::Tensor& x_, at::TensorList weights, const at
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor* w = &weights[14 * l];
     rms_norm(xp, w[0].data_ptr<float>(), n, H, eps, hp);
-    at::Tensor qkv = rows_linear_q4(h, w[1], w[2], w[3], qkw, c10::nullopt);
+    at::Tensor qkv = rows_linear_q4(h, w[1], w[2], w[3], qkw, c10::nullopt, true);
     float* qp = qkv.data_ptr<float>();
     at::Tensor k_l = keys[l], v_l = values[l];
     float *kc = k_l.data_ptr<float>(), *vc = v_l.data_ptr<float>();
@@ -98,13 +98,13 @@ at::Tensor decoder_layers(const at::Tensor& x_, at::TensorList weights, const at
     }
     const at::Tensor q = qkv.narrow(1, 0, heads * D).view({n, heads, D});
     const at::Tensor a = attend(q, k_l, v_l, start, tail, tail_len, scale).view({n, heads * D});
-    const at::Tensor o = rows_linear_q4(a, w[4], w[5], w[6], H, c10::nullopt);
+    const at::Tensor o = rows_linear_q4(a, w[4], w[5], w[6], H, c10::nullopt, true);
     const float* op = o.data_ptr<float>();
     for (int64_t k = 0; k < n * H; ++k) xp[k] = xp[k] + op[k];
     rms_norm(xp, w[7].data_ptr<float>(), n, H, eps, hp);
-    const at::Tensor gu = rows_linear_q4(h, w[8], w[9], w[10], 2 * inter, c10::nullopt);
+    const at::Tensor gu = rows_linear_q4(h, w[8], w[9], w[10], 2 * inter, c10::nullopt, true);
     swiglu(gu.data_ptr<float>(), n, inter, m.data_ptr<float>());
-    const at::Tensor dn = rows_linear_q4(m, w[11], w[12], w[13], H, c10::nullopt);
+    const at::Tensor dn = rows_linear_q4(m, w[11], w[12], w[13], H, c10::nullopt, true);
     const float* dp = dn.data_ptr<float>();
     for (int64_t k = 0; k < n * H; ++k) xp[k] = xp[k] + dp[k];
   }

@@ -114,6 +114,6 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
 
 // x [M, K] times Q4_1 weights in rows_linear_q4's layout (q4_rows.cpp; see there).
 at::Tensor rows_linear_q4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& d, const at::Tensor& m,
-                          int64_t N, const c10::optional<at::Tensor>& bias);
+                          int64_t N, const c10::optional<at::Tensor>& bias, bool fine);
 
 }  // namespace refrag_rasd
