@@ -140,7 +140,7 @@ def decode_rates(target, prompts: list[list[dict]], max_new: int, int4: bool = F
     t0 = time.perf_counter()
     engines = {"hf": Engine(target, drafter=None, refrag=None, forward="hf")}
     t1 = time.perf_counter()
-    engines["lean"] = Engine(target, drafter=None, refrag=None, forward="lean")
+    engines["lean"] = Engine(target, drafter=None, refrag=None, forward="lean", weights="exact")  # not the default
     t2 = time.perf_counter()
     if int4:
         engines["lean_int4"] = Engine(target, drafter=None, refrag=None, forward="lean", weights="int4")
