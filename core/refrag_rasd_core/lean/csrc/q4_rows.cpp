@@ -174,11 +174,9 @@ struct Quantized {
   bool fine;
 };
 
-void quantize_block(const float* x, int64_t n, float scale_of_max, int8_t* q, uint8_t* u, float* scale,
-                    int32_t* sum) {
-  float amax = 0.0f;
-  for (int64_t k = 0; k < n; ++k) amax = std::max(amax, std::fabs(x[k]));
-  const float inv = amax > 0.0f ? scale_of_max / amax : 0.0f;
+// x[0, n) times inv, rounded to nearest (ties to even) and clamped to [-127, 127], into q (and q + 128 into u
+// unless null); returns the values' sum.
+int32_t quantize_values(const float* x, int64_t n, float inv, int8_t* q, uint8_t* u) {
   int32_t s = 0;
   for (int64_t k = 0; k < n; ++k) {
     const int32_t v = std::max(-127, std::min(127, static_cast<int32_t>(std::nearbyint(x[k] * inv))));
@@ -186,8 +184,7 @@ void quantize_block(const float* x, int64_t n, float scale_of_max, int8_t* q, ui
     if (u != nullptr) u[k] = static_cast<uint8_t>(v + 128);
     s += v;
   }
-  *scale = amax / scale_of_max;
-  *sum = s;
+  return s;
 }
 
 Quantized quantize(const at::Tensor& x, int64_t Kp, bool offset, bool fine) {
@@ -203,21 +200,20 @@ Quantized quantize(const at::Tensor& x, int64_t Kp, bool offset, bool fine) {
     for (int64_t b = 0; b < B; ++b) {
       const int64_t k0 = b * 32, n = std::min<int64_t>(K, k0 + 32) - k0, at = r * Kp + k0, rb = r * B + b;
       if (n <= 0) continue;
-      int32_t s1 = 0, s2 = 0;
-      quantize_block(xp + r * K + k0, n, 127.0f, q.xq.data() + at, offset ? q.xu.data() + at : nullptr, &q.dx[rb],
-                     &s1);
+      const float* xb = xp + r * K + k0;
+      float amax = 0.0f;
+      for (int64_t k = 0; k < n; ++k) amax = std::max(amax, std::fabs(xb[k]));
+      const int32_t s1 = quantize_values(xb, n, amax > 0.0f ? 127.0f / amax : 0.0f, q.xq.data() + at,
+                                         offset ? q.xu.data() + at : nullptr);
+      q.dx[rb] = amax / 127.0f;
       q.sx[rb] = q.dx[rb] * static_cast<float>(s1);
       if (!fine) continue;
       // the remainder, quantized with the step dx / 254: its largest possible value |x - dx * xq| <= dx / 2
       // maps to 127 (a remainder that rounding pushed a hair past it is clamped)
-      for (int64_t k = 0; k < n; ++k) rest[k] = xp[r * K + k0 + k] - q.dx[rb] * static_cast<float>(q.xq[at + k]);
-      const float dr = q.dx[rb] / 254.0f, inv = dr > 0.0f ? 1.0f / dr : 0.0f;
-      for (int64_t k = 0; k < n; ++k) {
-        const int32_t v = std::max(-127, std::min(127, static_cast<int32_t>(std::nearbyint(rest[k] * inv))));
-        q.xr[at + k] = static_cast<int8_t>(v);
-        if (offset) q.xru[at + k] = static_cast<uint8_t>(v + 128);
-        s2 += v;
-      }
+      for (int64_t k = 0; k < n; ++k) rest[k] = xb[k] - q.dx[rb] * static_cast<float>(q.xq[at + k]);
+      const float dr = q.dx[rb] / 254.0f;
+      const int32_t s2 = quantize_values(rest, n, dr > 0.0f ? 1.0f / dr : 0.0f, q.xr.data() + at,
+                                         offset ? q.xru.data() + at : nullptr);
       q.dr[rb] = dr;
       q.sx[rb] = q.sx[rb] + dr * static_cast<float>(s2);
     }
@@ -238,34 +234,30 @@ void tile(const Quantized& q, const void* w, const float* d, const float* m, con
     const int64_t tb = t * B + b;
     const v16 d16 = load(d + tb * R);
     v16 dot[MR], dot_r[MR];
+    v16* dots[2] = {dot, dot_r};
+    const int levels = q.fine ? 2 : 1;
     if constexpr (Q4) {
       const Q4Block blk = unpack_q4(static_cast<const uint8_t*>(w) + tb * 256);
-      const int8_t* xs[MR];
-      for (int i = 0; i < MR; ++i) xs[i] = q.xq.data() + (m0 + i) * Kp + b * 32;
-      dots_q4<MR>(blk, xs, dot);
-      if (q.fine) {
-        for (int i = 0; i < MR; ++i) xs[i] = q.xr.data() + (m0 + i) * Kp + b * 32;
-        dots_q4<MR>(blk, xs, dot_r);
+      const int8_t* level[2] = {q.xq.data(), q.xr.data()};
+      for (int l = 0; l < levels; ++l) {
+        const int8_t* xs[MR];
+        for (int i = 0; i < MR; ++i) xs[i] = level[l] + (m0 + i) * Kp + b * 32;
+        dots_q4<MR>(blk, xs, dots[l]);
       }
     } else {
       const int8_t* wb = static_cast<const int8_t*>(w) + tb * 512;
 #if defined(Q4_VNNI)
-      const uint8_t* xs[MR];
-      for (int i = 0; i < MR; ++i) xs[i] = q.xu.data() + (m0 + i) * Kp + b * 32;
-      dots_q8<MR>(wb, xs, qsum + tb * R, dot);
-      if (q.fine) {
-        for (int i = 0; i < MR; ++i) xs[i] = q.xru.data() + (m0 + i) * Kp + b * 32;
-        dots_q8<MR>(wb, xs, qsum + tb * R, dot_r);
-      }
+      using X = uint8_t;  // vpdpbusd: activations offset by 128
+      const X* level[2] = {q.xu.data(), q.xru.data()};
 #else
-      const int8_t* xs[MR];
-      for (int i = 0; i < MR; ++i) xs[i] = q.xq.data() + (m0 + i) * Kp + b * 32;
-      dots_q8<MR>(wb, xs, qsum + tb * R, dot);
-      if (q.fine) {
-        for (int i = 0; i < MR; ++i) xs[i] = q.xr.data() + (m0 + i) * Kp + b * 32;
-        dots_q8<MR>(wb, xs, qsum + tb * R, dot_r);
-      }
+      using X = int8_t;
+      const X* level[2] = {q.xq.data(), q.xr.data()};
 #endif
+      for (int l = 0; l < levels; ++l) {
+        const X* xs[MR];
+        for (int i = 0; i < MR; ++i) xs[i] = level[l] + (m0 + i) * Kp + b * 32;
+        dots_q8<MR>(wb, xs, qsum + tb * R, dots[l]);
+      }
     }
     for (int i = 0; i < MR; ++i) {
       const int64_t rb = (m0 + i) * B + b;
